@@ -61,9 +61,13 @@ bool VerifySignature(const PublicKey& key, std::string_view message, const Signa
 }
 
 std::string PublicKeyToHex(const PublicKey& key) { return HexEncode(key); }
-Result<PublicKey> PublicKeyFromHex(std::string_view hex) { return FixedFromHex<32>(hex, "public key"); }
+Result<PublicKey> PublicKeyFromHex(std::string_view hex) {
+  return FixedFromHex<32>(hex, "public key");
+}
 std::string SignatureToHex(const Signature& sig) { return HexEncode(sig); }
-Result<Signature> SignatureFromHex(std::string_view hex) { return FixedFromHex<64>(hex, "signature"); }
+Result<Signature> SignatureFromHex(std::string_view hex) {
+  return FixedFromHex<64>(hex, "signature");
+}
 
 std::string PeerIdOf(const PublicKey& key) { return HexEncode(Blake2b256(key)); }
 
@@ -98,7 +102,8 @@ Status Identity::SaveToFile(const std::string& path) const {
   std::string tmp = path + ".tmp";
   int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
   if (fd < 0) {
-    return PermissionDeniedError("cannot create identity file " + tmp + ": " + std::strerror(errno));
+    return PermissionDeniedError("cannot create identity file " + tmp + ": " +
+                                 std::strerror(errno));
   }
   // open() honours the umask; make the mode exactly 0600 whatever it is.
   ::fchmod(fd, 0600);
@@ -133,7 +138,8 @@ Result<Identity> LoadIdentity(const std::string& path) {
   buf << in.rdbuf();
   std::string text = buf.str();
   if (text.size() > 1000) {
-    return InvalidArgumentError("identity file " + path + " is not 64 hex characters and a newline");
+    return InvalidArgumentError("identity file " + path +
+                                " is not 64 hex characters and a newline");
   }
   while (!text.empty() && (text.back() == '\n' || text.back() == '\r')) text.pop_back();
   auto seed = FixedFromHex<32>(text, "identity file " + path);

@@ -9,8 +9,8 @@
 
 namespace dmoe {
 
-// `level` is one of trace, debug, info, warn, error, off. Logs go to stderr so that stdout stays for
-// machine-readable lines such as "listening on ...".
+// `level` is one of trace, debug, info, warn, error, off. Logs go to stderr so that stdout stays
+// for machine-readable lines such as "listening on ...".
 Status SetUpLogging(std::string_view program, std::string_view level);
 
 }  // namespace dmoe

@@ -64,7 +64,9 @@ std::string Status::ToJson() const {
 
 Status InvalidArgumentError(std::string m) { return Status(Code::kInvalidArgument, std::move(m)); }
 Status UnauthenticatedError(std::string m) { return Status(Code::kUnauthenticated, std::move(m)); }
-Status PermissionDeniedError(std::string m) { return Status(Code::kPermissionDenied, std::move(m)); }
+Status PermissionDeniedError(std::string m) {
+  return Status(Code::kPermissionDenied, std::move(m));
+}
 Status NotFoundError(std::string m) { return Status(Code::kNotFound, std::move(m)); }
 Status PayloadTooLargeError(std::string m) { return Status(Code::kPayloadTooLarge, std::move(m)); }
 Status UnsupportedMediaTypeError(std::string m) {

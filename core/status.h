@@ -1,9 +1,9 @@
 // Status and Result<T>: the one error type of dmoe, with the codes of PROTOCOL section 3.
 //
 // A code is chosen by whether a retry helps: kUnavailable and kDeadlineExceeded make a caller try
-// another peer; kInvalidArgument is never retried. Foreign errors (rocksdb::Status, beast error codes,
-// c10::Error, json exceptions) are converted to a Status once, at the edge of the module that calls
-// the foreign library, and never travel further.
+// another peer; kInvalidArgument is never retried. Foreign errors (rocksdb::Status, beast error
+// codes, c10::Error, json exceptions) are converted to a Status once, at the edge of the module
+// that calls the foreign library, and never travel further.
 //
 // Core types live directly in namespace dmoe (not dmoe::core) because every module uses them.
 #ifndef DMOE_CORE_STATUS_H_

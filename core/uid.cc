@@ -21,7 +21,8 @@ Status CheckPrefix(std::string_view prefix, std::string_view whole) {
     return InvalidArgumentError("expert uid " + Quote(whole) + ": the prefix is empty");
   }
   if (prefix.size() > kMaxPrefixChars) {
-    return InvalidArgumentError("expert uid " + Quote(whole) + ": the prefix is longer than 32 characters");
+    return InvalidArgumentError("expert uid " + Quote(whole) +
+                                ": the prefix is longer than 32 characters");
   }
   if (!IsPrefixStart(prefix[0])) {
     return InvalidArgumentError("expert uid " + Quote(whole) +
@@ -185,7 +186,8 @@ Result<GridPattern> ParseGridPattern(std::string_view text, int64_t max_size) {
                                     "' must be an index or a range [begin:end]");
       }
       DMOE_ASSIGN_OR_RETURN(range.begin, ParseIndex(part.substr(1, colon - 1), text));
-      DMOE_ASSIGN_OR_RETURN(int64_t end, ParseIndex(part.substr(colon + 1, part.size() - colon - 2), text));
+      DMOE_ASSIGN_OR_RETURN(int64_t end,
+                            ParseIndex(part.substr(colon + 1, part.size() - colon - 2), text));
       range.end = end;
       if (range.end > kMaxUidIndex + 1) {
         return InvalidArgumentError(whole + ": range end exceeds 1000000");
@@ -200,7 +202,8 @@ Result<GridPattern> ParseGridPattern(std::string_view text, int64_t max_size) {
     }
     size *= range.end - range.begin;
     if (size > max_size) {
-      return InvalidArgumentError(whole + ": holds more than " + std::to_string(max_size) + " uids");
+      return InvalidArgumentError(whole + ": holds more than " + std::to_string(max_size) +
+                                  " uids");
     }
     pattern.dims.push_back(range);
   }

@@ -1,6 +1,7 @@
 // Expert uids, grid prefixes and grid patterns, exactly as PROTOCOL section 1 names them.
 //
-// Every parser answers kInvalidArgument with a message that names the broken rule and quotes the input.
+// Every parser answers kInvalidArgument with a message that names the broken rule and quotes the
+// input.
 #ifndef DMOE_CORE_UID_H_
 #define DMOE_CORE_UID_H_
 

@@ -39,7 +39,8 @@ TEST(IdentityTest, SeedGivesRfc8032PublicKey) {
   std::vector<uint8_t> seed =
       *HexDecode("9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60");
   Identity id = Identity::FromSeed(std::span<const uint8_t, 32>(seed.data(), 32));
-  EXPECT_EQ(id.public_key_hex(), "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a");
+  EXPECT_EQ(id.public_key_hex(),
+            "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a");
   EXPECT_EQ(SignatureToHex(id.Sign(std::string_view(""))),
             "e5564300c360ac729086e2cc806e828a84877f1eb8e5d974d873e06522490155"
             "5fb8821590a33bacc61e39701cf9b46bd25bf5f0595bbe24655141438e7a100b");
@@ -52,11 +53,15 @@ TEST(IdentityTest, SignAndVerify) {
   Identity b = Identity::Generate();
   EXPECT_NE(a.peer_id(), b.peer_id());
   Signature sig = a.Sign(std::string_view("dmoe-req-v1\nPOST\n/v1/x\n1\nab"));
-  EXPECT_TRUE(VerifySignature(a.public_key(), std::string_view("dmoe-req-v1\nPOST\n/v1/x\n1\nab"), sig));
-  EXPECT_FALSE(VerifySignature(a.public_key(), std::string_view("dmoe-req-v1\nPOST\n/v1/x\n2\nab"), sig));
-  EXPECT_FALSE(VerifySignature(b.public_key(), std::string_view("dmoe-req-v1\nPOST\n/v1/x\n1\nab"), sig));
+  EXPECT_TRUE(
+      VerifySignature(a.public_key(), std::string_view("dmoe-req-v1\nPOST\n/v1/x\n1\nab"), sig));
+  EXPECT_FALSE(
+      VerifySignature(a.public_key(), std::string_view("dmoe-req-v1\nPOST\n/v1/x\n2\nab"), sig));
+  EXPECT_FALSE(
+      VerifySignature(b.public_key(), std::string_view("dmoe-req-v1\nPOST\n/v1/x\n1\nab"), sig));
   sig[0] ^= 1;
-  EXPECT_FALSE(VerifySignature(a.public_key(), std::string_view("dmoe-req-v1\nPOST\n/v1/x\n1\nab"), sig));
+  EXPECT_FALSE(
+      VerifySignature(a.public_key(), std::string_view("dmoe-req-v1\nPOST\n/v1/x\n1\nab"), sig));
 }
 
 TEST(IdentityTest, HexFormsRoundTripAndRejectBadLengths) {
@@ -103,7 +108,8 @@ TEST(IdentityTest, RefusesAKeyFileOthersCanRead) {
 
 TEST(IdentityTest, RejectsMalformedKeyFiles) {
   TempDir dir;
-  const char* bad[] = {"", "abc\n", "zz", "0E5751C026E543B2E8AB2EB06099DAA1D1E5DF47778F7787FAAB45CDF12FE3A8\n"};
+  const char* bad[] = {"", "abc\n", "zz",
+                       "0E5751C026E543B2E8AB2EB06099DAA1D1E5DF47778F7787FAAB45CDF12FE3A8\n"};
   for (const char* text : bad) {
     std::string path = dir.File("bad.key");
     {
