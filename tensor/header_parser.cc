@@ -114,8 +114,8 @@ bool HeaderHandler::WrongType(std::string_view what) {
       }
       break;
     case State::kShape:
-      return Fail(Tensor() + ": shape must be a list of " + std::string(kIntegerRule) +
-                  got + " inside it");
+      return Fail(Tensor() + ": shape must be a list of " + std::string(kIntegerRule) + got +
+                  " inside it");
     case State::kOffsets:
       return Fail(Tensor() + ": data_offsets must be two " + std::string(kIntegerRule) + got +
                   " inside it");
@@ -150,7 +150,8 @@ bool HeaderHandler::Unsigned(uint64_t value) {
   }
   if (state_ == State::kOffsets) {
     if (num_offsets_ == 2) {
-      return Fail(Tensor() + ": data_offsets must be a list of two integers [begin, end], got more");
+      return Fail(Tensor() +
+                  ": data_offsets must be a list of two integers [begin, end], got more");
     }
     (num_offsets_ == 0 ? entry_.begin : entry_.end) = value;
     ++num_offsets_;
@@ -301,8 +302,11 @@ bool HeaderHandler::parse_error(std::size_t, const std::string&,
                                 const nlohmann::detail::exception& e) {
   // nlohmann's message quotes the bytes it last read, which may be anything; quoting makes the
   // message valid UTF-8 so it can travel in a JSON error body.
-  const std::string_view what = e.what();
-  const std::string detail = QuoteForMessage(what, 300);
+  std::string_view what = e.what();
+  if (what.starts_with("[json.exception.") && what.find("] ") != std::string_view::npos) {
+    what.remove_prefix(what.find("] ") + 2);
+  }
+  const std::string detail = EscapeForMessage(what, 300);
   if (what.find("surrogate") != std::string_view::npos ||
       what.find("UTF-8") != std::string_view::npos) {
     return Fail("header strings must be valid UTF-8 (lone surrogate escapes are refused): " +
@@ -388,8 +392,9 @@ Result<ParsedHeader> ParseHeader(std::string_view text) {
   HeaderHandler handler;
   bool parsed = false;
   try {
-    parsed = Json::sax_parse(text.begin(), text.end(), &handler, nlohmann::detail::input_format_t::json,
-                             /*strict=*/true, /*ignore_comments=*/false);
+    parsed =
+        Json::sax_parse(text.begin(), text.end(), &handler, nlohmann::detail::input_format_t::json,
+                        /*strict=*/true, /*ignore_comments=*/false);
   } catch (const Json::exception& e) {
     return Refuse("header must be one JSON object: " + QuoteForMessage(e.what(), 300));
   }

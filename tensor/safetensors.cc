@@ -28,8 +28,8 @@ struct DTypeInfo {
 };
 
 constexpr DTypeInfo kDTypes[] = {
-    {DType::kF32, "F32", 4}, {DType::kF16, "F16", 2}, {DType::kBF16, "BF16", 2},
-    {DType::kF64, "F64", 8}, {DType::kI64, "I64", 8}, {DType::kI32, "I32", 4},
+    {DType::kF32, "F32", 4}, {DType::kF16, "F16", 2},   {DType::kBF16, "BF16", 2},
+    {DType::kF64, "F64", 8}, {DType::kI64, "I64", 8},   {DType::kI32, "I32", 4},
     {DType::kU8, "U8", 1},   {DType::kBool, "BOOL", 1},
 };
 
@@ -88,7 +88,8 @@ Result<std::vector<size_t>> CheckCoverage(const std::vector<internal::HeaderEntr
   std::vector<size_t> order(entries.size());
   std::iota(order.begin(), order.end(), 0);
   std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) {
-    return std::pair(entries[a].begin, entries[a].end) < std::pair(entries[b].begin, entries[b].end);
+    return std::pair(entries[a].begin, entries[a].end) <
+           std::pair(entries[b].begin, entries[b].end);
   });
   uint64_t cursor = 0;
   const internal::HeaderEntry* previous = nullptr;
@@ -157,8 +158,8 @@ Result<Decoded> Decode(std::span<const uint8_t> blob) {
     return Refuse("header length " + std::to_string(header_length) + " exceeds 1 MiB");
   }
   if (header_length > blob.size() - kLengthBytes) {
-    return Refuse("header length " + std::to_string(header_length) +
-                  " does not fit in a blob of " + std::to_string(blob.size()) + " bytes");
+    return Refuse("header length " + std::to_string(header_length) + " does not fit in a blob of " +
+                  std::to_string(blob.size()) + " bytes");
   }
   const std::string_view header(reinterpret_cast<const char*>(blob.data()) + kLengthBytes,
                                 header_length);
@@ -171,10 +172,13 @@ Result<Decoded> Decode(std::span<const uint8_t> blob) {
   }
   const size_t last = header.find_last_not_of(' ');
   if (header[last] != '}') {
-    return Refuse("header must be one JSON object followed only by spaces (0x20); it ends with "
-                  "byte " + std::to_string(static_cast<uint8_t>(header[last])) + " before the padding");
+    return Refuse(
+        "header must be one JSON object followed only by spaces (0x20); it ends with "
+        "byte " +
+        std::to_string(static_cast<uint8_t>(header[last])) + " before the padding");
   }
-  DMOE_ASSIGN_OR_RETURN(internal::ParsedHeader parsed, internal::ParseHeader(header.substr(0, last + 1)));
+  DMOE_ASSIGN_OR_RETURN(internal::ParsedHeader parsed,
+                        internal::ParseHeader(header.substr(0, last + 1)));
 
   const std::span<const uint8_t> data = blob.subspan(kLengthBytes + header_length);
   DMOE_ASSIGN_OR_RETURN(std::vector<size_t> order, CheckCoverage(parsed.entries, data.size()));

@@ -1,11 +1,11 @@
 // dmoe::safetensors: the torch-free codec for the tensor payload of PROTOCOL section 2.
 //
-// Decode validates every acceptance rule of the protocol and answers kInvalidArgument with a message
-// that starts with "safetensors: " and names the broken rule, e.g.
-// "safetensors: header length 2000000 exceeds 1 MiB". It does not copy the data buffer: the returned
-// views point into the caller's bytes, which must outlive them. Encode writes a blob that Decode
-// accepts, and refuses (kInvalidArgument) any input Decode would refuse.
-// All functions are pure and safe to call from any thread.
+// Decode validates every acceptance rule of the protocol and answers kInvalidArgument with a
+// message that starts with "safetensors: " and names the broken rule, e.g. "safetensors: header
+// length 2000000 exceeds 1 MiB". It does not copy the data buffer: the returned views point into
+// the caller's bytes, which must outlive them. Encode writes a blob that Decode accepts, and
+// refuses (kInvalidArgument) any input Decode would refuse. All functions are pure and safe to call
+// from any thread.
 //
 // Rules beyond the letter of the protocol, chosen here:
 // - "printable" for a tensor name means no control character (U+0000..U+001F, U+007F..U+009F);

@@ -13,7 +13,8 @@ namespace dmoe::tensor {
 namespace {
 
 // The wire is little-endian and tensors are copied byte for byte.
-static_assert(std::endian::native == std::endian::little, "dmoe::tensor assumes a little-endian host");
+static_assert(std::endian::native == std::endian::little,
+              "dmoe::tensor assumes a little-endian host");
 
 using safetensors::DType;
 
@@ -79,10 +80,9 @@ Result<at::Tensor> ToTorch(const safetensors::TensorView& view) {
   if (view.NumElements() < 0 ||
       static_cast<uint64_t>(view.NumElements()) * safetensors::ItemSize(view.dtype) !=
           view.data.size()) {
-    return InvalidArgumentError("tensor: view " + safetensors::internal::QuoteForMessage(view.name) +
-                                " holds " +
-                                std::to_string(view.data.size()) +
-                                " bytes, which does not match its shape and dtype");
+    return InvalidArgumentError(
+        "tensor: view " + safetensors::internal::QuoteForMessage(view.name) + " holds " +
+        std::to_string(view.data.size()) + " bytes, which does not match its shape and dtype");
   }
   try {
     at::Tensor out = at::empty(view.shape, at::TensorOptions().dtype(ToScalarType(view.dtype)));
@@ -117,12 +117,14 @@ Result<std::vector<uint8_t>> EncodeFromTorch(const std::vector<NamedTensor>& ten
     for (const NamedTensor& named : tensors) {
       const at::Tensor& t = named.tensor;
       if (!t.defined()) {
-        return InvalidArgumentError("tensor: " + safetensors::internal::QuoteForMessage(named.name) +
-                                    " is an undefined tensor");
+        return InvalidArgumentError(
+            "tensor: " + safetensors::internal::QuoteForMessage(named.name) +
+            " is an undefined tensor");
       }
       if (t.layout() != at::kStrided) {
-        return InvalidArgumentError("tensor: " + safetensors::internal::QuoteForMessage(named.name) +
-                                    " is not a dense (strided) tensor");
+        return InvalidArgumentError(
+            "tensor: " + safetensors::internal::QuoteForMessage(named.name) +
+            " is not a dense (strided) tensor");
       }
       DMOE_ASSIGN_OR_RETURN(DType dtype, FromScalarType(t.scalar_type()));
       at::Tensor c = t.detach().cpu().contiguous();

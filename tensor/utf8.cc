@@ -63,7 +63,11 @@ bool IsControl(char32_t code_point) {
 }
 
 std::string QuoteForMessage(std::string_view s, size_t max_bytes) {
-  std::string out = "'";
+  return "'" + EscapeForMessage(s, max_bytes) + "'";
+}
+
+std::string EscapeForMessage(std::string_view s, size_t max_bytes) {
+  std::string out;
   size_t pos = 0;
   while (pos < s.size() && pos < max_bytes) {
     size_t next = pos;
@@ -79,7 +83,6 @@ std::string QuoteForMessage(std::string_view s, size_t max_bytes) {
     }
   }
   if (pos < s.size()) out += "...";
-  out += "'";
   return out;
 }
 

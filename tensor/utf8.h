@@ -25,6 +25,8 @@ bool IsControl(char32_t code_point);
 // written as \xNN, and anything past `max_bytes` is cut and replaced by "...". The result is always
 // valid UTF-8, so it can go into a JSON error body.
 std::string QuoteForMessage(std::string_view s, size_t max_bytes = 64);
+// The same without the quotes.
+std::string EscapeForMessage(std::string_view s, size_t max_bytes);
 
 }  // namespace dmoe::safetensors::internal
 
