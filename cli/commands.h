@@ -1,0 +1,28 @@
+// The subcommands of the `dmoe` client. Each Add*Command registers one subcommand on the app; when
+// CLI11 selects it, its callback runs it and stores the process exit status in *exit_code.
+// Exit statuses: 0 success, kExitError (2) for any error, which is printed to stderr as
+// "error: <what>". A command never lets an exception escape.
+#ifndef DMOE_CLI_COMMANDS_H_
+#define DMOE_CLI_COMMANDS_H_
+
+#include <ostream>
+#include <string>
+
+namespace CLI {
+class App;
+}  // namespace CLI
+
+namespace dmoe::cli {
+
+constexpr int kExitOk = 0;
+constexpr int kExitError = 2;
+
+// `dmoe inspect FILE`: decodes a safetensors file and prints
+// {"tensors": {NAME: {"dtype": .., "shape": [..]}, ..}, "metadata": {..}} (tensors in data order).
+void AddInspectCommand(CLI::App& app, int* exit_code);
+// The body of `dmoe inspect`, with its streams injected for tests.
+int RunInspect(const std::string& path, std::ostream& out, std::ostream& err);
+
+}  // namespace dmoe::cli
+
+#endif  // DMOE_CLI_COMMANDS_H_
