@@ -1,0 +1,131 @@
+// The compute runtime: a task pool per expert that merges concurrent requests into batches, served
+// by runtime thread(s) that always take the pool whose oldest request has waited longest.
+//
+// Submit is thread-safe and never blocks on compute: network threads call it and get their answer
+// later through the task's `done` callback, which runs on a runtime thread and must only post work
+// elsewhere (e.g. to a connection's strand). Experts are touched only by runtime threads.
+#ifndef DMOE_EXPERT_SERVER_RUNTIME_H_
+#define DMOE_EXPERT_SERVER_RUNTIME_H_
+
+#include <ATen/core/Tensor.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "core/status.h"
+#include "expert_server/expert.h"
+
+namespace dmoe::expert_server {
+
+struct RuntimeOptions {
+  // Samples merged into one batch at most.
+  int64_t max_batch_size = 256;
+  // How long a partial batch waits for more requests before it runs.
+  int64_t batch_timeout_us = 1000;
+  // Samples waiting per expert; past it Submit answers kResourceExhausted.
+  int64_t max_queue = 4096;
+  // A backward whose step_seen is more than this many steps behind is refused; < 0 disables.
+  int64_t max_staleness = -1;
+  // Runtime threads (intra-op parallelism is set separately, process-wide).
+  int threads = 1;
+};
+
+enum class TaskKind { kForward, kBackward };
+
+struct TaskResult {
+  at::Tensor output;  // y for forward, grad_x for backward
+  int64_t step = 0;   // the expert's optimizer step when it computed
+};
+
+struct Task {
+  TaskKind kind = TaskKind::kForward;
+  at::Tensor x;
+  at::Tensor grad_y;  // backward only
+  std::optional<at::Tensor> mask;
+  std::optional<int64_t> step_seen;  // backward only
+  std::function<void(Result<TaskResult>)> done;
+};
+
+struct RuntimeStats {
+  int64_t batches = 0;
+  int64_t tasks = 0;
+  int64_t samples = 0;
+  int64_t refused_nonfinite = 0;
+  int64_t refused_stale = 0;
+  int64_t refused_overload = 0;
+};
+
+class Runtime {
+ public:
+  Runtime(std::vector<std::unique_ptr<Expert>> experts, RuntimeOptions options);
+  ~Runtime();  // Stops if still running.
+
+  void Start();
+  // Fails every queued task with kUnavailable and joins the threads. Idempotent.
+  void Stop();
+
+  // Queues a task. kNotFound for an unknown uid, kInvalidArgument for input the expert's schema
+  // refuses, kResourceExhausted past max_queue, kUnavailable after Stop: in each case `done` is
+  // not called. On OK, `done` is called exactly once, later, from a runtime thread.
+  Status Submit(const std::string& uid, Task task);
+
+  // Runs `fn` on a runtime thread with exclusive use of the experts (e.g. to snapshot their state
+  // for a checkpoint) and returns when it has run. Must not be called from a runtime thread.
+  Status RunExclusive(const std::function<void(std::map<std::string, Expert*>&)>& fn);
+
+  // Read-only facts that network threads may ask for at any time.
+  std::vector<std::string> uids() const;
+  bool Hosts(const std::string& uid) const;
+  int64_t step(const std::string& uid) const;
+  int64_t queued_samples(const std::string& uid) const;
+  // Queued samples over max_queue, in [0, 1], for the whole server.
+  double load() const;
+  RuntimeStats stats() const;
+  const RuntimeOptions& options() const { return options_; }
+
+ private:
+  struct Pending {
+    Task task;
+    int64_t samples = 0;
+    int64_t enqueued_us = 0;
+  };
+  struct Pool {
+    std::unique_ptr<Expert> expert;
+    std::deque<Pending> queue;
+    int64_t queued_samples = 0;
+    std::atomic<int64_t> step{0};
+    bool busy = false;
+  };
+
+  void Loop();
+  // Takes a batch of compatible tasks from the pool with the oldest head; nullptr when none is due.
+  // Sets *wait_until_us to when the next partial batch becomes due.
+  Pool* PickLocked(int64_t now_us, int64_t* wait_until_us);
+  void RunBatch(Pool& pool, std::vector<Pending> batch);
+
+  const RuntimeOptions options_;
+  std::map<std::string, std::unique_ptr<Pool>> pools_;
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::function<void()>> exclusive_;
+  bool stopping_ = false;
+  bool started_ = false;
+  int64_t busy_pools_ = 0;
+  bool exclusive_running_ = false;
+  RuntimeStats stats_;
+  std::vector<std::thread> threads_;
+};
+
+}  // namespace dmoe::expert_server
+
+#endif  // DMOE_EXPERT_SERVER_RUNTIME_H_

@@ -1,0 +1,178 @@
+#include "expert_server/runtime.h"
+
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <future>
+#include <limits>
+
+namespace dmoe::expert_server {
+namespace {
+
+constexpr int64_t kDim = 8;
+
+std::unique_ptr<Expert> MakeExpert(const std::string& uid) {
+  ExpertConfig config;
+  config.hidden_dim = kDim;
+  config.seed = 3;
+  return std::move(Expert::Create(ExpertRegistry::WithBuiltins(), uid, config, OptimizerOptions{}))
+      .value();
+}
+
+std::unique_ptr<Runtime> MakeRuntime(RuntimeOptions options,
+                                     std::vector<std::string> uids = {"ffn.0"}) {
+  std::vector<std::unique_ptr<Expert>> experts;
+  for (auto& uid : uids) experts.push_back(MakeExpert(uid));
+  return std::make_unique<Runtime>(std::move(experts), options);
+}
+
+// Collects the answer of one task.
+struct Answer {
+  std::promise<Result<TaskResult>> promise;
+  std::future<Result<TaskResult>> future = promise.get_future();
+  Result<TaskResult> Get() {
+    EXPECT_EQ(future.wait_for(std::chrono::seconds(30)), std::future_status::ready);
+    return future.get();
+  }
+};
+
+Task ForwardTask(at::Tensor x, Answer& answer) {
+  Task t;
+  t.x = std::move(x);
+  t.done = [&answer](Result<TaskResult> r) { answer.promise.set_value(std::move(r)); };
+  return t;
+}
+
+Task BackwardTask(at::Tensor x, at::Tensor g, Answer& answer,
+                  std::optional<int64_t> step_seen = {}) {
+  Task t = ForwardTask(std::move(x), answer);
+  t.kind = TaskKind::kBackward;
+  t.grad_y = std::move(g);
+  t.step_seen = step_seen;
+  return t;
+}
+
+TEST(RuntimeTest, ConcurrentRequestsMergeIntoOneBatchAndSplitBack) {
+  auto rt = MakeRuntime(RuntimeOptions{});
+  auto reference = MakeExpert("ffn.0");
+  std::vector<at::Tensor> xs;
+  std::vector<Answer> answers(8);
+  for (int i = 0; i < 8; ++i) {
+    xs.push_back(at::randn({4, kDim}));
+    ASSERT_TRUE(rt->Submit("ffn.0", ForwardTask(xs.back(), answers[i])).ok());
+  }
+  rt->Start();
+  for (int i = 0; i < 8; ++i) {
+    Result<TaskResult> r = answers[i].Get();
+    ASSERT_TRUE(r.ok()) << r.status().ToString();
+    EXPECT_TRUE(at::allclose(r->output, *reference->Forward(xs[i], std::nullopt), 1e-5, 1e-6));
+    EXPECT_EQ(r->step, 0);
+  }
+  RuntimeStats stats = rt->stats();
+  EXPECT_EQ(stats.batches, 1);
+  EXPECT_EQ(stats.tasks, 8);
+  EXPECT_EQ(stats.samples, 32);
+}
+
+TEST(RuntimeTest, BatchesNeverExceedMaxBatchSize) {
+  RuntimeOptions options;
+  options.max_batch_size = 8;
+  auto rt = MakeRuntime(options);
+  std::vector<Answer> answers(8);
+  for (int i = 0; i < 8; ++i)
+    ASSERT_TRUE(rt->Submit("ffn.0", ForwardTask(at::randn({4, kDim}), answers[i])).ok());
+  rt->Start();
+  for (auto& a : answers) ASSERT_TRUE(a.Get().ok());
+  EXPECT_EQ(rt->stats().batches, 4);
+}
+
+TEST(RuntimeTest, RefusesPastTheQueueLimitWithoutCallingDone) {
+  RuntimeOptions options;
+  options.max_queue = 10;
+  auto rt = MakeRuntime(options);
+  std::vector<Answer> answers(3);
+  ASSERT_TRUE(rt->Submit("ffn.0", ForwardTask(at::randn({4, kDim}), answers[0])).ok());
+  ASSERT_TRUE(rt->Submit("ffn.0", ForwardTask(at::randn({4, kDim}), answers[1])).ok());
+  Status s = rt->Submit("ffn.0", ForwardTask(at::randn({4, kDim}), answers[2]));
+  EXPECT_EQ(s.code(), Code::kResourceExhausted);
+  EXPECT_EQ(rt->stats().refused_overload, 1);
+  EXPECT_DOUBLE_EQ(rt->load(), 0.8);
+  rt->Start();
+  EXPECT_TRUE(answers[0].Get().ok());
+  EXPECT_TRUE(answers[1].Get().ok());
+  EXPECT_EQ(answers[2].future.wait_for(std::chrono::milliseconds(0)), std::future_status::timeout);
+}
+
+TEST(RuntimeTest, RefusesUnknownUidAndBadSchemaSynchronously) {
+  auto rt = MakeRuntime(RuntimeOptions{});
+  Answer a, b;
+  EXPECT_EQ(rt->Submit("ffn.9", ForwardTask(at::randn({1, kDim}), a)).code(), Code::kNotFound);
+  EXPECT_EQ(rt->Submit("ffn.0", ForwardTask(at::randn({1, kDim + 1}), b)).code(),
+            Code::kInvalidArgument);
+}
+
+TEST(RuntimeTest, NanTaskIsRefusedAloneAndTheRestOfItsBatchSteps) {
+  auto rt = MakeRuntime(RuntimeOptions{});
+  Answer good, bad;
+  at::Tensor g = at::randn({2, kDim});
+  at::Tensor nan_g = g.clone();
+  nan_g[0][0] = std::numeric_limits<float>::quiet_NaN();
+  ASSERT_TRUE(rt->Submit("ffn.0", BackwardTask(at::randn({2, kDim}), g, good)).ok());
+  ASSERT_TRUE(rt->Submit("ffn.0", BackwardTask(at::randn({2, kDim}), nan_g, bad)).ok());
+  rt->Start();
+  Result<TaskResult> ok = good.Get();
+  ASSERT_TRUE(ok.ok()) << ok.status().ToString();
+  EXPECT_EQ(ok->step, 1);
+  EXPECT_EQ(bad.Get().status().code(), Code::kInvalidArgument);
+  EXPECT_EQ(rt->stats().refused_nonfinite, 1);
+  EXPECT_EQ(rt->step("ffn.0"), 1);
+}
+
+TEST(RuntimeTest, RefusesStaleGradients) {
+  RuntimeOptions options;
+  options.max_staleness = 1;
+  auto rt = MakeRuntime(options);
+  rt->Start();
+  for (int i = 0; i < 3; ++i) {
+    Answer a;
+    ASSERT_TRUE(
+        rt->Submit("ffn.0", BackwardTask(at::randn({1, kDim}), at::randn({1, kDim}), a, i)).ok());
+    ASSERT_TRUE(a.Get().ok());
+  }
+  Answer stale, fresh;
+  ASSERT_TRUE(
+      rt->Submit("ffn.0", BackwardTask(at::randn({1, kDim}), at::randn({1, kDim}), stale, 1)).ok());
+  Result<TaskResult> r = stale.Get();
+  EXPECT_EQ(r.status().code(), Code::kInvalidArgument);
+  EXPECT_NE(r.status().message().find("stale"), std::string::npos);
+  ASSERT_TRUE(
+      rt->Submit("ffn.0", BackwardTask(at::randn({1, kDim}), at::randn({1, kDim}), fresh, 2)).ok());
+  EXPECT_TRUE(fresh.Get().ok());
+  EXPECT_EQ(rt->stats().refused_stale, 1);
+  EXPECT_EQ(rt->step("ffn.0"), 4);
+}
+
+TEST(RuntimeTest, StopFailsQueuedTasksWithUnavailable) {
+  auto rt = MakeRuntime(RuntimeOptions{});
+  Answer a;
+  ASSERT_TRUE(rt->Submit("ffn.0", ForwardTask(at::randn({1, kDim}), a)).ok());
+  rt->Stop();
+  EXPECT_EQ(a.Get().status().code(), Code::kUnavailable);
+  Answer b;
+  EXPECT_EQ(rt->Submit("ffn.0", ForwardTask(at::randn({1, kDim}), b)).code(), Code::kUnavailable);
+}
+
+TEST(RuntimeTest, RunExclusiveSeesEveryExpert) {
+  auto rt = MakeRuntime(RuntimeOptions{}, {"ffn.0", "ffn.1"});
+  rt->Start();
+  std::vector<std::string> seen;
+  ASSERT_TRUE(rt->RunExclusive([&](std::map<std::string, Expert*>& experts) {
+                  for (auto& [uid, e] : experts)
+                    seen.push_back(uid + "@" + std::to_string(e->step()));
+                }).ok());
+  EXPECT_EQ(seen, (std::vector<std::string>{"ffn.0@0", "ffn.1@0"}));
+}
+
+}  // namespace
+}  // namespace dmoe::expert_server
