@@ -1,0 +1,83 @@
+#include "dht/address.h"
+
+#include <arpa/inet.h>
+
+#include <charconv>
+#include <cstring>
+
+namespace dmoe::dht {
+
+Address Address::V4(uint8_t a, uint8_t b, uint8_t c, uint8_t d, uint16_t port) {
+  Address addr;
+  addr.ip[0] = a;
+  addr.ip[1] = b;
+  addr.ip[2] = c;
+  addr.ip[3] = d;
+  addr.port = port;
+  return addr;
+}
+
+Result<Address> Address::Parse(std::string_view text) {
+  auto bad = [&](std::string_view why) {
+    return InvalidArgumentError("address '" + std::string(text) + "': " + std::string(why) +
+                                " (expected numeric IP:PORT or [IPv6]:PORT)");
+  };
+  size_t colon = text.rfind(':');
+  if (colon == std::string_view::npos || colon == 0) return bad("missing port");
+  std::string_view host = text.substr(0, colon);
+  std::string_view port_text = text.substr(colon + 1);
+  unsigned port = 0;
+  auto [ptr, ec] = std::from_chars(port_text.data(), port_text.data() + port_text.size(), port);
+  if (ec != std::errc() || ptr != port_text.data() + port_text.size() || port > 65535 ||
+      port_text.empty()) {
+    return bad("bad port");
+  }
+  Address addr;
+  addr.port = static_cast<uint16_t>(port);
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
+    std::string h(host.substr(1, host.size() - 2));
+    if (inet_pton(AF_INET6, h.c_str(), addr.ip.data()) != 1) return bad("bad IPv6 address");
+    addr.v6 = true;
+    return addr;
+  }
+  std::string h(host);
+  if (inet_pton(AF_INET, h.c_str(), addr.ip.data()) != 1) return bad("bad IPv4 address");
+  return addr;
+}
+
+Result<Address> Address::FromWire(std::span<const uint8_t> bytes) {
+  Address addr;
+  if (bytes.size() == 6) {
+    std::memcpy(addr.ip.data(), bytes.data(), 4);
+  } else if (bytes.size() == 18) {
+    addr.v6 = true;
+    std::memcpy(addr.ip.data(), bytes.data(), 16);
+  } else {
+    return InvalidArgumentError("wire address of " + std::to_string(bytes.size()) +
+                                " bytes (expected 6 or 18)");
+  }
+  size_t n = bytes.size();
+  addr.port = static_cast<uint16_t>((bytes[n - 2] << 8) | bytes[n - 1]);
+  return addr;
+}
+
+std::string Address::HostString() const {
+  char buf[INET6_ADDRSTRLEN] = {};
+  inet_ntop(v6 ? AF_INET6 : AF_INET, ip.data(), buf, sizeof(buf));
+  return buf;
+}
+
+std::string Address::ToString() const {
+  std::string host = HostString();
+  if (v6) host = "[" + host + "]";
+  return host + ":" + std::to_string(port);
+}
+
+std::string Address::ToWire() const {
+  std::string out(reinterpret_cast<const char*>(ip.data()), v6 ? 16 : 4);
+  out.push_back(static_cast<char>(port >> 8));
+  out.push_back(static_cast<char>(port & 0xff));
+  return out;
+}
+
+}  // namespace dmoe::dht

@@ -1,0 +1,252 @@
+// dht::Node: the single-threaded Kademlia protocol core.
+//
+// The Node owns the routing table, the record store, its own published records, the pending RPCs and
+// the running lookups. It never blocks, sleeps or reads the system clock: time comes from the injected
+// Clock, datagrams arrive through OnDatagram, go out through the Transport, and timers run when the
+// driver calls Tick() at (or after) NextWakeupUs(). Every method must be called from one thread (or
+// strand). Callbacks passed to GetMany/Put/Bootstrap run on that thread, after the call that completed
+// them has finished its own work, so they may call back into the Node.
+//
+// Trust model (see also dht/dht.h): records are signed, so a node can lie only about routing. A reply
+// is accepted only from the address the request went to and with the request's random 64-bit
+// transaction id, and its sender key must hash to the node id the request was meant for, so an
+// off-path attacker cannot inject answers and a node cannot answer for an id that is not its own.
+// Contacts learned from others' answers enter only lookups, never the routing table, until they answer
+// us themselves. Datagrams are not signed: that would cost an Ed25519 signature and verification
+// (~70 us) per message for little gain over the above.
+#ifndef DMOE_DHT_NODE_H_
+#define DMOE_DHT_NODE_H_
+
+#include <array>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <random>
+#include <set>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "core/clock.h"
+#include "core/identity.h"
+#include "core/status.h"
+#include "dht/lookup.h"
+#include "dht/message.h"
+#include "dht/record.h"
+#include "dht/routing_table.h"
+#include "dht/store.h"
+#include "dht/transport.h"
+
+namespace dmoe::dht {
+
+struct NodeOptions {
+  std::string network = "dmoe";  // nodes of other networks are ignored
+  size_t k = 20;
+  size_t alpha = 3;
+  size_t get_quorum = 1;  // a get stops once this many nodes answered with records
+  int64_t rpc_timeout_ms = 1000;
+  // An unanswered request is resent this many times, at the soft timeout (an RTT estimate), before
+  // the RPC fails at rpc_timeout_ms.
+  int retransmits = 2;
+  int64_t min_soft_timeout_ms = 5;
+  int max_failures = 1;  // failed RPCs in a row before a contact leaves the routing table
+  int64_t ping_stale_ms = 15'000;  // a full bucket pings its LRU contact only if not seen this long
+  int64_t republish_interval_ms = 60'000;  // own records are re-stored this often until they expire
+  int64_t refresh_interval_ms = 10 * 60'000;  // idle buckets get a lookup this often
+  int64_t sweep_interval_ms = 10'000;
+  StoreLimits store;
+  double requests_per_second_per_address = 2000;
+  double request_burst_per_address = 4000;
+  // A client node (short-lived CLI, or a process that only reads) asks others to keep it out of
+  // their routing tables.
+  bool client = false;
+  // After joining, look up one random id in every bucket to fill the routing table.
+  bool join_refresh = true;
+  uint64_t seed = 0;  // rng seed for transaction ids and refresh targets; 0 = random
+};
+
+struct NodeStats {
+  uint64_t datagrams_in = 0;
+  uint64_t datagrams_out = 0;
+  uint64_t dropped_oversized = 0;
+  uint64_t dropped_malformed = 0;
+  uint64_t dropped_version = 0;
+  uint64_t dropped_foreign_network = 0;
+  uint64_t dropped_rate_limited = 0;
+  uint64_t dropped_unsolicited = 0;   // replies matching no pending request
+  uint64_t dropped_wrong_sender = 0;  // replies whose key is not the expected node id
+  uint64_t rpcs_sent = 0;
+  uint64_t rpcs_timed_out = 0;
+  uint64_t retransmits = 0;
+  uint64_t records_rejected_in_answers = 0;  // invalid records other nodes sent us
+  std::array<uint64_t, static_cast<size_t>(RejectReason::kCount)> store_rejected{};
+
+  uint64_t rejected(RejectReason r) const { return store_rejected[static_cast<size_t>(r)]; }
+};
+
+// The answer for one key of a get.
+struct KeyResult {
+  std::string key;
+  // OK with at least one record; kNotFound when the lookup finished without any; kUnavailable when no
+  // peer is known or none answered; kDeadlineExceeded when the deadline came first with nothing.
+  Status status;
+  std::vector<Record> records;  // unexpired, signatures verified, by subkey
+  int rounds = 0;
+  int rpcs = 0;
+};
+
+class Node {
+ public:
+  using GetCallback = std::function<void(std::vector<KeyResult>)>;
+  // OK with the number of remote nodes that stored the record.
+  using PutCallback = std::function<void(Result<int>)>;
+  using DoneCallback = std::function<void(Status)>;
+
+  Node(const Identity& identity, Transport& transport, const Clock& clock, NodeOptions options);
+  ~Node();
+  Node(const Node&) = delete;
+  Node& operator=(const Node&) = delete;
+
+  void OnDatagram(const Address& from, std::span<const uint8_t> bytes);
+  void Tick();
+  // Monotonic microseconds (Clock::NowMonotonicUs) at which Tick has work to do.
+  int64_t NextWakeupUs() const;
+
+  // Pings `seeds`, then looks up the own id (and refreshes every bucket when join_refresh). `done`
+  // gets OK once joined, kUnavailable when no seed answered. While the routing table is empty the
+  // node keeps pinging the seeds every few seconds.
+  void Bootstrap(std::vector<Address> seeds, DoneCallback done);
+
+  // Iterative FIND_NODE: the k closest live nodes to `target` (closest first), with the rounds and
+  // RPCs the lookup took.
+  using FindNodeCallback = std::function<void(std::vector<WireContact>, int rounds, int rpcs)>;
+  void FindNode(const NodeId& target, FindNodeCallback done);
+
+  // Looks up every key concurrently; `done` gets one result per key, in order, by `timeout_ms`.
+  void GetMany(std::vector<std::string> keys, int64_t timeout_ms, GetCallback done);
+
+  // Signs (key, subkey, value) with a seq above every earlier one of this node and an expiration
+  // `ttl_ms` from now, stores it on the k nearest nodes, and re-stores it every
+  // republish_interval_ms until it expires. kInvalidArgument / kPayloadTooLarge for a record that
+  // breaks the rules, kUnavailable when no node could be reached (the record is still kept and
+  // republished).
+  void Put(std::string key, std::string subkey, std::string value, int64_t ttl_ms, PutCallback done);
+  // Stores an already-signed record on the k nearest nodes once (no republish).
+  void StoreRecord(Record record, PutCallback done);
+
+  // State for persistence (dht/persistence.h) and inspection.
+  std::vector<Contact> Contacts() const { return table_.AllContacts(); }
+  std::vector<Record> OwnRecords() const;
+  void RestoreOwnRecords(const std::vector<Record>& records);
+
+  const NodeId& id() const { return id_; }
+  const Identity& identity() const { return identity_; }
+  const NodeStats& stats() const { return stats_; }
+  const RoutingTable& routing_table() const { return table_; }
+  const RecordStore& store() const { return store_; }
+  const NodeOptions& options() const { return options_; }
+  size_t pending_rpcs() const { return rpcs_.size(); }
+  size_t running_lookups() const { return lookups_.size(); }
+
+ private:
+  using ReplyFn = std::function<void(const Message*)>;  // nullptr: the RPC failed
+  struct Rpc {
+    Address to;
+    std::optional<NodeId> expected;  // nullopt only for bootstrap pings to unknown nodes
+    std::string bytes;               // kept for retransmission
+    int64_t sent_us = 0;
+    int64_t timer_us = 0;  // the pending entry in rpc_timers_
+    int64_t hard_us = 0;
+    int retransmits_left = 0;
+    bool stalled = false;
+    ReplyFn on_reply;
+    std::function<void()> on_stall;
+  };
+  struct LookupRun {
+    std::unique_ptr<Lookup> lookup;
+    std::function<void(LookupRun&)> on_done;
+    int rpcs = 0;
+    int64_t start_us = 0;
+    int64_t deadline_us = 0;
+    bool deadline_hit = false;
+  };
+  struct Batch {
+    std::vector<KeyResult> results;
+    size_t remaining = 0;
+    GetCallback done;
+  };
+
+  // node.cc: datagrams, RPCs, serving requests.
+  void HandleRequest(const Address& from, const Message& m);
+  void HandleReply(const Address& from, const Message& m);
+  bool RateLimited(const Address& from);
+  void Reply(const Address& to, Message m);
+  Message NewMessage(MessageType type, uint64_t txid) const;
+  void SendRequest(const Address& to, const std::optional<NodeId>& expected, Message m,
+                   ReplyFn on_reply, std::function<void()> on_stall);
+  void FireRpcTimer(uint64_t txid, int64_t now_us);
+  int64_t SoftTimeoutUs() const;
+  void NoteAlive(const NodeId& id, const Address& from, bool client);
+  void Ping(const Contact& contact);
+  void FillValueAnswer(Message& answer, const std::string& key,
+                       const std::optional<std::string>& cursor);
+  bool AcceptAnswerRecord(const Record& r, const std::string& key);
+
+  // node_ops.cc: lookups, get, put, bootstrap, maintenance.
+  uint64_t StartLookup(Lookup::Kind kind, const NodeId& target, std::string key, int64_t deadline_us,
+                       std::function<void(LookupRun&)> on_done);
+  void AdvanceLookup(uint64_t lookup_id);
+  void QueryCandidate(uint64_t lookup_id, const WireContact& contact,
+                      std::optional<std::string> cursor);
+  void FinishLookup(uint64_t lookup_id);
+  void FinishKey(const std::shared_ptr<Batch>& batch, size_t index, LookupRun* run);
+  void StoreOn(const std::vector<WireContact>& targets, const Record& record, PutCallback done);
+  void Maintain(int64_t now_us);
+  void Defer(std::function<void()> fn);
+  void RunDeferred();
+
+  Identity identity_;
+  NodeId id_;
+  Transport& transport_;
+  const Clock& clock_;
+  NodeOptions options_;
+  std::mt19937_64 rng_;
+  RoutingTable table_;
+  RecordStore store_;
+  VerifiedCache verified_;
+  NodeStats stats_;
+
+  std::unordered_map<uint64_t, Rpc> rpcs_;
+  std::set<std::pair<int64_t, uint64_t>> rpc_timers_;  // (when, txid)
+  double srtt_us_ = -1;
+  double rttvar_us_ = 0;
+
+  std::unordered_map<uint64_t, std::unique_ptr<LookupRun>> lookups_;
+  std::set<std::pair<int64_t, uint64_t>> lookup_deadlines_;  // (when, lookup id)
+  uint64_t next_lookup_id_ = 1;
+
+  std::map<std::pair<std::string, std::string>, Record> own_records_;
+  uint64_t last_seq_ = 0;
+
+  struct TokenBucket {
+    double tokens = 0;
+    int64_t last_us = 0;
+  };
+  std::unordered_map<std::string, TokenBucket> rate_;
+
+  int64_t next_maintenance_us_ = 0;
+  int64_t next_sweep_us_ = 0;
+  int64_t next_republish_us_ = 0;
+  int64_t next_refresh_us_ = 0;
+  // Seeds of the last Bootstrap, retried while the routing table is empty.
+  std::vector<Address> seeds_;
+  int64_t next_rebootstrap_us_ = 0;
+
+  std::vector<std::function<void()>> deferred_;
+  bool running_deferred_ = false;
+};
+
+}  // namespace dmoe::dht
+
+#endif  // DMOE_DHT_NODE_H_
