@@ -348,4 +348,17 @@ Status ExportCheckpoint(const Checkpoint& checkpoint, const std::string& path) {
   return WriteFileAtomically(path, *blob);
 }
 
+Checkpoint WeightsOnly(const Checkpoint& checkpoint) {
+  static constexpr std::string_view kParamPrefix = "param/";
+  Checkpoint out = checkpoint;
+  out.tensors.clear();
+  for (const NamedTensor& t : checkpoint.tensors) {
+    if (t.name.rfind(kParamPrefix, 0) != 0) continue;
+    NamedTensor w = t;
+    w.name = t.name.substr(kParamPrefix.size());
+    out.tensors.push_back(std::move(w));
+  }
+  return out;
+}
+
 }  // namespace dmoe::storage

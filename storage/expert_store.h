@@ -161,6 +161,10 @@ class ExpertStore {
 // Useful for exporting a checkpoint other than the latest.
 Status ExportCheckpoint(const Checkpoint& checkpoint, const std::string& path);
 
+// The parameters of a checkpoint under their module names: the "param/" tensors with the prefix
+// cut, and no optimizer state. This is what `dmoe export` writes.
+Checkpoint WeightsOnly(const Checkpoint& checkpoint);
+
 }  // namespace dmoe::storage
 
 #endif  // DMOE_STORAGE_EXPERT_STORE_H_
