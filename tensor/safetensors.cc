@@ -201,7 +201,32 @@ Result<Decoded> Decode(std::span<const uint8_t> blob) {
 
 Result<std::vector<uint8_t>> Encode(const std::vector<TensorRef>& tensors,
                                     const std::map<std::string, std::string>& metadata) {
-  nlohmann::json header = nlohmann::json::object();
+  std::vector<uint8_t> blob;
+  DMOE_RETURN_IF_ERROR(EncodeInto(tensors, metadata, &blob));
+  return blob;
+}
+
+Status EncodeInto(const std::vector<TensorRef>& tensors,
+                  const std::map<std::string, std::string>& metadata, std::vector<uint8_t>* blob) {
+  blob->clear();
+  // The header is written by hand: __metadata__ first, then the entries in layout order, so that
+  // Decode, which breaks ties between empty tensors at one offset by header order, returns them in
+  // the given order. Strings go through nlohmann's escaper after their UTF-8 check, so it cannot
+  // throw.
+  std::string text = "{";
+  const auto append_string = [&text](std::string_view s) { text += nlohmann::json(s).dump(); };
+  if (!metadata.empty()) {
+    text += "\"__metadata__\":{";
+    for (const auto& [key, value] : metadata) {
+      DMOE_RETURN_IF_ERROR(CheckMetadataString("key", key));
+      DMOE_RETURN_IF_ERROR(CheckMetadataString("value", value));
+      if (text.back() != '{') text += ',';
+      append_string(key);
+      text += ':';
+      append_string(value);
+    }
+    text += '}';
+  }
   std::unordered_set<std::string_view> names;
   uint64_t offset = 0;
   for (const TensorRef& t : tensors) {
@@ -231,40 +256,31 @@ Result<std::vector<uint8_t>> Encode(const std::vector<TensorRef>& tensors,
                     " needs " + std::to_string(bytes));
     }
     if (t.dtype == DType::kBool) DMOE_RETURN_IF_ERROR(CheckBoolBytes(t.name, t.data));
-    header[t.name] = {{"dtype", DTypeName(t.dtype)},
-                      {"shape", t.shape},
-                      {"data_offsets", {offset, offset + bytes}}};
+    if (text.back() != '{') text += ',';
+    append_string(t.name);
+    text += ":{\"dtype\":\"";
+    text += DTypeName(t.dtype);
+    text += "\",\"shape\":[";
+    for (size_t d = 0; d < t.shape.size(); ++d) {
+      if (d != 0) text += ',';
+      text += std::to_string(t.shape[d]);
+    }
+    text += "],\"data_offsets\":[" + std::to_string(offset) + "," + std::to_string(offset + bytes) +
+            "]}";
     offset += bytes;
   }
-  if (!metadata.empty()) {
-    nlohmann::json meta = nlohmann::json::object();
-    for (const auto& [key, value] : metadata) {
-      DMOE_RETURN_IF_ERROR(CheckMetadataString("key", key));
-      DMOE_RETURN_IF_ERROR(CheckMetadataString("value", value));
-      meta[key] = value;
-    }
-    header[std::string(kMetadataKey)] = std::move(meta);
-  }
-
-  std::string text;
-  try {
-    text = header.dump();
-  } catch (const nlohmann::json::exception& e) {
-    // Unreachable: every string was checked to be UTF-8 above.
-    return InternalError(std::string("safetensors: cannot write header: ") + e.what());
-  }
+  text += '}';
   text.append((kDataAlignment - text.size() % kDataAlignment) % kDataAlignment, ' ');
   if (text.size() > kMaxHeaderBytes) {
     return Refuse("header length " + std::to_string(text.size()) + " exceeds 1 MiB");
   }
 
-  std::vector<uint8_t> blob;
-  blob.reserve(kLengthBytes + text.size() + offset);
-  blob.resize(kLengthBytes);
-  WriteLength(text.size(), blob.data());
-  blob.insert(blob.end(), text.begin(), text.end());
-  for (const TensorRef& t : tensors) blob.insert(blob.end(), t.data.begin(), t.data.end());
-  return blob;
+  blob->reserve(kLengthBytes + text.size() + offset);
+  blob->resize(kLengthBytes);
+  WriteLength(text.size(), blob->data());
+  blob->insert(blob->end(), text.begin(), text.end());
+  for (const TensorRef& t : tensors) blob->insert(blob->end(), t.data.begin(), t.data.end());
+  return Status::Ok();
 }
 
 }  // namespace dmoe::safetensors

@@ -87,6 +87,12 @@ struct TensorRef {
 Result<std::vector<uint8_t>> Encode(const std::vector<TensorRef>& tensors,
                                     const std::map<std::string, std::string>& metadata = {});
 
+// Encode into `*blob`, replacing its contents but reusing its capacity: a caller that encodes
+// repeatedly avoids a fresh allocation (and its page faults) per blob. On error `*blob` is left
+// empty.
+Status EncodeInto(const std::vector<TensorRef>& tensors,
+                  const std::map<std::string, std::string>& metadata, std::vector<uint8_t>* blob);
+
 }  // namespace dmoe::safetensors
 
 #endif  // DMOE_TENSOR_SAFETENSORS_H_

@@ -103,6 +103,45 @@ TEST(SafetensorsEncodeTest, RoundTripsManyTensorsIncludingEmptyOnesInOrder) {
   EXPECT_TRUE(decoded->metadata.empty());
 }
 
+TEST(SafetensorsEncodeTest, KeepsTheGivenOrderOfEmptyTensorsAtOneOffset) {
+  // Found by safetensors_fuzz: empty tensors sharing an offset are ordered by header position, so
+  // the header must list entries in the given order, not sorted by name.
+  const std::vector<uint8_t> four = Pattern(DType::kI32, 4);
+  const std::vector<TensorRef> tensors = {{"s", DType::kI32, {}, four},
+                                          {"}", DType::kF32, {0, 3}, {}},
+                                          {"z", DType::kU8, {INT64_MAX, 0}, {}},
+                                          {"a", DType::kU8, {0}, {}}};
+  Result<std::vector<uint8_t>> blob = Encode(tensors, {{"k", "v"}});
+  ASSERT_TRUE(blob.ok()) << blob.status().ToString();
+  const std::string header(blob->begin() + 8, blob->begin() + 8 + HeaderLength(*blob));
+  EXPECT_EQ(header.rfind(R"({"__metadata__":{"k":"v"},"s":{"dtype":"I32","shape":[],)", 0), 0u)
+      << header;
+  Result<Decoded> decoded = Decode(*blob);
+  ASSERT_TRUE(decoded.ok()) << decoded.status().ToString();
+  std::vector<std::string> names;
+  for (const TensorView& t : decoded->tensors) names.push_back(t.name);
+  EXPECT_EQ(names, (std::vector<std::string>{"s", "}", "z", "a"}));
+  // Encoding what was decoded gives the same bytes.
+  std::vector<TensorRef> again;
+  for (const TensorView& t : decoded->tensors) again.push_back({t.name, t.dtype, t.shape, t.data});
+  Result<std::vector<uint8_t>> blob_again = Encode(again, decoded->metadata);
+  ASSERT_TRUE(blob_again.ok());
+  EXPECT_EQ(*blob_again, *blob);
+}
+
+TEST(SafetensorsEncodeTest, EncodesFifteenThousandTensors) {
+  std::vector<TensorRef> tensors;
+  const std::vector<uint8_t> byte = {1};
+  for (int i = 0; i < 15000; ++i)
+    tensors.push_back({"t" + std::to_string(i), DType::kU8, {1}, byte});
+  Result<std::vector<uint8_t>> blob = Encode(tensors);
+  ASSERT_TRUE(blob.ok()) << blob.status().ToString();
+  Result<Decoded> decoded = Decode(*blob);
+  ASSERT_TRUE(decoded.ok()) << decoded.status().ToString();
+  ASSERT_EQ(decoded->tensors.size(), 15000u);
+  EXPECT_EQ(decoded->tensors[14999].name, "t14999");
+}
+
 TEST(SafetensorsEncodeTest, EncodesNoTensorsAsAnEmptyObject) {
   Result<std::vector<uint8_t>> blob = Encode({});
   ASSERT_TRUE(blob.ok()) << blob.status().ToString();
@@ -140,6 +179,22 @@ TEST(SafetensorsEncodeTest, KeepsMetadataStringsExactly) {
   Result<Decoded> decoded = Decode(*blob);
   ASSERT_TRUE(decoded.ok()) << decoded.status().ToString();
   EXPECT_EQ(decoded->metadata, metadata);
+}
+
+TEST(SafetensorsEncodeTest, EncodeIntoReusesTheBufferAndMatchesEncode) {
+  const std::vector<uint8_t> data = Pattern(DType::kF32, 4096);
+  const std::vector<TensorRef> tensors = {{"x", DType::kF32, {1024}, data}};
+  std::vector<uint8_t> buffer = {9, 9, 9};
+  ASSERT_TRUE(EncodeInto(tensors, {{"k", "v"}}, &buffer).ok());
+  const uint8_t* first = buffer.data();
+  EXPECT_EQ(buffer, *Encode(tensors, {{"k", "v"}}));
+  ASSERT_TRUE(EncodeInto(tensors, {{"k", "w"}}, &buffer).ok());
+  EXPECT_EQ(buffer.data(), first);
+  EXPECT_EQ(Decode(buffer)->metadata.at("k"), "w");
+  // A refusal leaves the buffer empty.
+  const Status refused = EncodeInto({{"", DType::kU8, {1}, data}}, {}, &buffer);
+  EXPECT_EQ(refused.code(), Code::kInvalidArgument);
+  EXPECT_TRUE(buffer.empty());
 }
 
 TEST(SafetensorsEncodeTest, RefusesBadNames) {
