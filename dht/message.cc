@@ -276,4 +276,30 @@ Result<Message> DecodeMessage(std::span<const uint8_t> bytes) {
   }
 }
 
+std::string EncodeRecordBlob(const Record& record) {
+  json j = json::object();
+  j["k"] = record.key;
+  j["r"] = json::array({RecordJson(record)});
+  std::string out;
+  json::to_msgpack(j, out);
+  return out;
+}
+
+Result<Record> DecodeRecordBlob(std::span<const uint8_t> bytes) {
+  try {
+    json j = json::from_msgpack(bytes.begin(), bytes.end(), true, false);
+    if (j.is_discarded() || !j.is_object()) return InvalidArgumentError("record blob is not a map");
+    Reader rd{j, {}};
+    std::string key;
+    std::vector<Record> records;
+    if (!rd.String("k", key, kMaxDatagramBytes) || !rd.Records(key, records) ||
+        records.size() != 1) {
+      return InvalidArgumentError("bad record blob: " + rd.why);
+    }
+    return records.front();
+  } catch (const std::exception& e) {
+    return InvalidArgumentError(std::string("bad record blob: ") + e.what());
+  }
+}
+
 }  // namespace dmoe::dht

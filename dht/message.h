@@ -86,6 +86,10 @@ size_t EncodedSize(const Message& message);
 size_t EncodedRecordSize(const Record& record);
 Result<Message> DecodeMessage(std::span<const uint8_t> bytes);
 
+// A whole record (key included) as one MessagePack array, for persistence.
+std::string EncodeRecordBlob(const Record& record);
+Result<Record> DecodeRecordBlob(std::span<const uint8_t> bytes);
+
 }  // namespace dmoe::dht
 
 #endif  // DMOE_DHT_MESSAGE_H_

@@ -280,6 +280,11 @@ void Node::Bootstrap(std::vector<Address> seeds, DoneCallback done) {
       return;
     }
     StartLookup(Lookup::Kind::kFindNode, id_, "", 0, [this, done](LookupRun&) {
+      // A node that restarted with saved records puts them back now rather than a period later.
+      int64_t now_ms = clock_.NowUnixMs();
+      for (const auto& [k, record] : own_records_) {
+        if (record.expiration_ms > now_ms) StoreRecord(record, nullptr);
+      }
       if (options_.join_refresh) {
         for (const NodeId& t : table_.AllBucketTargets(rng_)) {
           StartLookup(Lookup::Kind::kFindNode, t, "", 0, nullptr);

@@ -1,0 +1,176 @@
+// Real UDP: 16 dmoe-dht processes on loopback. Put through one, get through another, SIGKILL five,
+// get again; then a node stopped with SIGTERM restarts from its database without a bootstrap address.
+// No sleeps: every wait polls a pipe or a DHT call with a deadline; every process is killed and reaped
+// in TearDown even when an assertion fails.
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <regex>
+#include <string>
+#include <vector>
+
+#include "dht/dht.h"
+
+namespace dmoe::dht {
+namespace {
+
+using namespace std::chrono_literals;
+
+struct Proc {
+  pid_t pid = -1;
+  int out_fd = -1;
+  std::string address;  // 127.0.0.1:PORT
+  std::string peer_id;
+};
+
+// Starts dmoe-dht and waits (poll with deadline) for its "listening on" line.
+Proc Spawn(const std::vector<std::string>& args) {
+  Proc p;
+  int fds[2];
+  if (pipe(fds) != 0) return p;
+  pid_t pid = fork();
+  if (pid == 0) {
+    dup2(fds[1], 1);
+    close(fds[0]);
+    close(fds[1]);
+    int devnull = open("/dev/null", O_WRONLY);
+    if (devnull >= 0) dup2(devnull, 2);
+    std::vector<char*> argv;
+    for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
+    execv(argv[0], argv.data());
+    _exit(127);
+  }
+  close(fds[1]);
+  p.pid = pid;
+  p.out_fd = fds[0];
+  std::string line;
+  auto deadline = std::chrono::steady_clock::now() + 10s;
+  while (line.find('\n') == std::string::npos && std::chrono::steady_clock::now() < deadline) {
+    pollfd pfd{p.out_fd, POLLIN, 0};
+    if (poll(&pfd, 1, 100) <= 0) continue;
+    char buf[256];
+    ssize_t n = read(p.out_fd, buf, sizeof(buf));
+    if (n <= 0) break;
+    line.append(buf, static_cast<size_t>(n));
+  }
+  std::smatch m;
+  static const std::regex re("listening on udp://([0-9.]+:[0-9]+) peer_id=([0-9a-f]{64})");
+  if (std::regex_search(line, m, re)) {
+    p.address = m[1];
+    p.peer_id = m[2];
+  }
+  return p;
+}
+
+class DhtUdpTest : public ::testing::Test {
+ protected:
+  void TearDown() override {
+    for (Proc& p : procs_) Kill(p, SIGKILL);
+    std::filesystem::remove_all(db_dir_);
+  }
+
+  static int Kill(Proc& p, int sig) {
+    if (p.pid <= 0) return -1;
+    kill(p.pid, sig);
+    int status = 0;
+    waitpid(p.pid, &status, 0);
+    p.pid = -1;
+    if (p.out_fd >= 0) close(p.out_fd);
+    p.out_fd = -1;
+    return status;
+  }
+
+  Proc Start(const std::vector<std::string>& extra) {
+    std::vector<std::string> args = {DMOE_DHT_BINARY, "--listen", "127.0.0.1:0", "--network",
+                                     "itest", "--log-level", "warn"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    Proc p = Spawn(args);
+    procs_.push_back(p);
+    return p;
+  }
+
+  // A client node that joins through `via`, like `dmoe dht get/put`.
+  std::unique_ptr<Dht> Client(const std::string& via) {
+    DhtOptions o;
+    o.listen = "127.0.0.1:0";
+    o.bootstrap = {via};
+    o.node.network = "itest";
+    o.node.client = true;
+    o.node.join_refresh = false;
+    auto d = Dht::Start(std::move(o));
+    EXPECT_TRUE(d.ok()) << d.status().ToString();
+    if (!d.ok()) return nullptr;
+    EXPECT_TRUE((*d)->WaitBootstrapped(5s).ok());
+    return std::move(*d);
+  }
+
+  // Polls gets (each bounded by its own deadline) until the key is found or 10 s pass.
+  KeyResult GetWithin(const std::string& via, const std::string& key) {
+    KeyResult last;
+    auto deadline = std::chrono::steady_clock::now() + 10s;
+    while (std::chrono::steady_clock::now() < deadline) {
+      auto client = Client(via);
+      if (!client) break;
+      last = client->GetManyBlocking({key}, 2s).front();
+      if (last.status.ok()) break;
+    }
+    return last;
+  }
+
+  std::vector<Proc> procs_;
+  std::string db_dir_ = (std::filesystem::temp_directory_path() /
+                         ("dmoe_dht_itest_" + std::to_string(getpid())))
+                            .string();
+};
+
+TEST_F(DhtUdpTest, SixteenProcessesPutGetKillGet) {
+  Proc first = Start({"--db", db_dir_ + "/n0"});
+  ASSERT_FALSE(first.address.empty()) << "first dmoe-dht did not start";
+  for (int i = 1; i < 16; ++i) {
+    Proc p = Start({"--bootstrap", procs_[static_cast<size_t>(i) / 2].address});
+    ASSERT_FALSE(p.address.empty()) << "dmoe-dht " << i << " did not start";
+  }
+  // Put through node 3.
+  {
+    auto client = Client(procs_[3].address);
+    ASSERT_NE(client, nullptr);
+    auto stored = client->PutBlocking("expert/ffn.3.14", "peer-a", "{\"endpoint\":\"http://x\"}",
+                                      120s);
+    ASSERT_TRUE(stored.ok()) << stored.status().ToString();
+    EXPECT_GE(*stored, 10);
+  }
+  // Get through node 12.
+  KeyResult r = GetWithin(procs_[12].address, "expert/ffn.3.14");
+  ASSERT_TRUE(r.status.ok()) << r.status.ToString();
+  ASSERT_EQ(r.records.size(), 1u);
+  EXPECT_EQ(r.records[0].value, "{\"endpoint\":\"http://x\"}");
+
+  // SIGKILL five nodes (not 0, which is restarted below, nor 12 and 15, used to get).
+  for (int i : {2, 3, 5, 8, 11}) Kill(procs_[static_cast<size_t>(i)], SIGKILL);
+  r = GetWithin(procs_[15].address, "expert/ffn.3.14");
+  ASSERT_TRUE(r.status.ok()) << r.status.ToString();
+  EXPECT_EQ(r.records.size(), 1u);
+  KeyResult missing = Client(procs_[15].address)->GetManyBlocking({"expert/none"}, 3s).front();
+  EXPECT_EQ(missing.status.code(), Code::kNotFound) << missing.status.ToString();
+
+  // Node 0 stops cleanly on SIGTERM (exit 0, state saved) and rejoins from its database alone.
+  int status = Kill(procs_[0], SIGTERM);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0);
+  Proc again = Start({"--db", db_dir_ + "/n0"});
+  ASSERT_FALSE(again.address.empty());
+  r = GetWithin(again.address, "expert/ffn.3.14");
+  EXPECT_TRUE(r.status.ok()) << r.status.ToString();
+}
+
+}  // namespace
+}  // namespace dmoe::dht
