@@ -20,6 +20,11 @@ constexpr int kExitError = 2;
 // `dmoe inspect FILE`: decodes a safetensors file and prints
 // {"tensors": {NAME: {"dtype": .., "shape": [..]}, ..}, "metadata": {..}} (tensors in data order).
 void AddInspectCommand(CLI::App& app, int* exit_code);
+// `dmoe dht put --dht HOST:PORT --identity FILE KEY SUBKEY VALUE [--ttl SECONDS]` (exit 0 stored,
+// 2 error) and `dmoe dht get --dht HOST:PORT KEY`, which prints
+// {"key":..,"entries":{SUBKEY:{"value":..,"expires_at_ms":..,"publisher":HEX}}} (exit 0 found,
+// 1 not found, 2 error). Both join the DHT as a short-lived client node.
+void AddDhtCommand(CLI::App& app, int* exit_code);
 // The body of `dmoe inspect`, with its streams injected for tests.
 int RunInspect(const std::string& path, std::ostream& out, std::ostream& err);
 

@@ -154,6 +154,30 @@ TEST_F(DhtUdpTest, SixteenProcessesPutGetKillGet) {
   ASSERT_EQ(r.records.size(), 1u);
   EXPECT_EQ(r.records[0].value, "{\"endpoint\":\"http://x\"}");
 
+#ifdef DMOE_CLI_BINARY
+  // The command-line client: put through node 4, get through node 9 (exit 0 found, 1 not found).
+  std::string key_file = db_dir_ + "/cli.key";
+  std::filesystem::create_directories(db_dir_);
+  std::string put_cmd = std::string(DMOE_CLI_BINARY) + " dht put --network itest --dht " +
+                        procs_[4].address + " --identity " + key_file +
+                        " prefix/ffn. 3 '{\"uid\":\"ffn.3.14\"}' --ttl 60 > /dev/null";
+  EXPECT_EQ(WEXITSTATUS(std::system(put_cmd.c_str())), 0) << put_cmd;
+  std::string get_cmd = std::string(DMOE_CLI_BINARY) + " dht get --network itest --dht " +
+                        procs_[9].address + " prefix/ffn.";
+  FILE* pipe = popen(get_cmd.c_str(), "r");
+  ASSERT_NE(pipe, nullptr);
+  std::string printed;
+  char buf[512];
+  while (fgets(buf, sizeof(buf), pipe) != nullptr) printed += buf;
+  EXPECT_EQ(WEXITSTATUS(pclose(pipe)), 0) << printed;
+  EXPECT_NE(printed.find("{\"key\":\"prefix/ffn.\",\"entries\":{\"3\":{\"value\":"),
+            std::string::npos)
+      << printed;
+  std::string miss_cmd = std::string(DMOE_CLI_BINARY) + " dht get --network itest --dht " +
+                         procs_[9].address + " prefix/none. > /dev/null";
+  EXPECT_EQ(WEXITSTATUS(std::system(miss_cmd.c_str())), 1);
+#endif
+
   // SIGKILL five nodes (not 0, which is restarted below, nor 12 and 15, used to get).
   for (int i : {2, 3, 5, 8, 11}) Kill(procs_[static_cast<size_t>(i)], SIGKILL);
   r = GetWithin(procs_[15].address, "expert/ffn.3.14");
