@@ -1,0 +1,128 @@
+#include "net/http_message.h"
+
+#include <nlohmann/json.hpp>
+
+#include "net/websocket.h"
+
+namespace dmoe::net {
+namespace {
+
+char Lower(char c) { return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c; }
+
+Code CodeFromHttpStatus(int status) {
+  switch (status) {
+    case 401:
+      return Code::kUnauthenticated;
+    case 403:
+      return Code::kPermissionDenied;
+    case 404:
+      return Code::kNotFound;
+    case 413:
+      return Code::kPayloadTooLarge;
+    case 415:
+      return Code::kUnsupportedMediaType;
+    case 429:
+      return Code::kResourceExhausted;
+    case 502:
+    case 503:
+      return Code::kUnavailable;
+    case 504:
+      return Code::kDeadlineExceeded;
+    default:
+      return status >= 500 ? Code::kInternal : Code::kInvalidArgument;
+  }
+}
+
+}  // namespace
+
+bool EqualsIgnoreCase(std::string_view a, std::string_view b) {
+  if (a.size() != b.size()) return false;
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (Lower(a[i]) != Lower(b[i])) return false;
+  }
+  return true;
+}
+
+std::optional<std::string_view> Headers::Get(std::string_view name) const {
+  for (const auto& [k, v] : fields_) {
+    if (EqualsIgnoreCase(k, name)) return std::string_view(v);
+  }
+  return std::nullopt;
+}
+
+void Headers::Set(std::string name, std::string value) {
+  Remove(name);
+  fields_.emplace_back(std::move(name), std::move(value));
+}
+
+void Headers::Add(std::string name, std::string value) {
+  fields_.emplace_back(std::move(name), std::move(value));
+}
+
+void Headers::Remove(std::string_view name) {
+  std::erase_if(fields_, [&](const Field& f) { return EqualsIgnoreCase(f.first, name); });
+}
+
+std::optional<std::string_view> RequestHead::Param(std::string_view name) const {
+  for (const auto& [k, v] : params) {
+    if (k == name) return std::string_view(v);
+  }
+  return std::nullopt;
+}
+
+Response Response::Json(int status, std::string_view json) {
+  return Text(status, "application/json", json);
+}
+
+Response Response::Binary(int status, std::string content_type, Bytes body) {
+  Response r;
+  r.status = status;
+  r.content_type = std::move(content_type);
+  r.body = std::move(body);
+  return r;
+}
+
+Response Response::Text(int status, std::string content_type, std::string_view text) {
+  return Binary(status, std::move(content_type), Bytes(text.begin(), text.end()));
+}
+
+Response Response::Error(const Status& status) {
+  Status s = status.ok() ? InternalError("an OK status was sent as an error") : status;
+  Response r = Json(HttpStatus(s.code()), s.ToJson());
+  if (s.code() == Code::kResourceExhausted || s.code() == Code::kUnavailable) {
+    r.headers.Set("Retry-After", "1");
+  }
+  return r;
+}
+
+Status StatusFromResponse(const Response& response) {
+  if (response.status < 400) return Status::Ok();
+  Code fallback = CodeFromHttpStatus(response.status);
+  nlohmann::json body =
+      nlohmann::json::parse(response.body_view(), nullptr, /*allow_exceptions=*/false);
+  if (body.is_object() && body.contains("error") && body["error"].is_object()) {
+    const auto& err = body["error"];
+    std::optional<Code> code;
+    if (err.contains("code") && err["code"].is_string()) {
+      code = CodeFromName(err["code"].get<std::string>());
+    }
+    std::string message;
+    if (err.contains("message") && err["message"].is_string()) {
+      message = err["message"].get<std::string>();
+    }
+    if (code && *code != Code::kOk) return Status(*code, std::move(message));
+  }
+  std::string snippet(response.body_view().substr(0, 200));
+  return Status(fallback, "HTTP " + std::to_string(response.status) +
+                              (snippet.empty() ? std::string() : ": " + snippet));
+}
+
+bool WsConnection::TryBeginRequest(int limit) {
+  int n = in_flight_.load();
+  while (n < limit) {
+    if (in_flight_.compare_exchange_weak(n, n + 1)) return true;
+  }
+  return false;
+}
+
+}  // namespace dmoe::net

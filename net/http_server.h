@@ -1,0 +1,111 @@
+// HttpServer: the one HTTP/1.1 + WebSocket listener of dmoe (expert server, router).
+//
+//   net::HttpServer server(options);
+//   server.Handle("POST", "/v1/experts/{uid}/forward",
+//                 [](net::Request req, net::Responder respond) { ... respond(response) later ... },
+//                 /*pre_body=*/CheckAuth);
+//   DMOE_RETURN_IF_ERROR(server.Start());   // server.port() is the bound port
+//   ...
+//   server.Stop(std::chrono::seconds(5));
+//
+// Threads: one io_context run by a small pool (options.threads, or an IoContext passed in); every
+// connection runs on its own strand. Handlers and pre_body checks are called on that strand, i.e.
+// on a network thread, and must never block: they post work elsewhere and call the Responder when
+// done, from any thread. An exception thrown by a handler is answered 500 and logged; it never
+// escapes.
+//
+// Per connection: requests are served one at a time (the next request is read after the previous
+// response is written; no pipelining). Limits: header bytes, body bytes (a declared Content-Length
+// above the limit is answered 413 without reading the body, then the connection is closed; chunked
+// bodies are cut off at the limit the same way), idle time before a request's header is complete,
+// time to read a body, time to write a response.
+//
+// Routing: a route is a method and a pattern of '/'-separated segments, each literal or `{name}`
+// (one non-empty segment, available through RequestHead::Param). The first registered route that
+// matches wins. An unknown path is 404 not_found; a known path with another method is 405 with an
+// invalid_argument body (retrying elsewhere cannot help) and an Allow header. Malformed requests
+// are 400 invalid_argument, after which the connection is closed. All error bodies are PROTOCOL
+// section 3.
+#ifndef DMOE_NET_HTTP_SERVER_H_
+#define DMOE_NET_HTTP_SERVER_H_
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "core/status.h"
+#include "net/http_message.h"
+#include "net/io_context.h"
+#include "net/websocket.h"
+
+namespace dmoe::net {
+
+struct HttpServerOptions {
+  std::string host = "127.0.0.1";  // IP literal or "localhost"; "0.0.0.0" for all interfaces.
+  uint16_t port = 0;               // 0: pick a free port; see HttpServer::port().
+  int threads = 2;                 // Used only when no IoContext is passed in.
+  uint64_t max_body_bytes = 64ull << 20;  // Also the WebSocket message limit.
+  uint32_t max_header_bytes = 16 << 10;
+  // From the end of the previous response (or the accept) until the next request's header is in.
+  std::chrono::milliseconds idle_timeout{60'000};
+  // From the end of a request's header until its whole body is in.
+  std::chrono::milliseconds read_timeout{60'000};
+  std::chrono::milliseconds write_timeout{60'000};
+  // WebSocket: messages queued by Send beyond the one being written.
+  size_t ws_max_queued_messages = 1024;
+  // WebSocket: a connection with no traffic this long is pinged, then closed if still silent.
+  std::chrono::milliseconds ws_idle_timeout{300'000};
+  std::string server_name = "dmoe";  // Sent as the Server header.
+};
+
+// Asynchronous request handler; see the threading contract above.
+using Handler = std::function<void(Request request, Responder respond)>;
+// Runs when a request's header is in, before any of its body is read. A non-OK status is answered
+// as PROTOCOL section 3 (e.g. 401, 415) and the unread body is not read: the connection is closed.
+using HeadCheck = std::function<Status(const RequestHead& head)>;
+
+class HttpServer {
+ public:
+  // When `io` is null the server owns an IoContext with options.threads threads. A shared `io`
+  // must outlive the server.
+  explicit HttpServer(HttpServerOptions options, IoContext* io = nullptr);
+  // Stop(0) if still running.
+  ~HttpServer();
+  HttpServer(const HttpServer&) = delete;
+  HttpServer& operator=(const HttpServer&) = delete;
+
+  // Registers routes. Only before Start().
+  void Handle(std::string method, std::string pattern, Handler handler, HeadCheck pre_body = {});
+  // A WebSocket route: a GET with an upgrade to this pattern is checked by `pre_upgrade` (non-OK is
+  // answered as an HTTP error instead of the upgrade), then becomes a WsConnection with `handlers`.
+  void HandleWebSocket(std::string pattern, WsHandlers handlers, HeadCheck pre_upgrade = {});
+
+  // Binds, listens and starts accepting. kUnavailable when the address cannot be bound,
+  // kInvalidArgument for a bad host.
+  Status Start();
+  // The bound port (after a successful Start).
+  uint16_t port() const;
+
+  // Graceful stop: stops accepting, closes idle connections, lets requests whose header is already
+  // in finish and answer (with Connection: close) for up to `deadline`, closes WebSockets, then
+  // closes whatever is left. Blocks; must not be called from a network thread. Idempotent.
+  void Stop(std::chrono::milliseconds deadline = std::chrono::seconds(5));
+
+  // Connections accepted since Start (for tests and metrics). Any thread.
+  uint64_t accepted_connections() const;
+  // HTTP and WebSocket connections open now. Any thread.
+  size_t open_connections() const;
+
+  struct State;  // Private to http_server.cc; named here so its sessions can share it.
+
+ private:
+  std::unique_ptr<IoContext> owned_io_;
+  IoContext* io_;
+  std::shared_ptr<State> state_;
+};
+
+}  // namespace dmoe::net
+
+#endif  // DMOE_NET_HTTP_SERVER_H_
