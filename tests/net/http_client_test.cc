@@ -1,0 +1,124 @@
+#include "net/http_client.h"
+
+#include <gtest/gtest.h>
+
+#include <future>
+
+#include "net/http_server.h"
+#include "net/url.h"
+#include "tests/net/test_util.h"
+
+namespace dmoe::net {
+namespace {
+
+using std::chrono::milliseconds;
+using std::chrono::seconds;
+using testing::WaitFor;
+
+std::string Base(const HttpServer& s) { return "http://127.0.0.1:" + std::to_string(s.port()); }
+
+TEST(UrlTest, ParsesHostPortAndTarget) {
+  auto u = ParseUrl("http://10.0.0.5:8000/v1/experts?x=1");
+  ASSERT_TRUE(u.ok());
+  EXPECT_EQ(u->host, "10.0.0.5");
+  EXPECT_EQ(u->port, 8000);
+  EXPECT_EQ(u->target, "/v1/experts?x=1");
+  auto v6 = ParseUrl("ws://[::1]:9/v1/ws");
+  ASSERT_TRUE(v6.ok());
+  EXPECT_EQ(v6->host, "::1");
+  EXPECT_EQ(v6->HostPort(), "[::1]:9");
+  auto bare = ParseUrl("http://example.org");
+  ASSERT_TRUE(bare.ok());
+  EXPECT_EQ(bare->port, 80);
+  EXPECT_EQ(bare->target, "/");
+  EXPECT_EQ(ParseUrl("https://x/").status().code(), Code::kInvalidArgument);
+  EXPECT_EQ(ParseUrl("http://x:99999/").status().code(), Code::kInvalidArgument);
+  EXPECT_EQ(ParseUrl("x:1/").status().code(), Code::kInvalidArgument);
+}
+
+TEST(HttpClientTest, DeadlineAgainstSilentServer) {
+  testing::SilentListener silent;
+  HttpClient client;
+  auto start = std::chrono::steady_clock::now();
+  auto r = client.Fetch("GET", "http://127.0.0.1:" + std::to_string(silent.port()) + "/x", {}, {},
+                        milliseconds(300));
+  auto took = std::chrono::steady_clock::now() - start;
+  EXPECT_EQ(r.status().code(), Code::kDeadlineExceeded) << r.status().ToString();
+  EXPECT_GE(took, milliseconds(290));
+  EXPECT_LT(took, milliseconds(2000));
+}
+
+TEST(HttpClientTest, ConnectionRefusedIsUnavailable) {
+  auto r = Fetch("GET", "http://127.0.0.1:" + std::to_string(testing::UnusedPort()) + "/x");
+  EXPECT_EQ(r.status().code(), Code::kUnavailable) << r.status().ToString();
+}
+
+TEST(HttpClientTest, BadUrlIsInvalidArgument) {
+  EXPECT_EQ(Fetch("GET", "nonsense").status().code(), Code::kInvalidArgument);
+}
+
+TEST(HttpClientTest, ErrorBodyMapsBackToTheSameStatus) {
+  HttpServer server({});
+  server.Handle("GET", "/busy", [](Request, Responder respond) {
+    respond(Response::Error(ResourceExhaustedError("64 requests in flight")));
+  });
+  server.Handle("GET", "/plain", [](Request, Responder respond) {
+    respond(Response::Text(503, "text/plain", "down"));
+  });
+  ASSERT_TRUE(server.Start().ok());
+  auto r = Fetch("GET", Base(server) + "/busy");
+  EXPECT_EQ(r.status(), ResourceExhaustedError("64 requests in flight"));
+  auto raw =
+      Fetch("GET", Base(server) + "/busy", {}, {}, seconds(5), {.raw_error_responses = true});
+  ASSERT_TRUE(raw.ok());
+  EXPECT_EQ(raw->status, 429);
+  EXPECT_EQ(raw->headers.Get("Retry-After").value_or(""), "1");
+  EXPECT_EQ(Fetch("GET", Base(server) + "/plain").status().code(), Code::kUnavailable);
+}
+
+TEST(HttpClientTest, CancelEndsTheCallPromptly) {
+  testing::SilentListener silent;
+  HttpClient client;
+  std::promise<Result<Response>> done;
+  CallHandle handle =
+      client.Request("GET", "http://127.0.0.1:" + std::to_string(silent.port()) + "/x", {}, {},
+                     std::chrono::steady_clock::now() + seconds(30),
+                     [&](Result<Response> r) { done.set_value(std::move(r)); });
+  handle.Cancel();
+  auto future = done.get_future();
+  ASSERT_EQ(future.wait_for(seconds(5)), std::future_status::ready);
+  EXPECT_EQ(future.get().status().code(), Code::kUnavailable);
+  handle.Cancel();  // After completion: a no-op.
+}
+
+TEST(HttpClientTest, ReconnectsWhenServerClosedAnIdleConnection) {
+  HttpServerOptions options;
+  options.idle_timeout = milliseconds(100);
+  HttpServer server(options);
+  server.Handle("GET", "/x",
+                [](Request, Responder respond) { respond(Response::Json(200, "{}")); });
+  ASSERT_TRUE(server.Start().ok());
+  HttpClient client;
+  ASSERT_TRUE(client.Fetch("GET", Base(server) + "/x", {}, {}, seconds(5)).ok());
+  ASSERT_TRUE(WaitFor([&] { return server.open_connections() == 0; }));
+  auto r = client.Fetch("GET", Base(server) + "/x", {}, {}, seconds(5));
+  EXPECT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(client.connections_opened(), 2u);
+}
+
+TEST(HttpClientTest, DestroyingClientCompletesCallsInFlight) {
+  testing::SilentListener silent;
+  std::promise<Result<Response>> done;
+  {
+    HttpClient client;
+    client.Request("GET", "http://127.0.0.1:" + std::to_string(silent.port()) + "/x", {}, {},
+                   std::chrono::steady_clock::now() + seconds(30),
+                   [&](Result<Response> r) { done.set_value(std::move(r)); });
+  }
+  auto future = done.get_future();
+  ASSERT_EQ(future.wait_for(seconds(1)), std::future_status::ready);
+  EXPECT_EQ(future.get().status().code(), Code::kUnavailable);
+}
+
+}  // namespace
+}  // namespace dmoe::net
