@@ -93,6 +93,7 @@ void WsSession::Opened() {
   }
   if (handlers_.on_open) handlers_.on_open(self);
   DoRead();
+  if (close_requested_ && !writing_) DoClose();
 }
 
 void WsSession::DoRead() {
@@ -190,9 +191,11 @@ void WsSession::DoClose() {
 
 void WsSession::Shutdown(bool force) {
   asio::post(ws_.get_executor(), [self = shared_from_this(), force] {
-    if (!force && self->open_.load()) {
+    if (self->finished_) return;
+    if (!force) {
+      // During the handshake, Opened() sees the request and closes right after it.
       self->close_requested_ = true;
-      if (!self->writing_) self->DoClose();
+      if (self->open_.load() && !self->writing_) self->DoClose();
       return;
     }
     beast_error ignored;

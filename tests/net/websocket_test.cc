@@ -183,7 +183,8 @@ TEST(WebSocketTest, StopClosesWebSockets) {
   server->Stop(seconds(5));
   auto f = closed.get_future();
   ASSERT_EQ(f.wait_for(seconds(5)), std::future_status::ready);
-  EXPECT_TRUE(f.get().ok());
+  Status why = f.get();
+  EXPECT_TRUE(why.ok()) << why.ToString();
   EXPECT_EQ(conn->Send(ToBytes("late")).code(), Code::kUnavailable);
 }
 
