@@ -1,15 +1,15 @@
 // DHT benchmark. Usage: dht [--smoke]. Writes ${DMOE_BENCH_OUT:-bench/results}/dht.json.
 //
 // Simulated part: for N = 64, 256, 1024 nodes, one-way link delay 0 / 10 / 50 ms (+-20% jitter) and
-// 0 / 10 / 30 % of the nodes replaced during the run, 32 publishers announce keys (re-announcing every
-// 15 s with a 45 s expiration, as expert servers do) and a joined client node that holds nothing gets
-// random keys one at a time. Reported: get success rate, p50/p99 lookup latency in virtual time,
-// RPCs and rounds per lookup, and CPU microseconds per lookup (the whole simulation's CPU time while
-// the get runs, so it includes the answering nodes' work).
+// 0 / 10 / 30 % of the nodes replaced during the run, 32 publishers announce keys (re-announcing
+// every 15 s with a 45 s expiration, as expert servers do) and a joined client node that holds
+// nothing gets random keys one at a time. Reported: get success rate, p50/p99 lookup latency in
+// virtual time, RPCs and rounds per lookup, and CPU microseconds per lookup (the whole simulation's
+// CPU time while the get runs, so it includes the answering nodes' work).
 //
 // Real part: N dmoe DHT nodes as threads of this process on loopback UDP (each with its own socket
-// and thread), a client node gets random keys with one get in flight; wall-clock p50/p99; then 30 % of
-// the nodes stop and the gets go on (the time until the get returns to its caller).
+// and thread), a client node gets random keys with one get in flight; wall-clock p50/p99; then 30 %
+// of the nodes stop and the gets go on (the time until the get returns to its caller).
 #include <time.h>
 
 #include <algorithm>
@@ -84,8 +84,8 @@ SimRow RunSim(int n, int delay_ms, int churn_pct, int gets, uint64_t seed) {
     }
   };
   for (size_t p : publishers) {
-    for (int j = 0; j < 4; ++j) keys.push_back({"expert/ffn." + std::to_string(p) + "." +
-                                                    std::to_string(j), p});
+    for (int j = 0; j < 4; ++j)
+      keys.push_back({"expert/ffn." + std::to_string(p) + "." + std::to_string(j), p});
   }
   announce();
   net.RunFor(5000);
@@ -255,15 +255,22 @@ int main(int argc, char** argv) {
                     r.rounds_p50, r.rounds_mean, r.cpu_us);
         std::fflush(stdout);
         double round_goal = std::log2(n) / 3 + 1;
-        bool met = (churn == 0 ? r.success >= 1.0 : r.success >= 0.99) &&
-                   r.rounds_p50 <= round_goal;
+        bool met =
+            (churn == 0 ? r.success >= 1.0 : r.success >= 0.99) && r.rounds_p50 <= round_goal;
         goals_met = goals_met && met;
-        sim.push_back({{"n", r.n}, {"delay_ms", r.delay_ms}, {"churn_pct", r.churn_pct},
-                       {"gets", r.gets}, {"success_rate", r.success},
-                       {"latency_p50_ms", r.p50_ms}, {"latency_p99_ms", r.p99_ms},
-                       {"rpcs_per_lookup", r.rpcs}, {"rounds_p50", r.rounds_p50},
-                       {"rounds_mean", r.rounds_mean}, {"rounds_goal", round_goal},
-                       {"cpu_us_per_lookup", r.cpu_us}, {"goals_met", met}});
+        sim.push_back({{"n", r.n},
+                       {"delay_ms", r.delay_ms},
+                       {"churn_pct", r.churn_pct},
+                       {"gets", r.gets},
+                       {"success_rate", r.success},
+                       {"latency_p50_ms", r.p50_ms},
+                       {"latency_p99_ms", r.p99_ms},
+                       {"rpcs_per_lookup", r.rpcs},
+                       {"rounds_p50", r.rounds_p50},
+                       {"rounds_mean", r.rounds_mean},
+                       {"rounds_goal", round_goal},
+                       {"cpu_us_per_lookup", r.cpu_us},
+                       {"goals_met", met}});
       }
     }
   }
@@ -278,9 +285,14 @@ int main(int argc, char** argv) {
       double goal = r.phase == "static" ? (r.n <= 64 ? 1.0 : 1.5) : 50.0;
       bool met = r.p50_ms <= goal && r.success >= 0.99;
       if (!smoke) goals_met = goals_met && met;
-      udp.push_back({{"n", r.n}, {"phase", r.phase}, {"gets", r.gets},
-                     {"success_rate", r.success}, {"latency_p50_ms", r.p50_ms},
-                     {"latency_p99_ms", r.p99_ms}, {"p50_goal_ms", goal}, {"goal_met", met}});
+      udp.push_back({{"n", r.n},
+                     {"phase", r.phase},
+                     {"gets", r.gets},
+                     {"success_rate", r.success},
+                     {"latency_p50_ms", r.p50_ms},
+                     {"latency_p99_ms", r.p99_ms},
+                     {"p50_goal_ms", goal},
+                     {"goal_met", met}});
     }
   }
   std::printf("goals (100%% static, >=99%% churn, p50 rounds <= log2(N)/3+1, UDP p50): %s\n",

@@ -1,5 +1,5 @@
-// `dmoe dht put` and `dmoe dht get`: a short-lived client node joins the DHT through --dht, runs one
-// operation and leaves. Client nodes ask others to keep them out of routing tables.
+// `dmoe dht put` and `dmoe dht get`: a short-lived client node joins the DHT through --dht, runs
+// one operation and leaves. Client nodes ask others to keep them out of routing tables.
 //
 // Exit statuses: put 0 stored / 2 error; get 0 found / 1 not found / 2 error.
 #include <CLI/CLI.hpp>
@@ -61,9 +61,9 @@ int RunPut(const DhtFlags& flags, const std::string& identity_path, const std::s
   (*node)->Stop();
   if (!stored.ok()) return Fail(stored.status(), err);
   nlohmann::ordered_json j = {{"key", key},
-                      {"subkey", subkey},
-                      {"stored_on", *stored},
-                      {"publisher", identity->public_key_hex()}};
+                              {"subkey", subkey},
+                              {"stored_on", *stored},
+                              {"publisher", identity->public_key_hex()}};
   out << j.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace) << "\n";
   return kExitOk;
 }
@@ -104,8 +104,8 @@ void AddDhtCommand(CLI::App& app, int* exit_code) {
       ->capture_default_str();
   put->add_option("key subkey value", *put_args, "KEY SUBKEY VALUE")->expected(3)->required();
   put->callback([=] {
-    *exit_code = RunPut(*put_flags, *identity, (*put_args)[0], (*put_args)[1], (*put_args)[2],
-                        *ttl, std::cout, std::cerr);
+    *exit_code = RunPut(*put_flags, *identity, (*put_args)[0], (*put_args)[1], (*put_args)[2], *ttl,
+                        std::cout, std::cerr);
   });
 
   auto get_flags = std::make_shared<DhtFlags>();

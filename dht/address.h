@@ -1,8 +1,8 @@
 // A numeric UDP address (IPv4 or IPv6 plus port), the one address type of the DHT core.
 //
-// The core and the simulated network never resolve names; the UDP runtime resolves host names once at
-// the edge (bootstrap flags) and then works with these. On the wire an address is 6 bytes (IPv4) or 18
-// bytes (IPv6): the address bytes in network order followed by the port, big-endian.
+// The core and the simulated network never resolve names; the UDP runtime resolves host names once
+// at the edge (bootstrap flags) and then works with these. On the wire an address is 6 bytes (IPv4)
+// or 18 bytes (IPv6): the address bytes in network order followed by the port, big-endian.
 #ifndef DMOE_DHT_ADDRESS_H_
 #define DMOE_DHT_ADDRESS_H_
 

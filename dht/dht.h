@@ -6,9 +6,9 @@
 //                   [](std::vector<KeyResult> results) { ... });
 //
 // Records (PROTOCOL section 6, layout in dht/record.h) are (key, subkey) -> value, signed by their
-// publisher and expiring at most 10 minutes ahead; a publisher owns its subkeys until they expire. The
-// node re-stores its own records on a period until they expire, so an announcement lives exactly as
-// long as its publisher keeps putting it: staleness is expiry.
+// publisher and expiring at most 10 minutes ahead; a publisher owns its subkeys until they expire.
+// The node re-stores its own records on a period until they expire, so an announcement lives
+// exactly as long as its publisher keeps putting it: staleness is expiry.
 //
 // Threads. The protocol core (dht/node.h) is single-threaded; Dht runs it on a strand of an Asio
 // io_context (its own thread unless `io_context` is given) with one UDP socket and one timer. Every
@@ -16,18 +16,20 @@
 // block (post heavy work elsewhere). The *Blocking variants wait for the callback and are for
 // command-line tools and tests: never call them from a DHT callback or an io_context thread.
 //
-// Trust. Records carry Ed25519 signatures and are verified by every node that stores them and by every
-// client that receives them, so a malicious node can withhold or delay records but not forge or alter
-// them. Datagrams themselves are not signed (an Ed25519 signature plus verification would cost ~70 us
-// per message): instead a reply is matched to its request by a random 64-bit transaction id and the
-// source address, and the sender's public key must hash to the node id the request was sent to. Nodes
-// learned from other nodes' answers are used in lookups but enter the routing table only after they
-// answer themselves; lookups keep every candidate and route around contacts that stall, so bogus
-// "closer nodes" slow a lookup by a soft timeout rather than stopping it.
+// Trust. Records carry Ed25519 signatures and are verified by every node that stores them and by
+// every client that receives them, so a malicious node can withhold or delay records but not forge
+// or alter them. Datagrams themselves are not signed (an Ed25519 signature plus verification would
+// cost ~70 us per message): instead a reply is matched to its request by a random 64-bit
+// transaction id and the source address, and the sender's public key must hash to the node id the
+// request was sent to. Nodes learned from other nodes' answers are used in lookups but enter the
+// routing table only after they answer themselves; lookups keep every candidate and route around
+// contacts that stall, so bogus "closer nodes" slow a lookup by a soft timeout rather than stopping
+// it.
 //
-// Persistence. With `db_path` (or `kv_store`), the routing table's contacts and the node's own records
-// are saved to the "node_state" column family periodically and at Stop, and a restarted node pings the
-// saved contacts to rejoin without a bootstrap address, then republishes its unexpired records.
+// Persistence. With `db_path` (or `kv_store`), the routing table's contacts and the node's own
+// records are saved to the "node_state" column family periodically and at Stop, and a restarted
+// node pings the saved contacts to rejoin without a bootstrap address, then republishes its
+// unexpired records.
 #ifndef DMOE_DHT_DHT_H_
 #define DMOE_DHT_DHT_H_
 
@@ -55,7 +57,8 @@ namespace dmoe::dht {
 struct DhtOptions {
   // HOST:PORT to bind (host may be a name or [IPv6]); port 0 picks a free port.
   std::string listen = "0.0.0.0:0";
-  // HOST:PORT of nodes to join through; may be empty for the first node, or when saved contacts exist.
+  // HOST:PORT of nodes to join through; may be empty for the first node, or when saved contacts
+  // exist.
   std::vector<std::string> bootstrap;
   // The node's key pair; a fresh one when absent.
   std::optional<Identity> identity;
@@ -65,16 +68,16 @@ struct DhtOptions {
   std::shared_ptr<storage::KvStore> kv_store;
   int64_t save_interval_ms = 60'000;
   NodeOptions node;
-  // Run on this io_context instead of a thread of our own; the caller runs it and keeps it alive past
-  // Stop.
+  // Run on this io_context instead of a thread of our own; the caller runs it and keeps it alive
+  // past Stop.
   boost::asio::io_context* io_context = nullptr;
 };
 
 class Dht {
  public:
-  // Binds the socket, loads saved state and starts joining (bootstrap addresses plus saved contacts).
-  // kInvalidArgument for a bad address, kUnavailable when the port cannot be bound or the database is
-  // locked by another process.
+  // Binds the socket, loads saved state and starts joining (bootstrap addresses plus saved
+  // contacts). kInvalidArgument for a bad address, kUnavailable when the port cannot be bound or
+  // the database is locked by another process.
   static Result<std::unique_ptr<Dht>> Start(DhtOptions options);
   // Stops (see Stop).
   virtual ~Dht() = default;
@@ -84,17 +87,18 @@ class Dht {
   virtual uint16_t port() const = 0;
   virtual std::string peer_id() const = 0;
 
-  // Runs the lookups of all `keys` concurrently; `done` gets one KeyResult per key, in order, within
-  // `timeout` (a key not finished by then is kDeadlineExceeded unless records were already found).
+  // Runs the lookups of all `keys` concurrently; `done` gets one KeyResult per key, in order,
+  // within `timeout` (a key not finished by then is kDeadlineExceeded unless records were already
+  // found).
   virtual void GetMany(std::vector<std::string> keys, std::chrono::milliseconds timeout,
                        std::function<void(std::vector<KeyResult>)> done) = 0;
-  // Publishes (key, subkey) -> value for `ttl` (at most 10 minutes) and keeps re-storing it until it
-  // expires; `done` gets the number of nodes that stored it, or why none did.
+  // Publishes (key, subkey) -> value for `ttl` (at most 10 minutes) and keeps re-storing it until
+  // it expires; `done` gets the number of nodes that stored it, or why none did.
   virtual void Put(std::string key, std::string subkey, std::string value,
                    std::chrono::milliseconds ttl, std::function<void(Result<int>)> done) = 0;
 
-  // OK once the node joined (or when it had nobody to join); kUnavailable when no bootstrap or saved
-  // contact answered; kDeadlineExceeded when `timeout` passed first.
+  // OK once the node joined (or when it had nobody to join); kUnavailable when no bootstrap or
+  // saved contact answered; kDeadlineExceeded when `timeout` passed first.
   virtual Status WaitBootstrapped(std::chrono::milliseconds timeout) = 0;
   virtual std::vector<KeyResult> GetManyBlocking(std::vector<std::string> keys,
                                                  std::chrono::milliseconds timeout) = 0;
@@ -105,8 +109,8 @@ class Dht {
   virtual NodeStats Stats() = 0;
   virtual size_t RoutingTableSize() = 0;
 
-  // Saves state, closes the socket and, when the Dht owns its thread, joins it. Pending callbacks are
-  // dropped. Idempotent. Must not be called from a DHT callback.
+  // Saves state, closes the socket and, when the Dht owns its thread, joins it. Pending callbacks
+  // are dropped. Idempotent. Must not be called from a DHT callback.
   virtual void Stop() = 0;
 };
 

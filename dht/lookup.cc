@@ -17,10 +17,9 @@ Lookup::Candidate* Lookup::FindCandidate(const NodeId& id) {
 
 void Lookup::AddCandidate(const WireContact& contact, int depth) {
   if (contact.id == self_ || !known_.insert(contact.id).second) return;
-  auto pos = std::lower_bound(candidates_.begin(), candidates_.end(), contact.id,
-                              [&](const Candidate& c, const NodeId& id) {
-                                return Closer(target_, c.contact.id, id);
-                              });
+  auto pos = std::lower_bound(
+      candidates_.begin(), candidates_.end(), contact.id,
+      [&](const Candidate& c, const NodeId& id) { return Closer(target_, c.contact.id, id); });
   if (static_cast<size_t>(pos - candidates_.begin()) >= options_.max_candidates) return;
   Candidate c;
   c.contact = contact;

@@ -1,15 +1,16 @@
-// One iterative Kademlia lookup (FIND_NODE or FIND_VALUE) as a pure state machine: the Node sends the
-// requests it asks for and reports answers, stalls and failures; the Lookup decides whom to ask next and
-// when it is done. It does no I/O and reads no clock, so it is tested directly.
+// One iterative Kademlia lookup (FIND_NODE or FIND_VALUE) as a pure state machine: the Node sends
+// the requests it asks for and reports answers, stalls and failures; the Lookup decides whom to ask
+// next and when it is done. It does no I/O and reads no clock, so it is tested directly.
 //
-// Candidates are kept sorted by XOR distance to the target. The "window" is the k closest candidates
-// that have neither failed nor stalled. At most `alpha` requests are in flight, each to the closest
-// not-yet-asked candidate of the window, and at most one per candidate. A request that outlives the
-// soft timeout becomes "stalled": it no longer counts against alpha nor holds a window slot, so a dead
-// contact costs one soft timeout instead of the full RPC timeout; its late answer is still used.
+// Candidates are kept sorted by XOR distance to the target. The "window" is the k closest
+// candidates that have neither failed nor stalled. At most `alpha` requests are in flight, each to
+// the closest not-yet-asked candidate of the window, and at most one per candidate. A request that
+// outlives the soft timeout becomes "stalled": it no longer counts against alpha nor holds a window
+// slot, so a dead contact costs one soft timeout instead of the full RPC timeout; its late answer
+// is still used.
 //
-// Done when: (FIND_VALUE) `quorum` candidates answered with records and no pagination is pending; or
-// every candidate of the window answered; or nothing is left to ask and nothing is stalled.
+// Done when: (FIND_VALUE) `quorum` candidates answered with records and no pagination is pending;
+// or every candidate of the window answered; or nothing is left to ask and nothing is stalled.
 #ifndef DMOE_DHT_LOOKUP_H_
 #define DMOE_DHT_LOOKUP_H_
 

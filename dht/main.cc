@@ -6,10 +6,10 @@
 // Prints "listening on udp://HOST:PORT peer_id=<hex>" on stdout once bound; logs go to stderr.
 #include <signal.h>
 
+#include <spdlog/spdlog.h>
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <iostream>
-#include <spdlog/spdlog.h>
 
 #include "core/identity.h"
 #include "core/logging.h"

@@ -9,10 +9,10 @@ namespace {
 using json = nlohmann::json;
 using Bytes = json::binary_t;
 
-json Bin(const uint8_t* data, size_t n) { return json::binary(std::vector<uint8_t>(data, data + n)); }
-json Bin(std::string_view s) {
-  return Bin(reinterpret_cast<const uint8_t*>(s.data()), s.size());
+json Bin(const uint8_t* data, size_t n) {
+  return json::binary(std::vector<uint8_t>(data, data + n));
 }
+json Bin(std::string_view s) { return Bin(reinterpret_cast<const uint8_t*>(s.data()), s.size()); }
 
 json RecordJson(const Record& r) {
   return json::array({r.subkey, Bin(r.value), r.expiration_ms,
@@ -42,9 +42,14 @@ json ToJson(const Message& m) {
   };
   switch (m.type) {
     case MessageType::kPing:
-    case MessageType::kPong: break;
-    case MessageType::kFindNode: j["g"] = Bin(m.target.data(), m.target.size()); break;
-    case MessageType::kNodes: j["N"] = nodes(); break;
+    case MessageType::kPong:
+      break;
+    case MessageType::kFindNode:
+      j["g"] = Bin(m.target.data(), m.target.size());
+      break;
+    case MessageType::kNodes:
+      j["N"] = nodes();
+      break;
     case MessageType::kFindValue:
       j["k"] = m.key;
       if (m.cursor) j["u"] = *m.cursor;
@@ -185,13 +190,15 @@ bool DecodeInto(const json& j, Message& m, std::string& why) {
   }
   switch (m.type) {
     case MessageType::kPing:
-    case MessageType::kPong: return true;
+    case MessageType::kPong:
+      return true;
     case MessageType::kFindNode: {
       const json* g = rd.Find("g");
       if (g == nullptr) return done(rd.Fail("missing field 'g'"));
       return done(rd.Fixed(*g, "g", m.target));
     }
-    case MessageType::kNodes: return done(rd.Nodes(m.nodes));
+    case MessageType::kNodes:
+      return done(rd.Nodes(m.nodes));
     case MessageType::kFindValue: {
       if (!rd.String("k", m.key, kMaxDatagramBytes)) return done(false);
       if (rd.Find("u") != nullptr) {

@@ -10,13 +10,15 @@
 //   FIND_NODE              "g" target id (bin 32)
 //   NODES                  "N" [[id (bin 32), address (bin 6|18)], ...]
 //   FIND_VALUE             "k" key, optional "u" cursor: only subkeys strictly after it are wanted
-//   VALUE                  "k" key, and either "r" records [[subkey, value (bin), expiration_ms, publisher
-//                          (bin 32), seq, signature (bin 64)], ...] sorted by subkey, with "m" true when
-//                          more follow (ask again with the last subkey as cursor), or "N" closer nodes
-//                          when the node holds no record of the key
+//   VALUE                  "k" key, and either "r" records [[subkey, value (bin), expiration_ms,
+//   publisher
+//                          (bin 32), seq, signature (bin 64)], ...] sorted by subkey, with "m" true
+//                          when more follow (ask again with the last subkey as cursor), or "N"
+//                          closer nodes when the node holds no record of the key
 //   STORE                  "k" key, "r" one record
 //   STORE_ACK / ERROR      "e" status code (core/status.h Code as an integer), "E" message
-// Decoding never throws and never trusts a length: any deviation is kInvalidArgument with the reason.
+// Decoding never throws and never trusts a length: any deviation is kInvalidArgument with the
+// reason.
 #ifndef DMOE_DHT_MESSAGE_H_
 #define DMOE_DHT_MESSAGE_H_
 

@@ -99,8 +99,8 @@ void Node::Reply(const Address& to, Message m) {
     return;
   }
   ++stats_.datagrams_out;
-  transport_.Send(to, std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(bytes->data()),
-                                               bytes->size()));
+  transport_.Send(
+      to, std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(bytes->data()), bytes->size()));
 }
 
 void Node::NoteAlive(const NodeId& id, const Address& from, bool client) {
@@ -112,12 +112,13 @@ void Node::NoteAlive(const NodeId& id, const Address& from, bool client) {
 
 void Node::Ping(const Contact& contact) {
   NodeId id = contact.id;
-  SendRequest(contact.address, id, NewMessage(MessageType::kPing, 0),
-              [](const Message*) {
-                // Success refreshes the contact through NoteAlive in HandleReply; failure removes it
-                // through the RPC timeout, promoting a replacement.
-              },
-              nullptr);
+  SendRequest(
+      contact.address, id, NewMessage(MessageType::kPing, 0),
+      [](const Message*) {
+        // Success refreshes the contact through NoteAlive in HandleReply; failure removes it
+        // through the RPC timeout, promoting a replacement.
+      },
+      nullptr);
 }
 
 void Node::HandleRequest(const Address& from, const Message& m) {
@@ -125,7 +126,9 @@ void Node::HandleRequest(const Address& from, const Message& m) {
   if (sender_id == id_) return;  // our own datagram looped back
   NoteAlive(sender_id, from, m.client);
   switch (m.type) {
-    case MessageType::kPing: Reply(from, NewMessage(MessageType::kPong, m.txid)); break;
+    case MessageType::kPing:
+      Reply(from, NewMessage(MessageType::kPong, m.txid));
+      break;
     case MessageType::kFindNode: {
       Message answer = NewMessage(MessageType::kNodes, m.txid);
       for (const Contact& c : table_.Closest(m.target, options_.k + 1)) {
@@ -161,7 +164,8 @@ void Node::HandleRequest(const Address& from, const Message& m) {
       Reply(from, std::move(ack));
       break;
     }
-    default: break;
+    default:
+      break;
   }
 }
 
@@ -267,14 +271,14 @@ void Node::FireRpcTimer(uint64_t txid, int64_t now_us) {
       --rpc.retransmits_left;
       ++stats_.retransmits;
       ++stats_.datagrams_out;
-      transport_.Send(rpc.to, std::span<const uint8_t>(
-                                  reinterpret_cast<const uint8_t*>(rpc.bytes.data()),
-                                  rpc.bytes.size()));
+      transport_.Send(rpc.to,
+                      std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(rpc.bytes.data()),
+                                               rpc.bytes.size()));
     }
     bool first_stall = !rpc.stalled;
     rpc.stalled = true;
-    int64_t next = rpc.retransmits_left > 0 ? std::min(now_us + SoftTimeoutUs(), rpc.hard_us)
-                                            : rpc.hard_us;
+    int64_t next =
+        rpc.retransmits_left > 0 ? std::min(now_us + SoftTimeoutUs(), rpc.hard_us) : rpc.hard_us;
     rpc.timer_us = next;
     rpc_timers_.emplace(next, txid);
     if (first_stall && rpc.on_stall) rpc.on_stall();

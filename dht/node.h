@@ -1,18 +1,19 @@
 // dht::Node: the single-threaded Kademlia protocol core.
 //
-// The Node owns the routing table, the record store, its own published records, the pending RPCs and
-// the running lookups. It never blocks, sleeps or reads the system clock: time comes from the injected
-// Clock, datagrams arrive through OnDatagram, go out through the Transport, and timers run when the
-// driver calls Tick() at (or after) NextWakeupUs(). Every method must be called from one thread (or
-// strand). Callbacks passed to GetMany/Put/Bootstrap run on that thread, after the call that completed
-// them has finished its own work, so they may call back into the Node.
+// The Node owns the routing table, the record store, its own published records, the pending RPCs
+// and the running lookups. It never blocks, sleeps or reads the system clock: time comes from the
+// injected Clock, datagrams arrive through OnDatagram, go out through the Transport, and timers run
+// when the driver calls Tick() at (or after) NextWakeupUs(). Every method must be called from one
+// thread (or strand). Callbacks passed to GetMany/Put/Bootstrap run on that thread, after the call
+// that completed them has finished its own work, so they may call back into the Node.
 //
-// Trust model (see also dht/dht.h): records are signed, so a node can lie only about routing. A reply
-// is accepted only from the address the request went to and with the request's random 64-bit
+// Trust model (see also dht/dht.h): records are signed, so a node can lie only about routing. A
+// reply is accepted only from the address the request went to and with the request's random 64-bit
 // transaction id, and its sender key must hash to the node id the request was meant for, so an
 // off-path attacker cannot inject answers and a node cannot answer for an id that is not its own.
-// Contacts learned from others' answers enter only lookups, never the routing table, until they answer
-// us themselves. Datagrams are not signed: that would cost an Ed25519 signature and verification
+// Contacts learned from others' answers enter only lookups, never the routing table, until they
+// answer us themselves. Datagrams are not signed: that would cost an Ed25519 signature and
+// verification
 // (~70 us) per message for little gain over the above.
 #ifndef DMOE_DHT_NODE_H_
 #define DMOE_DHT_NODE_H_
@@ -50,7 +51,7 @@ struct NodeOptions {
   // the RPC fails at rpc_timeout_ms.
   int retransmits = 2;
   int64_t min_soft_timeout_ms = 5;
-  int max_failures = 1;  // failed RPCs in a row before a contact leaves the routing table
+  int max_failures = 1;            // failed RPCs in a row before a contact leaves the routing table
   int64_t ping_stale_ms = 15'000;  // a full bucket pings its LRU contact only if not seen this long
   int64_t republish_interval_ms = 60'000;  // own records are re-stored this often until they expire
   int64_t refresh_interval_ms = 10 * 60'000;  // idle buckets get a lookup this often
@@ -88,8 +89,8 @@ struct NodeStats {
 // The answer for one key of a get.
 struct KeyResult {
   std::string key;
-  // OK with at least one record; kNotFound when the lookup finished without any; kUnavailable when no
-  // peer is known or none answered; kDeadlineExceeded when the deadline came first with nothing.
+  // OK with at least one record; kNotFound when the lookup finished without any; kUnavailable when
+  // no peer is known or none answered; kDeadlineExceeded when the deadline came first with nothing.
   Status status;
   std::vector<Record> records;  // unexpired, signatures verified, by subkey
   int rounds = 0;
@@ -131,7 +132,8 @@ class Node {
   // republish_interval_ms until it expires. kInvalidArgument / kPayloadTooLarge for a record that
   // breaks the rules, kUnavailable when no node could be reached (the record is still kept and
   // republished).
-  void Put(std::string key, std::string subkey, std::string value, int64_t ttl_ms, PutCallback done);
+  void Put(std::string key, std::string subkey, std::string value, int64_t ttl_ms,
+           PutCallback done);
   // Stores an already-signed record on the k nearest nodes once (no republish).
   void StoreRecord(Record record, PutCallback done);
 
@@ -194,8 +196,8 @@ class Node {
   bool AcceptAnswerRecord(const Record& r, const std::string& key);
 
   // node_ops.cc: lookups, get, put, bootstrap, maintenance.
-  uint64_t StartLookup(Lookup::Kind kind, const NodeId& target, std::string key, int64_t deadline_us,
-                       std::function<void(LookupRun&)> on_done);
+  uint64_t StartLookup(Lookup::Kind kind, const NodeId& target, std::string key,
+                       int64_t deadline_us, std::function<void(LookupRun&)> on_done);
   void AdvanceLookup(uint64_t lookup_id);
   void QueryCandidate(uint64_t lookup_id, const WireContact& contact,
                       std::optional<std::string> cursor);

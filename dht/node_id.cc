@@ -53,8 +53,6 @@ NodeId RandomIdWithPrefix(const NodeId& base, int cpl, std::mt19937_64& rng) {
   return id;
 }
 
-std::string ShortHex(const NodeId& id) {
-  return HexEncode(std::span<const uint8_t>(id.data(), 4));
-}
+std::string ShortHex(const NodeId& id) { return HexEncode(std::span<const uint8_t>(id.data(), 4)); }
 
 }  // namespace dmoe::dht

@@ -1,7 +1,7 @@
 // 256-bit Kademlia ids and the XOR metric.
 //
-// A node id is BLAKE2b-256 of the node's Ed25519 public key; a key id is BLAKE2b-256 of the key string
-// (PROTOCOL section 6). Ids compare as big-endian 256-bit integers.
+// A node id is BLAKE2b-256 of the node's Ed25519 public key; a key id is BLAKE2b-256 of the key
+// string (PROTOCOL section 6). Ids compare as big-endian 256-bit integers.
 #ifndef DMOE_DHT_NODE_ID_H_
 #define DMOE_DHT_NODE_ID_H_
 

@@ -166,8 +166,8 @@ void Node::FinishKey(const std::shared_ptr<Batch>& batch, size_t index, LookupRu
     result.status = UnavailableError("no DHT peer is known, and this node holds no record of '" +
                                      result.key + "'");
   } else if (run->deadline_hit) {
-    result.status = DeadlineExceededError("DHT get of '" + result.key +
-                                          "' found nothing before its deadline");
+    result.status =
+        DeadlineExceededError("DHT get of '" + result.key + "' found nothing before its deadline");
   } else if (lookup.responded() == 0) {
     result.status = UnavailableError("none of the " + std::to_string(lookup.failed()) +
                                      " DHT nodes asked for '" + result.key + "' answered");
@@ -205,29 +205,29 @@ void Node::StoreRecord(Record record, PutCallback done) {
   if (table_.size() == 0) {
     if (done) {
       Defer([done] {
-        done(UnavailableError("no DHT peer is known; the record is kept and stored when peers "
-                              "appear"));
+        done(
+            UnavailableError("no DHT peer is known; the record is kept and stored when peers "
+                             "appear"));
       });
     }
     RunDeferred();
     return;
   }
   NodeId target = KeyIdOf(record.key);
-  StartLookup(Lookup::Kind::kFindNode, target, "", 0,
-              [this, record = std::move(record), done = std::move(done),
-               target](LookupRun& run) mutable {
-                std::vector<WireContact> targets = run.lookup->ClosestResponded();
-                // The node itself belongs to the k closest when it beats the farthest target.
-                if (targets.size() < options_.k ||
-                    Closer(target, id_, targets.back().id)) {
-                  if (targets.size() >= options_.k) targets.pop_back();
-                  RejectReason r = store_.Put(record, clock_.NowUnixMs(), verified_);
-                  if (r != RejectReason::kNone) {
-                    ++stats_.store_rejected[static_cast<size_t>(r)];
-                  }
-                }
-                StoreOn(targets, record, std::move(done));
-              });
+  StartLookup(
+      Lookup::Kind::kFindNode, target, "", 0,
+      [this, record = std::move(record), done = std::move(done), target](LookupRun& run) mutable {
+        std::vector<WireContact> targets = run.lookup->ClosestResponded();
+        // The node itself belongs to the k closest when it beats the farthest target.
+        if (targets.size() < options_.k || Closer(target, id_, targets.back().id)) {
+          if (targets.size() >= options_.k) targets.pop_back();
+          RejectReason r = store_.Put(record, clock_.NowUnixMs(), verified_);
+          if (r != RejectReason::kNone) {
+            ++stats_.store_rejected[static_cast<size_t>(r)];
+          }
+        }
+        StoreOn(targets, record, std::move(done));
+      });
   RunDeferred();
 }
 
@@ -258,18 +258,19 @@ void Node::StoreOn(const std::vector<WireContact>& targets, const Record& record
   m.key = record.key;
   m.records.push_back(record);
   for (const WireContact& c : targets) {
-    SendRequest(c.address, c.id, m,
-                [state, finish](const Message* reply) {
-                  if (reply != nullptr && reply->type == MessageType::kStoreAck &&
-                      reply->code == Code::kOk) {
-                    ++state->stored;
-                  } else if (reply != nullptr && state->first_error.ok()) {
-                    Code code = reply->code == Code::kOk ? Code::kInternal : reply->code;
-                    state->first_error = Status(code, reply->error);
-                  }
-                  if (--state->pending == 0) finish();
-                },
-                nullptr);
+    SendRequest(
+        c.address, c.id, m,
+        [state, finish](const Message* reply) {
+          if (reply != nullptr && reply->type == MessageType::kStoreAck &&
+              reply->code == Code::kOk) {
+            ++state->stored;
+          } else if (reply != nullptr && state->first_error.ok()) {
+            Code code = reply->code == Code::kOk ? Code::kInternal : reply->code;
+            state->first_error = Status(code, reply->error);
+          }
+          if (--state->pending == 0) finish();
+        },
+        nullptr);
   }
 }
 
@@ -301,11 +302,12 @@ void Node::Bootstrap(std::vector<Address> seeds, DoneCallback done) {
   seeds_ = seeds;
   auto pending = std::make_shared<size_t>(seeds.size());
   for (const Address& seed : seeds) {
-    SendRequest(seed, std::nullopt, NewMessage(MessageType::kPing, 0),
-                [pending, join](const Message*) {
-                  if (--*pending == 0) join();
-                },
-                nullptr);
+    SendRequest(
+        seed, std::nullopt, NewMessage(MessageType::kPing, 0),
+        [pending, join](const Message*) {
+          if (--*pending == 0) join();
+        },
+        nullptr);
   }
   RunDeferred();
 }

@@ -27,9 +27,9 @@ Status SaveState(storage::KvStore& kv, const std::vector<Contact>& contacts,
   }
   for (const Record& r : own_records) {
     NodeId key_id = KeyIdOf(r.key);
-    entries.emplace_back(std::string(kRecordPrefix) + HexEncode(key_id) + "/" +
-                             HexEncode(Bytes(r.subkey)),
-                         EncodeRecordBlob(r));
+    entries.emplace_back(
+        std::string(kRecordPrefix) + HexEncode(key_id) + "/" + HexEncode(Bytes(r.subkey)),
+        EncodeRecordBlob(r));
   }
   return kv.ReplacePrefix(kCf, kPrefix, entries, /*sync=*/false);
 }

@@ -20,17 +20,28 @@ void PutField(std::string& out, std::string_view field) {
 
 std::string_view RejectReasonName(RejectReason reason) {
   switch (reason) {
-    case RejectReason::kNone: return "none";
-    case RejectReason::kBadSignature: return "bad_signature";
-    case RejectReason::kExpired: return "expired";
-    case RejectReason::kTtlTooLong: return "ttl_too_long";
-    case RejectReason::kBadKey: return "bad_key";
-    case RejectReason::kValueTooLarge: return "value_too_large";
-    case RejectReason::kLowerSeq: return "lower_seq";
-    case RejectReason::kForeignSubkey: return "foreign_subkey";
-    case RejectReason::kTooManySubkeys: return "too_many_subkeys";
-    case RejectReason::kStoreFull: return "store_full";
-    case RejectReason::kCount: break;
+    case RejectReason::kNone:
+      return "none";
+    case RejectReason::kBadSignature:
+      return "bad_signature";
+    case RejectReason::kExpired:
+      return "expired";
+    case RejectReason::kTtlTooLong:
+      return "ttl_too_long";
+    case RejectReason::kBadKey:
+      return "bad_key";
+    case RejectReason::kValueTooLarge:
+      return "value_too_large";
+    case RejectReason::kLowerSeq:
+      return "lower_seq";
+    case RejectReason::kForeignSubkey:
+      return "foreign_subkey";
+    case RejectReason::kTooManySubkeys:
+      return "too_many_subkeys";
+    case RejectReason::kStoreFull:
+      return "store_full";
+    case RejectReason::kCount:
+      break;
   }
   return "unknown";
 }
@@ -38,10 +49,12 @@ std::string_view RejectReasonName(RejectReason reason) {
 Status RejectStatus(RejectReason reason, const Record& record) {
   std::string where = "record '" + record.key + "'/'" + record.subkey + "'";
   switch (reason) {
-    case RejectReason::kNone: return Status::Ok();
+    case RejectReason::kNone:
+      return Status::Ok();
     case RejectReason::kBadSignature:
       return UnauthenticatedError(where + ": signature does not verify for its publisher");
-    case RejectReason::kExpired: return InvalidArgumentError(where + ": already expired");
+    case RejectReason::kExpired:
+      return InvalidArgumentError(where + ": already expired");
     case RejectReason::kTtlTooLong:
       return InvalidArgumentError(where + ": expiration more than 10 min + 3 s ahead");
     case RejectReason::kBadKey:
@@ -54,11 +67,14 @@ Status RejectStatus(RejectReason reason, const Record& record) {
       return InvalidArgumentError(where + ": seq " + std::to_string(record.seq) +
                                   " is not newer than the stored record");
     case RejectReason::kForeignSubkey:
-      return PermissionDeniedError(where + ": subkey belongs to another publisher until it expires");
+      return PermissionDeniedError(where +
+                                   ": subkey belongs to another publisher until it expires");
     case RejectReason::kTooManySubkeys:
       return ResourceExhaustedError(where + ": key has the maximum number of subkeys");
-    case RejectReason::kStoreFull: return ResourceExhaustedError(where + ": node store is full");
-    case RejectReason::kCount: break;
+    case RejectReason::kStoreFull:
+      return ResourceExhaustedError(where + ": node store is full");
+    case RejectReason::kCount:
+      break;
   }
   return InternalError("unknown reject reason");
 }

@@ -13,13 +13,15 @@
 // Every variable-length field carries its length, so no two distinct records share signed bytes.
 //
 // Acceptance (a node stores a record only if all hold):
-//   - key 1..max_key_bytes, subkey 0..max_subkey_bytes, value 0..max_value_bytes (1 KiB by default),
+//   - key 1..max_key_bytes, subkey 0..max_subkey_bytes, value 0..max_value_bytes (1 KiB by
+//   default),
 //     and the three together at most max_record_bytes, so the record fits one datagram;
 //   - now < expiration_ms <= now + kMaxTtlMs + kMaxClockSkewMs (10 min + 3 s);
 //   - the signature verifies;
-//   - the subkey is new (or its old record expired), or the stored record has the same publisher and
-//     a lower seq, or the same seq and an earlier expiration. A subkey belongs to its publisher until
-//     its record expires. Re-sending the identical record is accepted as a no-op (republish).
+//   - the subkey is new (or its old record expired), or the stored record has the same publisher
+//   and
+//     a lower seq, or the same seq and an earlier expiration. A subkey belongs to its publisher
+//     until its record expires. Re-sending the identical record is accepted as a no-op (republish).
 #ifndef DMOE_DHT_RECORD_H_
 #define DMOE_DHT_RECORD_H_
 
@@ -91,7 +93,8 @@ bool VerifyRecordSignature(const Record& record);
 // Checks sizes and the expiration window at `now_ms`, without the signature.
 RejectReason CheckRecordShape(const Record& record, int64_t now_ms, const RecordLimits& limits);
 
-// Whether `incoming` may replace `existing` (both for the same key and subkey, `existing` unexpired).
+// Whether `incoming` may replace `existing` (both for the same key and subkey, `existing`
+// unexpired).
 enum class ReplaceDecision { kReplace, kSame, kLowerSeq, kForeignSubkey };
 ReplaceDecision DecideReplace(const Record& existing, const Record& incoming);
 

@@ -1,12 +1,13 @@
 // Kademlia routing table: k-buckets over 256-bit ids, split on the own-id side.
 //
-// buckets_[i] (i < last) holds contacts whose common prefix with the own id is exactly i bits; the last
-// bucket holds every contact sharing at least `last` bits. Only the last bucket, the one covering the
-// own id, ever splits, so the table keeps fine detail near its own id and about k contacts per distance
-// class further away. Each bucket keeps its contacts least-recently-seen first and a replacement cache
-// of the newest contacts that did not fit. A full bucket never evicts a live contact: it names its
-// least-recently-seen contact for the node to ping (ping-before-evict); only a failed ping or RPC
-// removes a contact, and the newest replacement takes its place.
+// buckets_[i] (i < last) holds contacts whose common prefix with the own id is exactly i bits; the
+// last bucket holds every contact sharing at least `last` bits. Only the last bucket, the one
+// covering the own id, ever splits, so the table keeps fine detail near its own id and about k
+// contacts per distance class further away. Each bucket keeps its contacts least-recently-seen
+// first and a replacement cache of the newest contacts that did not fit. A full bucket never evicts
+// a live contact: it names its least-recently-seen contact for the node to ping
+// (ping-before-evict); only a failed ping or RPC removes a contact, and the newest replacement
+// takes its place.
 //
 // Single-threaded; owned by the Node.
 #ifndef DMOE_DHT_ROUTING_TABLE_H_
@@ -38,8 +39,8 @@ class RoutingTable {
   enum class UpdateResult { kAdded, kUpdated, kCached, kIgnoredSelf };
   struct Update {
     UpdateResult result = UpdateResult::kIgnoredSelf;
-    // Set when the bucket was full: the least-recently-seen contact, which the caller should ping and
-    // report through Seen (it answered) or Failed (it did not).
+    // Set when the bucket was full: the least-recently-seen contact, which the caller should ping
+    // and report through Seen (it answered) or Failed (it did not).
     std::optional<Contact> ping;
   };
 
@@ -48,7 +49,8 @@ class RoutingTable {
   Update Seen(const NodeId& id, const Address& address, int64_t now_us, int64_t stale_us);
   // An RPC to `id` failed after its retries. Once it has failed `max_failures` times in a row, the
   // newest replacement takes its place; without a replacement it stays (a sparse bucket keeps what
-  // it has through a burst of loss) until it has failed `max_failures` + 2 times. True when removed.
+  // it has through a burst of loss) until it has failed `max_failures` + 2 times. True when
+  // removed.
   bool Failed(const NodeId& id, int max_failures);
   void Remove(const NodeId& id);
 
@@ -71,7 +73,7 @@ class RoutingTable {
 
  private:
   struct Bucket {
-    std::vector<Contact> contacts;      // least recently seen first
+    std::vector<Contact> contacts;     // least recently seen first
     std::deque<Contact> replacements;  // newest last
     int64_t last_changed_us = 0;
   };

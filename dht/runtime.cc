@@ -3,11 +3,11 @@
 
 #include <boost/asio.hpp>
 
+#include <spdlog/spdlog.h>
 #include <atomic>
 #include <filesystem>
 #include <future>
 #include <limits>
-#include <spdlog/spdlog.h>
 #include <thread>
 
 #include "core/clock.h"
@@ -93,9 +93,9 @@ class UdpTransport final : public Transport {
   udp::socket& socket_;
 };
 
-// The shared state behind a Dht. Every asynchronous handler holds a reference, so the state outlives
-// the front object until the io_context has dropped the last handler (matters with an external
-// io_context).
+// The shared state behind a Dht. Every asynchronous handler holds a reference, so the state
+// outlives the front object until the io_context has dropped the last handler (matters with an
+// external io_context).
 class DhtImpl final : public Dht, public std::enable_shared_from_this<DhtImpl> {
  public:
   explicit DhtImpl(DhtOptions options)
@@ -109,7 +109,6 @@ class DhtImpl final : public Dht, public std::enable_shared_from_this<DhtImpl> {
         transport_(socket_) {}
 
   ~DhtImpl() override { Stop(); }
-
 
   Status Init() {
     if (!options_.identity) options_.identity = Identity::Generate();
@@ -189,11 +188,10 @@ class DhtImpl final : public Dht, public std::enable_shared_from_this<DhtImpl> {
   void Put(std::string key, std::string subkey, std::string value, std::chrono::milliseconds ttl,
            std::function<void(Result<int>)> done) override {
     asio::post(strand_, [this, self = shared_from_this(), key = std::move(key),
-                         subkey = std::move(subkey),
-                         value = std::move(value), ttl, done = std::move(done)]() mutable {
+                         subkey = std::move(subkey), value = std::move(value), ttl,
+                         done = std::move(done)]() mutable {
       if (stopped_) return;
-      node_->Put(std::move(key), std::move(subkey), std::move(value), ttl.count(),
-                 std::move(done));
+      node_->Put(std::move(key), std::move(subkey), std::move(value), ttl.count(), std::move(done));
       Rearm();
     });
   }
@@ -271,8 +269,8 @@ class DhtImpl final : public Dht, public std::enable_shared_from_this<DhtImpl> {
       own_io_->restart();
       own_io_->run();
     } else {
-      // The caller runs the io_context; if it is not running any more, the post never runs and there
-      // is nothing left to wait for.
+      // The caller runs the io_context; if it is not running any more, the post never runs and
+      // there is nothing left to wait for.
       future.wait_for(std::chrono::seconds(5));
     }
   }
@@ -294,8 +292,7 @@ class DhtImpl final : public Dht, public std::enable_shared_from_this<DhtImpl> {
         [this, self = shared_from_this()](boost::system::error_code ec, size_t n) {
           if (stopped_ || ec == asio::error::operation_aborted) return;
           if (!ec) {
-            node_->OnDatagram(FromEndpoint(sender_),
-                              std::span<const uint8_t>(buffer_.data(), n));
+            node_->OnDatagram(FromEndpoint(sender_), std::span<const uint8_t>(buffer_.data(), n));
             Rearm();
           } else {
             SPDLOG_DEBUG("dht: receive error: {}", ec.message());

@@ -1,7 +1,7 @@
 // A simulated datagram network on virtual time, for tests and benchmarks: hundreds of Nodes in one
-// thread, with configurable delay, jitter, loss and partitions. Time is a FakeClock that the network
-// advances from event to event, so a run of minutes of virtual time takes as long as its messages take
-// to process. Not thread-safe; everything runs on the caller's thread.
+// thread, with configurable delay, jitter, loss and partitions. Time is a FakeClock that the
+// network advances from event to event, so a run of minutes of virtual time takes as long as its
+// messages take to process. Not thread-safe; everything runs on the caller's thread.
 #ifndef DMOE_DHT_SIM_NETWORK_H_
 #define DMOE_DHT_SIM_NETWORK_H_
 
@@ -43,7 +43,8 @@ class SimNetwork {
   // An endpoint that is not a Node (a hand-written attacker, a raw prober); `handler` gets its
   // datagrams, and Send from `TransportOf(index)` sends from it.
   size_t AddEndpoint(Handler handler);
-  // Takes a node off the network: datagrams to it vanish and its timers stop. Its index stays valid.
+  // Takes a node off the network: datagrams to it vanish and its timers stop. Its index stays
+  // valid.
   void Remove(size_t index);
   bool alive(size_t index) const;
 

@@ -13,10 +13,15 @@ RejectReason RecordStore::Put(const Record& record, int64_t now_ms, VerifiedCach
     auto it = subkeys.find(record.subkey);
     if (it != subkeys.end() && it->second.expiration_ms > now_ms) {
       switch (DecideReplace(it->second, record)) {
-        case ReplaceDecision::kReplace: it->second = record; return RejectReason::kNone;
-        case ReplaceDecision::kSame: return RejectReason::kNone;
-        case ReplaceDecision::kLowerSeq: return RejectReason::kLowerSeq;
-        case ReplaceDecision::kForeignSubkey: return RejectReason::kForeignSubkey;
+        case ReplaceDecision::kReplace:
+          it->second = record;
+          return RejectReason::kNone;
+        case ReplaceDecision::kSame:
+          return RejectReason::kNone;
+        case ReplaceDecision::kLowerSeq:
+          return RejectReason::kLowerSeq;
+        case ReplaceDecision::kForeignSubkey:
+          return RejectReason::kForeignSubkey;
       }
     }
     if (it != subkeys.end()) {  // expired: the subkey is free again

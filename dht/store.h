@@ -24,8 +24,8 @@ class RecordStore {
  public:
   explicit RecordStore(StoreLimits limits) : limits_(limits) {}
 
-  // Stores `record` if it passes every rule at `now_ms`; kNone when stored (or identical to the stored
-  // one), else the reason it was refused. Verifies the signature through `cache`.
+  // Stores `record` if it passes every rule at `now_ms`; kNone when stored (or identical to the
+  // stored one), else the reason it was refused. Verifies the signature through `cache`.
   RejectReason Put(const Record& record, int64_t now_ms, VerifiedCache& cache);
 
   // Unexpired records of `key` with subkey strictly after `cursor` (all when nullopt), by subkey.

@@ -30,15 +30,15 @@ TEST(RecordTest, ShapeRules) {
   EXPECT_EQ(CheckRecordShape(SignRecord(id, "k", "s", "v", kNow + kMaxTtlMs + kMaxClockSkewMs, 1),
                              kNow, limits),
             RejectReason::kNone);
-  EXPECT_EQ(CheckRecordShape(
-                SignRecord(id, "k", "s", "v", kNow + kMaxTtlMs + kMaxClockSkewMs + 1, 1), kNow,
-                limits),
-            RejectReason::kTtlTooLong);
+  EXPECT_EQ(
+      CheckRecordShape(SignRecord(id, "k", "s", "v", kNow + kMaxTtlMs + kMaxClockSkewMs + 1, 1),
+                       kNow, limits),
+      RejectReason::kTtlTooLong);
   EXPECT_EQ(CheckRecordShape(SignRecord(id, "", "s", "v", kNow + 1, 1), kNow, limits),
             RejectReason::kBadKey);
-  EXPECT_EQ(CheckRecordShape(SignRecord(id, "k", "s", std::string(1025, 'x'), kNow + 1, 1), kNow,
-                             limits),
-            RejectReason::kValueTooLarge);
+  EXPECT_EQ(
+      CheckRecordShape(SignRecord(id, "k", "s", std::string(1025, 'x'), kNow + 1, 1), kNow, limits),
+      RejectReason::kValueTooLarge);
 }
 
 TEST(RecordStoreTest, SeqAndOwnershipRules) {
@@ -76,8 +76,9 @@ TEST(RecordStoreTest, LimitsRefuseTheExcess) {
   RecordStore store(limits);
   VerifiedCache cache;
   for (int i = 0; i < 3; ++i) {
-    EXPECT_EQ(store.Put(SignRecord(alice, "a", std::to_string(i), "v", kNow + 1000, 1), kNow, cache),
-              RejectReason::kNone);
+    EXPECT_EQ(
+        store.Put(SignRecord(alice, "a", std::to_string(i), "v", kNow + 1000, 1), kNow, cache),
+        RejectReason::kNone);
   }
   EXPECT_EQ(store.Put(SignRecord(alice, "a", "3", "v", kNow + 1000, 1), kNow, cache),
             RejectReason::kTooManySubkeys);

@@ -89,8 +89,9 @@ TEST(SecurityTest, BadRecordsAreRejectedWithTheReasonCounted) {
   EXPECT_EQ(stats.rejected(RejectReason::kLowerSeq), 1u);
 
   // The prober's sends advance virtual time by 10 ms each; leave a margin past the limit.
-  p.Send(node, p.Store(SignRecord(alice, "k", "z", "v",
-                                  net.clock().NowUnixMs() + kMaxTtlMs + kMaxClockSkewMs + 1000, 1)));
+  p.Send(node,
+         p.Store(SignRecord(alice, "k", "z", "v",
+                            net.clock().NowUnixMs() + kMaxTtlMs + kMaxClockSkewMs + 1000, 1)));
   EXPECT_EQ(p.answers.back().code, Code::kInvalidArgument);
   EXPECT_EQ(stats.rejected(RejectReason::kTtlTooLong), 1u);
 
@@ -159,7 +160,8 @@ TEST(SecurityTest, FloodFromOneAddressIsRateLimited) {
   EXPECT_EQ(net.node(node).stats().dropped_rate_limited, static_cast<uint64_t>(refusals));
 }
 
-// A node that answers every FIND_NODE / FIND_VALUE with 20 made-up contacts closer than anyone real.
+// A node that answers every FIND_NODE / FIND_VALUE with 20 made-up contacts closer than anyone
+// real.
 class LiarNode {
  public:
   LiarNode(SimNetwork& net, uint8_t n) : net_(net), identity_(TestIdentity(n)), rng_(n) {
@@ -219,9 +221,9 @@ TEST(SecurityTest, BogusCloserNodesDoNotStopHonestLookups) {
   }
   net.RunFor(20'000);
   for (int i = 0; i < 20; ++i) {
-    ASSERT_TRUE(testing::SimPut(net, ids[static_cast<size_t>(i)], "key" + std::to_string(i), "s",
-                                "v")
-                    .ok());
+    ASSERT_TRUE(
+        testing::SimPut(net, ids[static_cast<size_t>(i)], "key" + std::to_string(i), "s", "v")
+            .ok());
   }
   int ok = 0;
   for (int i = 0; i < 20; ++i) {

@@ -1,5 +1,6 @@
 // Fuzzes the DHT datagram decoder and the node behind it: any byte string must decode or be refused
-// with a Status, a decoded message must survive re-encoding, and a Node fed the bytes must not crash.
+// with a Status, a decoded message must survive re-encoding, and a Node fed the bytes must not
+// crash.
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
@@ -38,8 +39,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (decoded.ok()) {
     auto again = dmoe::dht::EncodeMessage(*decoded);
     if (again.ok()) {
-      auto round = dmoe::dht::DecodeMessage(std::span<const uint8_t>(
-          reinterpret_cast<const uint8_t*>(again->data()), again->size()));
+      auto round = dmoe::dht::DecodeMessage(
+          std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(again->data()), again->size()));
       if (!round.ok() || round->type != decoded->type || round->txid != decoded->txid ||
           round->records != decoded->records) {
         std::abort();

@@ -1,7 +1,7 @@
 // Real UDP: 16 dmoe-dht processes on loopback. Put through one, get through another, SIGKILL five,
-// get again; then a node stopped with SIGTERM restarts from its database without a bootstrap address.
-// No sleeps: every wait polls a pipe or a DHT call with a deadline; every process is killed and reaped
-// in TearDown even when an assertion fails.
+// get again; then a node stopped with SIGTERM restarts from its database without a bootstrap
+// address. No sleeps: every wait polls a pipe or a DHT call with a deadline; every process is
+// killed and reaped in TearDown even when an assertion fails.
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
@@ -90,8 +90,8 @@ class DhtUdpTest : public ::testing::Test {
   }
 
   Proc Start(const std::vector<std::string>& extra) {
-    std::vector<std::string> args = {DMOE_DHT_BINARY, "--listen", "127.0.0.1:0", "--network",
-                                     "itest", "--log-level", "warn"};
+    std::vector<std::string> args = {DMOE_DHT_BINARY, "--listen",    "127.0.0.1:0", "--network",
+                                     "itest",         "--log-level", "warn"};
     args.insert(args.end(), extra.begin(), extra.end());
     Proc p = Spawn(args);
     procs_.push_back(p);
@@ -127,9 +127,9 @@ class DhtUdpTest : public ::testing::Test {
   }
 
   std::vector<Proc> procs_;
-  std::string db_dir_ = (std::filesystem::temp_directory_path() /
-                         ("dmoe_dht_itest_" + std::to_string(getpid())))
-                            .string();
+  std::string db_dir_ =
+      (std::filesystem::temp_directory_path() / ("dmoe_dht_itest_" + std::to_string(getpid())))
+          .string();
 };
 
 TEST_F(DhtUdpTest, SixteenProcessesPutGetKillGet) {
@@ -143,8 +143,8 @@ TEST_F(DhtUdpTest, SixteenProcessesPutGetKillGet) {
   {
     auto client = Client(procs_[3].address);
     ASSERT_NE(client, nullptr);
-    auto stored = client->PutBlocking("expert/ffn.3.14", "peer-a", "{\"endpoint\":\"http://x\"}",
-                                      120s);
+    auto stored =
+        client->PutBlocking("expert/ffn.3.14", "peer-a", "{\"endpoint\":\"http://x\"}", 120s);
     ASSERT_TRUE(stored.ok()) << stored.status().ToString();
     EXPECT_GE(*stored, 10);
   }
