@@ -28,6 +28,16 @@ void AddDhtCommand(CLI::App& app, int* exit_code);
 // The body of `dmoe inspect`, with its streams injected for tests.
 int RunInspect(const std::string& path, std::ostream& out, std::ostream& err);
 
+// `dmoe export --db DIR --uid UID --out FILE`: the expert's newest weights (no optimizer state)
+// as a .safetensors file under the module's parameter names.
+void AddExportCommand(CLI::App& app, int* exit_code);
+int RunExport(const std::string& db, const std::string& uid, const std::string& out_path,
+              std::ostream& out, std::ostream& err);
+
+// `dmoe keygen --out FILE [--force]` creates an identity; `dmoe pubkey --identity FILE` prints its
+// public key.
+void AddKeygenCommand(CLI::App& app, int* exit_code);
+
 }  // namespace dmoe::cli
 
 #endif  // DMOE_CLI_COMMANDS_H_

@@ -9,6 +9,8 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   int exit_code = dmoe::cli::kExitOk;
   dmoe::cli::AddInspectCommand(app, &exit_code);
+  dmoe::cli::AddExportCommand(app, &exit_code);
+  dmoe::cli::AddKeygenCommand(app, &exit_code);
   dmoe::cli::AddDhtCommand(app, &exit_code);
   try {
     app.parse(argc, argv);

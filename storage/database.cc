@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <array>
+#include <filesystem>
 #include <limits>
 #include <utility>
 
@@ -160,6 +161,12 @@ Database::~Database() {
 Result<std::shared_ptr<Database>> Database::Open(const std::string& path,
                                                  const DatabaseOptions& options) {
   if (path.empty()) return InvalidArgumentError("the database path is empty");
+  // RocksDB creates the directory and its LOCK file before it finds no database there; a reader
+  // such as `dmoe export` must leave a mistyped path untouched, so look first.
+  std::error_code ec;
+  if (!options.create_if_missing && !std::filesystem::exists(path + "/CURRENT", ec)) {
+    return NotFoundError("no database in " + path + " (and create_if_missing is false)");
+  }
   rocksdb::DBOptions db_options;
   db_options.create_if_missing = options.create_if_missing;
   db_options.create_missing_column_families = true;
