@@ -262,6 +262,7 @@ void Runtime::RunBatch(Pool& pool, std::vector<Pending> batch) {
     stats_.refused_nonfinite += refused_nonfinite;
     stats_.refused_stale += refused_stale;
   }
+  if (options_.on_batch && samples > 0) options_.on_batch(samples);
   for (auto& [p, result] : answers) p.task.done(std::move(result));
 }
 

@@ -38,6 +38,8 @@ struct RuntimeOptions {
   int64_t max_staleness = -1;
   // Runtime threads (intra-op parallelism is set separately, process-wide).
   int threads = 1;
+  // Called on a runtime thread after each batch with its number of samples (e.g. for metrics).
+  std::function<void(int64_t samples)> on_batch;
 };
 
 enum class TaskKind { kForward, kBackward };

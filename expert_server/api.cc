@@ -1,0 +1,272 @@
+// The HTTP and WebSocket API of PROTOCOL section 4. Handlers run on network threads: they check
+// and parse the request, then hand it to the runtime; answers are encoded on the runtime thread and
+// sent back through the connection's Responder or WsConnection, which post to its strand.
+#include <spdlog/spdlog.h>
+
+#include <charconv>
+#include <chrono>
+#include <nlohmann/json.hpp>
+
+#include "core/clock.h"
+#include "core/hex.h"
+#include "expert_server/server_impl.h"
+#include "tensor/safetensors.h"
+#include "tensor/torch_tensor.h"
+
+namespace dmoe::expert_server {
+namespace {
+
+constexpr char kSafetensorsType[] = "application/x-safetensors";
+
+Status CheckContentType(const net::RequestHead& head) {
+  std::string_view type = head.headers.Get("Content-Type").value_or("");
+  type = type.substr(0, type.find(';'));
+  while (!type.empty() && type.back() == ' ') type.remove_suffix(1);
+  if (net::EqualsIgnoreCase(type, kSafetensorsType) ||
+      net::EqualsIgnoreCase(type, "application/octet-stream")) {
+    return Status::Ok();
+  }
+  return UnsupportedMediaTypeError(
+      "Content-Type must be application/x-safetensors or "
+      "application/octet-stream, got '" +
+      std::string(type) + "'");
+}
+
+RequestSignature SignatureOf(const net::RequestHead& head) {
+  return {std::string(head.headers.Get(kKeyHeader).value_or("")),
+          std::string(head.headers.Get(kTimestampHeader).value_or("")),
+          std::string(head.headers.Get(kSignatureHeader).value_or(""))};
+}
+
+const char* OpName(TaskKind kind) { return kind == TaskKind::kForward ? "forward" : "backward"; }
+
+// An error answer on the WebSocket: no tensors, the code and message in the metadata.
+std::vector<uint8_t> WsErrorBlob(const std::string& id, const std::string& uid, const Status& s) {
+  std::map<std::string, std::string> meta = {
+      {"id", id}, {"error_code", std::string(CodeName(s.code()))}, {"error_message", s.message()}};
+  if (!uid.empty()) meta["uid"] = uid;
+  Result<std::vector<uint8_t>> blob = safetensors::Encode({}, meta);
+  if (blob.ok()) return std::move(blob).value();
+  // Only a message that is not UTF-8 can fail; send the code alone.
+  return std::move(safetensors::Encode({}, {{"id", id},
+                                            {"error_code", "internal"},
+                                            {"error_message", "unencodable error message"}}))
+      .value();
+}
+
+}  // namespace
+
+Status ServerImpl::CheckTrainingHead(const net::RequestHead& head) {
+  if (!verifier_) return Status::Ok();
+  return verifier_->CheckHead(SignatureOf(head));
+}
+
+Status ServerImpl::VerifyTraining(const net::RequestHead& head, std::span<const uint8_t> body) {
+  if (!verifier_) return Status::Ok();
+  return verifier_->Verify(SignatureOf(head), head.method, head.path, HexEncode(Blake2b256(body)));
+}
+
+void ServerImpl::CountRequest(const std::string& op, Code code, double seconds) {
+  metrics_
+      .GetCounter("dmoe_requests_total", "Requests answered, by operation and code.",
+                  {{"op", op}, {"code", std::string(CodeName(code))}})
+      .Increment();
+  if (code == Code::kOk) {
+    metrics_
+        .GetHistogram("dmoe_request_seconds", "Time from request parsed to answer encoded.",
+                      LatencyBuckets(), {{"op", op}})
+        .Observe(seconds);
+  }
+}
+
+void ServerImpl::Dispatch(TaskKind kind, const std::string& uid, std::span<const uint8_t> blob,
+                          std::map<std::string, std::string> extra_metadata, Reply reply) {
+  const int64_t start_us = RealClock::Instance().NowMonotonicUs();
+  const std::string op = OpName(kind);
+  auto finish = [this, op, start_us, reply](Result<std::vector<uint8_t>> r) {
+    double seconds = (RealClock::Instance().NowMonotonicUs() - start_us) / 1e6;
+    CountRequest(op, r.ok() ? Code::kOk : r.status().code(), seconds);
+    reply(std::move(r));
+  };
+  auto fail = [&](Status s) { finish(std::move(s)); };
+
+  if (!runtime_->Hosts(uid)) return fail(NotFoundError("expert " + uid + " is not hosted here"));
+  Result<safetensors::Decoded> decoded = safetensors::Decode(blob);
+  if (!decoded.ok()) return fail(decoded.status());
+  Task task;
+  task.kind = kind;
+  const bool is_transformer = options_.expert.type == "transformer";
+  for (const safetensors::TensorView& view : decoded->tensors) {
+    const bool allowed = view.name == "x" || (view.name == "mask" && is_transformer) ||
+                         (view.name == "grad_y" && kind == TaskKind::kBackward);
+    if (!allowed) {
+      return fail(InvalidArgumentError("tensor '" + view.name + "' is not accepted: " + op +
+                                       " takes " +
+                                       (kind == TaskKind::kForward ? "x" : "x and grad_y") +
+                                       (is_transformer ? " (and optionally mask)" : "")));
+    }
+    Result<at::Tensor> t = tensor::ToTorch(view);
+    if (!t.ok()) return fail(t.status());
+    if (view.name == "x") task.x = *t;
+    if (view.name == "grad_y") task.grad_y = *t;
+    if (view.name == "mask") task.mask = *t;
+  }
+  if (!task.x.defined()) return fail(InvalidArgumentError(op + " needs a tensor named 'x'"));
+  if (kind == TaskKind::kBackward) {
+    if (!task.grad_y.defined())
+      return fail(InvalidArgumentError("backward needs a tensor named 'grad_y'"));
+    auto seen = decoded->metadata.find("step_seen");
+    if (seen != decoded->metadata.end()) {
+      int64_t v = -1;
+      const std::string& text = seen->second;
+      auto [ptr, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
+      if (ec != std::errc() || ptr != text.data() + text.size() || v < 0) {
+        return fail(InvalidArgumentError("step_seen '" + text + "' is not a decimal step"));
+      }
+      task.step_seen = v;
+    }
+  }
+  if (InjectFailure()) return fail(UnavailableError("fault injection (--fail-rate)"));
+  const std::string output_name = kind == TaskKind::kForward ? "y" : "grad_x";
+  task.done = [uid, output_name, extra_metadata, finish](Result<TaskResult> r) {
+    if (!r.ok()) return finish(r.status());
+    std::map<std::string, std::string> meta = extra_metadata;
+    meta["uid"] = uid;
+    meta["step"] = std::to_string(r->step);
+    finish(tensor::EncodeFromTorch({{output_name, r->output}}, meta));
+  };
+  // Submit refuses synchronously without calling done; answer those here.
+  Reply on_refusal = finish;
+  Status submitted = runtime_->Submit(uid, std::move(task));
+  if (!submitted.ok()) on_refusal(submitted);
+}
+
+std::string ServerImpl::ExpertInfoJson(const std::string& uid) const {
+  const int64_t d = options_.expert.hidden_dim;
+  const bool seq = options_.expert.type == "transformer";
+  nlohmann::json shape = seq ? nlohmann::json{-1, -1, d} : nlohmann::json{-1, d};
+  nlohmann::json inputs = {{{"name", "x"}, {"shape", shape}, {"dtypes", {"F32", "F16", "BF16"}}}};
+  if (seq)
+    inputs.push_back(
+        {{"name", "mask"}, {"shape", {-1, -1}}, {"dtypes", {"BOOL"}}, {"optional", true}});
+  nlohmann::json info = {{"uid", uid},
+                         {"type", options_.expert.type},
+                         {"hidden_dim", d},
+                         {"inputs", inputs},
+                         {"outputs", {{{"name", "y"}, {"shape", shape}}}},
+                         {"step", runtime_->step(uid)},
+                         {"params", num_params_},
+                         {"dtype", "F32"},
+                         {"queued", runtime_->queued_samples(uid)}};
+  return info.dump();
+}
+
+void ServerImpl::RegisterRoutes() {
+  http_->Handle("GET", "/v1/health", [this](net::Request, net::Responder respond) {
+    nlohmann::json body = {
+        {"status", "ok"},
+        {"peer_id", identity_->peer_id()},
+        {"experts", runtime_->uids().size()},
+        {"uptime_s", (RealClock::Instance().NowUnixMs() - started_ms_) / 1000.0}};
+    respond(net::Response::Json(200, body.dump()));
+  });
+  http_->Handle("GET", "/v1/experts", [this](net::Request, net::Responder respond) {
+    std::string body = "{\"experts\":[";
+    bool first = true;
+    for (const std::string& uid : runtime_->uids()) {
+      body += (first ? "" : ",") + ExpertInfoJson(uid);
+      first = false;
+    }
+    respond(net::Response::Json(200, body + "]}"));
+  });
+  http_->Handle("GET", "/v1/experts/{uid}", [this](net::Request req, net::Responder respond) {
+    std::string uid(req.Param("uid").value_or(""));
+    if (!runtime_->Hosts(uid)) {
+      return respond(net::Response::Error(NotFoundError("expert " + uid + " is not hosted here")));
+    }
+    respond(net::Response::Json(200, ExpertInfoJson(uid)));
+  });
+  auto reply_http = [](net::Responder respond) {
+    return [respond](Result<std::vector<uint8_t>> r) {
+      if (!r.ok()) return respond(net::Response::Error(r.status()));
+      respond(net::Response::Binary(200, kSafetensorsType, std::move(r).value()));
+    };
+  };
+  http_->Handle(
+      "POST", "/v1/experts/{uid}/forward",
+      [this, reply_http](net::Request req, net::Responder respond) {
+        Dispatch(TaskKind::kForward, std::string(req.Param("uid").value_or("")), req.body, {},
+                 reply_http(respond));
+      },
+      [](const net::RequestHead& head) { return CheckContentType(head); });
+  http_->Handle(
+      "POST", "/v1/experts/{uid}/backward",
+      [this, reply_http](net::Request req, net::Responder respond) {
+        Status auth = VerifyTraining(req, req.body);
+        if (!auth.ok()) {
+          CountRequest("backward", auth.code(), 0);
+          return respond(net::Response::Error(auth));
+        }
+        Dispatch(TaskKind::kBackward, std::string(req.Param("uid").value_or("")), req.body, {},
+                 reply_http(respond));
+      },
+      [this](const net::RequestHead& head) {
+        // Authentication first, before the body is read or parsed.
+        DMOE_RETURN_IF_ERROR(CheckTrainingHead(head));
+        return CheckContentType(head);
+      });
+  http_->HandleWebSocket(
+      "/v1/ws",
+      net::WsHandlers{
+          .on_open = {},
+          .on_message = [this](const std::shared_ptr<net::WsConnection>& conn,
+                               net::Bytes message) { HandleWsMessage(conn, std::move(message)); },
+          .on_close = {}},
+      [this](const net::RequestHead& head) {
+        // Forward is open; an upgrade that carries a key wants to train and is verified now.
+        if (!verifier_ || !head.headers.Has(kKeyHeader)) return Status::Ok();
+        return VerifyTraining(head, {});
+      });
+  http_->Handle("GET", "/metrics", [this](net::Request, net::Responder respond) {
+    respond(net::Response::Text(200, "text/plain; version=0.0.4", metrics_.Render()));
+  });
+}
+
+void ServerImpl::HandleWsMessage(const std::shared_ptr<net::WsConnection>& conn,
+                                 net::Bytes message) {
+  auto send = [conn](std::vector<uint8_t> blob) { conn->Send(std::move(blob)).IgnoreError(); };
+  Result<safetensors::Decoded> decoded = safetensors::Decode(message);
+  if (!decoded.ok()) return send(WsErrorBlob("", "", decoded.status()));
+  auto meta = [&](const char* key) {
+    auto it = decoded->metadata.find(key);
+    return it == decoded->metadata.end() ? std::string() : it->second;
+  };
+  const std::string id = meta("id"), op = meta("op"), uid = meta("uid");
+  if (op != "forward" && op != "backward") {
+    return send(WsErrorBlob(
+        id, uid, InvalidArgumentError("op must be 'forward' or 'backward', got '" + op + "'")));
+  }
+  if (uid.empty())
+    return send(WsErrorBlob(id, uid, InvalidArgumentError("the request names no uid")));
+  const TaskKind kind = op == "forward" ? TaskKind::kForward : TaskKind::kBackward;
+  if (kind == TaskKind::kBackward && verifier_ && !conn->head().headers.Has(kKeyHeader)) {
+    CountRequest(op, Code::kUnauthenticated, 0);
+    return send(WsErrorBlob(
+        id, uid,
+        UnauthenticatedError("backward on this server needs a WebSocket opened with a "
+                             "signed upgrade (X-DMoE-Key, X-DMoE-Timestamp, X-DMoE-Signature)")));
+  }
+  if (!conn->TryBeginRequest(options_.ws_max_in_flight)) {
+    CountRequest(op, Code::kResourceExhausted, 0);
+    return send(WsErrorBlob(
+        id, uid,
+        ResourceExhaustedError("more than " + std::to_string(options_.ws_max_in_flight) +
+                               " requests in flight on this connection")));
+  }
+  Dispatch(kind, uid, message, {{"id", id}}, [conn, id, uid, send](Result<std::vector<uint8_t>> r) {
+    conn->EndRequest();
+    send(r.ok() ? std::move(r).value() : WsErrorBlob(id, uid, r.status()));
+  });
+}
+
+}  // namespace dmoe::expert_server

@@ -1,0 +1,215 @@
+// dmoe-server: hosts experts for a dmoe swarm until SIGINT or SIGTERM (DESIGN.md, PROTOCOL.md 4).
+// Prints "listening on http://HOST:PORT" on stdout once it serves; logs go to stderr.
+#include <ATen/Parallel.h>
+#include <spdlog/spdlog.h>
+
+#include <CLI/CLI.hpp>
+#include <algorithm>
+#include <cstdio>
+#include <iostream>
+#include <random>
+#include <thread>
+
+#include "core/logging.h"
+#include "core/signals.h"
+#include "core/uid.h"
+#include "dht/dht.h"
+#include "expert_server/server.h"
+#include "net/io_context.h"
+
+namespace {
+
+using dmoe::Result;
+using dmoe::Status;
+
+Result<std::pair<std::string, uint16_t>> SplitHostPort(const std::string& text) {
+  size_t colon = text.rfind(':');
+  if (colon == std::string::npos || colon + 1 == text.size()) {
+    return dmoe::InvalidArgumentError("--listen '" + text + "' must be HOST:PORT");
+  }
+  std::string host = text.substr(0, colon);
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']')
+    host = host.substr(1, host.size() - 2);
+  int port = -1;
+  try {
+    port = std::stoi(text.substr(colon + 1));
+  } catch (const std::exception&) {
+  }
+  if (port < 0 || port > 65535)
+    return dmoe::InvalidArgumentError("--listen '" + text + "': bad port");
+  return std::make_pair(host, static_cast<uint16_t>(port));
+}
+
+// Expands --experts: a grid pattern ("ffn.[0:4].[0:4]") or a comma-separated list of uids.
+Result<std::vector<std::string>> ExpandExperts(const std::string& spec) {
+  std::vector<std::string> uids;
+  if (spec.find('[') != std::string::npos) {
+    DMOE_ASSIGN_OR_RETURN(dmoe::GridPattern pattern, dmoe::ParseGridPattern(spec, 1 << 16));
+    for (const dmoe::ExpertUid& uid : pattern.Expand()) uids.push_back(uid.ToString());
+    return uids;
+  }
+  size_t start = 0;
+  while (start <= spec.size()) {
+    size_t comma = spec.find(',', start);
+    std::string part =
+        spec.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+    if (!part.empty()) {
+      DMOE_RETURN_IF_ERROR(dmoe::ParseExpertUid(part));
+      uids.push_back(part);
+    }
+    if (comma == std::string::npos) break;
+    start = comma + 1;
+  }
+  if (uids.empty()) return dmoe::InvalidArgumentError("--experts names no expert");
+  return uids;
+}
+
+// --num-experts: N uids of the pattern that nobody announces yet, chosen at random.
+Result<std::vector<std::string>> PickFree(std::vector<std::string> candidates, size_t n,
+                                          const std::vector<std::string>& bootstrap,
+                                          const std::string& network) {
+  std::vector<std::string> free = candidates;
+  if (!bootstrap.empty()) {
+    dmoe::dht::DhtOptions options;
+    options.listen = "0.0.0.0:0";
+    options.bootstrap = bootstrap;
+    options.node.client = true;
+    options.node.network = network;
+    DMOE_ASSIGN_OR_RETURN(auto dht, dmoe::dht::Dht::Start(std::move(options)));
+    DMOE_RETURN_IF_ERROR(dht->WaitBootstrapped(std::chrono::seconds(5)));
+    std::vector<std::string> keys;
+    for (const auto& uid : candidates) keys.push_back("expert/" + uid);
+    std::vector<dmoe::dht::KeyResult> found = dht->GetManyBlocking(keys, std::chrono::seconds(5));
+    dht->Stop();
+    free.clear();
+    for (size_t i = 0; i < candidates.size(); ++i) {
+      if (found[i].records.empty()) free.push_back(candidates[i]);
+    }
+  }
+  if (free.size() < n) {
+    return dmoe::UnavailableError("only " + std::to_string(free.size()) +
+                                  " uids of the pattern are free, " + std::to_string(n) +
+                                  " wanted");
+  }
+  std::shuffle(free.begin(), free.end(), std::mt19937_64(std::random_device{}()));
+  free.resize(n);
+  std::sort(free.begin(), free.end());
+  return free;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"dmoe-server: host experts for a dmoe swarm"};
+  dmoe::expert_server::ExpertServerOptions o;
+  std::string experts, listen = "127.0.0.1:0", log_level = "info";
+  size_t num_experts = 0;
+  int threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  double max_body_mib = 64, batch_timeout_ms = 1;
+  std::string dht;
+  app.add_option(
+         "--experts", experts,
+         "experts to host: a grid pattern such as 'ffn.[0:4].[0:4]' or uids 'ffn.0.1,ffn.0.2'")
+      ->required();
+  app.add_option("--num-experts", num_experts,
+                 "host only N uids of the pattern, chosen at random among those nobody announces");
+  app.add_option("--expert-type", o.expert.type, "ffn, transformer, or a registered type")
+      ->capture_default_str();
+  app.add_option("--hidden-dim", o.expert.hidden_dim, "width d of the experts' input and output")
+      ->capture_default_str();
+  app.add_option("--num-heads", o.expert.num_heads,
+                 "attention heads (transformer); 0 = hidden_dim/64")
+      ->capture_default_str();
+  app.add_option("--seed", o.expert.seed, "initialization seed (each uid derives its own)")
+      ->capture_default_str();
+  app.add_option("--listen", listen, "HTTP HOST:PORT to serve; port 0 picks a free one")
+      ->capture_default_str();
+  app.add_option("--public-host", o.public_host,
+                 "host announced in the DHT (default: the listen host)");
+  app.add_option("--dht", o.dht_bootstrap, "HOST:PORT of a DHT node to join; repeatable")
+      ->take_all();
+  app.add_option("--dht-listen", o.dht_listen, "UDP HOST:PORT of this server's own DHT node")
+      ->capture_default_str();
+  app.add_option("--network", o.dht_network, "DHT network name")->capture_default_str();
+  app.add_option("--announce-every", o.announce_every_s, "seconds between announcements")
+      ->capture_default_str();
+  app.add_option("--announce-ttl", o.announce_ttl_s, "seconds an announcement lives")
+      ->capture_default_str();
+  app.add_option("--db", o.db_dir, "RocksDB directory for checkpoints; none = no persistence");
+  app.add_option("--checkpoint-every", o.checkpoint_every_s, "seconds between checkpoints")
+      ->capture_default_str();
+  app.add_option("--keep-checkpoints", o.keep_checkpoints, "checkpoint versions kept per expert")
+      ->capture_default_str();
+  app.add_option("--identity", o.identity_path,
+                 "identity file (created when missing); none = a fresh key per run");
+  app.add_option("--trainer-keys", o.trainer_keys_path,
+                 "file of hex public keys allowed to send backward");
+  app.add_flag("--open-training", o.open_training,
+               "allow anyone to train when bound to a public address");
+  app.add_option("--optimizer", o.optimizer.kind, "adam or sgd")->capture_default_str();
+  app.add_option("--lr", o.optimizer.lr, "learning rate")->capture_default_str();
+  app.add_option("--weight-decay", o.optimizer.weight_decay, "decoupled weight decay")
+      ->capture_default_str();
+  app.add_option("--clip-grad-norm", o.optimizer.clip_grad_norm, "gradient-norm clip; 0 = off")
+      ->capture_default_str();
+  app.add_option("--warmup-steps", o.optimizer.warmup_steps, "linear learning-rate warmup steps")
+      ->capture_default_str();
+  app.add_option("--max-batch-size", o.runtime.max_batch_size,
+                 "samples merged into one batch at most")
+      ->capture_default_str();
+  app.add_option("--batch-timeout-ms", batch_timeout_ms, "how long a partial batch waits for more")
+      ->capture_default_str();
+  app.add_option("--max-queue", o.runtime.max_queue,
+                 "samples queued per expert before resource_exhausted")
+      ->capture_default_str();
+  app.add_option("--max-staleness", o.runtime.max_staleness,
+                 "refuse gradients this many steps old; -1 = off")
+      ->capture_default_str();
+  app.add_option("--max-body-mib", max_body_mib, "request body limit in MiB")
+      ->capture_default_str();
+  app.add_option("--ws-max-in-flight", o.ws_max_in_flight, "requests in flight per WebSocket")
+      ->capture_default_str();
+  app.add_option("--threads", threads, "compute (intra-op) threads")->capture_default_str();
+  app.add_option("--net-threads", o.net_threads, "network threads")->capture_default_str();
+  app.add_option("--fail-rate", o.fail_rate,
+                 "fault injection: fraction of requests answered unavailable")
+      ->capture_default_str();
+  app.add_option("--log-level", log_level, "trace, debug, info, warn, error or off")
+      ->capture_default_str();
+  CLI11_PARSE(app, argc, argv);
+
+  auto fail = [](const Status& s) {
+    std::cerr << "dmoe-server: " << s.ToString() << "\n";
+    return 2;
+  };
+  if (Status s = dmoe::SetUpLogging("dmoe-server", log_level); !s.ok()) return fail(s);
+  auto host_port = SplitHostPort(listen);
+  if (!host_port.ok()) return fail(host_port.status());
+  o.listen_host = host_port->first;
+  o.listen_port = host_port->second;
+  o.max_body_bytes = static_cast<uint64_t>(max_body_mib * (1 << 20));
+  o.runtime.batch_timeout_us = static_cast<int64_t>(batch_timeout_ms * 1000);
+  auto uids = ExpandExperts(experts);
+  if (!uids.ok()) return fail(uids.status());
+  o.uids = *uids;
+  if (num_experts > 0) {
+    auto picked = PickFree(*uids, num_experts, o.dht_bootstrap, o.dht_network);
+    if (!picked.ok()) return fail(picked.status());
+    o.uids = *picked;
+  }
+  at::set_num_threads(threads);
+  dmoe::net::TuneMallocForLargeBodies(o.max_body_bytes);
+
+  dmoe::BlockTerminationSignals();
+  auto server = dmoe::expert_server::ExpertServer::Start(std::move(o));
+  if (!server.ok()) return fail(server.status());
+  std::printf("listening on %s\n", (*server)->endpoint().c_str());
+  std::fflush(stdout);
+  spdlog::info("listening on {} ({} compute threads)", (*server)->endpoint(), threads);
+
+  int sig = dmoe::WaitForTerminationSignal();
+  spdlog::info("signal {}: finishing requests, writing a final checkpoint, stopping", sig);
+  (*server)->Stop();
+  spdlog::info("stopped");
+  return 0;
+}

@@ -1,0 +1,241 @@
+#include "expert_server/server.h"
+
+#include <spdlog/spdlog.h>
+
+#include <chrono>
+#include <nlohmann/json.hpp>
+#include <set>
+
+#include "core/clock.h"
+#include "core/uid.h"
+#include "expert_server/checkpoint.h"
+#include "expert_server/server_impl.h"
+#include "storage/kv_store.h"
+
+namespace dmoe::expert_server {
+namespace {
+
+bool IsLoopback(const std::string& host) {
+  return host == "localhost" || host == "::1" || host.rfind("127.", 0) == 0;
+}
+
+}  // namespace
+
+Result<std::unique_ptr<ExpertServer>> ExpertServer::Start(ExpertServerOptions options) {
+  auto server = std::make_unique<ServerImpl>(std::move(options));
+  Status s = server->Init();
+  if (!s.ok()) {
+    server->Stop();
+    return s;
+  }
+  return std::unique_ptr<ExpertServer>(std::move(server));
+}
+
+ServerImpl::ServerImpl(ExpertServerOptions options)
+    : options_(std::move(options)), started_ms_(RealClock::Instance().NowUnixMs()) {}
+
+ServerImpl::~ServerImpl() { Stop(); }
+
+Status ServerImpl::Init() {
+  if (options_.uids.empty()) return InvalidArgumentError("no experts to host");
+  std::set<std::string> unique;
+  for (const std::string& uid : options_.uids) {
+    DMOE_RETURN_IF_ERROR(ParseExpertUid(uid));
+    if (!unique.insert(uid).second)
+      return InvalidArgumentError("expert " + uid + " is listed twice");
+  }
+  if (options_.fail_rate < 0 || options_.fail_rate > 1) {
+    return InvalidArgumentError("fail rate must be in [0, 1]");
+  }
+
+  if (options_.identity_path.empty()) {
+    identity_ = Identity::Generate();
+  } else {
+    DMOE_ASSIGN_OR_RETURN(identity_, LoadOrCreateIdentity(options_.identity_path));
+  }
+  if (!options_.trainer_keys_path.empty()) {
+    DMOE_ASSIGN_OR_RETURN(std::set<PublicKey> keys,
+                          RequestVerifier::LoadKeyFile(options_.trainer_keys_path));
+    verifier_ = std::make_unique<RequestVerifier>(std::move(keys), RealClock::Instance());
+  } else if (!IsLoopback(options_.listen_host) && !options_.open_training) {
+    return InvalidArgumentError(
+        "refusing to serve training on " + options_.listen_host +
+        " without --trainer-keys: anyone who reaches this address could change the weights. Pass "
+        "--trainer-keys FILE, or --open-training to allow it knowingly");
+  }
+
+  if (!options_.db_dir.empty()) {
+    storage::ExpertStoreOptions store_options;
+    store_options.keep_checkpoints = options_.keep_checkpoints;
+    DMOE_ASSIGN_OR_RETURN(std::unique_ptr<storage::ExpertStore> store,
+                          storage::ExpertStore::Open(options_.db_dir, store_options));
+    store_ = std::move(store);
+  }
+
+  ExpertRegistry registry = ExpertRegistry::WithBuiltins();
+  std::vector<std::unique_ptr<Expert>> experts;
+  for (const std::string& uid : options_.uids) {
+    DMOE_ASSIGN_OR_RETURN(std::unique_ptr<Expert> expert,
+                          Expert::Create(registry, uid, options_.expert, options_.optimizer));
+    if (store_) {
+      Status restored = RestoreLatest(*store_, *expert);
+      if (restored.ok()) {
+        spdlog::info("expert {}: restored checkpoint at step {}", uid, expert->step());
+      } else if (restored.code() != Code::kNotFound) {
+        return Status(restored.code(), "cannot restore " + uid + ": " + restored.message());
+      }
+    }
+    num_params_ = expert->num_parameters();
+    experts.push_back(std::move(expert));
+  }
+  RuntimeOptions runtime_options = options_.runtime;
+  Histogram& batch_sizes =
+      metrics_.GetHistogram("dmoe_batch_size", "Samples per computed batch.", SizeBuckets());
+  runtime_options.on_batch = [&batch_sizes](int64_t samples) {
+    batch_sizes.Observe(static_cast<double>(samples));
+  };
+  runtime_ = std::make_unique<Runtime>(std::move(experts), runtime_options);
+  runtime_->Start();
+
+  net::HttpServerOptions http_options;
+  http_options.host = options_.listen_host;
+  http_options.port = options_.listen_port;
+  http_options.threads = options_.net_threads;
+  http_options.max_body_bytes = options_.max_body_bytes;
+  http_ = std::make_unique<net::HttpServer>(http_options);
+  RegisterRoutes();
+  DMOE_RETURN_IF_ERROR(http_->Start());
+
+  if (!options_.dht_bootstrap.empty()) {
+    dht::DhtOptions dht_options;
+    dht_options.listen = options_.dht_listen;
+    dht_options.bootstrap = options_.dht_bootstrap;
+    dht_options.identity = *identity_;
+    dht_options.node.network = options_.dht_network;
+    if (store_) dht_options.kv_store = std::make_shared<storage::KvStore>(store_->database());
+    DMOE_ASSIGN_OR_RETURN(dht_, dht::Dht::Start(std::move(dht_options)));
+    Status joined = dht_->WaitBootstrapped(std::chrono::seconds(5));
+    if (!joined.ok()) spdlog::warn("DHT: {} (will keep trying)", joined.ToString());
+    Announce();
+  }
+  maintenance_ = std::thread([this] { MaintenanceLoop(); });
+  spdlog::info("hosting {} {} experts (hidden_dim {}), peer_id {}", options_.uids.size(),
+               options_.expert.type, options_.expert.hidden_dim, identity_->peer_id());
+  return Status::Ok();
+}
+
+std::string ServerImpl::endpoint() const {
+  std::string host = options_.public_host;
+  if (host.empty()) host = options_.listen_host == "0.0.0.0" ? "127.0.0.1" : options_.listen_host;
+  if (host.find(':') != std::string::npos) host = "[" + host + "]";
+  return "http://" + host + ":" + std::to_string(http_->port());
+}
+
+Status ServerImpl::CheckpointNow() {
+  if (!store_) return UnavailableError("the server runs without --db");
+  std::lock_guard<std::mutex> lock(checkpoint_mu_);
+  std::vector<ExpertSnapshot> snapshots;
+  DMOE_RETURN_IF_ERROR(runtime_->RunExclusive([&](std::map<std::string, Expert*>& experts) {
+    for (auto& [uid, expert] : experts) snapshots.push_back(TakeSnapshot(*expert));
+  }));
+  for (const ExpertSnapshot& s : snapshots) {
+    Status saved = SaveSnapshot(*store_, s);
+    if (!saved.ok()) {
+      metrics_.GetCounter("dmoe_checkpoint_errors_total", "Checkpoints that failed.").Increment();
+      return saved;
+    }
+  }
+  metrics_.GetCounter("dmoe_checkpoints_total", "Checkpoints written (all experts).").Increment();
+  spdlog::debug("checkpointed {} experts", snapshots.size());
+  return Status::Ok();
+}
+
+void ServerImpl::MaintenanceLoop() {
+  using Clock = std::chrono::steady_clock;
+  auto next_checkpoint = Clock::now() + std::chrono::seconds(options_.checkpoint_every_s);
+  auto next_announce = Clock::now() + std::chrono::seconds(options_.announce_every_s);
+  std::unique_lock<std::mutex> lock(mu_);
+  while (!stopping_) {
+    auto wake = dht_ ? std::min(next_checkpoint, next_announce) : next_checkpoint;
+    if (!store_ && !dht_) wake = Clock::time_point::max();
+    cv_.wait_until(lock, wake, [this] { return stopping_; });
+    if (stopping_) break;
+    lock.unlock();
+    auto now = Clock::now();
+    if (store_ && now >= next_checkpoint) {
+      Status s = CheckpointNow();
+      if (!s.ok()) spdlog::error("checkpoint failed: {}", s.ToString());
+      next_checkpoint = now + std::chrono::seconds(options_.checkpoint_every_s);
+    }
+    if (dht_ && now >= next_announce) {
+      Announce();
+      next_announce = now + std::chrono::seconds(options_.announce_every_s);
+    }
+    lock.lock();
+  }
+}
+
+void ServerImpl::Announce() {
+  const std::string peer = identity_->peer_id();
+  const auto ttl = std::chrono::seconds(options_.announce_ttl_s);
+  const double load = runtime_->load();
+  std::set<std::pair<std::string, std::string>> prefixes_done;
+  auto log_failure = [](std::string what) {
+    return [what](Result<int> r) {
+      if (!r.ok()) spdlog::debug("announce {}: {}", what, r.status().ToString());
+    };
+  };
+  for (const std::string& uid_text : options_.uids) {
+    ExpertUid uid = *ParseExpertUid(uid_text);
+    nlohmann::json value = {{"endpoint", endpoint()},
+                            {"step", runtime_->step(uid_text)},
+                            {"load", load},
+                            {"type", options_.expert.type},
+                            {"hidden_dim", options_.expert.hidden_dim}};
+    dht_->Put("expert/" + uid_text, peer, value.dump(), ttl, log_failure("expert/" + uid_text));
+    for (size_t depth = 0; depth < uid.indices.size(); ++depth) {
+      std::string key = "prefix/" + uid.GridPrefixAt(depth);
+      std::string subkey = std::to_string(uid.indices[depth]);
+      if (!prefixes_done.insert({key, subkey}).second) continue;
+      nlohmann::json pointer = {{"uid", uid_text}, {"peer_id", peer}};
+      dht_->Put(key, subkey, pointer.dump(), ttl, log_failure(key + " " + subkey));
+    }
+  }
+}
+
+bool ServerImpl::InjectFailure() {
+  if (options_.fail_rate <= 0) return false;
+  std::lock_guard<std::mutex> lock(rng_mu_);
+  return std::uniform_real_distribution<double>(0, 1)(rng_) < options_.fail_rate;
+}
+
+void ServerImpl::Stop() {
+  if (stopped_.exchange(true)) return;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stopping_ = true;
+  }
+  cv_.notify_all();
+  if (maintenance_.joinable()) maintenance_.join();
+  // In-flight requests finish (the runtime still runs), new ones are refused.
+  if (http_) http_->Stop(std::chrono::seconds(5));
+  if (runtime_) {
+    runtime_->Stop();
+    if (store_) {
+      Status s = CheckpointNow();
+      if (s.ok()) {
+        spdlog::info("final checkpoint written");
+      } else {
+        spdlog::error("final checkpoint failed: {}", s.ToString());
+      }
+    }
+  }
+  // Announcements stop being refreshed here, so they expire within announce_ttl_s.
+  if (dht_) dht_->Stop();
+  if (store_) {
+    Status s = store_->Close();
+    if (!s.ok()) spdlog::error("closing the database: {}", s.ToString());
+  }
+}
+
+}  // namespace dmoe::expert_server

@@ -1,0 +1,90 @@
+// ExpertServer: what a contributor runs to donate compute (PROTOCOL section 4). It hosts a set of
+// experts behind HTTP and WebSocket, trains them from the gradients trainers send, checkpoints them
+// to RocksDB, and announces them in the DHT.
+//
+//   ExpertServerOptions options;  // uids, expert type, listen address, db, dht, ...
+//   DMOE_ASSIGN_OR_RETURN(auto server, ExpertServer::Start(std::move(options)));
+//   std::cout << "listening on " << server->endpoint() << "\n";
+//   ...
+//   server->Stop();  // stop accepting, finish in-flight work, final checkpoint, stop announcing
+//
+// Threads: network threads (net) parse requests and post them to the compute runtime; runtime
+// thread(s) compute and encode answers; one storage thread writes checkpoints; the DHT node runs on
+// its own strand. Start and Stop must be called from a thread that is none of these.
+#ifndef DMOE_EXPERT_SERVER_SERVER_H_
+#define DMOE_EXPERT_SERVER_SERVER_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/status.h"
+#include "expert_server/expert.h"
+#include "expert_server/optimizer.h"
+#include "expert_server/runtime.h"
+
+namespace dmoe::expert_server {
+
+struct ExpertServerOptions {
+  // The experts to host (valid uids, PROTOCOL section 1).
+  std::vector<std::string> uids;
+  ExpertConfig expert;  // type, hidden_dim, seed (each uid derives its own initialization)
+  OptimizerOptions optimizer;
+  RuntimeOptions runtime;
+
+  std::string listen_host = "127.0.0.1";
+  uint16_t listen_port = 0;
+  // The host written into announcements; defaults to listen_host (or 127.0.0.1 for 0.0.0.0).
+  std::string public_host;
+  int net_threads = 2;
+  uint64_t max_body_bytes = 64ull << 20;
+  int ws_max_in_flight = 64;
+
+  // Identity file (created when missing); empty = a fresh identity for this run.
+  std::string identity_path;
+  // Hex Ed25519 public keys allowed to send backward; empty = anyone may.
+  std::string trainer_keys_path;
+  // Needed to serve training without trainer keys on a non-loopback address.
+  bool open_training = false;
+
+  // RocksDB directory; empty = no persistence.
+  std::string db_dir;
+  int64_t checkpoint_every_s = 60;
+  int keep_checkpoints = 3;
+
+  // DHT: bootstrap addresses (HOST:PORT); empty = do not announce. The server runs its own DHT
+  // node bound to dht_listen.
+  std::vector<std::string> dht_bootstrap;
+  std::string dht_listen = "0.0.0.0:0";
+  std::string dht_network = "dmoe";
+  int64_t announce_every_s = 15;
+  int64_t announce_ttl_s = 45;
+
+  // Fault injection for experiments: this fraction of forward/backward requests fail with
+  // kUnavailable before any compute.
+  double fail_rate = 0.0;
+};
+
+class ExpertServer {
+ public:
+  // Loads or initializes every expert, binds, starts the runtime, the checkpoint thread and the
+  // announcer. kInvalidArgument for bad options (e.g. open training on a public address without
+  // --open-training), kUnavailable when the port or the database is taken.
+  static Result<std::unique_ptr<ExpertServer>> Start(ExpertServerOptions options);
+  virtual ~ExpertServer() = default;
+
+  // "http://HOST:PORT" as announced.
+  virtual std::string endpoint() const = 0;
+  virtual uint16_t port() const = 0;
+  virtual std::string peer_id() const = 0;
+  virtual const Runtime& runtime() const = 0;
+  // Checkpoints every expert now (blocks until written). kUnavailable without a database.
+  virtual Status CheckpointNow() = 0;
+  // Graceful stop; idempotent.
+  virtual void Stop() = 0;
+};
+
+}  // namespace dmoe::expert_server
+
+#endif  // DMOE_EXPERT_SERVER_SERVER_H_

@@ -1,0 +1,84 @@
+// Internal to expert_server: the ExpertServer implementation, split between server.cc (lifecycle,
+// checkpoints, announcements) and api.cc (HTTP and WebSocket handlers).
+#ifndef DMOE_EXPERT_SERVER_SERVER_IMPL_H_
+#define DMOE_EXPERT_SERVER_SERVER_IMPL_H_
+
+#include <atomic>
+#include <condition_variable>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <random>
+#include <span>
+#include <string>
+#include <thread>
+
+#include "core/identity.h"
+#include "core/metrics.h"
+#include "core/request_auth.h"
+#include "dht/dht.h"
+#include "expert_server/server.h"
+#include "net/http_server.h"
+#include "storage/expert_store.h"
+
+namespace dmoe::expert_server {
+
+class ServerImpl : public ExpertServer {
+ public:
+  explicit ServerImpl(ExpertServerOptions options);
+  ~ServerImpl() override;
+
+  Status Init();
+
+  std::string endpoint() const override;
+  uint16_t port() const override { return http_->port(); }
+  std::string peer_id() const override { return identity_->peer_id(); }
+  const Runtime& runtime() const override { return *runtime_; }
+  Status CheckpointNow() override;
+  void Stop() override;
+
+ private:
+  // How an answer goes back: a finished blob, or an error.
+  using Reply = std::function<void(Result<std::vector<uint8_t>>)>;
+
+  // api.cc
+  void RegisterRoutes();
+  Status CheckTrainingHead(const net::RequestHead& head);
+  Status VerifyTraining(const net::RequestHead& head, std::span<const uint8_t> signed_body);
+  // Parses a forward/backward blob for `uid` and hands it to the runtime; `reply` gets the answer
+  // (with `extra_metadata` added to it) exactly once, possibly before this returns.
+  void Dispatch(TaskKind kind, const std::string& uid, std::span<const uint8_t> blob,
+                std::map<std::string, std::string> extra_metadata, Reply reply);
+  void HandleWsMessage(const std::shared_ptr<net::WsConnection>& conn, net::Bytes message);
+  std::string ExpertInfoJson(const std::string& uid) const;
+  void CountRequest(const std::string& op, Code code, double seconds);
+
+  // server.cc
+  void MaintenanceLoop();
+  void Announce();
+  bool InjectFailure();
+
+  const ExpertServerOptions options_;
+  std::optional<Identity> identity_;
+  std::unique_ptr<RequestVerifier> verifier_;
+  std::shared_ptr<storage::ExpertStore> store_;
+  std::unique_ptr<Runtime> runtime_;
+  std::unique_ptr<dht::Dht> dht_;
+  std::unique_ptr<net::HttpServer> http_;
+  Metrics metrics_;
+  const int64_t started_ms_;
+  int64_t num_params_ = 0;  // per expert, all alike
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool stopping_ = false;
+  std::thread maintenance_;
+  std::mutex checkpoint_mu_;  // one checkpoint at a time
+  std::mutex rng_mu_;
+  std::mt19937_64 rng_{std::random_device{}()};
+  std::atomic<bool> stopped_{false};
+};
+
+}  // namespace dmoe::expert_server
+
+#endif  // DMOE_EXPERT_SERVER_SERVER_IMPL_H_
