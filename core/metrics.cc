@@ -129,6 +129,12 @@ void Metrics::AddCallbackGauge(const std::string& name, const std::string& help,
   FamilyLocked(name, help, "gauge").callbacks[Key(labels)] = std::move(fn);
 }
 
+void Metrics::AddCallbackCounter(const std::string& name, const std::string& help,
+                                 const Labels& labels, std::function<double()> fn) {
+  std::lock_guard<std::mutex> lock(mu_);
+  FamilyLocked(name, help, "counter").callbacks[Key(labels)] = std::move(fn);
+}
+
 std::string Metrics::Render() const {
   std::lock_guard<std::mutex> lock(mu_);
   std::string out;

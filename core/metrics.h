@@ -77,6 +77,10 @@ class Metrics {
   void AddCallbackGauge(const std::string& name, const std::string& help, const Labels& labels,
                         std::function<double()> fn);
 
+  // The same for a monotonically growing count kept by its owner (e.g. a runtime's statistics).
+  void AddCallbackCounter(const std::string& name, const std::string& help, const Labels& labels,
+                          std::function<double()> fn);
+
   // The Prometheus text exposition of every metric, families sorted by name.
   std::string Render() const;
 

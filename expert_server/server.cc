@@ -96,6 +96,7 @@ Status ServerImpl::Init() {
   };
   runtime_ = std::make_unique<Runtime>(std::move(experts), runtime_options);
   runtime_->Start();
+  RegisterRuntimeMetrics();
 
   net::HttpServerOptions http_options;
   http_options.host = options_.listen_host;
@@ -122,6 +123,31 @@ Status ServerImpl::Init() {
   spdlog::info("hosting {} {} experts (hidden_dim {}), peer_id {}", options_.uids.size(),
                options_.expert.type, options_.expert.hidden_dim, identity_->peer_id());
   return Status::Ok();
+}
+
+void ServerImpl::RegisterRuntimeMetrics() {
+  const Runtime* rt = runtime_.get();
+  metrics_.AddCallbackCounter("dmoe_refused_gradients_total",
+                              "Backward requests refused before any weight changed.",
+                              {{"reason", "nonfinite"}},
+                              [rt] { return static_cast<double>(rt->stats().refused_nonfinite); });
+  metrics_.AddCallbackCounter(
+      "dmoe_refused_gradients_total", "Backward requests refused before any weight changed.",
+      {{"reason", "stale"}}, [rt] { return static_cast<double>(rt->stats().refused_stale); });
+  metrics_.AddCallbackCounter("dmoe_overload_refusals_total",
+                              "Requests refused with resource_exhausted (queue full).", {},
+                              [rt] { return static_cast<double>(rt->stats().refused_overload); });
+  metrics_.AddCallbackCounter("dmoe_batches_total", "Batches computed.", {},
+                              [rt] { return static_cast<double>(rt->stats().batches); });
+  metrics_.AddCallbackGauge("dmoe_load", "Queued samples over queue capacity, 0..1.", {},
+                            [rt] { return rt->load(); });
+  for (const std::string& uid : rt->uids()) {
+    metrics_.AddCallbackGauge("dmoe_expert_step", "Optimizer steps of each expert.", {{"uid", uid}},
+                              [rt, uid] { return static_cast<double>(rt->step(uid)); });
+    metrics_.AddCallbackGauge("dmoe_queue_depth", "Samples waiting for each expert.",
+                              {{"uid", uid}},
+                              [rt, uid] { return static_cast<double>(rt->queued_samples(uid)); });
+  }
 }
 
 std::string ServerImpl::endpoint() const {

@@ -54,6 +54,7 @@ class ServerImpl : public ExpertServer {
   void CountRequest(const std::string& op, Code code, double seconds);
 
   // server.cc
+  void RegisterRuntimeMetrics();
   void MaintenanceLoop();
   void Announce();
   bool InjectFailure();

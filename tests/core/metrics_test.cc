@@ -14,7 +14,11 @@ TEST(MetricsTest, RendersCountersAndGaugesInPrometheusText) {
   m.GetCounter("dmoe_requests_total", "Requests served.", {{"code", "not_found"}}).Increment();
   m.GetGauge("dmoe_queue_depth", "Samples queued.").Set(7);
   m.AddCallbackGauge("dmoe_uptime_seconds", "Uptime.", {}, [] { return 12.5; });
+  m.AddCallbackCounter("dmoe_batches_total", "Batches.", {}, [] { return 4.0; });
   EXPECT_EQ(m.Render(),
+            "# HELP dmoe_batches_total Batches.\n"
+            "# TYPE dmoe_batches_total counter\n"
+            "dmoe_batches_total 4\n"
             "# HELP dmoe_queue_depth Samples queued.\n"
             "# TYPE dmoe_queue_depth gauge\n"
             "dmoe_queue_depth 7\n"
