@@ -4,8 +4,6 @@
 //            [--network NAME] [--log-level LEVEL]
 //
 // Prints "listening on udp://HOST:PORT peer_id=<hex>" on stdout once bound; logs go to stderr.
-#include <signal.h>
-
 #include <spdlog/spdlog.h>
 #include <CLI/CLI.hpp>
 #include <cstdio>
@@ -13,6 +11,7 @@
 
 #include "core/identity.h"
 #include "core/logging.h"
+#include "core/signals.h"
 #include "dht/dht.h"
 
 int main(int argc, char** argv) {
@@ -53,13 +52,9 @@ int main(int argc, char** argv) {
     options.identity = *identity;
   }
 
-  // Signals are taken synchronously by this thread (sigwait); every other thread, including the
-  // DHT's, inherits the blocked mask.
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGINT);
-  sigaddset(&signals, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  // Signals are taken synchronously by this thread; every other thread, including the DHT's,
+  // inherits the blocked mask.
+  dmoe::BlockTerminationSignals();
 
   auto dht = dmoe::dht::Dht::Start(std::move(options));
   if (!dht.ok()) {
@@ -71,8 +66,7 @@ int main(int argc, char** argv) {
   std::fflush(stdout);
   spdlog::info("dmoe-dht listening on udp://{} peer_id={}", host_port, (*dht)->peer_id());
 
-  int sig = 0;
-  sigwait(&signals, &sig);
+  int sig = dmoe::WaitForTerminationSignal();
   spdlog::info("dmoe-dht: signal {}, saving state and stopping", sig);
   (*dht)->Stop();
   return 0;
