@@ -8,6 +8,7 @@
 
 #include "core/clock.h"
 #include "core/uid.h"
+#include "dht/announcement.h"
 #include "expert_server/checkpoint.h"
 #include "expert_server/server_impl.h"
 #include "storage/kv_store.h"
@@ -46,6 +47,9 @@ Status ServerImpl::Init() {
   }
   if (options_.fail_rate < 0 || options_.fail_rate > 1) {
     return InvalidArgumentError("fail rate must be in [0, 1]");
+  }
+  if (options_.nan_rate < 0 || options_.nan_rate > 1) {
+    return InvalidArgumentError("nan rate must be in [0, 1]");
   }
 
   if (options_.identity_path.empty()) {
@@ -213,18 +217,16 @@ void ServerImpl::Announce() {
   };
   for (const std::string& uid_text : options_.uids) {
     ExpertUid uid = *ParseExpertUid(uid_text);
-    nlohmann::json value = {{"endpoint", endpoint()},
-                            {"step", runtime_->step(uid_text)},
-                            {"load", load},
-                            {"type", options_.expert.type},
-                            {"hidden_dim", options_.expert.hidden_dim}};
-    dht_->Put("expert/" + uid_text, peer, value.dump(), ttl, log_failure("expert/" + uid_text));
+    dht::ExpertAnnouncement value{endpoint(), runtime_->step(uid_text), load, options_.expert.type,
+                                  options_.expert.hidden_dim};
+    dht_->Put(dht::ExpertKey(uid_text), peer, value.ToJson(), ttl,
+              log_failure(dht::ExpertKey(uid_text)));
     for (size_t depth = 0; depth < uid.indices.size(); ++depth) {
-      std::string key = "prefix/" + uid.GridPrefixAt(depth);
+      std::string key = dht::PrefixKey(uid.GridPrefixAt(depth));
       std::string subkey = std::to_string(uid.indices[depth]);
       if (!prefixes_done.insert({key, subkey}).second) continue;
-      nlohmann::json pointer = {{"uid", uid_text}, {"peer_id", peer}};
-      dht_->Put(key, subkey, pointer.dump(), ttl, log_failure(key + " " + subkey));
+      dht_->Put(key, subkey, dht::PrefixEntry{uid_text, peer}.ToJson(), ttl,
+                log_failure(key + " " + subkey));
     }
   }
 }
@@ -233,6 +235,12 @@ bool ServerImpl::InjectFailure() {
   if (options_.fail_rate <= 0) return false;
   std::lock_guard<std::mutex> lock(rng_mu_);
   return std::uniform_real_distribution<double>(0, 1)(rng_) < options_.fail_rate;
+}
+
+bool ServerImpl::InjectNan() {
+  if (options_.nan_rate <= 0) return false;
+  std::lock_guard<std::mutex> lock(rng_mu_);
+  return std::uniform_real_distribution<double>(0, 1)(rng_) < options_.nan_rate;
 }
 
 void ServerImpl::Stop() {
