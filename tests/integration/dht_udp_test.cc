@@ -2,8 +2,6 @@
 // get again; then a node stopped with SIGTERM restarts from its database without a bootstrap
 // address. No sleeps: every wait polls a pipe or a DHT call with a deadline; every process is
 // killed and reaped in TearDown even when an assertion fails.
-#include <fcntl.h>
-#include <poll.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -13,11 +11,13 @@
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
+#include <memory>
 #include <regex>
 #include <string>
 #include <vector>
 
 #include "dht/dht.h"
+#include "tests/testing/process.h"
 
 namespace dmoe::dht {
 namespace {
@@ -25,76 +25,43 @@ namespace {
 using namespace std::chrono_literals;
 
 struct Proc {
-  pid_t pid = -1;
-  int out_fd = -1;
-  std::string address;  // 127.0.0.1:PORT
+  std::unique_ptr<testing::Process> process;  // SIGKILLed and reaped when destroyed
+  std::string address;                        // 127.0.0.1:PORT
   std::string peer_id;
 };
-
-// Starts dmoe-dht and waits (poll with deadline) for its "listening on" line.
-Proc Spawn(const std::vector<std::string>& args) {
-  Proc p;
-  int fds[2];
-  if (pipe(fds) != 0) return p;
-  pid_t pid = fork();
-  if (pid == 0) {
-    dup2(fds[1], 1);
-    close(fds[0]);
-    close(fds[1]);
-    int devnull = open("/dev/null", O_WRONLY);
-    if (devnull >= 0) dup2(devnull, 2);
-    std::vector<char*> argv;
-    for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-    argv.push_back(nullptr);
-    execv(argv[0], argv.data());
-    _exit(127);
-  }
-  close(fds[1]);
-  p.pid = pid;
-  p.out_fd = fds[0];
-  std::string line;
-  auto deadline = std::chrono::steady_clock::now() + 10s;
-  while (line.find('\n') == std::string::npos && std::chrono::steady_clock::now() < deadline) {
-    pollfd pfd{p.out_fd, POLLIN, 0};
-    if (poll(&pfd, 1, 100) <= 0) continue;
-    char buf[256];
-    ssize_t n = read(p.out_fd, buf, sizeof(buf));
-    if (n <= 0) break;
-    line.append(buf, static_cast<size_t>(n));
-  }
-  std::smatch m;
-  static const std::regex re("listening on udp://([0-9.]+:[0-9]+) peer_id=([0-9a-f]{64})");
-  if (std::regex_search(line, m, re)) {
-    p.address = m[1];
-    p.peer_id = m[2];
-  }
-  return p;
-}
 
 class DhtUdpTest : public ::testing::Test {
  protected:
   void TearDown() override {
-    for (Proc& p : procs_) Kill(p, SIGKILL);
+    procs_.clear();
     std::filesystem::remove_all(db_dir_);
   }
 
+  // Sends `sig`, reaps the process and returns its wait status.
   static int Kill(Proc& p, int sig) {
-    if (p.pid <= 0) return -1;
-    kill(p.pid, sig);
-    int status = 0;
-    waitpid(p.pid, &status, 0);
-    p.pid = -1;
-    if (p.out_fd >= 0) close(p.out_fd);
-    p.out_fd = -1;
-    return status;
+    if (!p.process) return -1;
+    return p.process->Stop(sig, 30s);
   }
 
-  Proc Start(const std::vector<std::string>& extra) {
+  // Starts dmoe-dht and waits (poll with deadline) for its "listening on" line; the returned
+  // reference stays valid until TearDown.
+  Proc& Start(const std::vector<std::string>& extra) {
     std::vector<std::string> args = {DMOE_DHT_BINARY, "--listen",    "127.0.0.1:0", "--network",
                                      "itest",         "--log-level", "warn"};
     args.insert(args.end(), extra.begin(), extra.end());
-    Proc p = Spawn(args);
-    procs_.push_back(p);
+    procs_.push_back(std::make_unique<Proc>());
+    Proc& p = *procs_.back();
+    auto spawned = testing::Process::Spawn(args);
+    EXPECT_TRUE(spawned.ok()) << spawned.status().ToString();
+    if (!spawned.ok()) return p;
+    p.process = std::move(spawned).value();
+    std::optional<std::string> line = p.process->WaitForLine("listening on ", 10s);
+    std::smatch m;
+    static const std::regex re("listening on udp://([0-9.]+:[0-9]+) peer_id=([0-9a-f]{64})");
+    if (line.has_value() && std::regex_search(*line, m, re)) {
+      p.address = m[1];
+      p.peer_id = m[2];
+    }
     return p;
   }
 
@@ -126,22 +93,22 @@ class DhtUdpTest : public ::testing::Test {
     return last;
   }
 
-  std::vector<Proc> procs_;
+  std::vector<std::unique_ptr<Proc>> procs_;
   std::string db_dir_ =
       (std::filesystem::temp_directory_path() / ("dmoe_dht_itest_" + std::to_string(getpid())))
           .string();
 };
 
 TEST_F(DhtUdpTest, SixteenProcessesPutGetKillGet) {
-  Proc first = Start({"--db", db_dir_ + "/n0"});
+  Proc& first = Start({"--db", db_dir_ + "/n0"});
   ASSERT_FALSE(first.address.empty()) << "first dmoe-dht did not start";
   for (int i = 1; i < 16; ++i) {
-    Proc p = Start({"--bootstrap", procs_[static_cast<size_t>(i) / 2].address});
+    Proc& p = Start({"--bootstrap", procs_[static_cast<size_t>(i) / 2]->address});
     ASSERT_FALSE(p.address.empty()) << "dmoe-dht " << i << " did not start";
   }
   // Put through node 3.
   {
-    auto client = Client(procs_[3].address);
+    auto client = Client(procs_[3]->address);
     ASSERT_NE(client, nullptr);
     auto stored =
         client->PutBlocking("expert/ffn.3.14", "peer-a", "{\"endpoint\":\"http://x\"}", 120s);
@@ -149,7 +116,7 @@ TEST_F(DhtUdpTest, SixteenProcessesPutGetKillGet) {
     EXPECT_GE(*stored, 8);  // of 15 reachable nodes; a loaded machine may time a few out
   }
   // Get through node 12.
-  KeyResult r = GetWithin(procs_[12].address, "expert/ffn.3.14");
+  KeyResult r = GetWithin(procs_[12]->address, "expert/ffn.3.14");
   ASSERT_TRUE(r.status.ok()) << r.status.ToString();
   ASSERT_EQ(r.records.size(), 1u);
   EXPECT_EQ(r.records[0].value, "{\"endpoint\":\"http://x\"}");
@@ -159,11 +126,11 @@ TEST_F(DhtUdpTest, SixteenProcessesPutGetKillGet) {
   std::string key_file = db_dir_ + "/cli.key";
   std::filesystem::create_directories(db_dir_);
   std::string put_cmd = std::string(DMOE_CLI_BINARY) + " dht put --network itest --dht " +
-                        procs_[4].address + " --identity " + key_file +
+                        procs_[4]->address + " --identity " + key_file +
                         " prefix/ffn. 3 '{\"uid\":\"ffn.3.14\"}' --ttl 60 > /dev/null";
   EXPECT_EQ(WEXITSTATUS(std::system(put_cmd.c_str())), 0) << put_cmd;
   std::string get_cmd = std::string(DMOE_CLI_BINARY) + " dht get --network itest --dht " +
-                        procs_[9].address + " prefix/ffn.";
+                        procs_[9]->address + " prefix/ffn.";
   FILE* pipe = popen(get_cmd.c_str(), "r");
   ASSERT_NE(pipe, nullptr);
   std::string printed;
@@ -174,25 +141,25 @@ TEST_F(DhtUdpTest, SixteenProcessesPutGetKillGet) {
             std::string::npos)
       << printed;
   std::string miss_cmd = std::string(DMOE_CLI_BINARY) + " dht get --network itest --dht " +
-                         procs_[9].address + " prefix/none. > /dev/null";
+                         procs_[9]->address + " prefix/none. > /dev/null";
   EXPECT_EQ(WEXITSTATUS(std::system(miss_cmd.c_str())), 1);
 #endif
 
   // SIGKILL five nodes (not 0, which is restarted below, nor 12 and 15, used to get).
-  for (int i : {2, 3, 5, 8, 11}) Kill(procs_[static_cast<size_t>(i)], SIGKILL);
-  r = GetWithin(procs_[15].address, "expert/ffn.3.14");
+  for (int i : {2, 3, 5, 8, 11}) Kill(*procs_[static_cast<size_t>(i)], SIGKILL);
+  r = GetWithin(procs_[15]->address, "expert/ffn.3.14");
   ASSERT_TRUE(r.status.ok()) << r.status.ToString();
   EXPECT_EQ(r.records.size(), 1u);
-  auto asker = Client(procs_[15].address);
+  auto asker = Client(procs_[15]->address);
   ASSERT_NE(asker, nullptr);
   KeyResult missing = asker->GetManyBlocking({"expert/none"}, 3s).front();
   EXPECT_EQ(missing.status.code(), Code::kNotFound) << missing.status.ToString();
 
   // Node 0 stops cleanly on SIGTERM (exit 0, state saved) and rejoins from its database alone.
-  int status = Kill(procs_[0], SIGTERM);
+  int status = Kill(*procs_[0], SIGTERM);
   ASSERT_TRUE(WIFEXITED(status));
   EXPECT_EQ(WEXITSTATUS(status), 0);
-  Proc again = Start({"--db", db_dir_ + "/n0"});
+  Proc& again = Start({"--db", db_dir_ + "/n0"});
   ASSERT_FALSE(again.address.empty());
   r = GetWithin(again.address, "expert/ffn.3.14");
   EXPECT_TRUE(r.status.ok()) << r.status.ToString();

@@ -4,7 +4,6 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
-#include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -12,6 +11,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <random>
 #include <string>
 #include <vector>
@@ -21,8 +21,7 @@
 #include "storage/expert_store.h"
 #include "storage/kv_store.h"
 #include "tests/storage/test_util.h"
-
-extern char** environ;
+#include "tests/testing/process.h"
 
 namespace dmoe::storage {
 namespace {
@@ -47,29 +46,24 @@ class Writer {
     }
     read_fd_ = fds[0];
     // Only the write end crosses exec.
-    ::fcntl(fds[1], F_SETFD, 0);
-    std::string fd_arg = std::to_string(fds[1]);
-    std::string uid = kUid;
-    std::string binary = DMOE_CHECKPOINT_WRITER;
-    std::string dir_arg = dir;
-    char* argv[] = {binary.data(), dir_arg.data(), uid.data(), fd_arg.data(), nullptr};
-    int rc = ::posix_spawn(&pid_, binary.c_str(), nullptr, nullptr, argv, environ);
+    dmoe::testing::SpawnOptions options;
+    options.keep_fds = {fds[1]};
+    auto spawned = dmoe::testing::Process::Spawn(
+        {DMOE_CHECKPOINT_WRITER, dir, kUid, std::to_string(fds[1])}, options);
     ::close(fds[1]);
-    if (rc != 0) {
-      ADD_FAILURE() << "posix_spawn " << binary << ": " << std::strerror(rc);
-      pid_ = -1;
+    if (!spawned.ok()) {
+      ADD_FAILURE() << spawned.status().ToString();
+      return;
     }
+    process_ = std::move(spawned).value();
   }
 
   ~Writer() {
-    if (pid_ > 0) {
-      ::kill(pid_, SIGKILL);
-      ::waitpid(pid_, nullptr, 0);
-    }
+    process_.reset();  // SIGKILL and reap when still running
     if (read_fd_ >= 0) ::close(read_fd_);
   }
 
-  bool started() const { return pid_ > 0 && read_fd_ >= 0; }
+  bool started() const { return process_ != nullptr && read_fd_ >= 0; }
 
   // Reads whatever acknowledgements are available within `timeout_ms` (-1: until at least one byte
   // or EOF) and appends them to acks_. False on EOF (the child is gone).
@@ -104,20 +98,19 @@ class Writer {
   // Kills the child, then drains the pipe: an acknowledgement written before death counts.
   // Returns the wait status.
   int KillAndReap() {
-    ::kill(pid_, SIGKILL);
+    process_->Signal(SIGKILL);
     while (ReadAcks(-1)) {
     }
-    int status = 0;
-    ::waitpid(pid_, &status, 0);
-    pid_ = -1;
-    return status;
+    return process_->Stop(SIGKILL, std::chrono::seconds(30));
   }
 
+  // What the child wrote to stderr (its reason when it exits by itself).
+  std::string log() const { return process_ ? process_->stderr_text() : ""; }
   const std::vector<int64_t>& acks() const { return acks_; }
   const std::vector<Clock::time_point>& ack_times() const { return ack_times_; }
 
  private:
-  pid_t pid_ = -1;
+  std::unique_ptr<dmoe::testing::Process> process_;
   int read_fd_ = -1;
   std::string pending_;
   std::vector<int64_t> acks_;
@@ -158,15 +151,19 @@ TEST(CheckpointCrashTest, KillNineNeverLosesAnAcknowledgedCheckpointNorTearsOne)
 
     Writer writer(dir.path());
     ASSERT_TRUE(writer.started());
-    ASSERT_TRUE(writer.WaitForAcks(acks_wanted)) << "the writer died or stalled";
+    ASSERT_TRUE(writer.WaitForAcks(acks_wanted)) << "the writer died or stalled; its stderr:\n"
+                                                 << writer.log();
     const auto kill_at = Clock::now() + delay;
     while (Clock::now() < kill_at) {
       auto left = std::chrono::duration_cast<std::chrono::milliseconds>(kill_at - Clock::now());
-      ASSERT_TRUE(writer.ReadAcks(static_cast<int>(left.count()))) << "the writer died early";
+      ASSERT_TRUE(writer.ReadAcks(static_cast<int>(left.count())))
+          << "the writer died early; its stderr:\n"
+          << writer.log();
     }
     const int status = writer.KillAndReap();
     ASSERT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL)
-        << "the writer ended by itself (status " << status << "); see its stderr";
+        << "the writer ended by itself (status " << status << "); its stderr:\n"
+        << writer.log();
     if (writer.acks().empty()) ++kills_before_first_ack;
     for (size_t i = 1; i < writer.ack_times().size(); ++i) {
       cycle_sum += writer.ack_times()[i] - writer.ack_times()[i - 1];

@@ -1,11 +1,5 @@
 #include "tests/storage/test_util.h"
 
-#include <stdlib.h>
-
-#include <cstdlib>
-#include <filesystem>
-#include <stdexcept>
-
 namespace dmoe::storage::testing {
 namespace {
 
@@ -29,20 +23,6 @@ class Rng {
 };
 
 }  // namespace
-
-TempDir::TempDir() {
-  const char* base = std::getenv("TMPDIR");
-  std::string pattern =
-      std::string(base != nullptr && *base != '\0' ? base : "/tmp") + "/dmoe-storage-test-XXXXXX";
-  if (::mkdtemp(pattern.data()) == nullptr)
-    throw std::runtime_error("mkdtemp failed for " + pattern);
-  path_ = pattern;
-}
-
-TempDir::~TempDir() {
-  std::error_code ignored;
-  std::filesystem::remove_all(path_, ignored);
-}
 
 std::vector<NamedTensor> TensorsForStep(int64_t step) {
   Rng rng(static_cast<uint64_t>(step) * 7919 + 17);

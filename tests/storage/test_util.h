@@ -8,24 +8,12 @@
 #include <vector>
 
 #include "storage/expert_store.h"
+#include "tests/testing/temp_dir.h"
 
 namespace dmoe::storage::testing {
 
 // A fresh directory under $TMPDIR (or /tmp), removed with everything in it on destruction.
-class TempDir {
- public:
-  TempDir();
-  ~TempDir();
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-
-  const std::string& path() const { return path_; }
-  // path() + "/" + name.
-  std::string Sub(const std::string& name) const { return path_ + "/" + name; }
-
- private:
-  std::string path_;
-};
+using dmoe::testing::TempDir;
 
 // The contents the crash test writes at `step`: 1 to 4 tensors of mixed dtypes and sizes (up to a
 // few hundred KiB, some above the blob-file threshold), derived only from `step`, so a reader can
