@@ -1,0 +1,150 @@
+#include "gating/model_spec.h"
+
+#include <nlohmann/json.hpp>
+#include <set>
+
+#include "core/uid.h"
+
+namespace dmoe::gating {
+namespace {
+
+using nlohmann::json;
+
+Result<int64_t> IntField(const json& obj, const char* key, const std::string& where, int64_t lo,
+                         int64_t hi, std::optional<int64_t> fallback = std::nullopt) {
+  auto it = obj.find(key);
+  if (it == obj.end()) {
+    if (fallback) return *fallback;
+    return InvalidArgumentError(where + ": missing '" + key + "'");
+  }
+  if (!it->is_number_integer())
+    return InvalidArgumentError(where + ": '" + key + "' must be an integer");
+  int64_t v = it->get<int64_t>();
+  if (v < lo || v > hi) {
+    return InvalidArgumentError(where + ": '" + key + "' is " + std::to_string(v) + ", allowed " +
+                                std::to_string(lo) + ".." + std::to_string(hi));
+  }
+  return v;
+}
+
+Status CheckKeys(const json& obj, const std::set<std::string>& allowed, const std::string& where) {
+  for (const auto& [key, value] : obj.items()) {
+    if (!allowed.count(key)) return InvalidArgumentError(where + ": unknown field '" + key + "'");
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+std::vector<std::string> ModelSpec::GridPrefixes() const {
+  std::vector<std::string> out;
+  for (const LayerSpec& l : layers) {
+    if (l.type != "moe" && l.type != "residual_moe") continue;
+    std::string p = l.moe.uid_prefix + ".";
+    if (std::find(out.begin(), out.end(), p) == out.end()) out.push_back(p);
+  }
+  return out;
+}
+
+std::string ModelSpec::ToJson() const {
+  json layers_json = json::array();
+  for (const LayerSpec& l : layers) {
+    json j = {{"type", l.type}};
+    if (l.type == "linear") j["out"] = l.out;
+    if (l.type == "moe" || l.type == "residual_moe") {
+      j["uid_prefix"] = l.moe.uid_prefix;
+      j["grid"] = l.moe.grid;
+      j["k_best"] = l.moe.k_best;
+      j["k_min"] = l.moe.k_min;
+      j["forward_timeout_ms"] = l.moe.forward_timeout_ms;
+      j["timeout_after_k_min_ms"] = l.moe.timeout_after_k_min_ms;
+      j["backward_k_min"] = l.moe.backward_k_min;
+      j["backward_timeout_ms"] = l.moe.backward_timeout_ms;
+    }
+    layers_json.push_back(j);
+  }
+  return json{{"name", name}, {"input_dim", input_dim}, {"layers", layers_json}}.dump();
+}
+
+Result<ModelSpec> ParseModelSpec(std::string_view text) {
+  json j = json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded() || !j.is_object())
+    return InvalidArgumentError("model spec is not a JSON object");
+  DMOE_RETURN_IF_ERROR(CheckKeys(j, {"name", "input_dim", "layers"}, "model spec"));
+  ModelSpec spec;
+  if (!j.contains("name") || !j["name"].is_string() || j["name"].get<std::string>().empty()) {
+    return InvalidArgumentError("model spec: 'name' must be a non-empty string");
+  }
+  spec.name = j["name"].get<std::string>();
+  DMOE_ASSIGN_OR_RETURN(spec.input_dim, IntField(j, "input_dim", "model spec", 1, 1 << 20));
+  if (!j.contains("layers") || !j["layers"].is_array() || j["layers"].empty()) {
+    return InvalidArgumentError("model spec: 'layers' must be a non-empty list");
+  }
+  if (j["layers"].size() > 256) return InvalidArgumentError("model spec: more than 256 layers");
+  int64_t width = spec.input_dim;
+  for (size_t i = 0; i < j["layers"].size(); ++i) {
+    const json& lj = j["layers"][i];
+    const std::string where = "layer " + std::to_string(i);
+    if (!lj.is_object() || !lj.contains("type") || !lj["type"].is_string()) {
+      return InvalidArgumentError(where + ": must be an object with a string 'type'");
+    }
+    LayerSpec l;
+    l.type = lj["type"].get<std::string>();
+    l.in_features = width;
+    if (l.type == "linear") {
+      DMOE_RETURN_IF_ERROR(CheckKeys(lj, {"type", "out"}, where));
+      DMOE_ASSIGN_OR_RETURN(l.out, IntField(lj, "out", where, 1, 1 << 20));
+      width = l.out;
+    } else if (l.type == "relu" || l.type == "gelu" || l.type == "layer_norm") {
+      DMOE_RETURN_IF_ERROR(CheckKeys(lj, {"type"}, where));
+    } else if (l.type == "moe" || l.type == "residual_moe") {
+      DMOE_RETURN_IF_ERROR(
+          CheckKeys(lj,
+                    {"type", "uid_prefix", "grid", "k_best", "k_min", "forward_timeout_ms",
+                     "timeout_after_k_min_ms", "backward_k_min", "backward_timeout_ms"},
+                    where));
+      MoeLayerSpec& m = l.moe;
+      if (!lj.contains("uid_prefix") || !lj["uid_prefix"].is_string()) {
+        return InvalidArgumentError(where + ": missing string 'uid_prefix'");
+      }
+      m.uid_prefix = lj["uid_prefix"].get<std::string>();
+      Result<GridPrefix> gp = ParseGridPrefix(m.uid_prefix + ".");
+      if (!gp.ok() || !gp->indices.empty()) {
+        return InvalidArgumentError(where + ": uid_prefix '" + m.uid_prefix +
+                                    "' is not a uid prefix such as 'ffn'");
+      }
+      if (!lj.contains("grid") || !lj["grid"].is_array() || lj["grid"].empty() ||
+          lj["grid"].size() > kMaxUidIndices) {
+        return InvalidArgumentError(where + ": 'grid' must list 1 to 4 dimension sizes");
+      }
+      int64_t cells = 1;
+      for (const json& g : lj["grid"]) {
+        if (!g.is_number_integer() || g.get<int64_t>() < 1 || g.get<int64_t>() > kMaxUidIndex + 1) {
+          return InvalidArgumentError(where + ": grid sizes must be integers in 1..1000000");
+        }
+        m.grid.push_back(g.get<int64_t>());
+        cells *= m.grid.back();
+        if (cells > (1 << 24))
+          return InvalidArgumentError(where + ": grid holds more than 2^24 experts");
+      }
+      DMOE_ASSIGN_OR_RETURN(m.k_best, IntField(lj, "k_best", where, 1, 64, 4));
+      DMOE_ASSIGN_OR_RETURN(m.k_min, IntField(lj, "k_min", where, 0, m.k_best, 1));
+      DMOE_ASSIGN_OR_RETURN(m.forward_timeout_ms,
+                            IntField(lj, "forward_timeout_ms", where, 1, 600'000, 5000));
+      DMOE_ASSIGN_OR_RETURN(m.timeout_after_k_min_ms,
+                            IntField(lj, "timeout_after_k_min_ms", where, 0, 600'000, 500));
+      DMOE_ASSIGN_OR_RETURN(m.backward_k_min,
+                            IntField(lj, "backward_k_min", where, 0, m.k_best, 1));
+      DMOE_ASSIGN_OR_RETURN(m.backward_timeout_ms,
+                            IntField(lj, "backward_timeout_ms", where, 1, 600'000, 5000));
+    } else {
+      return InvalidArgumentError(where + ": unknown type '" + l.type +
+                                  "' (allowed: linear, relu, gelu, layer_norm, moe, residual_moe)");
+    }
+    l.out_features = width;
+    spec.layers.push_back(std::move(l));
+  }
+  return spec;
+}
+
+}  // namespace dmoe::gating
