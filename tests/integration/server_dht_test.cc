@@ -1,0 +1,204 @@
+// Announcements across processes (PROTOCOL section 6): two dmoe-server processes join a dmoe-dht
+// node and announce disjoint experts; a DHT client sees both, with the grid prefixes a gating
+// client searches; a server killed with SIGKILL disappears within its announcement TTL while the
+// other stays.
+#include <signal.h>
+
+#include <gtest/gtest.h>
+
+#include <map>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "dht/dht.h"
+#include "tests/integration/server_test_util.h"
+#include "tests/testing/process.h"
+
+namespace dmoe::integration {
+namespace {
+
+using namespace std::chrono_literals;
+using Clock = std::chrono::steady_clock;
+
+constexpr char kNetwork[] = "srv-itest";
+constexpr int kDim = 16;
+constexpr int kTtlSeconds = 3;
+// Lookups give up on a dead node after the 1 s RPC timeout; 3 s leaves room for that.
+constexpr auto kGetTimeout = 3s;
+
+// subkey -> value of one key's records; empty when the lookup found none.
+using Entries = std::map<std::string, std::string>;
+
+class ServerDhtTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    Result<std::unique_ptr<testing::Process>> dht = testing::Process::Spawn(
+        {DMOE_DHT_BINARY, "--listen", "127.0.0.1:0", "--network", kNetwork, "--log-level", "warn"});
+    ASSERT_TRUE(dht.ok()) << dht.status().ToString();
+    dht_node_ = std::move(dht).value();
+    std::optional<std::string> line = dht_node_->WaitForLine("listening on udp://", 30s);
+    ASSERT_TRUE(line.has_value()) << dht_node_->stderr_text();
+    // "listening on udp://127.0.0.1:PORT peer_id=..."
+    const size_t begin = std::string("listening on udp://").size();
+    dht_address_ = line->substr(begin, line->find(' ', begin) - begin);
+
+    dht::DhtOptions options;
+    options.listen = "127.0.0.1:0";
+    options.bootstrap = {dht_address_};
+    options.node.network = kNetwork;
+    options.node.client = true;
+    Result<std::unique_ptr<dht::Dht>> client = dht::Dht::Start(std::move(options));
+    ASSERT_TRUE(client.ok()) << client.status().ToString();
+    client_ = std::move(client).value();
+    ASSERT_TRUE(client_->WaitBootstrapped(10s).ok());
+  }
+
+  void TearDown() override {
+    if (client_) client_->Stop();
+  }
+
+  Result<ServerProcess> StartAnnouncing(const std::string& experts) {
+    std::vector<std::string> args = BaseServerArgs(experts, kDim);
+    args.insert(args.end(),
+                {"--dht", dht_address_, "--dht-listen", "127.0.0.1:0", "--network", kNetwork,
+                 "--announce-every", "1", "--announce-ttl", std::to_string(kTtlSeconds)});
+    return StartServer(args);
+  }
+
+  // One lookup per key; fails the test for a lookup error other than "nothing found".
+  std::map<std::string, Entries> Get(const std::vector<std::string>& keys) {
+    std::map<std::string, Entries> out;
+    std::vector<dht::KeyResult> results = client_->GetManyBlocking(keys, kGetTimeout);
+    for (const dht::KeyResult& r : results) {
+      Entries& entries = out[r.key];
+      if (!r.status.ok()) {
+        EXPECT_EQ(r.status.code(), Code::kNotFound) << r.key << ": " << r.status.ToString();
+        continue;
+      }
+      for (const dht::Record& rec : r.records) entries[rec.subkey] = rec.value;
+    }
+    return out;
+  }
+
+  // Subkeys of each key.
+  static std::map<std::string, std::set<std::string>> Subkeys(
+      const std::map<std::string, Entries>& found) {
+    std::map<std::string, std::set<std::string>> out;
+    for (const auto& [key, entries] : found) {
+      for (const auto& [subkey, value] : entries) out[key].insert(subkey);
+      out[key];  // present even when empty
+    }
+    return out;
+  }
+
+  std::unique_ptr<testing::Process> dht_node_;
+  std::string dht_address_;
+  std::unique_ptr<dht::Dht> client_;
+};
+
+std::string PeerIdOf(ServerClient& client) {
+  Result<net::Response> health = client.Get("/v1/health");
+  if (!health.ok() || health->status != 200) return "";
+  nlohmann::json j = nlohmann::json::parse(health->body_view(), nullptr, false);
+  return j.is_object() && j.contains("peer_id") ? j["peer_id"].get<std::string>() : "";
+}
+
+TEST_F(ServerDhtTest, TwoServersAnnounceAndAKilledOneExpires) {
+  Result<ServerProcess> a = StartAnnouncing("ffn.0.0,ffn.0.1");
+  ASSERT_TRUE(a.ok()) << a.status().ToString();
+  Result<ServerProcess> b = StartAnnouncing("ffn.1.0");
+  ASSERT_TRUE(b.ok()) << b.status().ToString();
+  ServerClient a_client(a->endpoint), b_client(b->endpoint);
+  const std::string a_peer = PeerIdOf(a_client), b_peer = PeerIdOf(b_client);
+  ASSERT_EQ(a_peer.size(), 64u);
+  ASSERT_EQ(b_peer.size(), 64u);
+
+  const std::vector<std::string> keys = {"expert/ffn.0.0", "expert/ffn.0.1", "expert/ffn.1.0",
+                                         "prefix/ffn.",    "prefix/ffn.0.",  "prefix/ffn.1."};
+  const std::map<std::string, std::set<std::string>> all_there = {
+      {"expert/ffn.0.0", {a_peer}}, {"expert/ffn.0.1", {a_peer}},  {"expert/ffn.1.0", {b_peer}},
+      {"prefix/ffn.", {"0", "1"}},  {"prefix/ffn.0.", {"0", "1"}}, {"prefix/ffn.1.", {"0"}}};
+  std::map<std::string, Entries> found;
+  ASSERT_TRUE(testing::PollUntil(
+      [&] {
+        found = Get(keys);
+        return Subkeys(found) == all_there;
+      },
+      20s))
+      << "announcements did not all appear; last seen: " << nlohmann::json(Subkeys(found)).dump();
+
+  auto check_expert = [&](const std::string& uid, const std::string& peer,
+                          const std::string& endpoint) {
+    SCOPED_TRACE(uid);
+    nlohmann::json v = nlohmann::json::parse(found["expert/" + uid][peer], nullptr, false);
+    ASSERT_TRUE(v.is_object()) << found["expert/" + uid][peer];
+    EXPECT_EQ(v.value("endpoint", ""), endpoint);
+    EXPECT_EQ(v.value("step", -1), 0);
+    ASSERT_TRUE(v.contains("load") && v["load"].is_number()) << v.dump();
+    EXPECT_GE(v["load"].get<double>(), 0.0);
+    EXPECT_LE(v["load"].get<double>(), 1.0);
+    EXPECT_EQ(v.value("type", ""), "ffn");
+    EXPECT_EQ(v.value("hidden_dim", -1), kDim);
+  };
+  check_expert("ffn.0.0", a_peer, a->endpoint);
+  check_expert("ffn.0.1", a_peer, a->endpoint);
+  check_expert("ffn.1.0", b_peer, b->endpoint);
+  auto pointer = [&](const std::string& key, const std::string& subkey) {
+    return nlohmann::json::parse(found[key][subkey], nullptr, false);
+  };
+  EXPECT_EQ(pointer("prefix/ffn.", "1"), nlohmann::json({{"uid", "ffn.1.0"}, {"peer_id", b_peer}}));
+  EXPECT_EQ(pointer("prefix/ffn.0.", "0"),
+            nlohmann::json({{"uid", "ffn.0.0"}, {"peer_id", a_peer}}));
+  EXPECT_EQ(pointer("prefix/ffn.0.", "1"),
+            nlohmann::json({{"uid", "ffn.0.1"}, {"peer_id", a_peer}}));
+  EXPECT_EQ(pointer("prefix/ffn.", "0")["peer_id"], a_peer);
+
+  // The command-line client sees the same record.
+  testing::RunResult cli = testing::Run({DMOE_CLI_BINARY, "dht", "get", "--network", kNetwork,
+                                         "--dht", dht_address_, "expert/ffn.1.0"});
+  EXPECT_EQ(cli.exit_code, 0) << cli.err;
+  EXPECT_NE(cli.out.find("\"key\":\"expert/ffn.1.0\""), std::string::npos) << cli.out;
+  EXPECT_NE(cli.out.find(b_peer), std::string::npos) << cli.out;
+
+  // A step taken on ffn.0.0 shows in a later announcement.
+  std::vector<uint8_t> body =
+      EncodeF32({Pattern("x", {1, kDim}, 1), Pattern("grad_y", {1, kDim}, 2, 0.1f)});
+  Result<net::Response> trained = a_client.Backward("ffn.0.0", body);
+  ASSERT_TRUE(trained.ok()) << trained.status().ToString();
+  ASSERT_EQ(trained->status, 200) << trained->body_view();
+  EXPECT_TRUE(testing::PollUntil(
+      [&] {
+        Entries e = Get({"expert/ffn.0.0"})["expert/ffn.0.0"];
+        nlohmann::json v = nlohmann::json::parse(e[a_peer], nullptr, false);
+        return v.is_object() && v.value("step", -1) == 1;
+      },
+      15s))
+      << "the announced step of ffn.0.0 never became 1";
+
+  // Kill b: its records stop being refreshed and expire within the TTL; a's stay.
+  b->process->Stop(SIGKILL, 10s);
+  const auto killed_at = Clock::now();
+  std::map<std::string, std::set<std::string>> without_b = all_there;
+  without_b["expert/ffn.1.0"] = {};
+  without_b["prefix/ffn."] = {"0"};
+  without_b["prefix/ffn.1."] = {};
+  ASSERT_TRUE(testing::PollUntil(
+      [&] {
+        found = Get(keys);
+        return Subkeys(found) == without_b;
+      },
+      std::chrono::seconds(kTtlSeconds) + 15s))
+      << "last seen: " << nlohmann::json(Subkeys(found)).dump();
+  const double gone_after_s = std::chrono::duration<double>(Clock::now() - killed_at).count();
+  // Expiry comes at most the TTL after the last put before the kill; seeing it takes at most the
+  // lookup that still found the record and the one that did not.
+  const double bound_s = kTtlSeconds + 2 * std::chrono::duration<double>(kGetTimeout).count();
+  EXPECT_LE(gone_after_s, bound_s) << "records outlived their TTL";
+  std::printf("[ dht      ] records of the killed server gone %.1f s after SIGKILL (ttl %d s)\n",
+              gone_after_s, kTtlSeconds);
+}
+
+}  // namespace
+}  // namespace dmoe::integration
