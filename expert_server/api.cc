@@ -1,10 +1,12 @@
 // The HTTP and WebSocket API of PROTOCOL section 4. Handlers run on network threads: they check
 // and parse the request, then hand it to the runtime; answers are encoded on the runtime thread and
 // sent back through the connection's Responder or WsConnection, which post to its strand.
+#include <ATen/ops/full_like.h>
 #include <spdlog/spdlog.h>
 
 #include <charconv>
 #include <chrono>
+#include <limits>
 #include <nlohmann/json.hpp>
 
 #include "core/clock.h"
@@ -128,12 +130,15 @@ void ServerImpl::Dispatch(TaskKind kind, const std::string& uid, std::span<const
   }
   if (InjectFailure()) return fail(UnavailableError("fault injection (--fail-rate)"));
   const std::string output_name = kind == TaskKind::kForward ? "y" : "grad_x";
-  task.done = [uid, output_name, extra_metadata, finish](Result<TaskResult> r) {
+  const bool inject_nan = kind == TaskKind::kForward && InjectNan();
+  task.done = [uid, output_name, extra_metadata, finish, inject_nan](Result<TaskResult> r) {
     if (!r.ok()) return finish(r.status());
     std::map<std::string, std::string> meta = extra_metadata;
     meta["uid"] = uid;
     meta["step"] = std::to_string(r->step);
-    finish(tensor::EncodeFromTorch({{output_name, r->output}}, meta));
+    at::Tensor output = r->output;
+    if (inject_nan) output = at::full_like(output, std::numeric_limits<double>::quiet_NaN());
+    finish(tensor::EncodeFromTorch({{output_name, output}}, meta));
   };
   // Submit refuses synchronously without calling done; answer those here.
   Reply on_refusal = finish;

@@ -174,6 +174,9 @@ int main(int argc, char** argv) {
   app.add_option("--fail-rate", o.fail_rate,
                  "fault injection: fraction of requests answered unavailable")
       ->capture_default_str();
+  app.add_option("--nan-rate", o.nan_rate,
+                 "fault injection: fraction of forward answers whose outputs are NaN")
+      ->capture_default_str();
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error or off")
       ->capture_default_str();
   CLI11_PARSE(app, argc, argv);

@@ -64,6 +64,9 @@ struct ExpertServerOptions {
   // Fault injection for experiments: this fraction of forward/backward requests fail with
   // kUnavailable before any compute.
   double fail_rate = 0.0;
+  // Fault injection for the gating client's anomaly tests: this fraction of forward answers carry
+  // NaN outputs (computed normally, then overwritten) instead of the expert's y.
+  double nan_rate = 0.0;
 };
 
 class ExpertServer {

@@ -58,6 +58,7 @@ class ServerImpl : public ExpertServer {
   void MaintenanceLoop();
   void Announce();
   bool InjectFailure();
+  bool InjectNan();
 
   const ExpertServerOptions options_;
   std::optional<Identity> identity_;

@@ -8,12 +8,12 @@
 #include <cstdlib>
 #include <deque>
 #include <filesystem>
-#include <future>
-#include <set>
 #include <fstream>
+#include <future>
 #include <limits>
 #include <mutex>
 #include <nlohmann/json.hpp>
+#include <set>
 
 #include "core/hex.h"
 #include "core/request_auth.h"
@@ -150,6 +150,20 @@ TEST_F(ApiTest, AnswersInTheInputsHalfPrecisionDtype) {
     EXPECT_EQ(y.scalar_type(), dtype);
     EXPECT_TRUE(at::allclose(y.to(at::kFloat), y32, 0.05, 0.05));
   }
+}
+
+TEST_F(ApiTest, NanRateAnswersForwardWithNanButLeavesBackwardAlone) {
+  StartServer([](ExpertServerOptions& o) { o.nan_rate = 1.0; });
+  at::Tensor x = at::randn({3, kDim});
+  net::Response r = Forward("ffn.0.0", x);
+  ASSERT_EQ(r.status, 200) << r.body_view();
+  at::Tensor y = Parse(r.body).tensors["y"];
+  ASSERT_EQ(y.sizes(), x.sizes());
+  EXPECT_TRUE(at::isnan(y).all().item<bool>());
+  net::Response b =
+      Call("POST", "/v1/experts/ffn.0.0/backward", Blob({{"x", x}, {"grad_y", at::ones_like(x)}}));
+  ASSERT_EQ(b.status, 200) << b.body_view();
+  EXPECT_TRUE(at::isfinite(Parse(b.body).tensors["grad_x"]).all().item<bool>());
 }
 
 TEST_F(ApiTest, BadRequestsGetTheProtocolsErrors) {
