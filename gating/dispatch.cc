@@ -1,0 +1,228 @@
+#include "gating/dispatch.h"
+
+#include <ATen/ATen.h>
+#include <spdlog/spdlog.h>
+#include <torch/csrc/autograd/custom_function.h>
+
+#include <algorithm>
+#include <charconv>
+#include <optional>
+
+#include "tensor/torch_tensor.h"
+
+namespace dmoe::gating::internal {
+namespace {
+
+using SteadyClock = std::chrono::steady_clock;
+
+enum class Op { kForward, kBackward };
+
+// What became of one call once its answer (or failure) is in.
+struct Resolution {
+  bool ok = false;
+  bool nonfinite = false;
+  bool blame_peer = true;  // counts against the peer's health
+  at::Tensor output;       // y or grad_x, float, [rows, d]
+  int64_t step = -1;
+  std::string why;
+};
+
+Resolution Resolve(const ExpertCall& call, CallOutcome& outcome, Op op, bool detect_anomalies,
+                   int64_t d) {
+  Resolution r;
+  if (!outcome.status.ok()) {
+    r.why = outcome.status.ToString();
+    return r;
+  }
+  Result<tensor::TorchPayload> payload = tensor::DecodeToTorch(outcome.blob);
+  if (!payload.ok()) {
+    r.why = payload.status().ToString();
+    return r;
+  }
+  auto code = payload->metadata.find("error_code");
+  if (code != payload->metadata.end()) {
+    r.why = code->second + ": " + payload->metadata["error_message"];
+    std::optional<Code> c = CodeFromName(code->second);
+    // Refusals of our own input (stale or bad gradients) are not the peer's fault.
+    r.blame_peer = !c || IsRetryable(*c) || *c == Code::kInternal;
+    return r;
+  }
+  const char* name = op == Op::kForward ? "y" : "grad_x";
+  auto it = payload->tensors.find(name);
+  const int64_t rows = static_cast<int64_t>(call.rows.size());
+  if (it == payload->tensors.end() || it->second.dim() != 2 || it->second.size(0) != rows ||
+      it->second.size(1) != d) {
+    r.why = std::string("answer has no ") + name + " of shape [" + std::to_string(rows) + ", " +
+            std::to_string(d) + "]";
+    return r;
+  }
+  r.output = it->second.to(at::kFloat);
+  if (detect_anomalies && !at::isfinite(r.output).all().item<bool>()) {
+    r.nonfinite = true;
+    r.why = std::string(name) + " holds NaN or Inf";
+    return r;
+  }
+  auto step = payload->metadata.find("step");
+  if (step != payload->metadata.end()) {
+    std::from_chars(step->second.data(), step->second.data() + step->second.size(), r.step);
+  }
+  r.ok = true;
+  return r;
+}
+
+// Sends one request per call (`active` selects which) and waits: until every sample has
+// policy.k_min answers or no call of it is still out, then at most policy.after_k_min more, never
+// past policy.timeout. `on_answer` gets each good answer.
+void SendAndWait(DispatchState& state, Op op, const std::vector<bool>& active,
+                 const std::vector<at::Tensor>& grad_y, const WaitPolicy& policy,
+                 const std::function<void(size_t, Resolution&)>& on_answer) {
+  Swarm& swarm = *state.swarm;
+  Counters& counters = *state.counters;
+  const auto start = SteadyClock::now();
+  const auto deadline = start + policy.timeout;
+  auto batch = std::make_shared<CallBatch>(state.calls.size());
+  std::vector<std::string> ids(state.calls.size());
+  std::vector<int> answered_per_sample(state.n, 0), out_per_sample(state.n, 0);
+  std::vector<bool> resolved(state.calls.size(), true);
+  size_t outstanding = 0;
+  const char* op_name = op == Op::kForward ? "forward" : "backward";
+
+  for (size_t c = 0; c < state.calls.size(); ++c) {
+    if (!active[c]) continue;
+    ExpertCall& call = state.calls[c];
+    ids[c] = swarm.caller().NextId();
+    std::map<std::string, std::string> meta = {{"id", ids[c]}, {"op", op_name}, {"uid", call.uid}};
+    std::vector<tensor::NamedTensor> tensors = {{"x", call.x_wire}};
+    if (op == Op::kBackward) {
+      tensors.push_back({"grad_y", grad_y[c]});
+      if (call.step >= 0) meta["step_seen"] = std::to_string(call.step);
+    }
+    Result<std::vector<uint8_t>> blob = tensor::EncodeFromTorch(tensors, meta);
+    if (!blob.ok()) {
+      spdlog::warn("gating: cannot encode {} for {}: {}", op_name, call.uid,
+                   blob.status().ToString());
+      continue;
+    }
+    resolved[c] = false;
+    ++outstanding;
+    for (int64_t row : call.rows) ++out_per_sample[row];
+    swarm.caller().Send(call.endpoint, ids[c], std::move(blob).value(), deadline,
+                        batch->Completion(c));
+  }
+  (op == Op::kForward ? counters.requests : counters.backward_requests) += outstanding;
+
+  std::optional<SteadyClock::time_point> settled_at;
+  while (outstanding > 0) {
+    if (!settled_at) {
+      bool settled = true;
+      for (int64_t i = 0; i < state.n && settled; ++i) {
+        settled = answered_per_sample[i] >= policy.k_min || out_per_sample[i] == 0;
+      }
+      if (settled) settled_at = SteadyClock::now();
+    }
+    const auto until = settled_at ? std::min(deadline, *settled_at + policy.after_k_min) : deadline;
+    if (SteadyClock::now() >= until) break;
+    for (auto& [c, outcome] : batch->WaitNew(until)) {
+      ExpertCall& call = state.calls[c];
+      if (resolved[c]) continue;
+      resolved[c] = true;
+      --outstanding;
+      for (int64_t row : call.rows) --out_per_sample[row];
+      Resolution r = Resolve(call, outcome, op, policy.detect_anomalies, state.d);
+      if (r.ok) {
+        swarm.health().RecordSuccess(call.endpoint, outcome.latency_s);
+        for (int64_t row : call.rows) ++answered_per_sample[row];
+        ++(op == Op::kForward ? counters.answered : counters.backward_answered);
+        on_answer(c, r);
+        continue;
+      }
+      spdlog::debug("gating: {} of {} at {} dropped: {}", op_name, call.uid, call.endpoint, r.why);
+      if (r.nonfinite) ++counters.nonfinite;
+      ++(op == Op::kForward ? counters.failed : counters.backward_failed);
+      if (r.blame_peer) {
+        swarm.health().RecordFailure(call.endpoint);
+        swarm.directory().Invalidate("expert/" + call.uid);
+      }
+    }
+  }
+  for (size_t c = 0; c < state.calls.size(); ++c) {
+    if (resolved[c]) continue;
+    const ExpertCall& call = state.calls[c];
+    swarm.caller().Forget(call.endpoint, ids[c]);
+    ++(op == Op::kForward ? counters.timed_out : counters.backward_timed_out);
+    swarm.health().RecordFailure(call.endpoint);
+    spdlog::debug("gating: {} of {} at {} timed out", op_name, call.uid, call.endpoint);
+  }
+}
+
+at::Tensor IndexTensor(const std::vector<int64_t>& v) {
+  return at::tensor(v, at::TensorOptions().dtype(at::kLong));
+}
+
+at::Tensor RunBackward(DispatchState& state, const at::Tensor& grad_y) {
+  at::Tensor grad = grad_y.to(at::kFloat).contiguous();
+  const at::ScalarType wire = tensor::ToScalarType(state.wire_dtype);
+  std::vector<bool> active(state.calls.size(), false);
+  std::vector<at::Tensor> grads(state.calls.size());
+  for (size_t c = 0; c < state.calls.size(); ++c) {
+    const ExpertCall& call = state.calls[c];
+    if (!call.answered) continue;
+    active[c] = true;
+    grads[c] = grad.index({IndexTensor(call.rows), IndexTensor(call.slots)}).to(wire).contiguous();
+  }
+  at::Tensor grad_x = at::zeros({state.n, state.d}, at::kFloat);
+  SendAndWait(state, Op::kBackward, active, grads, state.backward_policy,
+              [&](size_t c, Resolution& r) {
+                grad_x.index_add_(0, IndexTensor(state.calls[c].rows), r.output);
+              });
+  return grad_x.to(state.input_dtype);
+}
+
+class RemoteExpertsFunction : public torch::autograd::Function<RemoteExpertsFunction> {
+ public:
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx,
+                                                at::Tensor /*anchor*/, at::Tensor /*x_flat*/,
+                                                c10::intrusive_ptr<DispatchState> state) {
+    ctx->saved_data["state"] = c10::IValue::make_capsule(state);
+    return {state->y.clone()};
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    auto holder = ctx->saved_data["state"].toCapsule();
+    auto state = c10::static_intrusive_pointer_cast<DispatchState>(holder);
+    // The experts train whether or not x wants a gradient (the anchor guarantees we get here).
+    at::Tensor grad_x = RunBackward(
+        *state, grads[0].defined() ? grads[0] : at::zeros({state->n, state->k, state->d}));
+    if (!ctx->needs_input_grad(1)) grad_x = at::Tensor();
+    return {at::Tensor(), grad_x, at::Tensor()};
+  }
+};
+
+}  // namespace
+
+void RunForward(DispatchState& state, const at::Tensor& x_flat, const WaitPolicy& policy) {
+  const at::ScalarType wire = tensor::ToScalarType(state.wire_dtype);
+  at::Tensor x = x_flat.detach().to(wire).contiguous();
+  state.input_dtype = x_flat.scalar_type();
+  for (ExpertCall& call : state.calls) {
+    call.x_wire = x.index_select(0, IndexTensor(call.rows)).contiguous();
+  }
+  state.y = at::zeros({state.n, state.k, state.d}, at::kFloat);
+  state.answered = at::zeros({state.n, state.k}, at::kBool);
+  std::vector<bool> active(state.calls.size(), true);
+  SendAndWait(state, Op::kForward, active, {}, policy, [&](size_t c, Resolution& r) {
+    ExpertCall& call = state.calls[c];
+    call.answered = true;
+    call.step = r.step;
+    at::Tensor rows = IndexTensor(call.rows), slots = IndexTensor(call.slots);
+    state.y.index_put_({rows, slots}, r.output);
+    state.answered.index_put_({rows, slots}, true);
+  });
+}
+
+at::Tensor ApplyRemote(const at::Tensor& anchor, const at::Tensor& x_flat,
+                       c10::intrusive_ptr<DispatchState> state) {
+  return RemoteExpertsFunction::apply(anchor, x_flat, std::move(state))[0];
+}
+
+}  // namespace dmoe::gating::internal

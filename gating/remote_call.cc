@@ -1,0 +1,264 @@
+#include "gating/remote_call.h"
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+
+#include "core/clock.h"
+#include "core/request_auth.h"
+#include "tensor/safetensors.h"
+
+namespace dmoe::gating {
+namespace {
+
+using SteadyClock = std::chrono::steady_clock;
+
+// "http://host:port" -> "ws://host:port/v1/ws".
+std::string WsUrl(const std::string& endpoint) {
+  std::string rest = endpoint;
+  if (rest.rfind("http://", 0) == 0) rest = rest.substr(7);
+  while (!rest.empty() && rest.back() == '/') rest.pop_back();
+  return "ws://" + rest + "/v1/ws";
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// PeerHealth
+
+bool PeerHealth::Usable(const std::string& endpoint) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = peers_.find(endpoint);
+  return it == peers_.end() || it->second.banned_until <= SteadyClock::now();
+}
+
+void PeerHealth::RecordSuccess(const std::string& endpoint, double latency_s) {
+  std::lock_guard<std::mutex> lock(mu_);
+  PeerStats& p = peers_[endpoint];
+  p.latency_s = p.successes == 0 ? latency_s
+                                 : (1 - options_.latency_ewma_alpha) * p.latency_s +
+                                       options_.latency_ewma_alpha * latency_s;
+  ++p.successes;
+  p.consecutive_failures = 0;
+  p.banned_until = {};
+}
+
+void PeerHealth::RecordFailure(const std::string& endpoint) {
+  std::lock_guard<std::mutex> lock(mu_);
+  PeerStats& p = peers_[endpoint];
+  ++p.failures;
+  ++p.consecutive_failures;
+  const int shift = static_cast<int>(std::min<int64_t>(p.consecutive_failures - 1, 20));
+  auto ban = std::min(options_.ban_base * (int64_t{1} << shift), options_.ban_max);
+  p.banned_until = SteadyClock::now() + ban;
+  ++p.bans;
+}
+
+PeerStats PeerHealth::Get(const std::string& endpoint) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = peers_.find(endpoint);
+  return it == peers_.end() ? PeerStats{} : it->second;
+}
+
+std::map<std::string, PeerStats> PeerHealth::Snapshot() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return peers_;
+}
+
+int PeerHealth::BannedNow() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  const auto now = SteadyClock::now();
+  return static_cast<int>(std::count_if(
+      peers_.begin(), peers_.end(), [&](const auto& p) { return p.second.banned_until > now; }));
+}
+
+// ---------------------------------------------------------------------------------------------
+// ExpertCaller
+
+// One endpoint's shared connection and the calls waiting on it. All fields under mu.
+struct ExpertCaller::Peer {
+  struct Call {
+    ExpertCaller::Callback done;
+    SteadyClock::time_point sent_at;
+    bool sent = false;
+    net::Bytes blob;  // until sent
+  };
+  std::mutex mu;
+  std::shared_ptr<net::WsConnection> conn;
+  bool connecting = false;
+  std::map<std::string, Call> calls;
+
+  // Takes the calls matching `pred` out, to be failed outside the lock.
+  std::vector<Call> TakeIf(const std::function<bool(const Call&)>& pred) {
+    std::vector<Call> out;
+    for (auto it = calls.begin(); it != calls.end();) {
+      if (pred(it->second)) {
+        out.push_back(std::move(it->second));
+        it = calls.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    return out;
+  }
+};
+
+ExpertCaller::ExpertCaller(CallerOptions options)
+    : options_(std::move(options)),
+      io_(std::max(1, options_.io_threads)),
+      ws_(net::WsClientOptions{.threads = 1,
+                               .max_message_bytes = options_.max_message_bytes,
+                               .max_queued_messages = 1024,
+                               .idle_timeout = std::chrono::milliseconds(300'000)},
+          &io_) {}
+
+ExpertCaller::~ExpertCaller() {
+  std::map<std::string, std::shared_ptr<Peer>> peers;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    peers.swap(peers_);
+  }
+  for (auto& [endpoint, peer] : peers) {
+    std::vector<Peer::Call> calls;
+    {
+      std::lock_guard<std::mutex> lock(peer->mu);
+      calls = peer->TakeIf([](const Peer::Call&) { return true; });
+      if (peer->conn) peer->conn->Close();
+    }
+    for (auto& c : calls) c.done({UnavailableError("the expert caller is shutting down"), {}, 0});
+  }
+}
+
+std::string ExpertCaller::NextId() { return std::to_string(next_id_.fetch_add(1)); }
+
+std::shared_ptr<ExpertCaller::Peer> ExpertCaller::PeerFor(const std::string& endpoint) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto& peer = peers_[endpoint];
+  if (!peer) peer = std::make_shared<Peer>();
+  return peer;
+}
+
+net::Headers ExpertCaller::UpgradeHeaders() const {
+  net::Headers headers;
+  if (!options_.identity) return headers;
+  RequestSignature sig =
+      SignRequest(*options_.identity, "GET", "/v1/ws", {}, RealClock::Instance().NowUnixMs());
+  headers.Set(kKeyHeader, sig.key_hex);
+  headers.Set(kTimestampHeader, sig.timestamp_ms);
+  headers.Set(kSignatureHeader, sig.signature_hex);
+  return headers;
+}
+
+void ExpertCaller::Send(const std::string& endpoint, const std::string& id, net::Bytes blob,
+                        Deadline deadline, Callback done) {
+  std::shared_ptr<Peer> peer = PeerFor(endpoint);
+  std::unique_lock<std::mutex> lock(peer->mu);
+  Peer::Call call{std::move(done), SteadyClock::now(), false, {}};
+  if (peer->conn && peer->conn->is_open()) {
+    call.sent = true;
+    peer->calls[id] = std::move(call);
+    Status sent = peer->conn->Send(std::move(blob));
+    if (!sent.ok()) {
+      auto node = peer->calls.extract(id);
+      lock.unlock();
+      if (node) node.mapped().done({sent, {}, 0});
+    }
+    return;
+  }
+  call.blob = std::move(blob);
+  peer->calls[id] = std::move(call);
+  if (peer->connecting) return;
+  peer->connecting = true;
+  lock.unlock();
+
+  std::weak_ptr<Peer> weak = peer;
+  net::WsHandlers handlers;
+  handlers.on_message = [weak](const std::shared_ptr<net::WsConnection>&, net::Bytes message) {
+    auto peer = weak.lock();
+    if (!peer) return;
+    // Only the header is parsed here (no copy of the data); the waiting thread decodes tensors.
+    Result<safetensors::Decoded> decoded = safetensors::Decode(message);
+    if (!decoded.ok()) return;
+    auto it = decoded->metadata.find("id");
+    if (it == decoded->metadata.end()) return;
+    std::unique_lock<std::mutex> lock(peer->mu);
+    auto node = peer->calls.extract(it->second);
+    lock.unlock();
+    if (!node) return;  // late answer to a call given up on
+    double latency =
+        std::chrono::duration<double>(SteadyClock::now() - node.mapped().sent_at).count();
+    node.mapped().done({Status::Ok(), std::move(message), latency});
+  };
+  handlers.on_close = [weak](const std::shared_ptr<net::WsConnection>& conn, const Status& why) {
+    auto peer = weak.lock();
+    if (!peer) return;
+    std::vector<Peer::Call> failed;
+    {
+      std::lock_guard<std::mutex> lock(peer->mu);
+      if (peer->conn == conn) peer->conn.reset();
+      failed = peer->TakeIf([](const Peer::Call& c) { return c.sent; });
+    }
+    Status status = why.ok() ? UnavailableError("the expert server closed the connection")
+                             : UnavailableError("connection lost: " + why.message());
+    for (auto& c : failed) c.done({status, {}, 0});
+  };
+  ws_.GetShared(WsUrl(endpoint), UpgradeHeaders(), std::move(handlers), deadline,
+                [weak](Result<std::shared_ptr<net::WsConnection>> conn) {
+                  auto peer = weak.lock();
+                  if (!peer) return;
+                  std::vector<Peer::Call> failed;
+                  {
+                    std::lock_guard<std::mutex> lock(peer->mu);
+                    peer->connecting = false;
+                    if (conn.ok()) peer->conn = *conn;
+                    for (auto& [id, call] : peer->calls) {
+                      if (call.sent) continue;
+                      if (!conn.ok()) continue;
+                      call.sent = true;
+                      call.sent_at = SteadyClock::now();
+                      Status s = (*conn)->Send(std::move(call.blob));
+                      if (!s.ok()) call.blob.clear();  // failed below through `sent` + closed
+                    }
+                    if (!conn.ok()) {
+                      failed = peer->TakeIf([](const Peer::Call& c) { return !c.sent; });
+                    }
+                  }
+                  for (auto& c : failed) c.done({conn.status(), {}, 0});
+                });
+}
+
+void ExpertCaller::Forget(const std::string& endpoint, const std::string& id) {
+  std::shared_ptr<Peer> peer;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = peers_.find(endpoint);
+    if (it == peers_.end()) return;
+    peer = it->second;
+  }
+  std::lock_guard<std::mutex> lock(peer->mu);
+  peer->calls.erase(id);
+}
+
+// ---------------------------------------------------------------------------------------------
+// CallBatch
+
+ExpertCaller::Callback CallBatch::Completion(size_t index) {
+  return [self = shared_from_this(), index](CallOutcome outcome) {
+    std::lock_guard<std::mutex> lock(self->mu_);
+    if (self->outcomes_[index].has_value()) return;
+    self->outcomes_[index] = std::move(outcome);
+    self->fresh_.push_back(index);
+    self->cv_.notify_all();
+  };
+}
+
+std::vector<std::pair<size_t, CallOutcome>> CallBatch::WaitNew(Deadline until) {
+  std::unique_lock<std::mutex> lock(mu_);
+  cv_.wait_until(lock, until, [&] { return !fresh_.empty(); });
+  std::vector<std::pair<size_t, CallOutcome>> out;
+  for (size_t i : fresh_) out.emplace_back(i, std::move(*outcomes_[i]));
+  fresh_.clear();
+  return out;
+}
+
+}  // namespace dmoe::gating

@@ -1,0 +1,171 @@
+// Talking to expert servers: one request blob out, one answer blob back, over a pooled WebSocket
+// per endpoint (PROTOCOL section 4), and the health of every peer (latency, failures, bans).
+//
+// Torch-free: callers encode and decode the safetensors blobs (gating/remote_moe.cc). Answers are
+// matched to requests by the `id` of their metadata, so any number of requests share one
+// connection.
+#ifndef DMOE_GATING_REMOTE_CALL_H_
+#define DMOE_GATING_REMOTE_CALL_H_
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "core/identity.h"
+#include "core/status.h"
+#include "gating/beam_search.h"
+#include "net/http_client.h"
+
+namespace dmoe::gating {
+
+using Deadline = std::chrono::steady_clock::time_point;
+
+struct HealthOptions {
+  // A failing peer is banned for ban_base, doubling with each consecutive failure up to ban_max.
+  std::chrono::milliseconds ban_base{1'000};
+  std::chrono::milliseconds ban_max{60'000};
+  double latency_ewma_alpha = 0.2;
+};
+
+struct PeerStats {
+  double latency_s = 0;  // EWMA over successful calls; 0 before the first
+  int64_t successes = 0;
+  int64_t failures = 0;
+  int64_t consecutive_failures = 0;
+  int64_t bans = 0;  // times a ban was applied
+  Deadline banned_until{};
+};
+
+// Per-endpoint health. Thread-safe.
+class PeerHealth {
+ public:
+  explicit PeerHealth(HealthOptions options = {}) : options_(options) {}
+
+  // False while the endpoint is banned.
+  bool Usable(const std::string& endpoint) const;
+  // Clears the ban and the consecutive failures; updates the latency average.
+  void RecordSuccess(const std::string& endpoint, double latency_s);
+  // Counts a failure (error, timeout or anomalous answer) and bans the peer with backoff.
+  void RecordFailure(const std::string& endpoint);
+
+  PeerStats Get(const std::string& endpoint) const;
+  std::map<std::string, PeerStats> Snapshot() const;
+  // Peers banned right now.
+  int BannedNow() const;
+
+ private:
+  HealthOptions options_;
+  mutable std::mutex mu_;
+  std::map<std::string, PeerStats> peers_;
+};
+
+// The outcome of one call: the answer blob (OK, possibly a server-side error decoded later), or
+// why none came.
+struct CallOutcome {
+  Status status;
+  net::Bytes blob;
+  double latency_s = 0;
+};
+
+struct CallerOptions {
+  // Signs WebSocket upgrades (PROTOCOL section 4) so that servers with --trainer-keys accept
+  // backward; none = unsigned.
+  std::optional<Identity> identity;
+  int io_threads = 1;
+  uint64_t max_message_bytes = 64ull << 20;
+};
+
+// Sends request blobs to expert servers over one shared WebSocket per endpoint. Thread-safe.
+// Callbacks run on an io thread and must not block (they only hand the blob over).
+class ExpertCaller {
+ public:
+  using Callback = std::function<void(CallOutcome)>;
+
+  explicit ExpertCaller(CallerOptions options = {});
+  // Fails calls in flight (kUnavailable) and closes connections. Not from an io thread.
+  ~ExpertCaller();
+  ExpertCaller(const ExpertCaller&) = delete;
+  ExpertCaller& operator=(const ExpertCaller&) = delete;
+
+  // A fresh request id, unique within this caller.
+  std::string NextId();
+  // Sends `blob` (whose metadata carries `id`) to `endpoint` ("http://host:port"), connecting
+  // first when needed (bounded by `deadline`). `done` runs exactly once, unless Forget(endpoint,
+  // id) came first: with the answer, or kUnavailable when the connection failed or closed.
+  // Deadlines of the answer itself are the caller's to enforce (see Forget).
+  void Send(const std::string& endpoint, const std::string& id, net::Bytes blob, Deadline deadline,
+            Callback done);
+  // Drops a call the caller stopped waiting for; a late answer is then discarded.
+  void Forget(const std::string& endpoint, const std::string& id);
+
+ private:
+  struct Peer;
+  std::shared_ptr<Peer> PeerFor(const std::string& endpoint);
+  net::Headers UpgradeHeaders() const;
+
+  CallerOptions options_;
+  net::IoContext io_;
+  net::WsClient ws_;
+  std::atomic<uint64_t> next_id_{1};
+  std::mutex mu_;
+  std::map<std::string, std::shared_ptr<Peer>> peers_;
+};
+
+// Collects the outcomes of a set of calls for one waiting thread. Thread-safe.
+class CallBatch : public std::enable_shared_from_this<CallBatch> {
+ public:
+  explicit CallBatch(size_t calls) : outcomes_(calls) {}
+  // A callback that stores outcome `index` and wakes the waiter; it keeps the batch alive, so a
+  // late answer is harmless. The batch must be owned by a shared_ptr.
+  ExpertCaller::Callback Completion(size_t index);
+  // Waits until a completion not yet taken arrives or `until` passes; moves the newly completed
+  // (index, outcome) pairs out. Empty on timeout.
+  std::vector<std::pair<size_t, CallOutcome>> WaitNew(Deadline until);
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::vector<std::optional<CallOutcome>> outcomes_;
+  std::vector<size_t> fresh_;
+};
+
+struct SwarmOptions {
+  DirectoryOptions directory;
+  HealthOptions health;
+  CallerOptions caller;  // set caller.identity to sign requests
+};
+
+// What the layers of one trainer share: the DHT cache, the connections and the peers' health.
+// Thread-safe.
+class Swarm {
+ public:
+  // `dht` (a client node) must outlive the swarm.
+  Swarm(dht::Dht* dht, SwarmOptions options = {})
+      : directory_(dht, options.directory), health_(options.health), caller_(options.caller) {}
+  // With a stand-in for the DHT (tests).
+  Swarm(ExpertDirectory::FetchFn fetch, SwarmOptions options = {})
+      : directory_(std::move(fetch), options.directory),
+        health_(options.health),
+        caller_(options.caller) {}
+
+  ExpertDirectory& directory() { return directory_; }
+  PeerHealth& health() { return health_; }
+  ExpertCaller& caller() { return caller_; }
+
+ private:
+  ExpertDirectory directory_;
+  PeerHealth health_;
+  ExpertCaller caller_;
+};
+
+}  // namespace dmoe::gating
+
+#endif  // DMOE_GATING_REMOTE_CALL_H_

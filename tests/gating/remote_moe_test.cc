@@ -1,0 +1,283 @@
+// RemoteMixtureOfExperts against real expert servers on loopback (in this process, so the test
+// can build the same experts locally), found through a real DHT.
+#include "gating/remote_moe.h"
+
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "dht/dht.h"
+#include "expert_server/expert.h"
+#include "expert_server/server.h"
+#include "gating/remote_expert.h"
+
+namespace dmoe::gating {
+namespace {
+
+using namespace std::chrono_literals;
+constexpr int64_t kDim = 16;
+constexpr uint64_t kSeed = 7;
+constexpr int kServers = 4;
+
+// y = layer_norm(x + W2 gelu(W1 x + b1) + b2), with autograd, from the expert's own parameters.
+at::Tensor LocalFfn(const expert_server::Expert& expert, const at::Tensor& x) {
+  std::map<std::string, at::Tensor> p;
+  for (auto& [name, t] : expert.Parameters()) p[name] = t.detach();
+  at::Tensor h = at::gelu(at::linear(x, p["linear1.weight"], p["linear1.bias"]));
+  at::Tensor y = x + at::linear(h, p["linear2.weight"], p["linear2.bias"]);
+  return at::layer_norm(y, {kDim}, p["norm.weight"], p["norm.bias"], 1e-5);
+}
+
+std::unique_ptr<expert_server::Expert> LocalTwin(const std::string& uid) {
+  expert_server::ExpertConfig config;
+  config.hidden_dim = kDim;
+  config.seed = kSeed;
+  return std::move(expert_server::Expert::Create(expert_server::ExpertRegistry::WithBuiltins(), uid,
+                                                 config, {}))
+      .value();
+}
+
+// A DHT bootstrap node, four servers hosting ffn.s.[0:4] each (a 4x4 grid), and a client node.
+class Swarm4x4 : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    at::manual_seed(1);
+    dht::DhtOptions boot_options;
+    boot_options.listen = "127.0.0.1:0";
+    auto boot = dht::Dht::Start(std::move(boot_options));
+    ASSERT_TRUE(boot.ok()) << boot.status().ToString();
+    boot_ = std::move(boot).value().release();
+    for (int s = 0; s < kServers; ++s) {
+      expert_server::ExpertServerOptions o;
+      for (int j = 0; j < 4; ++j)
+        o.uids.push_back("ffn." + std::to_string(s) + "." + std::to_string(j));
+      o.expert.hidden_dim = kDim;
+      o.expert.seed = kSeed;
+      // Backward still computes grad_x, but the weights stay put (an SGD step of 1e-30), so every
+      // test of the suite can compare against freshly built local twins.
+      o.optimizer.kind = "sgd";
+      o.optimizer.lr = 1e-30;  // must be positive; far below float resolution of the weights
+      o.optimizer.weight_decay = 0.0;
+      o.dht_bootstrap = {boot_->local_address()};
+      o.dht_listen = "127.0.0.1:0";
+      o.announce_every_s = 2;  // a put that raced the server's own DHT join is redone soon
+      auto server = expert_server::ExpertServer::Start(std::move(o));
+      ASSERT_TRUE(server.ok()) << server.status().ToString();
+      servers_.push_back(std::move(server).value().release());
+    }
+    dht::DhtOptions client_options;
+    client_options.listen = "127.0.0.1:0";
+    client_options.bootstrap = {boot_->local_address()};
+    client_options.node.client = true;
+    // A get stops after this many nodes answered with records; a grid key's subkeys may be spread
+    // over nodes that joined at different times, so ask every storing node (a gating client wants
+    // complete subkey sets more than it wants the fastest get).
+    client_options.node.get_quorum = 5;
+    auto client = dht::Dht::Start(std::move(client_options));
+    ASSERT_TRUE(client.ok()) << client.status().ToString();
+    client_ = std::move(client).value().release();
+    ASSERT_TRUE(client_->WaitBootstrapped(10s).ok());
+    // Announcements are asynchronous: poll the DHT (never sleep) until all 16 are visible.
+    // Every key of the grid must be complete: prefix/ffn. and prefix/ffn.i. with 4 subkeys each.
+    std::vector<std::string> keys = {"prefix/ffn."};
+    for (int i = 0; i < 4; ++i) keys.push_back("prefix/ffn." + std::to_string(i) + ".");
+    for (int i = 0; i < 4; ++i)
+      for (int j = 0; j < 4; ++j)
+        keys.push_back("expert/ffn." + std::to_string(i) + "." + std::to_string(j));
+    const auto deadline = std::chrono::steady_clock::now() + 30s;
+    bool all = false;
+    std::string missing;
+    while (!all && std::chrono::steady_clock::now() < deadline) {
+      all = true;
+      missing.clear();
+      for (const auto& r : client_->GetManyBlocking(keys, 2s)) {
+        if (r.records.size() != (r.key.rfind("prefix/", 0) == 0 ? 4u : 1u)) {
+          all = false;
+          missing += " " + r.key + "(" + std::to_string(r.records.size()) + ")";
+        }
+      }
+    }
+    ASSERT_TRUE(all) << "the servers' announcements never became visible:" << missing;
+  }
+  static void TearDownTestSuite() {
+    for (auto* s : servers_) {
+      s->Stop();
+      delete s;
+    }
+    servers_.clear();
+    if (client_) client_->Stop();
+    delete client_;
+    client_ = nullptr;
+    if (boot_) boot_->Stop();
+    delete boot_;
+    boot_ = nullptr;
+  }
+
+  std::shared_ptr<Swarm> MakeSwarm() { return std::make_shared<Swarm>(client_); }
+
+  static dht::Dht* boot_;
+  static dht::Dht* client_;
+  static std::vector<expert_server::ExpertServer*> servers_;
+};
+dht::Dht* Swarm4x4::boot_ = nullptr;
+dht::Dht* Swarm4x4::client_ = nullptr;
+std::vector<expert_server::ExpertServer*> Swarm4x4::servers_;
+
+// The whole mixture computed here: brute-force top-k over all 16 experts by gating score, softmax
+// over them, local experts with the servers' weights.
+at::Tensor LocalMixture(const std::vector<at::Tensor>& gate_w,
+                        const std::vector<at::Tensor>& gate_b, const at::Tensor& x, int k,
+                        std::map<std::string, std::unique_ptr<expert_server::Expert>>& twins) {
+  at::Tensor s0 = at::linear(x, gate_w[0], gate_b[0]), s1 = at::linear(x, gate_w[1], gate_b[1]);
+  std::vector<at::Tensor> rows;
+  for (int64_t i = 0; i < x.size(0); ++i) {
+    at::Tensor all = (s0[i].unsqueeze(1) + s1[i].unsqueeze(0)).reshape({16});  // [i*4 + j]
+    at::Tensor top = std::get<1>(all.detach().topk(k));
+    at::Tensor w = at::softmax(all.index_select(0, top), 0);
+    at::Tensor y = at::zeros({kDim});
+    for (int64_t s = 0; s < k; ++s) {
+      int64_t e = top[s].item<int64_t>();
+      std::string uid = "ffn." + std::to_string(e / 4) + "." + std::to_string(e % 4);
+      if (!twins.count(uid)) twins[uid] = LocalTwin(uid);
+      y = y + w[s] * LocalFfn(*twins[uid], x[i].unsqueeze(0)).squeeze(0);
+    }
+    rows.push_back(y);
+  }
+  return at::stack(rows);
+}
+
+TEST_F(Swarm4x4, OutputAndGradientsMatchTheSameMixtureComputedLocally) {
+  RemoteMixtureOfExperts moe(
+      RemoteMixtureOfExpertsOptions(kDim, {4, 4}).k_best(4).k_min(4).forward_timeout(20s),
+      MakeSwarm());
+  at::Tensor x = at::randn({12, kDim}).set_requires_grad(true);
+  at::Tensor g = at::randn({12, kDim});
+  at::Tensor y = moe(x);
+  (y * g).sum().backward();
+
+  std::vector<at::Tensor> gw, gb;
+  for (auto& gate : moe->gates()) {
+    gw.push_back(gate->weight.detach().clone().set_requires_grad(true));
+    gb.push_back(gate->bias.detach().clone().set_requires_grad(true));
+  }
+  at::Tensor x_ref = x.detach().clone().set_requires_grad(true);
+  std::map<std::string, std::unique_ptr<expert_server::Expert>> twins;
+  at::Tensor y_ref = LocalMixture(gw, gb, x_ref, 4, twins);
+  (y_ref * g).sum().backward();
+
+  EXPECT_LT((y - y_ref).abs().max().item<double>(), 1e-5);
+  EXPECT_LT((x.grad() - x_ref.grad()).abs().max().item<double>(), 1e-5);
+  for (int i = 0; i < 2; ++i) {
+    EXPECT_LT((moe->gates()[i]->weight.grad() - gw[i].grad()).abs().max().item<double>(), 1e-5);
+    EXPECT_LT((moe->gates()[i]->bias.grad() - gb[i].grad()).abs().max().item<double>(), 1e-5);
+  }
+  MoeStats stats = moe->stats();
+  EXPECT_EQ(stats.samples, 12);
+  EXPECT_EQ(stats.answers, 12 * 4);
+  EXPECT_EQ(stats.zero_output_samples, 0);
+  EXPECT_EQ(stats.answered, stats.requests);
+  EXPECT_EQ(stats.backward_answered, stats.requests);  // every responder got its gradient
+  EXPECT_LE(stats.requests, 16);                       // one request per chosen expert
+  EXPECT_GT(moe->balance_loss().item<double>(), 0);
+}
+
+TEST_F(Swarm4x4, TokensOfASequenceAreRoutedOneByOneAndHalfPrecisionWorks) {
+  RemoteMixtureOfExperts moe(RemoteMixtureOfExpertsOptions(kDim, {4, 4})
+                                 .k_best(2)
+                                 .forward_timeout(20s)
+                                 .wire_dtype(safetensors::DType::kBF16),
+                             MakeSwarm());
+  at::Tensor x = at::randn({3, 5, kDim});
+  at::Tensor y = moe(x);
+  ASSERT_EQ(y.sizes(), x.sizes());
+  EXPECT_EQ(moe->last_routing().chosen.size(), 15u);
+  EXPECT_EQ(moe->stats().samples, 15);
+  // Same as routing the flattened tokens, up to BF16 rounding.
+  RemoteMixtureOfExperts f32(RemoteMixtureOfExpertsOptions(kDim, {4, 4}).k_best(2), MakeSwarm());
+  for (size_t i = 0; i < 2; ++i) {
+    f32->gates()[i]->weight.data().copy_(moe->gates()[i]->weight);
+    f32->gates()[i]->bias.data().copy_(moe->gates()[i]->bias);
+  }
+  at::Tensor y32 = f32(x.reshape({15, kDim})).reshape({3, 5, kDim});
+  EXPECT_LT((y - y32).abs().max().item<double>(), 0.1);
+  EXPECT_TRUE(at::isfinite(y).all().item<bool>());
+}
+
+TEST_F(Swarm4x4, RemoteExpertForwardAndBackwardMatchTheLocalExpert) {
+  auto twin = LocalTwin("ffn.2.1");
+  std::string endpoint = servers_[2]->endpoint();
+  RemoteExpert expert("ffn.2.1", endpoint, MakeSwarm());
+  Result<ExpertInfo> info = expert->info();
+  ASSERT_TRUE(info.ok()) << info.status().ToString();
+  EXPECT_EQ(info->hidden_dim, kDim);
+  EXPECT_EQ(info->type, "ffn");
+  at::Tensor x = at::randn({4, kDim}).set_requires_grad(true);
+  at::Tensor x_ref = x.detach().clone().set_requires_grad(true);
+  at::Tensor y = expert(x);
+  at::Tensor y_ref = LocalFfn(*twin, x_ref);
+  EXPECT_LT((y - y_ref).abs().max().item<double>(), 1e-5);
+  at::Tensor g = at::randn({4, kDim});
+  (y * g).sum().backward();
+  (y_ref * g).sum().backward();
+  EXPECT_LT((x.grad() - x_ref.grad()).abs().max().item<double>(), 1e-5);
+}
+
+// A directory whose every expert is announced at a port nobody listens on.
+std::shared_ptr<Swarm> DeadSwarm() {
+  return std::make_shared<Swarm>([](std::vector<std::string> keys, std::chrono::milliseconds,
+                                    std::function<void(ExpertDirectory::KeyResults)> done) {
+    ExpertDirectory::KeyResults results;
+    const int64_t expiry = RealClock::Instance().NowUnixMs() + 60'000;
+    for (const std::string& key : keys) {
+      dht::KeyResult r{key, Status::Ok(), {}, 1, 1};
+      auto record = [&](std::string subkey, std::string value) {
+        dht::Record rec;
+        rec.key = key;
+        rec.subkey = std::move(subkey);
+        rec.value = std::move(value);
+        rec.expiration_ms = expiry;
+        r.records.push_back(rec);
+      };
+      if (key.rfind("expert/", 0) == 0) {
+        record("peer", R"({"endpoint":"http://127.0.0.1:1","step":0,"load":0})");
+      } else {
+        for (int c = 0; c < 2; ++c) record(std::to_string(c), "{}");
+      }
+      results.push_back(std::move(r));
+    }
+    done(std::move(results));
+  });
+}
+
+TEST(RemoteMoeDeadSwarm, AllExpertsDeadGivesZerosAndACountOrAClearError) {
+  auto swarm = DeadSwarm();
+  RemoteMixtureOfExperts lenient(
+      RemoteMixtureOfExpertsOptions(8, {2, 2}).k_best(2).allow_zero_outputs(true), swarm);
+  at::Tensor x = at::randn({5, 8}).set_requires_grad(true);
+  at::Tensor y = lenient(x);
+  EXPECT_TRUE(at::equal(y, at::zeros_like(y)));
+  EXPECT_EQ(lenient->stats().zero_output_samples, 5);
+  EXPECT_EQ(lenient->stats().answered, 0);
+  EXPECT_GE(lenient->stats().failed, 1);
+  y.sum().backward();  // no NaN anywhere, nothing to send
+  EXPECT_TRUE(at::isfinite(x.grad()).all().item<bool>());
+  EXPECT_TRUE(at::isfinite(lenient->gates()[0]->weight.grad()).all().item<bool>());
+
+  // The peer is banned now; a strict layer reports why it cannot answer.
+  RemoteMixtureOfExperts strict(RemoteMixtureOfExpertsOptions(8, {2, 2}).k_best(2), swarm);
+  try {
+    strict(x);
+    FAIL() << "expected an error";
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find("fewer than k_min=1"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(strict->stats().zero_output_samples, 5);
+}
+
+}  // namespace
+}  // namespace dmoe::gating
