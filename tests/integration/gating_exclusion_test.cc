@@ -1,0 +1,190 @@
+// The seed idea across processes: four real dmoe-server processes on a 4x4 grid (server s hosts
+// ffn.[0:4].s); one is SIGSTOPped, one SIGKILLed, one answers NaN. The layer must return within
+// timeout_after_k_min plus compute, renormalize over the responders, ban the failing peers, and use
+// the stopped server again once it is continued and its ban has expired.
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+
+#include <chrono>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "dht/dht.h"
+#include "expert_server/expert.h"
+#include "gating/gating.h"
+#include "tests/testing/process.h"
+
+namespace dmoe::gating {
+namespace {
+
+using namespace std::chrono_literals;
+using SteadyClock = std::chrono::steady_clock;
+constexpr int64_t kDim = 16;
+constexpr char kSeed[] = "7";
+
+at::Tensor LocalFfn(const std::string& uid, const at::Tensor& x) {
+  expert_server::ExpertConfig config;
+  config.hidden_dim = kDim;
+  config.seed = 7;
+  auto expert = std::move(expert_server::Expert::Create(
+                              expert_server::ExpertRegistry::WithBuiltins(), uid, config, {}))
+                    .value();
+  std::map<std::string, at::Tensor> p;
+  for (auto& [name, t] : expert->Parameters()) p[name] = t.detach();
+  at::Tensor h = at::gelu(at::linear(x, p["linear1.weight"], p["linear1.bias"]));
+  return at::layer_norm(x + at::linear(h, p["linear2.weight"], p["linear2.bias"]), {kDim},
+                        p["norm.weight"], p["norm.bias"], 1e-5);
+}
+
+std::string AfterPrefix(const std::string& line, const std::string& prefix) {
+  std::string rest = line.substr(line.find(prefix) + prefix.size());
+  return rest.substr(0, rest.find(' '));
+}
+
+TEST(GatingExclusionTest, StoppedKilledAndNanServersAreExcludedBannedAndTheStoppedOneReturns) {
+  auto dht_process =
+      testing::Process::Spawn({DMOE_DHT_BINARY, "--listen", "127.0.0.1:0", "--log-level", "warn"});
+  ASSERT_TRUE(dht_process.ok()) << dht_process.status().ToString();
+  auto dht_line = (*dht_process)->WaitForLine("listening on udp://", 30s);
+  ASSERT_TRUE(dht_line) << (*dht_process)->stderr_text();
+  const std::string dht_address = AfterPrefix(*dht_line, "udp://");
+
+  std::vector<std::unique_ptr<testing::Process>> servers;
+  std::vector<std::string> endpoints;
+  for (int s = 0; s < 4; ++s) {
+    std::vector<std::string> argv = {DMOE_SERVER_BINARY,
+                                     "--experts",
+                                     "ffn.[0:4]." + std::to_string(s),
+                                     "--hidden-dim",
+                                     std::to_string(kDim),
+                                     "--seed",
+                                     kSeed,
+                                     "--listen",
+                                     "127.0.0.1:0",
+                                     "--dht",
+                                     dht_address,
+                                     "--dht-listen",
+                                     "127.0.0.1:0",
+                                     "--announce-every",
+                                     "2",
+                                     "--threads",
+                                     "1",
+                                     "--log-level",
+                                     "warn"};
+    if (s == 2) argv.insert(argv.end(), {"--nan-rate", "1"});
+    auto p = testing::Process::Spawn(argv);
+    ASSERT_TRUE(p.ok()) << p.status().ToString();
+    servers.push_back(std::move(p).value());
+  }
+  for (auto& p : servers) {
+    auto line = p->WaitForLine("listening on ", 90s);
+    ASSERT_TRUE(line) << p->stderr_text();
+    endpoints.push_back(AfterPrefix(*line, "listening on "));
+  }
+
+  dht::DhtOptions options;
+  options.listen = "127.0.0.1:0";
+  options.bootstrap = {dht_address};
+  options.node.client = true;
+  options.node.get_quorum = 5;
+  auto client = dht::Dht::Start(std::move(options));
+  ASSERT_TRUE(client.ok()) << client.status().ToString();
+  ASSERT_TRUE((*client)->WaitBootstrapped(10s).ok());
+  std::vector<std::string> keys = {"prefix/ffn."};
+  for (int i = 0; i < 4; ++i) keys.push_back("prefix/ffn." + std::to_string(i) + ".");
+  ASSERT_TRUE(testing::PollUntil(
+      [&] {
+        for (const auto& r : (*client)->GetManyBlocking(keys, 2s))
+          if (r.records.size() != 4) return false;
+        return true;
+      },
+      60s))
+      << "the grid never became complete in the DHT";
+
+  ASSERT_TRUE(servers[0]->Signal(SIGSTOP));
+  ASSERT_TRUE(servers[1]->Signal(SIGKILL));
+  ASSERT_TRUE(servers[1]->Wait(10s).has_value());
+
+  SwarmOptions swarm_options;
+  swarm_options.health.ban_base = 300ms;
+  swarm_options.health.ban_max = 600ms;
+  auto swarm = std::make_shared<Swarm>(client->get(), swarm_options);
+  constexpr auto kAfterKMin = 500ms;
+  RemoteMixtureOfExperts moe(RemoteMixtureOfExpertsOptions(kDim, {4, 4})
+                                 .k_best(16)
+                                 .k_min(1)
+                                 .forward_timeout(30s)
+                                 .timeout_after_k_min(kAfterKMin)
+                                 .backward_timeout(10s),
+                             swarm);
+  at::manual_seed(3);
+  at::Tensor x = at::randn({8, kDim}).set_requires_grad(true);
+
+  const auto start = SteadyClock::now();
+  at::Tensor y = moe(x);
+  const auto elapsed = SteadyClock::now() - start;
+  std::printf(
+      "forward with 1 stopped, 1 killed, 1 NaN server of 4: %.0f ms (timeout_after_k_min "
+      "%lld ms)\n",
+      std::chrono::duration<double, std::milli>(elapsed).count(),
+      static_cast<long long>(kAfterKMin.count()));
+  EXPECT_LT(elapsed, kAfterKMin + 2500ms);  // plus compute on a loaded machine; far from 30 s
+  ASSERT_TRUE(at::isfinite(y).all().item<bool>());
+
+  // Only server 3's experts (ffn.i.3) answered; weights renormalized over them.
+  const Routing& routing = moe->last_routing();
+  for (int64_t row = 0; row < 8; ++row) {
+    for (size_t slot = 0; slot < routing.chosen[row].size(); ++slot) {
+      const bool from_healthy = routing.chosen[row][slot].coords[1] == 3;
+      EXPECT_EQ(routing.answered[row][slot].item<bool>(), from_healthy)
+          << routing.chosen[row][slot].uid;
+    }
+  }
+  at::Tensor xd = x.detach();
+  at::Tensor s0 = at::linear(xd, moe->gates()[0]->weight, moe->gates()[0]->bias);
+  at::Tensor s1 = at::linear(xd, moe->gates()[1]->weight, moe->gates()[1]->bias);
+  at::Tensor w = at::softmax(s0 + s1.select(1, 3).unsqueeze(1), 1);  // [8, 4] over ffn.i.3
+  at::Tensor expected = at::zeros({8, kDim});
+  for (int i = 0; i < 4; ++i) {
+    expected += w.select(1, i).unsqueeze(1) * LocalFfn("ffn." + std::to_string(i) + ".3", xd);
+  }
+  EXPECT_LT((y.detach() - expected).abs().max().item<double>(), 1e-5);
+
+  MoeStats stats = moe->stats();
+  EXPECT_EQ(stats.nonfinite, 4);  // the NaN server's four experts
+  EXPECT_EQ(stats.answered, 4);
+  EXPECT_EQ(stats.timed_out, 4);  // the stopped server's
+  EXPECT_EQ(stats.answers, 8 * 4);
+  for (int s : {0, 1, 2}) {
+    EXPECT_GE(swarm->health().Get(endpoints[s]).bans, 1) << "server " << s;
+  }
+  EXPECT_EQ(swarm->health().Get(endpoints[3]).bans, 0);
+
+  // Backward goes to the responders only.
+  y.sum().backward();
+  EXPECT_EQ(moe->stats().backward_requests, 4);
+  EXPECT_EQ(moe->stats().backward_answered, 4);
+  EXPECT_TRUE(at::isfinite(x.grad()).all().item<bool>());
+
+  // Continue the stopped server: once its ban expires it is asked again, and answers.
+  ASSERT_TRUE(servers[0]->Signal(SIGCONT));
+  bool used_again = false;
+  const auto deadline = SteadyClock::now() + 40s;
+  while (!used_again && SteadyClock::now() < deadline) {
+    at::Tensor y2 = moe(x.detach());
+    ASSERT_TRUE(at::isfinite(y2).all().item<bool>());
+    const Routing& r = moe->last_routing();
+    for (int64_t row = 0; row < 8 && !used_again; ++row)
+      for (size_t slot = 0; slot < r.chosen[row].size(); ++slot)
+        used_again = used_again ||
+                     (r.chosen[row][slot].coords[1] == 0 && r.answered[row][slot].item<bool>());
+  }
+  EXPECT_TRUE(used_again) << "the continued server was never used again";
+  EXPECT_GE(swarm->health().Get(endpoints[0]).successes, 1);
+}
+
+}  // namespace
+}  // namespace dmoe::gating
