@@ -1,0 +1,194 @@
+// bench/moe_layer: forward+backward step time of RemoteMixtureOfExperts (16 ffn experts, d=256,
+// on 4 dmoe-server processes, k=4, batch 64) against the same mixture computed in this process
+// with identical experts, in the same run; then the same with 1 of 4 servers SIGSTOPped.
+// Goals: ratio <= 1.25 healthy; stopped: step <= timeout_after_k_min + 1.25 x healthy.
+// Binaries are found next to this one (../expert_server/dmoe-server, ../dht/dmoe-dht) unless
+// DMOE_SERVER_BINARY / DMOE_DHT_BINARY say otherwise. `--smoke` runs few steps.
+#include <ATen/ATen.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "dht/dht.h"
+#include "expert_server/expert.h"
+#include "gating/gating.h"
+#include "tests/testing/process.h"
+
+using namespace std::chrono_literals;
+using namespace dmoe;
+using SteadyClock = std::chrono::steady_clock;
+
+namespace {
+
+constexpr int64_t kDim = 256, kBatch = 64;
+constexpr int kK = 4;
+
+std::string Binary(const char* env, const std::string& relative) {
+  if (const char* v = std::getenv(env)) return v;
+  return (std::filesystem::read_symlink("/proc/self/exe").parent_path() / relative).string();
+}
+
+std::string After(const std::string& line, const std::string& prefix) {
+  std::string rest = line.substr(line.find(prefix) + prefix.size());
+  return rest.substr(0, rest.find(' '));
+}
+
+// The local twin of the remote mixture: same experts (parameters with autograd), same gating.
+struct LocalMixture {
+  std::map<std::string, std::map<std::string, at::Tensor>> params;
+  LocalMixture() {
+    expert_server::ExpertConfig config;
+    config.hidden_dim = kDim;
+    config.seed = 7;
+    for (int i = 0; i < 4; ++i)
+      for (int j = 0; j < 4; ++j) {
+        std::string uid = "ffn." + std::to_string(i) + "." + std::to_string(j);
+        auto e = std::move(expert_server::Expert::Create(
+                               expert_server::ExpertRegistry::WithBuiltins(), uid, config, {}))
+                     .value();
+        for (auto& [name, t] : e->Parameters())
+          params[uid][name] = t.detach().clone().set_requires_grad(true);
+      }
+  }
+  at::Tensor Ffn(const std::string& uid, const at::Tensor& x) {
+    auto& p = params[uid];
+    at::Tensor h = at::gelu(at::linear(x, p["linear1.weight"], p["linear1.bias"]));
+    return at::layer_norm(x + at::linear(h, p["linear2.weight"], p["linear2.bias"]), {kDim},
+                          p["norm.weight"], p["norm.bias"], 1e-5);
+  }
+  // Token-level top-k over the 4x4 grid, tokens grouped per expert as the remote layer does.
+  at::Tensor Forward(const std::vector<at::Tensor>& gw, const std::vector<at::Tensor>& gb,
+                     const at::Tensor& x) {
+    at::Tensor s0 = at::linear(x, gw[0], gb[0]), s1 = at::linear(x, gw[1], gb[1]);
+    at::Tensor all = (s0.unsqueeze(2) + s1.unsqueeze(1)).reshape({x.size(0), 16});
+    auto [top_scores, top] = all.topk(kK, 1);
+    at::Tensor w = at::softmax(all.gather(1, top), 1);
+    at::Tensor y = at::zeros_like(x);
+    for (int e = 0; e < 16; ++e) {
+      at::Tensor hit = (top == e);
+      at::Tensor rows = hit.any(1).nonzero().squeeze(1);
+      if (rows.numel() == 0) continue;
+      at::Tensor we = (w * hit.to(w.scalar_type())).sum(1).index_select(0, rows);
+      at::Tensor out = Ffn("ffn." + std::to_string(e / 4) + "." + std::to_string(e % 4),
+                           x.index_select(0, rows));
+      y = y.index_add(0, rows, we.unsqueeze(1) * out);
+    }
+    return y;
+  }
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const bool smoke = argc > 1 && std::string(argv[1]) == "--smoke";
+  const int steps = smoke ? 5 : 30;
+  at::set_num_threads(1);
+  auto dht_process = testing::Process::Spawn({Binary("DMOE_DHT_BINARY", "../dht/dmoe-dht"),
+                                              "--listen", "127.0.0.1:0", "--log-level", "warn"});
+  if (!dht_process.ok())
+    return std::fprintf(stderr, "%s\n", dht_process.status().ToString().c_str()), 1;
+  auto dht_line = (*dht_process)->WaitForLine("listening on udp://", 30s);
+  if (!dht_line) return std::fprintf(stderr, "dmoe-dht did not start\n"), 1;
+  const std::string dht_address = After(*dht_line, "udp://");
+  std::vector<std::unique_ptr<testing::Process>> servers;
+  for (int s = 0; s < 4; ++s) {
+    auto p = testing::Process::Spawn(
+        {Binary("DMOE_SERVER_BINARY", "../expert_server/dmoe-server"), "--experts",
+         "ffn.[0:4]." + std::to_string(s), "--hidden-dim", std::to_string(kDim), "--seed", "7",
+         "--listen", "127.0.0.1:0", "--dht", dht_address, "--dht-listen", "127.0.0.1:0",
+         "--announce-every", "2", "--threads", "1", "--log-level", "warn"});
+    if (!p.ok()) return std::fprintf(stderr, "%s\n", p.status().ToString().c_str()), 1;
+    servers.push_back(std::move(p).value());
+  }
+  for (auto& p : servers)
+    if (!p->WaitForLine("listening on ", 120s))
+      return std::fprintf(stderr, "server did not start\n"), 1;
+
+  dht::DhtOptions options;
+  options.listen = "127.0.0.1:0";
+  options.bootstrap = {dht_address};
+  options.node.client = true;
+  options.node.get_quorum = 5;
+  auto client = std::move(dht::Dht::Start(std::move(options))).value();
+  client->WaitBootstrapped(10s).IgnoreError();
+  std::vector<std::string> keys = {"prefix/ffn."};
+  for (int i = 0; i < 4; ++i) keys.push_back("prefix/ffn." + std::to_string(i) + ".");
+  testing::PollUntil(
+      [&] {
+        for (const auto& r : client->GetManyBlocking(keys, 2s))
+          if (r.records.size() != 4) return false;
+        return true;
+      },
+      60s);
+
+  auto swarm = std::make_shared<gating::Swarm>(client.get());
+  const auto after_k_min = 200ms;
+  gating::RemoteMixtureOfExperts moe(gating::RemoteMixtureOfExpertsOptions(kDim, {4, 4})
+                                         .k_best(kK)
+                                         .k_min(1)
+                                         .timeout_after_k_min(after_k_min)
+                                         .forward_timeout(10s),
+                                     swarm);
+  LocalMixture local;
+  std::vector<at::Tensor> gw, gb;
+  for (auto& g : moe->gates()) {
+    gw.push_back(g->weight.detach().clone().set_requires_grad(true));
+    gb.push_back(g->bias.detach().clone().set_requires_grad(true));
+  }
+  at::manual_seed(0);
+  auto time_steps = [&](auto&& step) {
+    for (int i = 0; i < 2; ++i) step();  // warm-up (connections, DHT cache)
+    const auto start = SteadyClock::now();
+    for (int i = 0; i < steps; ++i) step();
+    return std::chrono::duration<double, std::milli>(SteadyClock::now() - start).count() / steps;
+  };
+  auto remote_step = [&] {
+    at::Tensor x = at::randn({kBatch, kDim}).set_requires_grad(true);
+    moe(x).pow(2).mean().backward();
+  };
+  auto local_step = [&] {
+    at::Tensor x = at::randn({kBatch, kDim}).set_requires_grad(true);
+    local.Forward(gw, gb, x).pow(2).mean().backward();
+  };
+  const double local_ms = time_steps(local_step);
+  const double remote_ms = time_steps(remote_step);
+  servers[0]->Signal(SIGSTOP);
+  const double stopped_ms = time_steps(remote_step);
+  servers[0]->Signal(SIGCONT);
+  const double ratio = remote_ms / local_ms;
+  const double stopped_goal =
+      std::chrono::duration<double, std::milli>(after_k_min).count() + 1.25 * remote_ms;
+  std::printf("moe_layer: 16 ffn experts d=%lld on 4 servers, k=%d, batch %lld, %d steps\n",
+              static_cast<long long>(kDim), kK, static_cast<long long>(kBatch), steps);
+  std::printf("  local mixture          %8.2f ms/step\n", local_ms);
+  std::printf("  remote, healthy        %8.2f ms/step  ratio %.2f (goal <= 1.25)\n", remote_ms,
+              ratio);
+  std::printf(
+      "  remote, 1 of 4 stopped %8.2f ms/step  (goal <= %.1f = timeout_after_k_min + 1.25x "
+      "healthy)\n",
+      stopped_ms, stopped_goal);
+  std::printf("  answers per token %.2f, banned peers now %d\n", moe->stats().AnswersPerSample(),
+              moe->stats().banned_peers);
+  const char* out_dir = std::getenv("DMOE_BENCH_OUT");
+  std::filesystem::path dir = out_dir ? out_dir : "bench/results";
+  std::filesystem::create_directories(dir);
+  nlohmann::json j = {{"local_ms", local_ms},
+                      {"remote_ms", remote_ms},
+                      {"ratio", ratio},
+                      {"stopped_ms", stopped_ms},
+                      {"stopped_goal_ms", stopped_goal},
+                      {"steps", steps},
+                      {"timeout_after_k_min_ms", after_k_min.count()}};
+  std::ofstream(dir / "moe_layer.json") << j.dump(2) << "\n";
+  client->Stop();
+  return 0;
+}
