@@ -45,7 +45,10 @@ struct NodeOptions {
   std::string network = "dmoe";  // nodes of other networks are ignored
   size_t k = 20;
   size_t alpha = 3;
-  size_t get_quorum = 1;  // a get stops once this many nodes answered with records
+  // A get stops once this many nodes answered with records. Above 1 because the subkeys of one key
+  // (prefix/ffn. from many servers) may sit on different nodes: stopping at the first node that has
+  // any would silently lose the others.
+  size_t get_quorum = 5;
   int64_t rpc_timeout_ms = 1000;
   // An unanswered request is resent this many times, at the soft timeout (an RTT estimate), before
   // the RPC fails at rpc_timeout_ms.

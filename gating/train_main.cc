@@ -1,0 +1,82 @@
+// dmoe-train: trains a model spec on Fashion-MNIST through the swarm and publishes it to the router
+// (DESIGN.md; PROTOCOL.md 5). Progress lines go to stdout, logs to stderr. SIGINT/SIGTERM
+// checkpoint and exit 0; the same command resumes.
+#include <ATen/Parallel.h>
+#include <spdlog/spdlog.h>
+
+#include <unistd.h>
+#include <CLI/CLI.hpp>
+#include <atomic>
+#include <csignal>
+#include <iostream>
+#include <thread>
+
+#include "core/logging.h"
+#include "core/signals.h"
+#include "gating/trainer.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{"dmoe-train: train a dmoe model through the swarm"};
+  dmoe::gating::TrainerOptions o;
+  std::string log_level = "info";
+  int threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  app.add_option("--model", o.spec_path, "model spec JSON file (PROTOCOL section 5)")->required();
+  app.add_option("--dht", o.dht_bootstrap, "HOST:PORT of a DHT node; repeatable")
+      ->take_all()
+      ->required();
+  app.add_option("--network", o.dht_network, "DHT network name")->capture_default_str();
+  app.add_option("--router", o.router_url,
+                 "router URL to publish the model to, e.g. http://127.0.0.1:8000");
+  app.add_option("--identity", o.identity_path, "identity file: signs backward and publication");
+  app.add_option("--db", o.db_dir, "RocksDB directory for the trainer's own checkpoint (resume)");
+  app.add_option("--data", o.data, "training data")->capture_default_str();
+  app.add_option("--data-dir", o.data_dir,
+                 "directory of the IDX files (default: Debian's package)");
+  app.add_option("--steps", o.steps, "optimizer steps")->capture_default_str();
+  app.add_option("--batch-size", o.batch_size, "samples per step")->capture_default_str();
+  app.add_option("--lr", o.lr, "Adam learning rate of the local layers")->capture_default_str();
+  app.add_option("--seed", o.seed, "seed of initialization and data order")->capture_default_str();
+  app.add_option("--eval-every", o.eval_every,
+                 "steps between test evaluations; 0 = only at the end")
+      ->capture_default_str();
+  app.add_option("--eval-samples", o.eval_samples, "test images per evaluation")
+      ->capture_default_str();
+  app.add_option("--publish-every", o.publish_every,
+                 "steps between publications; 0 = only at the end")
+      ->capture_default_str();
+  app.add_option("--log-every", o.log_every, "steps between progress lines")->capture_default_str();
+  app.add_option("--wire-dtype", o.wire_dtype, "F32, F16 or BF16 on the wire")
+      ->capture_default_str();
+  app.add_option("--balance-loss-weight", o.balance_loss_weight,
+                 "weight of the load-balancing loss")
+      ->capture_default_str();
+  app.add_option("--threads", threads, "compute (intra-op) threads")->capture_default_str();
+  app.add_option("--log-level", log_level, "trace, debug, info, warn, error or off")
+      ->capture_default_str();
+  CLI11_PARSE(app, argc, argv);
+
+  if (dmoe::Status s = dmoe::SetUpLogging("dmoe-train", log_level); !s.ok()) {
+    std::cerr << "dmoe-train: " << s.ToString() << "\n";
+    return 2;
+  }
+  at::set_num_threads(threads);
+  dmoe::BlockTerminationSignals();
+  std::atomic<bool> stop{false};
+  std::thread signals([&stop] {
+    int sig = dmoe::WaitForTerminationSignal();
+    if (sig != 0) spdlog::info("signal {}: checkpointing and stopping after this step", sig);
+    stop = true;
+  });
+  auto result = dmoe::gating::RunTrainer(o, std::cout, &stop);
+  // Wake the signal thread if training ended by itself.
+  if (!stop.exchange(true)) kill(getpid(), SIGTERM);
+  signals.join();
+  if (!result.ok()) {
+    std::cerr << "dmoe-train: " << result.status().ToString() << "\n";
+    return 2;
+  }
+  std::cout << "done: steps " << result->steps_done << " test_accuracy "
+            << result->final_test_accuracy << " model_version " << result->published_version
+            << "\n";
+  return 0;
+}

@@ -1,0 +1,52 @@
+// The trainer behind dmoe-train: trains a model spec's local layers here and its experts remotely
+// (through RemoteMixtureOfExperts) on Fashion-MNIST, shows progress, evaluates, publishes the local
+// parameters to the router, and checkpoints its own state so a restarted trainer resumes.
+// Several trainers may run at once on the same experts.
+#ifndef DMOE_GATING_TRAINER_H_
+#define DMOE_GATING_TRAINER_H_
+
+#include <atomic>
+#include <cstdint>
+#include <ostream>
+#include <string>
+#include <vector>
+
+#include "core/status.h"
+
+namespace dmoe::gating {
+
+struct TrainerOptions {
+  std::string spec_path;
+  std::vector<std::string> dht_bootstrap;
+  std::string dht_network = "dmoe";
+  std::string router_url;     // empty = do not publish
+  std::string identity_path;  // signs expert backward and model publication; empty = unsigned
+  std::string db_dir;         // trainer checkpoint; empty = none
+  std::string data = "fashion-mnist";
+  std::string data_dir;  // default: Debian's package directory
+  int64_t steps = 300;
+  int64_t batch_size = 64;
+  double lr = 1e-3;
+  uint64_t seed = 0;
+  int64_t eval_every = 100;
+  int64_t eval_samples = 10000;  // of the test split
+  int64_t publish_every = 50;
+  int64_t log_every = 10;
+  std::string wire_dtype = "F32";
+  double balance_loss_weight = 0.01;
+};
+
+struct TrainerResult {
+  int64_t steps_done = 0;
+  double final_test_accuracy = -1;
+  int64_t published_version = 0;
+};
+
+// Runs until `steps` are done or `*stop` becomes true (then checkpoints and returns). Progress
+// lines go to `out`.
+Result<TrainerResult> RunTrainer(const TrainerOptions& options, std::ostream& out,
+                                 const std::atomic<bool>* stop);
+
+}  // namespace dmoe::gating
+
+#endif  // DMOE_GATING_TRAINER_H_

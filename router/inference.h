@@ -1,0 +1,60 @@
+// Inference: runs published models forward for the router, through the same DmoeModel (and so the
+// same RemoteMixtureOfExperts) the trainers use. A built model is cached per name and rebuilt when
+// a newer version is published. Thread-safe; requests for one model run one at a time.
+#ifndef DMOE_ROUTER_INFERENCE_H_
+#define DMOE_ROUTER_INFERENCE_H_
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "core/status.h"
+#include "dht/dht.h"
+#include "storage/model_store.h"
+
+namespace dmoe::gating {
+class Swarm;
+}  // namespace dmoe::gating
+
+namespace dmoe::router {
+
+struct InferResult {
+  at::Tensor y;                                   // F32 [B, output_dim], raw logits
+  std::vector<std::vector<std::string>> experts;  // per sample, the uids that answered
+  int64_t model_version = 0;
+};
+
+class Inference {
+ public:
+  explicit Inference(dht::Dht& dht);
+  ~Inference();
+
+  // x: F32 [B, input_dim]. kUnavailable when the swarm cannot answer (no live experts).
+  Result<InferResult> Run(const storage::Model& model, const at::Tensor& x);
+
+  // Checks that `spec_json` parses, names the model `name`, and that `state_blob` (safetensors)
+  // holds exactly the tensors that spec's network has, with their shapes.
+  Status ValidateModel(const std::string& name, const std::string& spec_json,
+                       std::span<const uint8_t> state_blob);
+
+  static std::vector<std::string> GridPrefixesOf(const std::string& spec_json);
+  static Result<int64_t> InputDimOf(const std::string& spec_json);
+
+ private:
+  struct Loaded;
+  Result<std::shared_ptr<Loaded>> Load(const storage::Model& model);
+
+  std::shared_ptr<gating::Swarm> swarm_;
+  std::mutex mu_;
+  std::map<std::string, std::shared_ptr<Loaded>> loaded_;
+};
+
+}  // namespace dmoe::router
+
+#endif  // DMOE_ROUTER_INFERENCE_H_

@@ -1,0 +1,418 @@
+#include "router/router.h"
+
+#include <ATen/ATen.h>
+#include <spdlog/spdlog.h>
+
+#include <atomic>
+#include <nlohmann/json.hpp>
+#include <set>
+
+#include "core/clock.h"
+#include "core/hex.h"
+#include "core/identity.h"
+#include "core/metrics.h"
+#include "core/request_auth.h"
+#include "dht/dht.h"
+#include "net/http_server.h"
+#include "net/io_context.h"
+#include "router/dashboard_asset.h"
+#include "router/inference.h"
+#include "router/request_series.h"
+#include "router/swarm.h"
+#include "storage/kv_store.h"
+#include "storage/model_store.h"
+#include "tensor/safetensors.h"
+#include "tensor/torch_tensor.h"
+
+namespace dmoe::router {
+namespace {
+
+constexpr char kSafetensorsType[] = "application/x-safetensors";
+
+bool IsLoopback(const std::string& host) {
+  return host == "localhost" || host == "::1" || host.rfind("127.", 0) == 0;
+}
+
+bool IsSafetensors(const net::RequestHead& head) {
+  std::string_view type = head.headers.Get("Content-Type").value_or("");
+  type = type.substr(0, type.find(';'));
+  return net::EqualsIgnoreCase(type, kSafetensorsType) ||
+         net::EqualsIgnoreCase(type, "application/octet-stream");
+}
+
+bool IsJson(const net::RequestHead& head) {
+  std::string_view type = head.headers.Get("Content-Type").value_or("");
+  type = type.substr(0, type.find(';'));
+  return net::EqualsIgnoreCase(type, "application/json");
+}
+
+// {"inputs": [[...], ...]} -> F32 [B, input_dim].
+Result<at::Tensor> ParseJsonInputs(std::string_view body, int64_t input_dim) {
+  nlohmann::json j = nlohmann::json::parse(body, nullptr, false);
+  if (j.is_discarded() || !j.is_object() || !j.contains("inputs") || !j["inputs"].is_array()) {
+    return InvalidArgumentError("body must be JSON {\"inputs\": [[...], ...]}");
+  }
+  const nlohmann::json& rows = j["inputs"];
+  if (rows.empty()) return InvalidArgumentError("inputs is empty: send at least one row");
+  at::Tensor x = at::empty({static_cast<int64_t>(rows.size()), input_dim}, at::kFloat);
+  float* out = x.data_ptr<float>();
+  for (size_t r = 0; r < rows.size(); ++r) {
+    if (!rows[r].is_array() || static_cast<int64_t>(rows[r].size()) != input_dim) {
+      return InvalidArgumentError("inputs[" + std::to_string(r) + "] must be a list of " +
+                                  std::to_string(input_dim) + " numbers, the model's input_dim");
+    }
+    for (int64_t c = 0; c < input_dim; ++c) {
+      const nlohmann::json& v = rows[r][c];
+      if (!v.is_number()) {
+        return InvalidArgumentError("inputs[" + std::to_string(r) + "][" + std::to_string(c) +
+                                    "] is not a number");
+      }
+      double d = v.get<double>();
+      if (!std::isfinite(d)) return InvalidArgumentError("inputs hold a non-finite number");
+      out[r * input_dim + c] = static_cast<float>(d);
+    }
+  }
+  return x;
+}
+
+class RouterImpl : public Router {
+ public:
+  explicit RouterImpl(RouterOptions options) : options_(std::move(options)) {}
+  ~RouterImpl() override { Stop(); }
+
+  Status Init() {
+    if (options_.db_dir.empty())
+      return InvalidArgumentError("--db is required: models are kept there");
+    if (!options_.trainer_keys_path.empty()) {
+      DMOE_ASSIGN_OR_RETURN(std::set<PublicKey> keys,
+                            RequestVerifier::LoadKeyFile(options_.trainer_keys_path));
+      verifier_ = std::make_unique<RequestVerifier>(std::move(keys), RealClock::Instance());
+    } else if (!IsLoopback(options_.listen_host) && !options_.open_publishing) {
+      return InvalidArgumentError(
+          "refusing to accept model publication on " + options_.listen_host +
+          " without --trainer-keys; pass --open-publishing to allow anyone");
+    }
+    DMOE_ASSIGN_OR_RETURN(std::unique_ptr<storage::KvStore> kv,
+                          storage::KvStore::Open(options_.db_dir));
+    models_ =
+        std::make_unique<storage::ModelStore>(std::shared_ptr<storage::KvStore>(std::move(kv)));
+
+    dht::DhtOptions dht_options;
+    dht_options.listen = options_.dht_listen;
+    dht_options.bootstrap = options_.dht_bootstrap;
+    dht_options.node.network = options_.dht_network;
+    dht_options.node.client = true;
+    if (!options_.identity_path.empty()) {
+      DMOE_ASSIGN_OR_RETURN(dht_options.identity, LoadOrCreateIdentity(options_.identity_path));
+    }
+    DMOE_ASSIGN_OR_RETURN(dht_, dht::Dht::Start(std::move(dht_options)));
+    if (!options_.dht_bootstrap.empty()) {
+      Status joined = dht_->WaitBootstrapped(std::chrono::seconds(5));
+      if (!joined.ok()) spdlog::warn("DHT: {} (will keep trying)", joined.ToString());
+    }
+
+    SwarmOptions swarm_options;
+    swarm_options.refresh_ms = options_.swarm_refresh_ms;
+    swarm_ = std::make_unique<SwarmView>(*dht_, swarm_options);
+    for (const std::string& p : options_.watch_prefixes) swarm_->Watch(p);
+    DMOE_ASSIGN_OR_RETURN(std::vector<storage::ModelInfo> models, models_->List());
+    for (const storage::ModelInfo& m : models) WatchSpec(m.spec_json);
+    swarm_->Start();
+
+    inference_ = std::make_unique<Inference>(*dht_);
+    compute_ = std::make_unique<net::IoContext>(std::max(1, options_.inference_threads));
+
+    net::HttpServerOptions http_options;
+    http_options.host = options_.listen_host;
+    http_options.port = options_.listen_port;
+    http_options.threads = options_.net_threads;
+    http_options.max_body_bytes = options_.max_body_bytes;
+    http_ = std::make_unique<net::HttpServer>(http_options);
+    RegisterRoutes();
+    return http_->Start();
+  }
+
+  std::string endpoint() const override {
+    std::string host = options_.listen_host == "0.0.0.0" ? "127.0.0.1" : options_.listen_host;
+    return "http://" + host + ":" + std::to_string(http_->port());
+  }
+  uint16_t port() const override { return http_->port(); }
+
+  void Stop() override {
+    if (stopped_.exchange(true)) return;
+    if (http_) http_->Stop(std::chrono::seconds(5));
+    if (compute_) compute_->Stop();
+    if (swarm_) swarm_->Stop();
+    inference_.reset();
+    if (dht_) dht_->Stop();
+  }
+
+ private:
+  void WatchSpec(const std::string& spec_json) {
+    for (const std::string& prefix : Inference::GridPrefixesOf(spec_json)) swarm_->Watch(prefix);
+  }
+
+  void Count(const std::string& route, Code code) {
+    metrics_
+        .GetCounter("dmoe_router_requests_total", "Router requests answered, by route and code.",
+                    {{"route", route}, {"code", std::string(CodeName(code))}})
+        .Increment();
+  }
+
+  net::Response Answer(const std::string& route, net::Response r) {
+    Status s = r.status == 200 ? Status::Ok() : net::StatusFromResponse(r);
+    Count(route, s.code());
+    return r;
+  }
+
+  std::string SwarmJson() {
+    SwarmSnapshot snap = swarm_->Snapshot();
+    nlohmann::json experts = nlohmann::json::array();
+    struct Peer {
+      std::string endpoint;
+      int experts = 0;
+      int alive = 0;
+      double latency = -1;
+      std::string status;
+    };
+    std::map<std::string, Peer> peers;
+    for (const SwarmExpert& e : snap.experts) {
+      experts.push_back({{"uid", e.uid},
+                         {"peer_id", e.peer_id},
+                         {"endpoint", e.endpoint},
+                         {"expires_at", e.expires_at_ms},
+                         {"step", e.step},
+                         {"load", e.load},
+                         {"status", e.status},
+                         {"latency_ms", e.latency_ms},
+                         {"type", e.type},
+                         {"hidden_dim", e.hidden_dim}});
+      Peer& p = peers[e.peer_id];
+      p.endpoint = e.endpoint;
+      ++p.experts;
+      if (e.status == "alive") {
+        ++p.alive;
+        p.latency = e.latency_ms;
+        p.status = "alive";
+      } else if (p.status.empty() || p.status == "stale") {
+        p.status = e.status;
+      }
+    }
+    nlohmann::json peer_list = nlohmann::json::array();
+    for (const auto& [id, p] : peers) {
+      peer_list.push_back({{"peer_id", id},
+                           {"endpoint", p.endpoint},
+                           {"experts", p.experts},
+                           {"status", p.status},
+                           {"latency_ms", p.latency}});
+    }
+    nlohmann::json history = nlohmann::json::array();
+    for (const SwarmPoint& p : snap.history) {
+      history.push_back({{"t_ms", p.t_ms},
+                         {"alive", p.alive},
+                         {"unreachable", p.unreachable},
+                         {"stale", p.stale},
+                         {"health_latency_ms", p.health_latency_ms}});
+    }
+    nlohmann::json requests = nlohmann::json::array();
+    for (const RequestPoint& p : series_.Points()) {
+      requests.push_back(
+          {{"t_ms", p.t_ms}, {"requests", p.requests}, {"errors", p.errors}, {"p50_ms", p.p50_ms}});
+    }
+    return nlohmann::json{
+        {"experts", experts},
+        {"peers", peer_list},
+        {"models", ModelsJson()},
+        {"dht", {{"routing_table", snap.dht_routing_table}, {"peer_id", dht_->peer_id()}}},
+        {"history", history},
+        {"requests", requests},
+        {"refreshed_at", snap.refreshed_at_ms}}
+        .dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  }
+
+  nlohmann::json ModelsJson() {
+    nlohmann::json list = nlohmann::json::array();
+    Result<std::vector<storage::ModelInfo>> models = models_->List();
+    if (!models.ok()) return list;
+    for (const storage::ModelInfo& m : *models) {
+      nlohmann::json spec = nlohmann::json::parse(m.spec_json, nullptr, false);
+      list.push_back({{"name", m.name},
+                      {"version", m.version},
+                      {"spec", spec},
+                      {"published_unix_ms", m.published_unix_ms},
+                      {"publisher", m.publisher}});
+    }
+    return list;
+  }
+
+  void Publish(net::Request req, net::Responder respond) {
+    const std::string name(req.Param("name").value_or(""));
+    auto fail = [&](Status s) { respond(Answer("publish", net::Response::Error(s))); };
+    if (verifier_) {
+      RequestSignature sig{std::string(req.headers.Get(kKeyHeader).value_or("")),
+                           std::string(req.headers.Get(kTimestampHeader).value_or("")),
+                           std::string(req.headers.Get(kSignatureHeader).value_or(""))};
+      Status auth = verifier_->Verify(sig, req.method, req.path, HexEncode(Blake2b256(req.body)));
+      if (!auth.ok()) return fail(auth);
+    }
+    Result<safetensors::Decoded> decoded = safetensors::Decode(req.body);
+    if (!decoded.ok()) return fail(decoded.status());
+    auto spec = decoded->metadata.find("spec");
+    auto version = decoded->metadata.find("version");
+    if (spec == decoded->metadata.end() || version == decoded->metadata.end()) {
+      return fail(
+          InvalidArgumentError("a published model needs __metadata__ 'spec' and 'version'"));
+    }
+    int64_t v = 0;
+    try {
+      size_t used = 0;
+      v = std::stoll(version->second, &used);
+      if (used != version->second.size() || v < 1) throw std::invalid_argument("version");
+    } catch (const std::exception&) {
+      return fail(
+          InvalidArgumentError("version '" + version->second + "' is not a positive integer"));
+    }
+    storage::Model model;
+    model.info = {name, v, spec->second, RealClock::Instance().NowUnixMs(),
+                  std::string(req.headers.Get(kKeyHeader).value_or(""))};
+    model.state = std::move(req.body);
+    // Building the spec's network to check the state dict, and the synced RocksDB write, both
+    // stay off the network thread.
+    compute_->Post([this, model = std::move(model), respond]() mutable {
+      Status s = inference_->ValidateModel(model.info.name, model.info.spec_json, model.state);
+      if (s.ok()) s = models_->Publish(model);
+      if (!s.ok()) return respond(Answer("publish", net::Response::Error(s)));
+      WatchSpec(model.info.spec_json);
+      spdlog::info("model {} version {} published", model.info.name, model.info.version);
+      respond(Answer(
+          "publish",
+          net::Response::Json(
+              200,
+              nlohmann::json{{"name", model.info.name}, {"version", model.info.version}}.dump())));
+    });
+  }
+
+  void Infer(net::Request req, net::Responder respond) {
+    const int64_t start_us = RealClock::Instance().NowMonotonicUs();
+    compute_->Post([this, req = std::move(req), respond, start_us]() mutable {
+      auto finish = [&](net::Response r) {
+        double ms = (RealClock::Instance().NowMonotonicUs() - start_us) / 1000.0;
+        series_.Record(RealClock::Instance().NowUnixMs(), ms, r.status == 200);
+        metrics_.GetHistogram("dmoe_router_infer_seconds", "Inference latency.", LatencyBuckets())
+            .Observe(ms / 1000.0);
+        respond(Answer("infer", std::move(r)));
+      };
+      const std::string name(req.Param("name").value_or(""));
+      Result<storage::Model> model = models_->Get(name);
+      if (!model.ok()) return finish(net::Response::Error(model.status()));
+      Result<int64_t> input_dim = Inference::InputDimOf(model->info.spec_json);
+      if (!input_dim.ok()) return finish(net::Response::Error(input_dim.status()));
+      const bool binary = IsSafetensors(req);
+      at::Tensor x;
+      if (binary) {
+        Result<tensor::TorchPayload> p = tensor::DecodeToTorch(req.body);
+        if (!p.ok()) return finish(net::Response::Error(p.status()));
+        if (p->tensors.size() != 1 || !p->tensors.count("x")) {
+          return finish(
+              net::Response::Error(InvalidArgumentError("send exactly one tensor, named 'x'")));
+        }
+        x = p->tensors["x"];
+        if (x.scalar_type() != at::kFloat || x.dim() != 2 || x.size(1) != *input_dim ||
+            x.size(0) < 1) {
+          return finish(net::Response::Error(InvalidArgumentError(
+              "x must be F32 [B, " + std::to_string(*input_dim) + "] with B >= 1")));
+        }
+        if (!at::isfinite(x).all().item<bool>()) {
+          return finish(net::Response::Error(InvalidArgumentError("x holds NaN or Inf")));
+        }
+      } else if (IsJson(req) || req.headers.Get("Content-Type").value_or("").empty()) {
+        Result<at::Tensor> parsed = ParseJsonInputs(req.body_view(), *input_dim);
+        if (!parsed.ok()) return finish(net::Response::Error(parsed.status()));
+        x = *parsed;
+      } else {
+        return finish(net::Response::Error(
+            UnsupportedMediaTypeError("send application/json or application/x-safetensors")));
+      }
+      Result<InferResult> r = inference_->Run(*model, x);
+      if (!r.ok()) return finish(net::Response::Error(r.status()));
+      nlohmann::json experts = r->experts;
+      if (binary) {
+        Result<std::vector<uint8_t>> blob = tensor::EncodeFromTorch(
+            {{"y", r->y}},
+            {{"model_version", std::to_string(r->model_version)}, {"experts", experts.dump()}});
+        if (!blob.ok()) return finish(net::Response::Error(blob.status()));
+        return finish(net::Response::Binary(200, kSafetensorsType, std::move(blob).value()));
+      }
+      nlohmann::json outputs = nlohmann::json::array();
+      at::Tensor y = r->y.contiguous();
+      const float* data = y.data_ptr<float>();
+      for (int64_t i = 0; i < y.size(0); ++i) {
+        outputs.push_back(std::vector<float>(data + i * y.size(1), data + (i + 1) * y.size(1)));
+      }
+      finish(net::Response::Json(200, nlohmann::json{{"outputs", outputs},
+                                                     {"experts", experts},
+                                                     {"model_version", r->model_version}}
+                                          .dump()));
+    });
+  }
+
+  void RegisterRoutes() {
+    http_->Handle("GET", "/", [](net::Request, net::Responder respond) {
+      respond(net::Response::Text(200, "text/html; charset=utf-8", DashboardHtml()));
+    });
+    http_->Handle("GET", "/v1/swarm", [this](net::Request, net::Responder respond) {
+      respond(Answer("swarm", net::Response::Json(200, SwarmJson())));
+    });
+    http_->Handle("GET", "/v1/models", [this](net::Request, net::Responder respond) {
+      respond(Answer("models",
+                     net::Response::Json(200, nlohmann::json{{"models", ModelsJson()}}.dump())));
+    });
+    http_->Handle(
+        "PUT", "/v1/models/{name}",
+        [this](net::Request req, net::Responder respond) { Publish(std::move(req), respond); },
+        [this](const net::RequestHead& head) {
+          if (verifier_) {
+            RequestSignature sig{std::string(head.headers.Get(kKeyHeader).value_or("")),
+                                 std::string(head.headers.Get(kTimestampHeader).value_or("")),
+                                 std::string(head.headers.Get(kSignatureHeader).value_or(""))};
+            DMOE_RETURN_IF_ERROR(verifier_->CheckHead(sig));
+          }
+          if (!IsSafetensors(head)) {
+            return UnsupportedMediaTypeError("publish the state dict as application/x-safetensors");
+          }
+          return storage::ModelStore::ValidateName(std::string(head.Param("name").value_or("")));
+        });
+    http_->Handle(
+        "POST", "/v1/models/{name}/infer",
+        [this](net::Request req, net::Responder respond) { Infer(std::move(req), respond); });
+    http_->Handle("GET", "/metrics", [this](net::Request, net::Responder respond) {
+      respond(net::Response::Text(200, "text/plain; version=0.0.4", metrics_.Render()));
+    });
+  }
+
+  RouterOptions options_;
+  std::unique_ptr<RequestVerifier> verifier_;
+  std::unique_ptr<storage::ModelStore> models_;
+  std::unique_ptr<dht::Dht> dht_;
+  std::unique_ptr<SwarmView> swarm_;
+  std::unique_ptr<Inference> inference_;
+  std::unique_ptr<net::IoContext> compute_;
+  std::unique_ptr<net::HttpServer> http_;
+  Metrics metrics_;
+  RequestSeries series_;
+  std::atomic<bool> stopped_{false};
+};
+
+}  // namespace
+
+Result<std::unique_ptr<Router>> Router::Start(RouterOptions options) {
+  auto router = std::make_unique<RouterImpl>(std::move(options));
+  Status s = router->Init();
+  if (!s.ok()) {
+    router->Stop();
+    return s;
+  }
+  return std::unique_ptr<Router>(std::move(router));
+}
+
+}  // namespace dmoe::router
