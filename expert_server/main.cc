@@ -11,6 +11,7 @@
 #include <thread>
 
 #include "core/logging.h"
+#include "core/openmp_env.h"
 #include "core/signals.h"
 #include "core/uid.h"
 #include "dht/dht.h"
@@ -100,6 +101,7 @@ Result<std::vector<std::string>> PickFree(std::vector<std::string> candidates, s
 }  // namespace
 
 int main(int argc, char** argv) {
+  dmoe::UsePassiveOpenMpWaitPolicy(argv);
   CLI::App app{"dmoe-server: host experts for a dmoe swarm"};
   dmoe::expert_server::ExpertServerOptions o;
   std::string experts, listen = "127.0.0.1:0", log_level = "info";

@@ -12,10 +12,12 @@
 #include <thread>
 
 #include "core/logging.h"
+#include "core/openmp_env.h"
 #include "core/signals.h"
 #include "gating/trainer.h"
 
 int main(int argc, char** argv) {
+  dmoe::UsePassiveOpenMpWaitPolicy(argv);
   CLI::App app{"dmoe-train: train a dmoe model through the swarm"};
   dmoe::gating::TrainerOptions o;
   std::string log_level = "info";

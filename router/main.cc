@@ -8,10 +8,12 @@
 #include <iostream>
 
 #include "core/logging.h"
+#include "core/openmp_env.h"
 #include "core/signals.h"
 #include "router/router.h"
 
 int main(int argc, char** argv) {
+  dmoe::UsePassiveOpenMpWaitPolicy(argv);
   CLI::App app{"dmoe-router: inference, model publication and the swarm dashboard"};
   dmoe::router::RouterOptions o;
   std::string listen = "127.0.0.1:0", log_level = "info";
