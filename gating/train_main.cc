@@ -52,6 +52,10 @@ int main(int argc, char** argv) {
   app.add_option("--balance-loss-weight", o.balance_loss_weight,
                  "weight of the load-balancing loss")
       ->capture_default_str();
+  app.add_option(
+         "--allow-zero-outputs", o.allow_zero_outputs,
+         "give zeros to a sample none of whose experts answered, instead of skipping the step")
+      ->capture_default_str();
   app.add_option("--threads", threads, "compute (intra-op) threads")->capture_default_str();
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error or off")
       ->capture_default_str();

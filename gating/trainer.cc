@@ -200,8 +200,7 @@ Result<TrainerResult> RunTrainer(const TrainerOptions& o, std::ostream& out,
   auto swarm = std::make_shared<Swarm>(dht.get(), swarm_options);
 
   torch::manual_seed(o.seed);
-  DmoeModel model(spec,
-                  ModelContext{swarm, wire, o.balance_loss_weight, /*allow_zero_outputs=*/false});
+  DmoeModel model(spec, ModelContext{swarm, wire, o.balance_loss_weight, o.allow_zero_outputs});
   torch::optim::Adam optimizer(model->parameters(), torch::optim::AdamOptions(o.lr));
 
   std::unique_ptr<storage::KvStore> kv;
@@ -283,7 +282,8 @@ Result<TrainerResult> RunTrainer(const TrainerOptions& o, std::ostream& out,
           << (window_samples ? static_cast<double>(window_correct) / window_samples : 0.0)
           << std::setprecision(1) << " samples/s " << (seconds > 0 ? window_samples / seconds : 0.0)
           << std::setprecision(2) << " experts/sample " << (routed > 0 ? answers / routed : 0.0)
-          << " skipped " << failed_steps << "\n"
+          << " zero_output_samples " << (now.zero_output_samples - window_start.zero_output_samples)
+          << " skipped_steps " << failed_steps << "\n"
           << std::defaultfloat << std::flush;
       window_loss = 0;
       window_correct = window_samples = window_steps = 0;

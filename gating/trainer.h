@@ -34,6 +34,9 @@ struct TrainerOptions {
   int64_t log_every = 10;
   std::string wire_dtype = "F32";
   double balance_loss_weight = 0.01;
+  // A sample none of whose experts answered gets zeros from its moe layer (counted in the progress
+  // line) instead of failing the whole step; with residual_moe that is a plain skip connection.
+  bool allow_zero_outputs = true;
 };
 
 struct TrainerResult {

@@ -1,0 +1,318 @@
+// The whole system end to end with real processes on loopback (issue: train on Fashion-MNIST
+// through the swarm and serve it): a DHT node, 4 expert servers on a 4x4 grid, the router, and
+// dmoe-train; then inference through the router, its errors, and the dashboard in headless
+// Chromium as a person would see it.
+#include <gtest/gtest.h>
+#include <signal.h>
+
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <regex>
+
+#include "core/identity.h"
+#include "core/request_auth.h"
+#include "gating/fashion_mnist.h"
+#include "net/http_client.h"
+#include "tensor/safetensors.h"
+#include "tests/integration/server_test_util.h"
+#include "tests/testing/process.h"
+#include "tests/testing/temp_dir.h"
+
+namespace dmoe::integration {
+namespace {
+
+using namespace std::chrono_literals;
+
+constexpr char kSpec[] = R"({"name": "fmnist", "input_dim": 784, "layers": [
+  {"type": "linear", "out": 64}, {"type": "relu"},
+  {"type": "residual_moe", "uid_prefix": "ffn", "grid": [4, 4], "k_best": 4, "k_min": 1,
+   "forward_timeout_ms": 5000, "timeout_after_k_min_ms": 300, "backward_k_min": 1,
+   "backward_timeout_ms": 5000},
+  {"type": "layer_norm"}, {"type": "linear", "out": 10}]})";
+
+class Swarm {
+ public:
+  explicit Swarm(const testing::TempDir& dir, int servers = 4) : dir_(dir) {
+    auto dht = testing::Process::Spawn(
+        {DMOE_DHT_BINARY, "--listen", "127.0.0.1:0", "--log-level", "warn"});
+    EXPECT_TRUE(dht.ok()) << dht.status().ToString();
+    dht_ = std::move(dht).value();
+    auto line = dht_->WaitForLine("listening on udp://", kStartTimeout);
+    EXPECT_TRUE(line.has_value());
+    dht_address_ = line->substr(std::string("listening on udp://").size());
+    dht_address_ = dht_address_.substr(0, dht_address_.find(' '));
+    for (int i = 0; i < servers; ++i) {
+      auto s = StartServer({"--listen", "127.0.0.1:0", "--experts",
+                            "ffn." + std::to_string(i) + ".[0:4]", "--hidden-dim", "64",
+                            "--threads", "1", "--dht", dht_address_, "--announce-every", "1",
+                            "--announce-ttl", "3", "--db", dir.Sub("server" + std::to_string(i))});
+      EXPECT_TRUE(s.ok()) << s.status().ToString();
+      if (s.ok()) servers_.push_back(std::move(s).value());
+    }
+  }
+  const std::string& dht() const { return dht_address_; }
+  std::vector<ServerProcess>& servers() { return servers_; }
+
+ private:
+  const testing::TempDir& dir_;
+  std::unique_ptr<testing::Process> dht_;
+  std::string dht_address_;
+  std::vector<ServerProcess> servers_;
+};
+
+struct RouterProcess {
+  std::unique_ptr<testing::Process> process;
+  std::string endpoint;
+};
+
+RouterProcess StartRouter(const std::string& dht, const testing::TempDir& dir,
+                          const std::string& keys) {
+  auto p =
+      testing::Process::Spawn({DMOE_ROUTER_BINARY, "--listen", "127.0.0.1:0", "--dht", dht, "--db",
+                               dir.Sub("router"), "--trainer-keys", keys, "--watch", "ffn.",
+                               "--refresh-ms", "500", "--threads", "1", "--log-level", "warn"});
+  EXPECT_TRUE(p.ok()) << p.status().ToString();
+  RouterProcess r{std::move(p).value(), ""};
+  auto line = r.process->WaitForLine("listening on ", kStartTimeout);
+  EXPECT_TRUE(line.has_value()) << r.process->stderr_text();
+  if (line) r.endpoint = line->substr(std::string("listening on ").size());
+  return r;
+}
+
+Result<net::Response> Call(const std::string& method, const std::string& url,
+                           const std::string& type, std::vector<uint8_t> body,
+                           net::Headers headers = {}) {
+  if (!type.empty()) headers.Set("Content-Type", type);
+  return net::Fetch(method, url, headers, std::move(body), 60s,
+                    net::RequestOptions{.raw_error_responses = true});
+}
+
+std::vector<uint8_t> Bytes(const std::string& s) { return {s.begin(), s.end()}; }
+
+std::string ErrorCode(const net::Response& r) {
+  auto j = nlohmann::json::parse(r.body_view(), nullptr, false);
+  return j.is_object() && j.contains("error") ? j["error"]["code"].get<std::string>() : "<none>";
+}
+
+class TrainE2eTest : public ::testing::Test {
+ protected:
+  testing::TempDir dir_{"dmoe-e2e"};
+  Identity trainer_ = Identity::Generate();
+  std::string keys_ = dir_.WriteFile("trainers", trainer_.public_key_hex() + "\n");
+  std::string spec_ = dir_.WriteFile("spec.json", kSpec);
+};
+
+TEST_F(TrainE2eTest, TrainsThroughTheSwarmAndTheRouterServesTheModel) {
+  ASSERT_TRUE(trainer_.SaveToFile(dir_.Sub("trainer.key")).ok());
+  Swarm swarm(dir_);
+  ASSERT_EQ(swarm.servers().size(), 4u);
+  RouterProcess router = StartRouter(swarm.dht(), dir_, keys_);
+  ASSERT_FALSE(router.endpoint.empty());
+
+  testing::RunResult train = testing::Run({DMOE_TRAIN_BINARY,
+                                           "--model",
+                                           spec_,
+                                           "--dht",
+                                           swarm.dht(),
+                                           "--router",
+                                           router.endpoint,
+                                           "--identity",
+                                           dir_.Sub("trainer.key"),
+                                           "--db",
+                                           dir_.Sub("trainer"),
+                                           "--steps",
+                                           "300",
+                                           "--batch-size",
+                                           "64",
+                                           "--eval-every",
+                                           "0",
+                                           "--publish-every",
+                                           "100",
+                                           "--eval-samples",
+                                           "2000",
+                                           "--threads",
+                                           "1",
+                                           "--log-level",
+                                           "warn"},
+                                          600s);
+  ASSERT_EQ(train.exit_code, 0) << train.out << train.err;
+  // Progress lines with every figure a person watches.
+  EXPECT_TRUE(std::regex_search(
+      train.out,
+      std::regex(
+          R"(step 300/300 loss [0-9.]+ train_acc [0-9.]+ samples/s [0-9.]+ experts/sample [0-9.]+)")))
+      << train.out;
+  // Versions only grow, and the last one published is what the router serves.
+  std::vector<int64_t> versions;
+  std::smatch m;
+  const std::regex published(R"(published fmnist version (\d+))");
+  for (auto it = std::sregex_iterator(train.out.begin(), train.out.end(), published);
+       it != std::sregex_iterator(); ++it) {
+    versions.push_back(std::stoll((*it)[1]));
+  }
+  ASSERT_EQ(versions.size(), 3u) << train.out;  // steps 100, 200 and the end
+  EXPECT_TRUE(std::is_sorted(versions.begin(), versions.end()));
+  EXPECT_LT(versions[0], versions[1]);
+  ASSERT_TRUE(
+      std::regex_search(train.out, m, std::regex(R"(done: steps 300 test_accuracy ([0-9.]+))")));
+  const double accuracy = std::stod(m[1]);
+  EXPECT_GE(accuracy, 0.75) << "test accuracy after 300 steps";
+
+  auto models = Call("GET", router.endpoint + "/v1/models", "", {});
+  ASSERT_TRUE(models.ok());
+  auto mj = nlohmann::json::parse(models->body_view());
+  ASSERT_EQ(mj["models"].size(), 1u);
+  EXPECT_EQ(mj["models"][0]["version"], versions.back());
+  EXPECT_EQ(mj["models"][0]["publisher"], trainer_.public_key_hex());
+
+  // Classify 500 test images through the router (safetensors in, safetensors out).
+  auto test = gating::LoadFashionMnist(false);
+  ASSERT_TRUE(test.ok());
+  const int64_t n = 500;
+  std::vector<float> x(n * 784);
+  for (int64_t i = 0; i < n * 784; ++i) x[i] = test->pixels[i] / 255.0f;
+  auto body = safetensors::Encode({{"x",
+                                    safetensors::DType::kF32,
+                                    {n, 784},
+                                    {reinterpret_cast<const uint8_t*>(x.data()), x.size() * 4}}});
+  ASSERT_TRUE(body.ok());
+  auto infer =
+      Call("POST", router.endpoint + "/v1/models/fmnist/infer", "application/x-safetensors", *body);
+  ASSERT_TRUE(infer.ok());
+  ASSERT_EQ(infer->status, 200) << infer->body_view();
+  auto decoded = safetensors::Decode(infer->body);
+  ASSERT_TRUE(decoded.ok());
+  const safetensors::TensorView* y = decoded->Find("y");
+  ASSERT_NE(y, nullptr);
+  ASSERT_EQ(y->shape, (std::vector<int64_t>{n, 10}));
+  EXPECT_EQ(decoded->metadata.at("model_version"), std::to_string(versions.back()));
+  const float* logits = reinterpret_cast<const float*>(y->data.data());
+  int correct = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    int best = static_cast<int>(std::max_element(logits + i * 10, logits + i * 10 + 10) -
+                                (logits + i * 10));
+    correct += best == test->labels[i];
+  }
+  EXPECT_GE(correct / static_cast<double>(n), 0.70) << "router accuracy on 500 test images";
+
+  // JSON inference answers the same shape, with the experts each sample used.
+  std::string row = "[";
+  for (int i = 0; i < 784; ++i) row += (i ? "," : "") + std::to_string(test->pixels[i] / 255.0);
+  row += "]";
+  auto json = Call("POST", router.endpoint + "/v1/models/fmnist/infer", "application/json",
+                   Bytes("{\"inputs\": [" + row + "]}"));
+  ASSERT_TRUE(json.ok());
+  ASSERT_EQ(json->status, 200) << json->body_view();
+  auto jj = nlohmann::json::parse(json->body_view());
+  EXPECT_EQ(jj["outputs"][0].size(), 10u);
+  EXPECT_GE(jj["experts"][0].size(), 1u);
+  EXPECT_EQ(jj["model_version"], versions.back());
+
+  // A version never goes back: an older one is refused, even signed by the trainer.
+  auto state = safetensors::Encode(
+      {{"w", safetensors::DType::kF32, {1}, {reinterpret_cast<const uint8_t*>(x.data()), 4}}},
+      {{"spec", kSpec}, {"version", std::to_string(versions[0])}});
+  ASSERT_TRUE(state.ok());
+  RequestSignature sig =
+      SignRequest(trainer_, "PUT", "/v1/models/fmnist", *state, RealClock::Instance().NowUnixMs());
+  auto older =
+      Call("PUT", router.endpoint + "/v1/models/fmnist", "application/x-safetensors", *state,
+           {{kKeyHeader, sig.key_hex},
+            {kTimestampHeader, sig.timestamp_ms},
+            {kSignatureHeader, sig.signature_hex}});
+  ASSERT_TRUE(older.ok());
+  EXPECT_EQ(older->status, 400) << older->body_view();
+  auto unsigned_put =
+      Call("PUT", router.endpoint + "/v1/models/fmnist", "application/x-safetensors", *state);
+  ASSERT_TRUE(unsigned_put.ok());
+  EXPECT_EQ(unsigned_put->status, 401);
+  EXPECT_EQ(
+      nlohmann::json::parse(
+          Call("GET", router.endpoint + "/v1/models", "", {})->body_view())["models"][0]["version"],
+      versions.back());
+
+  // Router errors (PROTOCOL section 3).
+  auto wrong_width = Call("POST", router.endpoint + "/v1/models/fmnist/infer", "application/json",
+                          Bytes("{\"inputs\": [[1, 2, 3]]}"));
+  EXPECT_EQ(wrong_width->status, 400);
+  EXPECT_EQ(ErrorCode(*wrong_width), "invalid_argument");
+  auto empty = Call("POST", router.endpoint + "/v1/models/fmnist/infer", "application/json",
+                    Bytes("{\"inputs\": []}"));
+  EXPECT_EQ(empty->status, 400);
+  auto garbage =
+      Call("POST", router.endpoint + "/v1/models/fmnist/infer", "application/json", Bytes("{nope"));
+  EXPECT_EQ(garbage->status, 400);
+  auto unknown = Call("POST", router.endpoint + "/v1/models/nope/infer", "application/json",
+                      Bytes("{\"inputs\": [[1]]}"));
+  EXPECT_EQ(unknown->status, 404);
+  EXPECT_EQ(ErrorCode(*unknown), "not_found");
+  auto media = Call("POST", router.endpoint + "/v1/models/fmnist/infer", "text/plain", Bytes("x"));
+  EXPECT_EQ(media->status, 415);
+
+  // With every server gone and their records expired, inference is unavailable, not a crash.
+  for (ServerProcess& s : swarm.servers()) s.process->Stop(SIGKILL, 10s);
+  bool unavailable = testing::PollUntil(
+      [&] {
+        auto r = Call("POST", router.endpoint + "/v1/models/fmnist/infer", "application/json",
+                      Bytes("{\"inputs\": [" + row + "]}"));
+        return r.ok() && r->status == 503 && ErrorCode(*r) == "unavailable";
+      },
+      60s, 500ms);
+  EXPECT_TRUE(unavailable);
+}
+
+// The dashboard as a person sees it: headless Chromium renders the page (running its script) and
+// dumps the DOM; the test reads the expert rows and their status.
+std::map<std::string, std::string> DashboardStatuses(const std::string& url,
+                                                     const testing::TempDir& dir) {
+  testing::RunResult r = testing::Run(
+      {"/usr/bin/chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+       "--no-first-run", "--disable-background-networking", "--disable-component-update",
+       "--disable-sync", "--user-data-dir=" + dir.Sub("chromium"), "--virtual-time-budget=4000",
+       "--dump-dom", url},
+      60s);
+  std::map<std::string, std::string> statuses;
+  // The page script holds the row template too; its placeholders start with "$".
+  std::regex row(R"re(<tr class="expert-row" data-uid="([^"$]+)" data-status="([^"$]+)")re");
+  for (auto it = std::sregex_iterator(r.out.begin(), r.out.end(), row);
+       it != std::sregex_iterator(); ++it) {
+    statuses[(*it)[1]] = (*it)[2];
+  }
+  return statuses;
+}
+
+TEST_F(TrainE2eTest, DashboardShowsLiveExpertsAndAKilledServerGoingDown) {
+  if (access("/usr/bin/chromium", X_OK) != 0)
+    FAIL() << "chromium is missing: scripts/setup installs it";
+  Swarm swarm(dir_);
+  ASSERT_EQ(swarm.servers().size(), 4u);
+  RouterProcess router = StartRouter(swarm.dht(), dir_, keys_);
+  std::map<std::string, std::string> seen;
+  bool all_alive = testing::PollUntil(
+      [&] {
+        seen = DashboardStatuses(router.endpoint + "/", dir_);
+        return seen.size() == 16 &&
+               std::all_of(seen.begin(), seen.end(), [](auto& kv) { return kv.second == "alive"; });
+      },
+      60s, 500ms);
+  std::string listing;
+  for (auto& [uid, status] : seen) listing += uid + "=" + status + " ";
+  ASSERT_TRUE(all_alive) << "rows seen: " << listing;
+
+  swarm.servers()[2].process->Stop(SIGKILL, 10s);
+  bool down = testing::PollUntil(
+      [&] {
+        seen = DashboardStatuses(router.endpoint + "/", dir_);
+        int gone = 0, alive = 0;
+        for (auto& [uid, status] : seen) {
+          if (uid.rfind("ffn.2.", 0) == 0 && (status == "unreachable" || status == "stale")) ++gone;
+          if (uid.rfind("ffn.2.", 0) != 0 && status == "alive") ++alive;
+        }
+        return gone == 4 && alive == 12;
+      },
+      60s, 500ms);
+  EXPECT_TRUE(down) << "rows seen: " << seen.size();
+}
+
+}  // namespace
+}  // namespace dmoe::integration
