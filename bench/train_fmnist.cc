@@ -1,0 +1,684 @@
+// bench/train_fmnist: Fashion-MNIST test accuracy after a fixed budget (steps and wall time) for
+//   1. the DMoE model of a spec (default examples/fmnist_bench.json), trained by the real
+//   dmoe-train
+//      through a real dmoe-dht and 4 real dmoe-server processes (16 ffn experts, 4 per server);
+//   2. a dense model with the same active parameters trained here: the spec's local layers, and in
+//      place of each moe layer one ffn block as wide as its k_best experts together
+//      (d -> 4*k_best*d -> d, same residual/LayerNorm structure), same Adam settings, same seed
+//      (initialization of the shared layers and data order);
+//   3. the DMoE again with the servers failing 10% and 25% of requests (--fail-rate).
+// Training stops at whichever comes first, the step budget or the wall-time budget. Goals
+// (reported, not asserted): DMoE >= 0.90 within 10 minutes, >= the dense baseline, and within 1
+// point of itself at 10% failures.
+//
+//   train_fmnist [--smoke] [--steps N] [--minutes M] [--batch-size B] [--lr LR] [--spec PATH]
+//
+// Prints a table and writes ${DMOE_BENCH_OUT:-bench/results}/train_fmnist.json. Binaries come from
+// the build (compile definitions) unless DMOE_DHT_BINARY / DMOE_SERVER_BINARY / DMOE_TRAIN_BINARY
+// say otherwise.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <signal.h>
+#include <torch/nn/module.h>
+#include <torch/nn/modules/linear.h>
+#include <torch/nn/modules/normalization.h>
+#include <torch/optim/adam.h>
+#include <torch/utils.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <random>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "gating/fashion_mnist.h"
+#include "gating/model_spec.h"
+#include "tests/testing/process.h"
+
+using namespace std::chrono_literals;
+using namespace dmoe;
+using SteadyClock = std::chrono::steady_clock;
+
+namespace {
+
+constexpr int kServers = 4;
+
+struct Config {
+  bool smoke = false;
+  std::string spec_path = DMOE_SOURCE_DIR "/examples/fmnist_bench.json";
+  int64_t steps = 6000;
+  double minutes = 10;
+  int64_t batch_size = 128;
+  double lr = 1e-3;
+  uint64_t seed = 0;
+  int64_t eval_every = 500;
+  int64_t eval_samples = 10000;
+};
+
+struct Eval {
+  int64_t step = 0;
+  double seconds = 0;  // since the trainer started
+  double accuracy = 0;
+};
+
+struct RunResult {
+  std::string model;
+  double fail_rate = 0;
+  bool ok = false;
+  std::string error;
+  int64_t steps = 0;
+  int64_t skipped = 0;
+  int64_t zero_output_samples = 0;  // samples no expert answered (trainers that allow zeros)
+  double wall_s = 0;
+  bool stopped_by_time = false;
+  std::vector<Eval> evals;
+  double experts_per_sample = -1;
+  int64_t params_active = 0;
+
+  double accuracy() const { return evals.empty() ? -1 : evals.back().accuracy; }
+  int64_t eval_step() const { return evals.empty() ? -1 : evals.back().step; }
+  double samples_per_s(int64_t batch) const {
+    return wall_s > 0 ? static_cast<double>(steps * batch) / wall_s : 0;
+  }
+  // Seconds until the first evaluation at or above `goal`; -1 when never.
+  double time_to(double goal) const {
+    for (const Eval& e : evals)
+      if (e.accuracy >= goal) return e.seconds;
+    return -1;
+  }
+};
+
+std::string Binary(const char* env, const char* built) {
+  if (const char* v = std::getenv(env)) return v;
+  return built;
+}
+
+std::string After(const std::string& line, const std::string& prefix) {
+  size_t at = line.find(prefix);
+  if (at == std::string::npos) return "";
+  std::string rest = line.substr(at + prefix.size());
+  return rest.substr(0, rest.find(' '));
+}
+
+double Seconds(SteadyClock::time_point since) {
+  return std::chrono::duration<double>(SteadyClock::now() - since).count();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Parameter counts
+
+int64_t LinearParams(int64_t in, int64_t out) { return in * out + out; }
+// The ffn expert of expert_server/expert.cc: norm(x + linear2(gelu(linear1(x)))), hidden = width.
+int64_t FfnParams(int64_t d, int64_t hidden) {
+  return LinearParams(d, hidden) + LinearParams(hidden, d) + 2 * d;
+}
+
+struct ParamCounts {
+  int64_t local = 0;   // linear and layer_norm layers (both models)
+  int64_t gating = 0;  // DMoE only: one projection per grid dimension
+  int64_t experts_active = 0;
+  int64_t experts_total = 0;
+  int64_t dense_block = 0;
+  int64_t dmoe_active() const { return local + gating + experts_active; }
+  int64_t dense() const { return local + dense_block; }
+};
+
+ParamCounts CountParams(const gating::ModelSpec& spec) {
+  ParamCounts c;
+  for (const gating::LayerSpec& l : spec.layers) {
+    if (l.type == "linear") c.local += LinearParams(l.in_features, l.out);
+    if (l.type == "layer_norm") c.local += 2 * l.in_features;
+    if (l.type == "moe" || l.type == "residual_moe") {
+      const int64_t d = l.in_features;
+      int64_t experts = 1;
+      for (int64_t g : l.moe.grid) {
+        c.gating += LinearParams(d, g);
+        experts *= g;
+      }
+      c.experts_active += l.moe.k_best * FfnParams(d, 4 * d);
+      c.experts_total += experts * FfnParams(d, 4 * d);
+      c.dense_block += FfnParams(d, 4 * d * l.moe.k_best);
+    }
+  }
+  return c;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Data, as the trainer sees it (gating/trainer.cc): pixels / 255, the same per-epoch order.
+
+struct Split {
+  at::Tensor x;  // F32 [N, 784]
+  at::Tensor y;  // I64 [N]
+};
+
+std::optional<Split> LoadSplit(bool train) {
+  auto d = gating::LoadFashionMnist(train);
+  if (!d.ok()) {
+    std::fprintf(stderr, "train_fmnist: %s\n", d.status().ToString().c_str());
+    return std::nullopt;
+  }
+  const int64_t pixels = d->rows * d->cols;
+  Split s;
+  s.x = at::from_blob(d->pixels.data(), {d->count, pixels}, at::kByte).to(at::kFloat).div_(255.0);
+  s.y = at::from_blob(d->labels.data(), {d->count}, at::kByte).to(at::kLong);
+  return s;
+}
+
+// Must stay identical to EpochOrder in gating/trainer.cc (same data order for both models).
+std::vector<int64_t> EpochOrder(uint64_t seed, int64_t epoch, int64_t n) {
+  std::vector<int64_t> order(n);
+  for (int64_t i = 0; i < n; ++i) order[i] = i;
+  std::mt19937_64 rng(seed * 1'000'003 + static_cast<uint64_t>(epoch));
+  std::shuffle(order.begin(), order.end(), rng);
+  return order;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The dense baseline
+
+// The spec's network with each moe layer replaced by one wide ffn block. The shared layers are
+// created in the spec's order after torch::manual_seed(seed), and the gating projections a
+// DmoeModel would create there are drawn too (and dropped), so the shared layers start from the
+// same values as the trainer's.
+class DenseModel : public torch::nn::Module {
+ public:
+  DenseModel(const gating::ModelSpec& spec, uint64_t seed) : spec_(spec) {
+    torch::manual_seed(seed);
+    for (size_t i = 0; i < spec_.layers.size(); ++i) {
+      const gating::LayerSpec& l = spec_.layers[i];
+      const std::string name = "layer" + std::to_string(i);
+      if (l.type == "linear") {
+        linears_.emplace(i, register_module(name, torch::nn::Linear(l.in_features, l.out)));
+      } else if (l.type == "layer_norm") {
+        norms_.emplace(i, register_module(name, torch::nn::LayerNorm(
+                                                    torch::nn::LayerNormOptions({l.in_features}))));
+      } else if (l.type == "moe" || l.type == "residual_moe") {
+        for (int64_t g : l.moe.grid) torch::nn::Linear(l.in_features, g);  // RNG parity only
+      }
+    }
+    torch::manual_seed(seed + 1);
+    for (size_t i = 0; i < spec_.layers.size(); ++i) {
+      const gating::LayerSpec& l = spec_.layers[i];
+      if (l.type != "moe" && l.type != "residual_moe") continue;
+      const int64_t d = l.in_features, hidden = 4 * d * l.moe.k_best;
+      const std::string name = "layer" + std::to_string(i);
+      Block b{
+          register_module(name + "_linear1", torch::nn::Linear(d, hidden)),
+          register_module(name + "_linear2", torch::nn::Linear(hidden, d)),
+          register_module(name + "_norm", torch::nn::LayerNorm(torch::nn::LayerNormOptions({d})))};
+      blocks_.emplace(i, b);
+    }
+  }
+
+  at::Tensor forward(at::Tensor x) {
+    for (size_t i = 0; i < spec_.layers.size(); ++i) {
+      const std::string& type = spec_.layers[i].type;
+      if (type == "linear") {
+        x = linears_.at(i)->forward(x);
+      } else if (type == "layer_norm") {
+        x = norms_.at(i)->forward(x);
+      } else if (type == "relu") {
+        x = at::relu(x);
+      } else if (type == "gelu") {
+        x = at::gelu(x);
+      } else {
+        Block& b = blocks_.at(i);
+        at::Tensor y = b.norm(x + b.linear2(at::gelu(b.linear1(x))));
+        x = type == "residual_moe" ? x + y : y;
+      }
+    }
+    return x;
+  }
+
+ private:
+  struct Block {
+    torch::nn::Linear linear1;
+    torch::nn::Linear linear2;
+    torch::nn::LayerNorm norm;
+  };
+  gating::ModelSpec spec_;
+  std::map<size_t, torch::nn::Linear> linears_;
+  std::map<size_t, torch::nn::LayerNorm> norms_;
+  std::map<size_t, Block> blocks_;
+};
+
+// As Evaluate in gating/trainer.cc: the first `limit` test samples, in chunks of 500.
+double Evaluate(DenseModel& model, const Split& data, int64_t limit) {
+  model.eval();
+  torch::NoGradGuard no_grad;
+  const int64_t n = std::min<int64_t>(limit, data.x.size(0));
+  int64_t correct = 0;
+  for (int64_t start = 0; start < n; start += 500) {
+    const int64_t len = std::min<int64_t>(500, n - start);
+    at::Tensor logits = model.forward(data.x.narrow(0, start, len));
+    correct += logits.argmax(1).eq(data.y.narrow(0, start, len)).sum().item<int64_t>();
+  }
+  model.train();
+  return n ? static_cast<double>(correct) / static_cast<double>(n) : 0;
+}
+
+RunResult RunDense(const Config& cfg, const gating::ModelSpec& spec, const ParamCounts& counts) {
+  RunResult r;
+  r.model = "dense";
+  r.params_active = counts.dense();
+  const auto start = SteadyClock::now();
+  std::optional<Split> train = LoadSplit(true), test = LoadSplit(false);
+  if (!train || !test) {
+    r.error = "cannot load Fashion-MNIST";
+    return r;
+  }
+  DenseModel model(spec, cfg.seed);
+  int64_t n_params = 0;
+  for (const auto& p : model.parameters()) n_params += p.numel();
+  if (n_params != counts.dense()) {
+    r.error = "dense model has " + std::to_string(n_params) + " parameters, expected " +
+              std::to_string(counts.dense());
+    return r;
+  }
+  torch::optim::Adam optimizer(model.parameters(), torch::optim::AdamOptions(cfg.lr));
+  const auto deadline = start + std::chrono::duration_cast<SteadyClock::duration>(
+                                    std::chrono::duration<double>(cfg.minutes * 60));
+  const int64_t n = train->x.size(0), per_epoch = n / cfg.batch_size;
+  int64_t epoch = -1;
+  std::vector<int64_t> order;
+  model.train();
+  while (r.steps < cfg.steps) {
+    if (SteadyClock::now() >= deadline) {
+      r.stopped_by_time = true;
+      break;
+    }
+    const int64_t e = r.steps / per_epoch;
+    if (e != epoch) {
+      epoch = e;
+      order = EpochOrder(cfg.seed, epoch, n);
+    }
+    const int64_t offset = (r.steps % per_epoch) * cfg.batch_size;
+    at::Tensor idx = at::from_blob(order.data() + offset, {cfg.batch_size}, at::kLong).clone();
+    at::Tensor logits = model.forward(train->x.index_select(0, idx));
+    at::Tensor loss = at::cross_entropy_loss(logits, train->y.index_select(0, idx));
+    optimizer.zero_grad();
+    loss.backward();
+    optimizer.step();
+    ++r.steps;
+    const bool last = r.steps == cfg.steps;
+    if (last || (cfg.eval_every > 0 && r.steps % cfg.eval_every == 0)) {
+      r.evals.push_back({r.steps, Seconds(start), Evaluate(model, *test, cfg.eval_samples)});
+      std::printf("  dense step %lld test_accuracy %.4f at %.0f s\n",
+                  static_cast<long long>(r.steps), r.evals.back().accuracy, Seconds(start));
+      std::fflush(stdout);
+    }
+  }
+  // Stopped by time: evaluate what was trained (as dmoe-train's last eval would not).
+  if (r.evals.empty() || r.evals.back().step != r.steps)
+    r.evals.push_back({r.steps, Seconds(start), Evaluate(model, *test, cfg.eval_samples)});
+  r.wall_s = Seconds(start);
+  r.ok = true;
+  return r;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The DMoE: dmoe-dht, 4 dmoe-server, dmoe-train, all real processes
+
+// Every child this run started; destroying a Process SIGKILLs and reaps it, so an early return
+// never leaves one behind.
+struct Swarm {
+  std::unique_ptr<testing::Process> dht;
+  std::vector<std::unique_ptr<testing::Process>> servers;
+  std::unique_ptr<testing::Process> trainer;
+  ~Swarm() {
+    if (trainer) trainer->Stop(SIGTERM, 10s);
+    for (auto& s : servers) s->Stop(SIGTERM, 10s);
+    if (dht) dht->Stop(SIGTERM, 5s);
+  }
+};
+
+RunResult RunDmoe(const Config& cfg, const gating::ModelSpec& spec, const ParamCounts& counts,
+                  double fail_rate) {
+  RunResult r;
+  char name[64];
+  std::snprintf(name, sizeof name, fail_rate > 0 ? "dmoe, %.0f%% failures" : "dmoe",
+                fail_rate * 100);
+  r.model = name;
+  r.fail_rate = fail_rate;
+  r.params_active = counts.dmoe_active();
+  const gating::LayerSpec* moe = nullptr;
+  for (const auto& l : spec.layers)
+    if (l.type == "moe" || l.type == "residual_moe") moe = moe ? moe : &l;
+  if (!moe || moe->moe.grid.size() != 2 || moe->moe.grid[1] != kServers) {
+    r.error = "the spec needs one moe layer with a [G, 4] grid (one grid column per server)";
+    return r;
+  }
+  Swarm swarm;
+  auto dht = testing::Process::Spawn({Binary("DMOE_DHT_BINARY", DMOE_DHT_BINARY), "--listen",
+                                      "127.0.0.1:0", "--log-level", "warn"});
+  if (!dht.ok()) {
+    r.error = dht.status().ToString();
+    return r;
+  }
+  swarm.dht = std::move(dht).value();
+  auto dht_line = swarm.dht->WaitForLine("listening on udp://", 30s);
+  if (!dht_line) {
+    r.error = "dmoe-dht did not start: " + swarm.dht->stderr_text();
+    return r;
+  }
+  const std::string dht_address = After(*dht_line, "udp://");
+  char lr[32], fail[32];
+  std::snprintf(lr, sizeof lr, "%g", cfg.lr);
+  std::snprintf(fail, sizeof fail, "%g", fail_rate);
+  const std::string prefix = moe->moe.uid_prefix;
+  for (int s = 0; s < kServers; ++s) {
+    auto p = testing::Process::Spawn(
+        {Binary("DMOE_SERVER_BINARY", DMOE_SERVER_BINARY),
+         "--experts",
+         prefix + ".[0:" + std::to_string(moe->moe.grid[0]) + "]." + std::to_string(s),
+         "--expert-type",
+         "ffn",
+         "--hidden-dim",
+         std::to_string(moe->in_features),
+         "--seed",
+         "7",
+         "--lr",
+         lr,
+         "--fail-rate",
+         fail,
+         "--listen",
+         "127.0.0.1:0",
+         "--dht",
+         dht_address,
+         "--dht-listen",
+         "127.0.0.1:0",
+         "--announce-every",
+         "5",
+         "--threads",
+         "1",
+         "--log-level",
+         "error"});
+    if (!p.ok()) {
+      r.error = p.status().ToString();
+      return r;
+    }
+    swarm.servers.push_back(std::move(p).value());
+  }
+  for (auto& p : swarm.servers) {
+    if (!p->WaitForLine("listening on ", 120s)) {
+      r.error = "dmoe-server did not start: " + p->stderr_text();
+      return r;
+    }
+  }
+  // The trainer skips steps whose experts it cannot find yet, so it may start at once: the
+  // servers announce before they print "listening on", and beam search waits for the DHT.
+  const auto start = SteadyClock::now();
+  auto trainer = testing::Process::Spawn({Binary("DMOE_TRAIN_BINARY", DMOE_TRAIN_BINARY),
+                                          "--model",
+                                          cfg.spec_path,
+                                          "--dht",
+                                          dht_address,
+                                          "--steps",
+                                          std::to_string(cfg.steps),
+                                          "--batch-size",
+                                          std::to_string(cfg.batch_size),
+                                          "--lr",
+                                          lr,
+                                          "--seed",
+                                          std::to_string(cfg.seed),
+                                          "--eval-every",
+                                          std::to_string(cfg.eval_every),
+                                          "--eval-samples",
+                                          std::to_string(cfg.eval_samples),
+                                          "--publish-every",
+                                          "0",
+                                          "--log-every",
+                                          "50",
+                                          "--threads",
+                                          "1",
+                                          "--log-level",
+                                          "error"});
+  if (!trainer.ok()) {
+    r.error = trainer.status().ToString();
+    return r;
+  }
+  swarm.trainer = std::move(trainer).value();
+  const auto deadline = start + std::chrono::duration_cast<SteadyClock::duration>(
+                                    std::chrono::duration<double>(cfg.minutes * 60));
+  bool signalled = false;
+  int64_t windows = 0;
+  r.experts_per_sample = 0;
+  // After SIGTERM the trainer finishes its step and exits; give it a minute at most.
+  auto hard_deadline = deadline + 60s;
+  while (true) {
+    const auto now = SteadyClock::now();
+    if (!signalled && now >= deadline) {
+      swarm.trainer->Signal(SIGTERM);
+      signalled = true;
+      r.stopped_by_time = true;
+    }
+    if (now >= hard_deadline) {
+      r.error = "dmoe-train did not stop";
+      return r;
+    }
+    const auto until = signalled ? hard_deadline : deadline;
+    auto wait = std::chrono::duration_cast<std::chrono::milliseconds>(until - now) + 1ms;
+    std::optional<std::string> line = swarm.trainer->ReadLine(wait);
+    if (!line) {
+      if (swarm.trainer->Wait(0ms)) break;  // EOF and exited
+      if (swarm.trainer->Wait(2s)) break;
+      continue;  // the deadline passed
+    }
+    if (line->rfind("step ", 0) == 0) {
+      std::string s = After(*line, "step ");
+      r.steps = std::stoll(s.substr(0, s.find('/')));
+      // "skipped K" or, in newer trainers, "zero_output_samples Z skipped_steps K".
+      std::string skipped = After(*line, " skipped_steps ");
+      if (skipped.empty()) skipped = After(*line, " skipped ");
+      if (!skipped.empty()) r.skipped = std::stoll(skipped);
+      std::string zeros = After(*line, " zero_output_samples ");
+      if (!zeros.empty()) r.zero_output_samples += std::stoll(zeros);
+      // Averaged over the progress windows (each of --log-every steps).
+      const double experts = std::stod(After(*line, " experts/sample "));
+      r.experts_per_sample = (r.experts_per_sample * windows + experts) / (windows + 1);
+      ++windows;
+    } else if (line->rfind("eval step ", 0) == 0) {
+      Eval e{std::stoll(After(*line, "eval step ")), Seconds(start),
+             std::stod(After(*line, " test_accuracy "))};
+      r.evals.push_back(e);
+      std::printf("  %s step %lld test_accuracy %.4f at %.0f s\n", r.model.c_str(),
+                  static_cast<long long>(e.step), e.accuracy, e.seconds);
+      std::fflush(stdout);
+    } else if (line->rfind("done: steps ", 0) == 0) {
+      r.steps = std::stoll(After(*line, "done: steps "));
+    }
+  }
+  r.wall_s = Seconds(start);
+  std::optional<int> status = swarm.trainer->Wait(0ms);
+  if (!status || !WIFEXITED(*status) || WEXITSTATUS(*status) != 0) {
+    std::string err = swarm.trainer->stderr_text();
+    if (err.size() > 2000) err = err.substr(err.size() - 2000);
+    r.error = "dmoe-train failed: " + err;
+    return r;
+  }
+  r.ok = true;
+  return r;
+}
+
+bool ParseArgs(int argc, char** argv, Config* c) {
+  bool steps_set = false, minutes_set = false, eval_set = false;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    auto value = [&]() -> std::string { return i + 1 < argc ? argv[++i] : ""; };
+    try {
+      if (a == "--smoke") {
+        c->smoke = true;
+      } else if (a == "--steps") {
+        c->steps = std::stoll(value());
+        steps_set = true;
+      } else if (a == "--minutes") {
+        c->minutes = std::stod(value());
+        minutes_set = true;
+      } else if (a == "--batch-size") {
+        c->batch_size = std::stoll(value());
+      } else if (a == "--lr") {
+        c->lr = std::stod(value());
+      } else if (a == "--eval-every") {
+        c->eval_every = std::stoll(value());
+        eval_set = true;
+      } else if (a == "--spec") {
+        c->spec_path = value();
+      } else {
+        return false;
+      }
+    } catch (const std::exception&) {
+      return false;
+    }
+  }
+  if (c->smoke) {
+    if (!steps_set) c->steps = 20;
+    if (!minutes_set) c->minutes = 1;
+    if (!eval_set) c->eval_every = 0;
+    c->eval_samples = 1000;
+  }
+  return c->steps > 0 && c->minutes > 0 && c->batch_size > 0 && c->eval_every >= 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Config cfg;
+  if (!ParseArgs(argc, argv, &cfg)) {
+    std::fprintf(stderr,
+                 "usage: train_fmnist [--smoke] [--steps N] [--minutes M] [--batch-size B] "
+                 "[--lr LR] [--eval-every N] [--spec PATH]\n");
+    return 2;
+  }
+  // Idle OpenMP threads that spin steal the cores 6 processes share; children inherit this.
+  setenv("OMP_WAIT_POLICY", "passive", /*overwrite=*/0);
+  std::ifstream spec_file(cfg.spec_path);
+  std::stringstream spec_text;
+  spec_text << spec_file.rdbuf();
+  auto spec = gating::ParseModelSpec(spec_text.str());
+  if (!spec_file || !spec.ok()) {
+    std::fprintf(stderr, "train_fmnist: cannot use spec %s: %s\n", cfg.spec_path.c_str(),
+                 spec.ok() ? "unreadable" : spec.status().ToString().c_str());
+    return 2;
+  }
+  const ParamCounts counts = CountParams(*spec);
+  const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
+  std::printf(
+      "train_fmnist: spec %s, batch %lld, Adam lr %g (trainer and experts), seed %llu, budget %lld "
+      "steps or %.1f min, eval every %lld steps on %lld test images, %u cores\n",
+      cfg.spec_path.c_str(), static_cast<long long>(cfg.batch_size), cfg.lr,
+      static_cast<unsigned long long>(cfg.seed), static_cast<long long>(cfg.steps), cfg.minutes,
+      static_cast<long long>(cfg.eval_every), static_cast<long long>(cfg.eval_samples), cores);
+  std::printf(
+      "  parameters: local layers %lld, gating %lld, experts active (k_best) %lld of %lld\n"
+      "  active: dmoe %lld (local + gating + k_best experts), dense %lld (local + one ffn block "
+      "%lld); difference %lld (%.2f%%)\n",
+      static_cast<long long>(counts.local), static_cast<long long>(counts.gating),
+      static_cast<long long>(counts.experts_active), static_cast<long long>(counts.experts_total),
+      static_cast<long long>(counts.dmoe_active()), static_cast<long long>(counts.dense()),
+      static_cast<long long>(counts.dense_block),
+      static_cast<long long>(counts.dmoe_active() - counts.dense()),
+      100.0 * static_cast<double>(counts.dmoe_active() - counts.dense()) /
+          static_cast<double>(counts.dense()));
+  std::fflush(stdout);
+
+  // The dense baseline trains alone, on every core; the trainer's own compute is 1 thread.
+  at::set_num_threads(static_cast<int>(cores));
+  std::vector<RunResult> runs;
+  runs.push_back(RunDmoe(cfg, *spec, counts, 0));
+  runs.push_back(RunDense(cfg, *spec, counts));
+  runs.push_back(RunDmoe(cfg, *spec, counts, 0.10));
+  runs.push_back(RunDmoe(cfg, *spec, counts, 0.25));
+
+  std::printf("\n%-20s %7s %8s %9s %8s %9s %9s %8s %9s %8s\n", "model", "steps", "skipped",
+              "zero-out", "wall s", "test acc", "at step", "to 0.90", "samples/s", "exp/tok");
+  for (const RunResult& r : runs) {
+    if (!r.ok) {
+      std::printf("%-20s FAILED: %s\n", r.model.c_str(), r.error.c_str());
+      continue;
+    }
+    char to90[32] = "never";
+    if (r.time_to(0.90) >= 0) std::snprintf(to90, sizeof to90, "%.0f s", r.time_to(0.90));
+    char experts[32] = "-";
+    if (r.model != "dense") std::snprintf(experts, sizeof experts, "%.2f", r.experts_per_sample);
+    std::printf("%-20s %7lld %8lld %9lld %8.1f %9.4f %9lld %8s %9.1f %8s%s\n", r.model.c_str(),
+                static_cast<long long>(r.steps), static_cast<long long>(r.skipped),
+                static_cast<long long>(r.zero_output_samples), r.wall_s, r.accuracy(),
+                static_cast<long long>(r.eval_step()), to90, r.samples_per_s(cfg.batch_size),
+                experts, r.stopped_by_time ? "  (stopped by time)" : "");
+  }
+  const RunResult &dmoe = runs[0], &dense = runs[1], &f10 = runs[2];
+  const bool goal_90 = dmoe.ok && dmoe.time_to(0.90) >= 0 && dmoe.time_to(0.90) <= 600;
+  const bool goal_dense = dmoe.ok && dense.ok && dmoe.accuracy() >= dense.accuracy();
+  const bool goal_fail = dmoe.ok && f10.ok && f10.accuracy() >= dmoe.accuracy() - 0.01;
+  std::printf("\ngoals (reported, not asserted; times are noisy on a shared %u-core machine):\n",
+              cores);
+  std::printf("  dmoe >= 0.90 test accuracy within 600 s: %s\n", goal_90 ? "met" : "NOT met");
+  std::printf("  dmoe >= dense (%.4f vs %.4f): %s\n", dmoe.accuracy(), dense.accuracy(),
+              goal_dense ? "met" : "NOT met");
+  std::printf("  dmoe at 10%% failures within 1 point of dmoe (%.4f vs %.4f): %s\n", f10.accuracy(),
+              dmoe.accuracy(), goal_fail ? "met" : "NOT met");
+
+  nlohmann::json runs_json = nlohmann::json::array();
+  for (const RunResult& r : runs) {
+    nlohmann::json evals = nlohmann::json::array();
+    for (const Eval& e : r.evals)
+      evals.push_back({{"step", e.step}, {"seconds", e.seconds}, {"test_accuracy", e.accuracy}});
+    runs_json.push_back({{"model", r.model},
+                         {"fail_rate", r.fail_rate},
+                         {"ok", r.ok},
+                         {"error", r.error},
+                         {"steps", r.steps},
+                         {"skipped_steps", r.skipped},
+                         {"zero_output_samples", r.zero_output_samples},
+                         {"wall_s", r.wall_s},
+                         {"stopped_by_time", r.stopped_by_time},
+                         {"test_accuracy", r.accuracy()},
+                         {"test_accuracy_step", r.eval_step()},
+                         {"seconds_to_0_90", r.time_to(0.90)},
+                         {"samples_per_s", r.samples_per_s(cfg.batch_size)},
+                         {"experts_per_sample", r.experts_per_sample},
+                         {"active_parameters", r.params_active},
+                         {"evals", evals}});
+  }
+  nlohmann::json j = {{"spec_path", cfg.spec_path},
+                      {"spec", nlohmann::json::parse(spec->ToJson())},
+                      {"smoke", cfg.smoke},
+                      {"budget_steps", cfg.steps},
+                      {"budget_minutes", cfg.minutes},
+                      {"batch_size", cfg.batch_size},
+                      {"lr", cfg.lr},
+                      {"seed", cfg.seed},
+                      {"eval_every", cfg.eval_every},
+                      {"eval_samples", cfg.eval_samples},
+                      {"cores", cores},
+                      {"parameters",
+                       {{"local", counts.local},
+                        {"gating", counts.gating},
+                        {"experts_active", counts.experts_active},
+                        {"experts_total", counts.experts_total},
+                        {"dense_block", counts.dense_block},
+                        {"dmoe_active", counts.dmoe_active()},
+                        {"dense", counts.dense()}}},
+                      {"goals",
+                       {{"dmoe_0_90_within_600s", goal_90},
+                        {"dmoe_at_least_dense", goal_dense},
+                        {"fail10_within_1_point", goal_fail}}},
+                      {"runs", runs_json}};
+  const char* out_dir = std::getenv("DMOE_BENCH_OUT");
+  std::filesystem::path dir = out_dir ? out_dir : "bench/results";
+  std::filesystem::create_directories(dir);
+  std::ofstream(dir / "train_fmnist.json") << j.dump(2) << "\n";
+  bool all_ok = true;
+  for (const RunResult& r : runs) all_ok = all_ok && r.ok;
+  return all_ok ? 0 : 1;
+}
