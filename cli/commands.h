@@ -5,6 +5,7 @@
 #ifndef DMOE_CLI_COMMANDS_H_
 #define DMOE_CLI_COMMANDS_H_
 
+#include <cstdint>
 #include <ostream>
 #include <string>
 
@@ -37,6 +38,15 @@ int RunExport(const std::string& db, const std::string& uid, const std::string& 
 // `dmoe keygen --out FILE [--force]` creates an identity; `dmoe pubkey --identity FILE` prints its
 // public key.
 void AddKeygenCommand(CLI::App& app, int* exit_code);
+
+// `dmoe infer --router URL --model NAME (--inputs FILE.json | --fashion-mnist-test N)`.
+void AddInferCommand(CLI::App& app, int* exit_code);
+int RunInfer(const std::string& router, const std::string& model, const std::string& inputs_path,
+             int64_t fashion_mnist_count, std::ostream& out, std::ostream& err);
+
+// `dmoe experts --router URL`: the router's view of the swarm, one line per expert.
+void AddExpertsCommand(CLI::App& app, int* exit_code);
+int RunExperts(const std::string& router, std::ostream& out, std::ostream& err);
 
 }  // namespace dmoe::cli
 

@@ -11,6 +11,8 @@ int main(int argc, char** argv) {
   dmoe::cli::AddInspectCommand(app, &exit_code);
   dmoe::cli::AddExportCommand(app, &exit_code);
   dmoe::cli::AddKeygenCommand(app, &exit_code);
+  dmoe::cli::AddInferCommand(app, &exit_code);
+  dmoe::cli::AddExpertsCommand(app, &exit_code);
   dmoe::cli::AddDhtCommand(app, &exit_code);
   try {
     app.parse(argc, argv);

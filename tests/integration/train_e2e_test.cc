@@ -195,6 +195,25 @@ TEST_F(TrainE2eTest, TrainsThroughTheSwarmAndTheRouterServesTheModel) {
   }
   EXPECT_GE(correct / static_cast<double>(n), 0.70) << "router accuracy on 500 test images";
 
+  // The CLI measures the same through the router, and lists the swarm the router sees.
+  testing::RunResult cli = testing::Run({DMOE_CLI_BINARY, "infer", "--router", router.endpoint,
+                                         "--model", "fmnist", "--fashion-mnist-test", "500"});
+  ASSERT_EQ(cli.exit_code, 0) << cli.err;
+  EXPECT_EQ(
+      cli.out, "accuracy " +
+                   [&] {
+                     char buf[16];
+                     std::snprintf(buf, sizeof(buf), "%.4f", correct / static_cast<double>(n));
+                     return std::string(buf);
+                   }() +
+                   " on 500 Fashion-MNIST test images (model fmnist version " +
+                   std::to_string(versions.back()) + ")\n");
+  testing::RunResult experts =
+      testing::Run({DMOE_CLI_BINARY, "experts", "--router", router.endpoint});
+  ASSERT_EQ(experts.exit_code, 0) << experts.err;
+  EXPECT_NE(experts.out.find("16 experts on 4 servers; 1 models"), std::string::npos)
+      << experts.out;
+
   // JSON inference answers the same shape, with the experts each sample used.
   std::string row = "[";
   for (int i = 0; i < 784; ++i) row += (i ? "," : "") + std::to_string(test->pixels[i] / 255.0);
