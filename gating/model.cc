@@ -14,8 +14,8 @@ DmoeModelImpl::DmoeModelImpl(ModelSpec spec, ModelContext context) : spec_(std::
     if (l.type == "linear") {
       linears_.emplace(i, register_module(name, torch::nn::Linear(l.in_features, l.out)));
     } else if (l.type == "layer_norm") {
-      norms_.emplace(
-          i, register_module(name, torch::nn::LayerNorm(torch::nn::LayerNormOptions({l.in_features}))));
+      norms_.emplace(i, register_module(name, torch::nn::LayerNorm(
+                                                  torch::nn::LayerNormOptions({l.in_features}))));
     } else if (l.type == "moe" || l.type == "residual_moe") {
       const MoeLayerSpec& m = l.moe;
       RemoteMixtureOfExpertsOptions o(l.in_features, m.grid);
