@@ -11,16 +11,10 @@
 #include "dht/announcement.h"
 #include "expert_server/checkpoint.h"
 #include "expert_server/server_impl.h"
+#include "net/url.h"
 #include "storage/kv_store.h"
 
 namespace dmoe::expert_server {
-namespace {
-
-bool IsLoopback(const std::string& host) {
-  return host == "localhost" || host == "::1" || host.rfind("127.", 0) == 0;
-}
-
-}  // namespace
 
 Result<std::unique_ptr<ExpertServer>> ExpertServer::Start(ExpertServerOptions options) {
   auto server = std::make_unique<ServerImpl>(std::move(options));
@@ -61,7 +55,7 @@ Status ServerImpl::Init() {
     DMOE_ASSIGN_OR_RETURN(std::set<PublicKey> keys,
                           RequestVerifier::LoadKeyFile(options_.trainer_keys_path));
     verifier_ = std::make_unique<RequestVerifier>(std::move(keys), RealClock::Instance());
-  } else if (!IsLoopback(options_.listen_host) && !options_.open_training) {
+  } else if (!net::IsLoopbackHost(options_.listen_host) && !options_.open_training) {
     return InvalidArgumentError(
         "refusing to serve training on " + options_.listen_host +
         " without --trainer-keys: anyone who reaches this address could change the weights. Pass "

@@ -59,4 +59,8 @@ Result<Url> ParseUrl(std::string_view url) {
   return out;
 }
 
+bool IsLoopbackHost(std::string_view host) {
+  return host == "localhost" || host == "::1" || host == "[::1]" || host.rfind("127.", 0) == 0;
+}
+
 }  // namespace dmoe::net

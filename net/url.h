@@ -24,6 +24,10 @@ struct Url {
 // kInvalidArgument for anything but the forms above, with the offending URL in the message.
 Result<Url> ParseUrl(std::string_view url);
 
+// True for hosts only this machine can reach: "localhost", 127.0.0.0/8 and ::1. Servers use it to
+// refuse unauthenticated training or publication on an address others can reach.
+bool IsLoopbackHost(std::string_view host);
+
 }  // namespace dmoe::net
 
 #endif  // DMOE_NET_URL_H_

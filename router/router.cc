@@ -15,6 +15,7 @@
 #include "dht/dht.h"
 #include "net/http_server.h"
 #include "net/io_context.h"
+#include "net/url.h"
 #include "router/dashboard_asset.h"
 #include "router/inference.h"
 #include "router/request_series.h"
@@ -28,10 +29,6 @@ namespace dmoe::router {
 namespace {
 
 constexpr char kSafetensorsType[] = "application/x-safetensors";
-
-bool IsLoopback(const std::string& host) {
-  return host == "localhost" || host == "::1" || host.rfind("127.", 0) == 0;
-}
 
 bool IsSafetensors(const net::RequestHead& head) {
   std::string_view type = head.headers.Get("Content-Type").value_or("");
@@ -87,7 +84,7 @@ class RouterImpl : public Router {
       DMOE_ASSIGN_OR_RETURN(std::set<PublicKey> keys,
                             RequestVerifier::LoadKeyFile(options_.trainer_keys_path));
       verifier_ = std::make_unique<RequestVerifier>(std::move(keys), RealClock::Instance());
-    } else if (!IsLoopback(options_.listen_host) && !options_.open_publishing) {
+    } else if (!net::IsLoopbackHost(options_.listen_host) && !options_.open_publishing) {
       return InvalidArgumentError(
           "refusing to accept model publication on " + options_.listen_host +
           " without --trainer-keys; pass --open-publishing to allow anyone");
