@@ -3,10 +3,7 @@
 #ifndef DMOE_TESTS_CLI_CLI_FIXTURE_H_
 #define DMOE_TESTS_CLI_CLI_FIXTURE_H_
 
-#include <fcntl.h>
 #include <gtest/gtest.h>
-#include <spawn.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstdint>
@@ -17,7 +14,7 @@
 #include <string>
 #include <vector>
 
-extern char** environ;
+#include "tests/testing/process.h"
 
 namespace dmoe::cli {
 
@@ -53,36 +50,13 @@ class CliTest : public ::testing::Test {
     return path;
   }
 
-  // Runs the dmoe binary with `args`, capturing stdout and stderr in files.
+  // Runs the dmoe binary with `args` to completion, capturing stdout and stderr.
   Outcome Dmoe(const std::vector<std::string>& args) {
-    const std::string out_path = dir_ + "/stdout";
-    const std::string err_path = dir_ + "/stderr";
-    posix_spawn_file_actions_t actions;
-    posix_spawn_file_actions_init(&actions);
-    posix_spawn_file_actions_addopen(&actions, 1, out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC,
-                                     0600);
-    posix_spawn_file_actions_addopen(&actions, 2, err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC,
-                                     0600);
-    std::vector<std::string> argv_strings = {DMOE_CLI_PATH};
-    argv_strings.insert(argv_strings.end(), args.begin(), args.end());
-    std::vector<char*> argv;
-    for (std::string& a : argv_strings) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    pid_t pid = 0;
-    Outcome run;
-    const int spawned = posix_spawn(&pid, DMOE_CLI_PATH, &actions, nullptr, argv.data(), environ);
-    posix_spawn_file_actions_destroy(&actions);
-    if (spawned != 0) {
-      ADD_FAILURE() << "cannot run " << DMOE_CLI_PATH;
-      return run;
-    }
-    int status = 0;
-    ::waitpid(pid, &status, 0);
-    if (WIFEXITED(status)) run.exit_code = WEXITSTATUS(status);
-    if (WIFSIGNALED(status)) run.signal = WTERMSIG(status);
-    run.out = ReadAll(out_path);
-    run.err = ReadAll(err_path);
-    return run;
+    std::vector<std::string> argv = {DMOE_CLI_PATH};
+    argv.insert(argv.end(), args.begin(), args.end());
+    dmoe::testing::RunResult r = dmoe::testing::Run(argv, std::chrono::seconds(120));
+    if (r.timed_out) ADD_FAILURE() << "dmoe " << (args.empty() ? "" : args[0]) << " did not finish";
+    return Outcome{r.exit_code, r.signal, r.out, r.err};
   }
 
   std::string dir_;
