@@ -43,6 +43,7 @@
 
 #include "gating/fashion_mnist.h"
 #include "gating/model_spec.h"
+#include "gating/trainer.h"
 #include "tests/testing/process.h"
 
 using namespace std::chrono_literals;
@@ -156,31 +157,17 @@ ParamCounts CountParams(const gating::ModelSpec& spec) {
 // ---------------------------------------------------------------------------------------------
 // Data, as the trainer sees it (gating/trainer.cc): pixels / 255, the same per-epoch order.
 
-struct Split {
-  at::Tensor x;  // F32 [N, 784]
-  at::Tensor y;  // I64 [N]
-};
+// The trainer's own loader and data order, so both models see the same samples in the same order.
+using Split = gating::TensorSplit;
+using gating::EpochOrder;
 
 std::optional<Split> LoadSplit(bool train) {
-  auto d = gating::LoadFashionMnist(train);
+  auto d = gating::LoadFashionMnistTensors(train);
   if (!d.ok()) {
     std::fprintf(stderr, "train_fmnist: %s\n", d.status().ToString().c_str());
     return std::nullopt;
   }
-  const int64_t pixels = d->rows * d->cols;
-  Split s;
-  s.x = at::from_blob(d->pixels.data(), {d->count, pixels}, at::kByte).to(at::kFloat).div_(255.0);
-  s.y = at::from_blob(d->labels.data(), {d->count}, at::kByte).to(at::kLong);
-  return s;
-}
-
-// Must stay identical to EpochOrder in gating/trainer.cc (same data order for both models).
-std::vector<int64_t> EpochOrder(uint64_t seed, int64_t epoch, int64_t n) {
-  std::vector<int64_t> order(n);
-  for (int64_t i = 0; i < n; ++i) order[i] = i;
-  std::mt19937_64 rng(seed * 1'000'003 + static_cast<uint64_t>(epoch));
-  std::shuffle(order.begin(), order.end(), rng);
-  return order;
+  return std::move(d).value();
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -28,31 +28,6 @@ namespace {
 
 constexpr char kStateFamily[] = "node_state";
 
-struct Split {
-  at::Tensor x;  // F32 [N, 784], byte / 255
-  at::Tensor y;  // I64 [N]
-};
-
-Result<Split> LoadSplit(bool train, const std::string& dir) {
-  DMOE_ASSIGN_OR_RETURN(ImageDataset d,
-                        dir.empty() ? LoadFashionMnist(train) : LoadFashionMnist(train, dir));
-  const int64_t pixels = d.rows * d.cols;
-  Split s;
-  s.x = at::from_blob(d.pixels.data(), {d.count, pixels}, at::kByte).to(at::kFloat).div_(255.0);
-  s.y = at::from_blob(d.labels.data(), {d.count}, at::kByte).to(at::kLong);
-  return s;
-}
-
-// The sample order of one epoch: a permutation seeded by (seed, epoch), so a resumed trainer
-// continues exactly where it stopped.
-std::vector<int64_t> EpochOrder(uint64_t seed, int64_t epoch, int64_t n) {
-  std::vector<int64_t> order(n);
-  for (int64_t i = 0; i < n; ++i) order[i] = i;
-  std::mt19937_64 rng(seed * 1'000'003 + static_cast<uint64_t>(epoch));
-  std::shuffle(order.begin(), order.end(), rng);
-  return order;
-}
-
 Result<safetensors::DType> WireDtype(const std::string& name) {
   DMOE_ASSIGN_OR_RETURN(safetensors::DType d, safetensors::ParseDType(name));
   if (d != safetensors::DType::kF32 && d != safetensors::DType::kF16 &&
@@ -64,7 +39,7 @@ Result<safetensors::DType> WireDtype(const std::string& name) {
 
 // Accuracy on the first `limit` samples, forward only. Chunks the swarm cannot answer count as
 // wrong, so a failing swarm shows as low accuracy rather than a crash.
-double Evaluate(DmoeModel& model, const Split& data, int64_t limit) {
+double Evaluate(DmoeModel& model, const TensorSplit& data, int64_t limit) {
   model->eval();
   torch::NoGradGuard no_grad;
   const int64_t n = std::min<int64_t>(limit, data.x.size(0));
@@ -162,6 +137,24 @@ Result<Checkpoint> LoadCheckpoint(storage::KvStore& kv, const std::string& name,
 
 }  // namespace
 
+Result<TensorSplit> LoadFashionMnistTensors(bool train, const std::string& dir) {
+  DMOE_ASSIGN_OR_RETURN(ImageDataset d,
+                        dir.empty() ? LoadFashionMnist(train) : LoadFashionMnist(train, dir));
+  const int64_t pixels = d.rows * d.cols;
+  TensorSplit s;
+  s.x = at::from_blob(d.pixels.data(), {d.count, pixels}, at::kByte).to(at::kFloat).div_(255.0);
+  s.y = at::from_blob(d.labels.data(), {d.count}, at::kByte).to(at::kLong);
+  return s;
+}
+
+std::vector<int64_t> EpochOrder(uint64_t seed, int64_t epoch, int64_t n) {
+  std::vector<int64_t> order(n);
+  for (int64_t i = 0; i < n; ++i) order[i] = i;
+  std::mt19937_64 rng(seed * 1'000'003 + static_cast<uint64_t>(epoch));
+  std::shuffle(order.begin(), order.end(), rng);
+  return order;
+}
+
 Result<TrainerResult> RunTrainer(const TrainerOptions& o, std::ostream& out,
                                  const std::atomic<bool>* stop) {
   if (o.data != "fashion-mnist") return InvalidArgumentError("--data must be fashion-mnist");
@@ -176,8 +169,8 @@ Result<TrainerResult> RunTrainer(const TrainerOptions& o, std::ostream& out,
   spec_buf << spec_file.rdbuf();
   const std::string spec_json = spec_buf.str();
   DMOE_ASSIGN_OR_RETURN(ModelSpec spec, ParseModelSpec(spec_json));
-  DMOE_ASSIGN_OR_RETURN(Split train, LoadSplit(true, o.data_dir));
-  DMOE_ASSIGN_OR_RETURN(Split test, LoadSplit(false, o.data_dir));
+  DMOE_ASSIGN_OR_RETURN(TensorSplit train, LoadFashionMnistTensors(true, o.data_dir));
+  DMOE_ASSIGN_OR_RETURN(TensorSplit test, LoadFashionMnistTensors(false, o.data_dir));
   if (train.x.size(1) != spec.input_dim) {
     return InvalidArgumentError("the spec's input_dim is " + std::to_string(spec.input_dim) +
                                 " but Fashion-MNIST images have " +

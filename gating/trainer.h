@@ -11,6 +11,8 @@
 #include <string>
 #include <vector>
 
+#include <ATen/core/Tensor.h>
+
 #include "core/status.h"
 
 namespace dmoe::gating {
@@ -44,6 +46,18 @@ struct TrainerResult {
   double final_test_accuracy = -1;
   int64_t published_version = 0;
 };
+
+// A Fashion-MNIST split as tensors, the way the trainer feeds it (PROTOCOL section 5).
+struct TensorSplit {
+  at::Tensor x;  // F32 [N, 784], byte / 255, row-major
+  at::Tensor y;  // I64 [N], 0..9
+};
+// `dir` empty = Debian's package directory.
+Result<TensorSplit> LoadFashionMnistTensors(bool train, const std::string& dir = "");
+
+// The sample order of one epoch: a permutation seeded by (seed, epoch), so a resumed trainer
+// continues exactly where it stopped and a baseline can train on the same order.
+std::vector<int64_t> EpochOrder(uint64_t seed, int64_t epoch, int64_t n);
 
 // Runs until `steps` are done or `*stop` becomes true (then checkpoints and returns). Progress
 // lines go to `out`.
