@@ -8,6 +8,8 @@
 
 #include <thread>
 
+#include "tests/testing/process.h"
+
 namespace dmoe::net::testing {
 namespace {
 
@@ -103,12 +105,7 @@ SilentListener::SilentListener() {
 SilentListener::~SilentListener() { ::close(fd_); }
 
 bool WaitFor(const std::function<bool()>& condition, std::chrono::milliseconds timeout) {
-  auto until = std::chrono::steady_clock::now() + timeout;
-  while (std::chrono::steady_clock::now() < until) {
-    if (condition()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(2));
-  }
-  return condition();
+  return dmoe::testing::PollUntil(condition, timeout, std::chrono::milliseconds(2));
 }
 
 }  // namespace dmoe::net::testing
