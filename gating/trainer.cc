@@ -171,6 +171,10 @@ Result<TrainerResult> RunTrainer(const TrainerOptions& o, std::ostream& out,
   DMOE_ASSIGN_OR_RETURN(ModelSpec spec, ParseModelSpec(spec_json));
   DMOE_ASSIGN_OR_RETURN(TensorSplit train, LoadFashionMnistTensors(true, o.data_dir));
   DMOE_ASSIGN_OR_RETURN(TensorSplit test, LoadFashionMnistTensors(false, o.data_dir));
+  if (o.batch_size > train.x.size(0)) {
+    return InvalidArgumentError("--batch-size " + std::to_string(o.batch_size) + " exceeds the " +
+                                std::to_string(train.x.size(0)) + " training images");
+  }
   if (train.x.size(1) != spec.input_dim) {
     return InvalidArgumentError("the spec's input_dim is " + std::to_string(spec.input_dim) +
                                 " but Fashion-MNIST images have " +

@@ -64,9 +64,13 @@ Result<at::Tensor> ParseJsonInputs(std::string_view body, int64_t input_dim) {
         return InvalidArgumentError("inputs[" + std::to_string(r) + "][" + std::to_string(c) +
                                     "] is not a number");
       }
-      double d = v.get<double>();
-      if (!std::isfinite(d)) return InvalidArgumentError("inputs hold a non-finite number");
-      out[r * input_dim + c] = static_cast<float>(d);
+      // Checked after the cast: 1e300 is a finite double but an infinite float.
+      const float f = static_cast<float>(v.get<double>());
+      if (!std::isfinite(f)) {
+        return InvalidArgumentError("inputs[" + std::to_string(r) + "][" + std::to_string(c) +
+                                    "] is not a finite F32 number");
+      }
+      out[r * input_dim + c] = f;
     }
   }
   return x;

@@ -255,6 +255,11 @@ TEST_F(TrainE2eTest, TrainsThroughTheSwarmAndTheRouterServesTheModel) {
                           Bytes("{\"inputs\": [[1, 2, 3]]}"));
   EXPECT_EQ(wrong_width->status, 400);
   EXPECT_EQ(ErrorCode(*wrong_width), "invalid_argument");
+  std::string huge = "[1e300";  // a finite double, an infinite float
+  for (int i = 1; i < 784; ++i) huge += ",0";
+  auto overflow = Call("POST", router.endpoint + "/v1/models/fmnist/infer", "application/json",
+                       Bytes("{\"inputs\": [" + huge + "]]}"));
+  EXPECT_EQ(overflow->status, 400) << overflow->body_view();
   auto empty = Call("POST", router.endpoint + "/v1/models/fmnist/infer", "application/json",
                     Bytes("{\"inputs\": []}"));
   EXPECT_EQ(empty->status, 400);
