@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <charconv>
+#include <map>
 #include <optional>
 
 #include "tensor/torch_tensor.h"
@@ -85,6 +86,13 @@ void SendAndWait(DispatchState& state, Op op, const std::vector<bool>& active,
   std::vector<int> answered_per_sample(state.n, 0), out_per_sample(state.n, 0);
   std::vector<bool> resolved(state.calls.size(), true);
   size_t outstanding = 0;
+  // Per peer, what its calls of this round came to: the peer's health learns of the round once.
+  struct PeerRound {
+    bool succeeded = false;
+    bool failed = false;
+    bool unreachable = false;
+  };
+  std::map<std::string, PeerRound> rounds;
   const char* op_name = op == Op::kForward ? "forward" : "backward";
 
   for (size_t c = 0; c < state.calls.size(); ++c) {
@@ -131,6 +139,7 @@ void SendAndWait(DispatchState& state, Op op, const std::vector<bool>& active,
       Resolution r = Resolve(call, outcome, op, policy.detect_anomalies, state.d);
       if (r.ok) {
         swarm.health().RecordSuccess(call.endpoint, outcome.latency_s);
+        rounds[call.endpoint].succeeded = true;
         for (int64_t row : call.rows) ++answered_per_sample[row];
         ++(op == Op::kForward ? counters.answered : counters.backward_answered);
         on_answer(c, r);
@@ -140,7 +149,9 @@ void SendAndWait(DispatchState& state, Op op, const std::vector<bool>& active,
       if (r.nonfinite) ++counters.nonfinite;
       ++(op == Op::kForward ? counters.failed : counters.backward_failed);
       if (r.blame_peer) {
-        swarm.health().RecordFailure(call.endpoint);
+        rounds[call.endpoint].failed = true;
+        // No answer at all (as opposed to an error answer): the connection failed.
+        if (!outcome.status.ok()) rounds[call.endpoint].unreachable = true;
         swarm.directory().Invalidate("expert/" + call.uid);
       }
     }
@@ -150,8 +161,13 @@ void SendAndWait(DispatchState& state, Op op, const std::vector<bool>& active,
     const ExpertCall& call = state.calls[c];
     swarm.caller().Forget(call.endpoint, ids[c]);
     ++(op == Op::kForward ? counters.timed_out : counters.backward_timed_out);
-    swarm.health().RecordFailure(call.endpoint);
+    rounds[call.endpoint].failed = true;
     spdlog::debug("gating: {} of {} at {} timed out", op_name, call.uid, call.endpoint);
+  }
+  for (const auto& [endpoint, round] : rounds) {
+    if (round.succeeded || !round.failed) continue;
+    swarm.health().RecordFailure(
+        endpoint, round.unreachable ? PeerFailure::kUnreachable : PeerFailure::kStrike);
   }
 }
 

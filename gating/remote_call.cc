@@ -43,12 +43,16 @@ void PeerHealth::RecordSuccess(const std::string& endpoint, double latency_s) {
   p.banned_until = {};
 }
 
-void PeerHealth::RecordFailure(const std::string& endpoint) {
+void PeerHealth::RecordFailure(const std::string& endpoint, PeerFailure kind) {
   std::lock_guard<std::mutex> lock(mu_);
   PeerStats& p = peers_[endpoint];
+  const int64_t strikes = std::max(1, options_.strikes_to_ban);
   ++p.failures;
   ++p.consecutive_failures;
-  const int shift = static_cast<int>(std::min<int64_t>(p.consecutive_failures - 1, 20));
+  if (kind == PeerFailure::kUnreachable)
+    p.consecutive_failures = std::max(p.consecutive_failures, strikes);
+  if (p.consecutive_failures < strikes) return;
+  const int shift = static_cast<int>(std::min<int64_t>(p.consecutive_failures - strikes, 20));
   auto ban = std::min(options_.ban_base * (int64_t{1} << shift), options_.ban_max);
   p.banned_until = SteadyClock::now() + ban;
   ++p.bans;

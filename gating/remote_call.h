@@ -29,18 +29,30 @@ namespace dmoe::gating {
 using Deadline = std::chrono::steady_clock::time_point;
 
 struct HealthOptions {
-  // A failing peer is banned for ban_base, doubling with each consecutive failure up to ban_max.
+  // A peer is banned once `strikes_to_ban` dispatch rounds in a row brought nothing but failures
+  // from it (error answers, timeouts, anomalous answers): one late or failed call among good ones,
+  // or one bad round, is noise on a loaded swarm, not a reason to stop asking a server. A peer that
+  // cannot be reached at all (connection refused or lost) is banned at once.
+  int strikes_to_ban = 3;
+  // The first ban lasts ban_base, doubling with each further failed round up to ban_max; a success
+  // clears it.
   std::chrono::milliseconds ban_base{1'000};
   std::chrono::milliseconds ban_max{60'000};
   double latency_ewma_alpha = 0.2;
 };
 
+// What a round of calls to one peer ended in, when none of them succeeded.
+enum class PeerFailure {
+  kStrike,       // it answered with errors or anomalies, or too late
+  kUnreachable,  // no connection to it
+};
+
 struct PeerStats {
   double latency_s = 0;  // EWMA over successful calls; 0 before the first
   int64_t successes = 0;
-  int64_t failures = 0;
-  int64_t consecutive_failures = 0;
-  int64_t bans = 0;  // times a ban was applied
+  int64_t failures = 0;              // rounds that brought only failures
+  int64_t consecutive_failures = 0;  // such rounds since the last success
+  int64_t bans = 0;                  // times a ban was applied
   Deadline banned_until{};
 };
 
@@ -53,8 +65,8 @@ class PeerHealth {
   bool Usable(const std::string& endpoint) const;
   // Clears the ban and the consecutive failures; updates the latency average.
   void RecordSuccess(const std::string& endpoint, double latency_s);
-  // Counts a failure (error, timeout or anomalous answer) and bans the peer with backoff.
-  void RecordFailure(const std::string& endpoint);
+  // Counts a round in which every call to the peer failed; bans it per HealthOptions.
+  void RecordFailure(const std::string& endpoint, PeerFailure kind = PeerFailure::kStrike);
 
   PeerStats Get(const std::string& endpoint) const;
   std::map<std::string, PeerStats> Snapshot() const;

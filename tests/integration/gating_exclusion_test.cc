@@ -158,16 +158,31 @@ TEST(GatingExclusionTest, StoppedKilledAndNanServersAreExcludedBannedAndTheStopp
   EXPECT_EQ(stats.answered, 4);
   EXPECT_EQ(stats.timed_out, 4);  // the stopped server's
   EXPECT_EQ(stats.answers, 8 * 4);
-  for (int s : {0, 1, 2}) {
-    EXPECT_GE(swarm->health().Get(endpoints[s]).bans, 1) << "server " << s;
+  // The killed server cannot be reached: banned at once. The stopped and the NaN server have one
+  // failed round each: not banned yet (one bad round is not enough).
+  EXPECT_EQ(swarm->health().Get(endpoints[1]).bans, 1);
+  for (int s : {0, 2}) {
+    EXPECT_EQ(swarm->health().Get(endpoints[s]).failures, 1) << "server " << s;
+    EXPECT_EQ(swarm->health().Get(endpoints[s]).bans, 0) << "server " << s;
+    EXPECT_TRUE(swarm->health().Usable(endpoints[s])) << "server " << s;
   }
-  EXPECT_EQ(swarm->health().Get(endpoints[3]).bans, 0);
 
   // Backward goes to the responders only.
   y.sum().backward();
   EXPECT_EQ(moe->stats().backward_requests, 4);
   EXPECT_EQ(moe->stats().backward_answered, 4);
   EXPECT_TRUE(at::isfinite(x.grad()).all().item<bool>());
+
+  // Two more rounds in which they fail: strikes_to_ban (3) reached, both banned; never the healthy.
+  for (int round = 0; round < 2; ++round) {
+    ASSERT_TRUE(at::isfinite(moe(x.detach())).all().item<bool>());
+  }
+  for (int s : {0, 1, 2}) {
+    EXPECT_GE(swarm->health().Get(endpoints[s]).bans, 1) << "server " << s;
+  }
+  EXPECT_FALSE(swarm->health().Usable(endpoints[0]));
+  EXPECT_EQ(swarm->health().Get(endpoints[3]).bans, 0);
+  EXPECT_EQ(swarm->health().Get(endpoints[3]).failures, 0);
 
   // Continue the stopped server: once its ban expires it is asked again, and answers.
   ASSERT_TRUE(servers[0]->Signal(SIGCONT));

@@ -1,0 +1,98 @@
+// PeerHealth's ban policy: strikes before a ban, an unreachable peer banned at once, backoff
+// doubling up to the cap, and a success clearing it all.
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <string>
+
+#include "gating/remote_call.h"
+
+namespace dmoe::gating {
+namespace {
+
+using namespace std::chrono_literals;
+using SteadyClock = std::chrono::steady_clock;
+
+// Long bans so that the checks below never race their expiry.
+HealthOptions Options() {
+  HealthOptions o;
+  o.strikes_to_ban = 3;
+  o.ban_base = 100s;
+  o.ban_max = 300s;
+  return o;
+}
+
+// How long the peer stays banned from now, in whole seconds rounded up (0 = not banned).
+int64_t BanLeftS(const PeerHealth& health, const std::string& endpoint) {
+  auto left = health.Get(endpoint).banned_until - SteadyClock::now();
+  if (left <= SteadyClock::duration::zero()) return 0;
+  return std::chrono::ceil<std::chrono::seconds>(left).count();
+}
+
+TEST(PeerHealthTest, AFailedRoundIsAStrikeAndTheThirdInARowBans) {
+  PeerHealth health(Options());
+  const std::string peer = "http://127.0.0.1:9";
+  health.RecordFailure(peer);
+  health.RecordFailure(peer);
+  EXPECT_TRUE(health.Usable(peer));
+  EXPECT_EQ(health.Get(peer).bans, 0);
+  EXPECT_EQ(health.Get(peer).failures, 2);
+  EXPECT_EQ(health.BannedNow(), 0);
+
+  health.RecordFailure(peer);
+  EXPECT_FALSE(health.Usable(peer));
+  EXPECT_EQ(health.Get(peer).bans, 1);
+  EXPECT_EQ(BanLeftS(health, peer), 100);
+  EXPECT_EQ(health.BannedNow(), 1);
+
+  // Still failing after (or while) banned: the ban doubles, up to ban_max.
+  health.RecordFailure(peer);
+  EXPECT_EQ(BanLeftS(health, peer), 200);
+  health.RecordFailure(peer);
+  EXPECT_EQ(BanLeftS(health, peer), 300);
+  EXPECT_EQ(health.Get(peer).bans, 3);
+}
+
+TEST(PeerHealthTest, ASuccessClearsTheStrikesAndTheBan) {
+  PeerHealth health(Options());
+  const std::string peer = "http://127.0.0.1:9";
+  health.RecordFailure(peer);
+  health.RecordFailure(peer);
+  health.RecordSuccess(peer, 0.010);
+  health.RecordFailure(peer);
+  health.RecordFailure(peer);
+  EXPECT_TRUE(health.Usable(peer)) << "strikes must be consecutive";
+
+  health.RecordFailure(peer);
+  ASSERT_FALSE(health.Usable(peer));
+  health.RecordSuccess(peer, 0.020);
+  EXPECT_TRUE(health.Usable(peer));
+  EXPECT_EQ(health.Get(peer).consecutive_failures, 0);
+  EXPECT_EQ(health.Get(peer).successes, 2);
+  EXPECT_NEAR(health.Get(peer).latency_s, 0.8 * 0.010 + 0.2 * 0.020, 1e-12);
+}
+
+TEST(PeerHealthTest, AnUnreachablePeerIsBannedAtOnce) {
+  PeerHealth health(Options());
+  const std::string dead = "http://127.0.0.1:1", other = "http://127.0.0.1:2";
+  health.RecordFailure(dead, PeerFailure::kUnreachable);
+  EXPECT_FALSE(health.Usable(dead));
+  EXPECT_EQ(health.Get(dead).bans, 1);
+  EXPECT_EQ(BanLeftS(health, dead), 100);
+  EXPECT_TRUE(health.Usable(other));
+  // Then it is retried and still unreachable: the ban doubles.
+  health.RecordFailure(dead, PeerFailure::kUnreachable);
+  EXPECT_EQ(BanLeftS(health, dead), 200);
+}
+
+TEST(PeerHealthTest, StrikesToBanOfOneBansOnEveryFailedRound) {
+  HealthOptions o = Options();
+  o.strikes_to_ban = 1;
+  PeerHealth health(o);
+  health.RecordFailure("http://a");
+  EXPECT_FALSE(health.Usable("http://a"));
+  EXPECT_EQ(BanLeftS(health, "http://a"), 100);
+}
+
+}  // namespace
+}  // namespace dmoe::gating
