@@ -1,9 +1,11 @@
 #include "expert_server/optimizer.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <torch/utils.h>
 
 #include <cmath>
+#include <limits>
 #include <map>
 
 namespace dmoe::expert_server {
@@ -40,10 +42,54 @@ double Optimizer::CurrentLr() const {
   return options_.lr * static_cast<double>(step_ + 1) / static_cast<double>(options_.warmup_steps);
 }
 
+namespace {
+
+// Float tensors the fused loops below can walk as plain arrays.
+bool PlainFloat(const at::Tensor& t) {
+  return t.defined() && t.scalar_type() == at::kFloat && t.is_contiguous() && t.device().is_cpu();
+}
+
+constexpr int64_t kGrain = 1 << 15;  // elements per task of at::parallel_for
+
+// One pass over p, g, m and v. Adam as eight at:: ops read and wrote each tensor eight times and
+// allocated two temporaries: for an ffn d=256 expert at batch 16 that was 2.7 of the 3.6 ms of a
+// backward call. The arithmetic is the same, in the same order, as the at:: form kept below for
+// other dtypes and layouts.
+struct AdamScalars {
+  float clip, decay, beta1, one_minus_beta1, beta2, one_minus_beta2, bias2, eps, step_size;
+};
+
+void FusedAdam(float* __restrict p, const float* __restrict g, float* __restrict m,
+               float* __restrict v, int64_t n, const AdamScalars& k) {
+  at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const float gi = g[i] * k.clip;
+      const float pi = p[i] * k.decay;
+      const float mi = m[i] * k.beta1 + k.one_minus_beta1 * gi;
+      const float vi = v[i] * k.beta2 + k.one_minus_beta2 * gi * gi;
+      m[i] = mi;
+      v[i] = vi;
+      p[i] = pi + k.step_size * mi / (std::sqrt(vi / k.bias2) + k.eps);
+    }
+  });
+}
+
+}  // namespace
+
 bool Optimizer::GradientsFinite() const {
   for (const Slot& s : slots_) {
     const at::Tensor& g = s.param.grad();
-    if (g.defined() && !at::isfinite(g).all().item<bool>()) return false;
+    if (!g.defined()) continue;
+    if (!PlainFloat(g)) {
+      if (!at::isfinite(g).all().item<bool>()) return false;
+      continue;
+    }
+    const float* d = g.data_ptr<float>();
+    const int64_t n = g.numel();
+    bool finite = true;
+    // |x| <= max is false for NaN and for +-Inf; no early exit, so the loop vectorizes.
+    for (int64_t i = 0; i < n; ++i) finite &= std::fabs(d[i]) <= std::numeric_limits<float>::max();
+    if (!finite) return false;
   }
   return true;
 }
@@ -67,19 +113,35 @@ void Optimizer::Step() {
     if (norm > options_.clip_grad_norm) clip_scale = options_.clip_grad_norm / (norm + 1e-6);
   }
   ++step_;
+  const double decay = 1.0 - lr * options_.weight_decay;
   for (Slot& s : slots_) {
     if (!s.param.grad().defined()) continue;
     at::Tensor g = s.param.grad();
-    if (clip_scale != 1.0) g = g * clip_scale;
-    if (options_.weight_decay > 0) s.param.mul_(1.0 - lr * options_.weight_decay);
     if (options_.kind == "adam") {
-      s.m.mul_(options_.beta1).add_(g, 1.0 - options_.beta1);
-      s.v.mul_(options_.beta2).addcmul_(g, g, 1.0 - options_.beta2);
       double bias1 = 1.0 - std::pow(options_.beta1, static_cast<double>(step_));
       double bias2 = 1.0 - std::pow(options_.beta2, static_cast<double>(step_));
+      if (PlainFloat(s.param) && PlainFloat(g) && PlainFloat(s.m) && PlainFloat(s.v)) {
+        const AdamScalars k{
+            static_cast<float>(clip_scale),     static_cast<float>(decay),
+            static_cast<float>(options_.beta1), static_cast<float>(1.0 - options_.beta1),
+            static_cast<float>(options_.beta2), static_cast<float>(1.0 - options_.beta2),
+            static_cast<float>(bias2),          static_cast<float>(options_.eps),
+            static_cast<float>(-lr / bias1)};
+        FusedAdam(s.param.data_ptr<float>(), g.data_ptr<float>(), s.m.data_ptr<float>(),
+                  s.v.data_ptr<float>(), s.param.numel(), k);
+        continue;
+      }
+      if (clip_scale != 1.0) g = g * clip_scale;
+      if (options_.weight_decay > 0) s.param.mul_(decay);
+      s.m.mul_(options_.beta1).add_(g, 1.0 - options_.beta1);
+      s.v.mul_(options_.beta2).addcmul_(g, g, 1.0 - options_.beta2);
       at::Tensor denom = (s.v / bias2).sqrt_().add_(options_.eps);
       s.param.addcdiv_(s.m, denom, -lr / bias1);
-    } else if (options_.beta1 > 0) {
+      continue;
+    }
+    if (clip_scale != 1.0) g = g * clip_scale;
+    if (options_.weight_decay > 0) s.param.mul_(decay);
+    if (options_.beta1 > 0) {
       s.m.mul_(options_.beta1).add_(g);
       s.param.add_(s.m, -lr);
     } else {
