@@ -120,6 +120,7 @@ void SendAndWait(DispatchState& state, Op op, const std::vector<bool>& active,
   (op == Op::kForward ? counters.requests : counters.backward_requests) += outstanding;
 
   std::optional<SteadyClock::time_point> settled_at;
+  bool cut_after_k_min = false;  // the wait ended timeout_after_k_min after k_min, not at deadline
   while (outstanding > 0) {
     if (!settled_at) {
       bool settled = true;
@@ -129,7 +130,10 @@ void SendAndWait(DispatchState& state, Op op, const std::vector<bool>& active,
       if (settled) settled_at = SteadyClock::now();
     }
     const auto until = settled_at ? std::min(deadline, *settled_at + policy.after_k_min) : deadline;
-    if (SteadyClock::now() >= until) break;
+    if (SteadyClock::now() >= until) {
+      cut_after_k_min = until < deadline;
+      break;
+    }
     for (auto& [c, outcome] : batch->WaitNew(until)) {
       ExpertCall& call = state.calls[c];
       if (resolved[c]) continue;
@@ -162,6 +166,8 @@ void SendAndWait(DispatchState& state, Op op, const std::vector<bool>& active,
     swarm.caller().Forget(call.endpoint, ids[c]);
     ++(op == Op::kForward ? counters.timed_out : counters.backward_timed_out);
     rounds[call.endpoint].failed = true;
+    // Late after k_min is a strike; silent for the whole deadline is as good as unreachable.
+    if (!cut_after_k_min) rounds[call.endpoint].unreachable = true;
     spdlog::debug("gating: {} of {} at {} timed out", op_name, call.uid, call.endpoint);
   }
   for (const auto& [endpoint, round] : rounds) {

@@ -29,7 +29,8 @@ std::string WsUrl(const std::string& endpoint) {
 bool PeerHealth::Usable(const std::string& endpoint) const {
   std::lock_guard<std::mutex> lock(mu_);
   auto it = peers_.find(endpoint);
-  return it == peers_.end() || it->second.banned_until <= SteadyClock::now();
+  return it == peers_.end() ||
+         (!it->second.probation && it->second.banned_until <= SteadyClock::now());
 }
 
 void PeerHealth::RecordSuccess(const std::string& endpoint, double latency_s) {
@@ -41,6 +42,7 @@ void PeerHealth::RecordSuccess(const std::string& endpoint, double latency_s) {
   ++p.successes;
   p.consecutive_failures = 0;
   p.banned_until = {};
+  p.probation = false;
 }
 
 void PeerHealth::RecordFailure(const std::string& endpoint, PeerFailure kind) {
@@ -55,7 +57,32 @@ void PeerHealth::RecordFailure(const std::string& endpoint, PeerFailure kind) {
   const int shift = static_cast<int>(std::min<int64_t>(p.consecutive_failures - strikes, 20));
   auto ban = std::min(options_.ban_base * (int64_t{1} << shift), options_.ban_max);
   p.banned_until = SteadyClock::now() + ban;
+  p.probation = true;
   ++p.bans;
+}
+
+bool PeerHealth::StartProbe(const std::string& endpoint) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = peers_.find(endpoint);
+  if (it == peers_.end()) return false;
+  PeerStats& p = it->second;
+  if (!p.probation || p.probing || p.banned_until > SteadyClock::now()) return false;
+  p.probing = true;
+  ++p.probes;
+  return true;
+}
+
+void PeerHealth::RecordProbe(const std::string& endpoint, bool passed) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    PeerStats& p = peers_[endpoint];
+    p.probing = false;
+    if (passed) {
+      p.probation = false;
+      return;
+    }
+  }
+  RecordFailure(endpoint, PeerFailure::kUnreachable);
 }
 
 PeerStats PeerHealth::Get(const std::string& endpoint) const {
@@ -72,8 +99,9 @@ std::map<std::string, PeerStats> PeerHealth::Snapshot() const {
 int PeerHealth::BannedNow() const {
   std::lock_guard<std::mutex> lock(mu_);
   const auto now = SteadyClock::now();
-  return static_cast<int>(std::count_if(
-      peers_.begin(), peers_.end(), [&](const auto& p) { return p.second.banned_until > now; }));
+  return static_cast<int>(std::count_if(peers_.begin(), peers_.end(), [&](const auto& p) {
+    return p.second.probation || p.second.banned_until > now;
+  }));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -114,7 +142,8 @@ ExpertCaller::ExpertCaller(CallerOptions options)
                                .max_message_bytes = options_.max_message_bytes,
                                .max_queued_messages = 1024,
                                .idle_timeout = std::chrono::milliseconds(300'000)},
-          &io_) {}
+          &io_),
+      http_(net::HttpClientOptions{.max_response_body_bytes = 1 << 20}, &io_) {}
 
 ExpertCaller::~ExpertCaller() {
   std::map<std::string, std::shared_ptr<Peer>> peers;
@@ -241,6 +270,28 @@ void ExpertCaller::Forget(const std::string& endpoint, const std::string& id) {
   }
   std::lock_guard<std::mutex> lock(peer->mu);
   peer->calls.erase(id);
+}
+
+void ExpertCaller::Probe(const std::string& endpoint, Deadline deadline,
+                         std::function<void(bool)> done) {
+  std::string url = endpoint;
+  while (!url.empty() && url.back() == '/') url.pop_back();
+  http_.Request(
+      "GET", url + "/v1/health", {}, {}, deadline,
+      [done = std::move(done)](Result<net::Response> r) { done(r.ok() && r->status == 200); });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Swarm
+
+bool Swarm::Usable(const std::string& endpoint) {
+  if (health_.Usable(endpoint)) return true;
+  if (health_.StartProbe(endpoint)) {
+    spdlog::debug("gating: probing {} after its ban", endpoint);
+    caller_.Probe(endpoint, SteadyClock::now() + probe_timeout_,
+                  [this, endpoint](bool passed) { health_.RecordProbe(endpoint, passed); });
+  }
+  return false;
 }
 
 // ---------------------------------------------------------------------------------------------

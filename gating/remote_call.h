@@ -38,13 +38,17 @@ struct HealthOptions {
   // clears it.
   std::chrono::milliseconds ban_base{1'000};
   std::chrono::milliseconds ban_max{60'000};
+  // When a ban runs out the peer is on probation: it gets no calls until a cheap probe (GET
+  // /v1/health) answers within probe_timeout, so a peer that is still down costs no round its
+  // timeout again. A failed probe bans it again, for twice as long.
+  std::chrono::milliseconds probe_timeout{2'000};
   double latency_ewma_alpha = 0.2;
 };
 
 // What a round of calls to one peer ended in, when none of them succeeded.
 enum class PeerFailure {
-  kStrike,       // it answered with errors or anomalies, or too late
-  kUnreachable,  // no connection to it
+  kStrike,       // it answered with errors or anomalies, or too late (after timeout_after_k_min)
+  kUnreachable,  // no connection to it, or no answer within the round's whole deadline
 };
 
 struct PeerStats {
@@ -53,7 +57,10 @@ struct PeerStats {
   int64_t failures = 0;              // rounds that brought only failures
   int64_t consecutive_failures = 0;  // such rounds since the last success
   int64_t bans = 0;                  // times a ban was applied
+  int64_t probes = 0;                // probes sent after bans ran out
   Deadline banned_until{};
+  bool probation = false;  // banned since the last success: a probe must pass before calls
+  bool probing = false;    // a probe is out
 };
 
 // Per-endpoint health. Thread-safe.
@@ -61,16 +68,22 @@ class PeerHealth {
  public:
   explicit PeerHealth(HealthOptions options = {}) : options_(options) {}
 
-  // False while the endpoint is banned.
+  // False while the endpoint is banned or on probation.
   bool Usable(const std::string& endpoint) const;
-  // Clears the ban and the consecutive failures; updates the latency average.
+  // Clears the ban, the probation and the consecutive failures; updates the latency average.
   void RecordSuccess(const std::string& endpoint, double latency_s);
   // Counts a round in which every call to the peer failed; bans it per HealthOptions.
   void RecordFailure(const std::string& endpoint, PeerFailure kind = PeerFailure::kStrike);
+  // True (once) when the peer's ban has run out and a probe should go: the caller sends it and
+  // reports with RecordProbe.
+  bool StartProbe(const std::string& endpoint);
+  // A passed probe ends the probation (the failure count stays, so the next failed round bans
+  // again at once, for longer); a failed one counts as a failed round.
+  void RecordProbe(const std::string& endpoint, bool passed);
 
   PeerStats Get(const std::string& endpoint) const;
   std::map<std::string, PeerStats> Snapshot() const;
-  // Peers banned right now.
+  // Peers banned or on probation right now (not Usable).
   int BannedNow() const;
 
  private:
@@ -117,6 +130,9 @@ class ExpertCaller {
             Callback done);
   // Drops a call the caller stopped waiting for; a late answer is then discarded.
   void Forget(const std::string& endpoint, const std::string& id);
+  // GET endpoint/v1/health; `done(true)` when it answers 200 by `deadline`. Not on the WebSocket,
+  // whose queue may still hold calls the peer never answered.
+  void Probe(const std::string& endpoint, Deadline deadline, std::function<void(bool)> done);
 
  private:
   struct Peer;
@@ -126,6 +142,7 @@ class ExpertCaller {
   CallerOptions options_;
   net::IoContext io_;
   net::WsClient ws_;
+  net::HttpClient http_;
   std::atomic<uint64_t> next_id_{1};
   std::mutex mu_;
   std::map<std::string, std::shared_ptr<Peer>> peers_;
@@ -161,12 +178,19 @@ class Swarm {
  public:
   // `dht` (a client node) must outlive the swarm.
   Swarm(dht::Dht* dht, SwarmOptions options = {})
-      : directory_(dht, options.directory), health_(options.health), caller_(options.caller) {}
+      : directory_(dht, options.directory),
+        probe_timeout_(options.health.probe_timeout),
+        health_(options.health),
+        caller_(options.caller) {}
   // With a stand-in for the DHT (tests).
   Swarm(ExpertDirectory::FetchFn fetch, SwarmOptions options = {})
       : directory_(std::move(fetch), options.directory),
+        probe_timeout_(options.health.probe_timeout),
         health_(options.health),
         caller_(options.caller) {}
+
+  // Whether calls may go to `endpoint` now; starts the probe of a peer whose ban ran out.
+  bool Usable(const std::string& endpoint);
 
   ExpertDirectory& directory() { return directory_; }
   PeerHealth& health() { return health_; }
@@ -174,8 +198,9 @@ class Swarm {
 
  private:
   ExpertDirectory directory_;
+  std::chrono::milliseconds probe_timeout_;
   PeerHealth health_;
-  ExpertCaller caller_;
+  ExpertCaller caller_;  // last: its destructor fails probes in flight, which report to health_
 };
 
 }  // namespace dmoe::gating

@@ -86,9 +86,10 @@ at::Tensor RemoteMixtureOfExpertsImpl::forward(const at::Tensor& x) {
   BeamSearchOptions search{options_.uid_prefix(), options_.grid_size(), options_.k_best(),
                            options_.beam_size() > 0 ? options_.beam_size() : options_.k_best()};
   PeerHealth& health = swarm_->health();
+  Swarm& swarm = *swarm_;
   routing_.chosen = BeamSearch(
-      swarm_->directory(), search, host, n,
-      [&health](const std::string& endpoint) { return health.Usable(endpoint); }, deadline);
+      swarm.directory(), search, host, n,
+      [&swarm](const std::string& endpoint) { return swarm.Usable(endpoint); }, deadline);
 
   // 2. Group tokens per expert: one call per chosen expert.
   auto state = c10::make_intrusive<internal::DispatchState>();

@@ -6,6 +6,7 @@
 #include <string>
 
 #include "gating/remote_call.h"
+#include "tests/testing/process.h"
 
 namespace dmoe::gating {
 namespace {
@@ -92,6 +93,49 @@ TEST(PeerHealthTest, StrikesToBanOfOneBansOnEveryFailedRound) {
   health.RecordFailure("http://a");
   EXPECT_FALSE(health.Usable("http://a"));
   EXPECT_EQ(BanLeftS(health, "http://a"), 100);
+}
+
+// The circuit breaker's half-open state: once a ban runs out the peer is probed (once) before it
+// gets calls; a passed probe readmits it, but its next failed round bans it again at once.
+TEST(PeerHealthTest, AnExpiredBanNeedsAPassedProbeAndTheNextFailureBansAgainForLonger) {
+  HealthOptions o;
+  o.strikes_to_ban = 3;
+  o.ban_base = 300ms;
+  o.ban_max = 100s;
+  PeerHealth health(o);
+  const std::string peer = "http://127.0.0.1:9";
+  for (int i = 0; i < 3; ++i) health.RecordFailure(peer);
+  ASSERT_FALSE(health.Usable(peer));
+  EXPECT_FALSE(health.StartProbe(peer)) << "the ban has not run out";
+
+  ASSERT_TRUE(testing::PollUntil([&] { return health.StartProbe(peer); }, 10s));
+  EXPECT_FALSE(health.Usable(peer)) << "on probation until the probe passes";
+  EXPECT_FALSE(health.StartProbe(peer)) << "one probe at a time";
+  EXPECT_EQ(health.Get(peer).probes, 1);
+  health.RecordProbe(peer, true);
+  EXPECT_TRUE(health.Usable(peer));
+  EXPECT_EQ(health.Get(peer).bans, 1);
+
+  health.RecordFailure(peer);  // one more failed round: banned at once, twice as long
+  EXPECT_FALSE(health.Usable(peer));
+  EXPECT_EQ(health.Get(peer).bans, 2);
+  EXPECT_GT(health.Get(peer).banned_until - SteadyClock::now(), 300ms);
+}
+
+TEST(PeerHealthTest, AFailedProbeBansAgain) {
+  HealthOptions o;
+  o.strikes_to_ban = 1;
+  o.ban_base = 300ms;
+  o.ban_max = 100s;
+  PeerHealth health(o);
+  const std::string peer = "http://127.0.0.1:9";
+  health.RecordFailure(peer, PeerFailure::kUnreachable);
+  ASSERT_TRUE(testing::PollUntil([&] { return health.StartProbe(peer); }, 10s));
+  health.RecordProbe(peer, false);
+  EXPECT_FALSE(health.Usable(peer));
+  EXPECT_FALSE(health.StartProbe(peer));
+  EXPECT_EQ(health.Get(peer).bans, 2);
+  EXPECT_GT(health.Get(peer).banned_until - SteadyClock::now(), 300ms);
 }
 
 }  // namespace

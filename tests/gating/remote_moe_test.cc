@@ -15,6 +15,7 @@
 #include "expert_server/expert.h"
 #include "expert_server/server.h"
 #include "gating/remote_expert.h"
+#include "tests/testing/process.h"
 
 namespace dmoe::gating {
 namespace {
@@ -228,30 +229,32 @@ TEST_F(Swarm4x4, RemoteExpertForwardAndBackwardMatchTheLocalExpert) {
 }
 
 // A directory whose every expert is announced at a port nobody listens on.
-std::shared_ptr<Swarm> DeadSwarm() {
-  return std::make_shared<Swarm>([](std::vector<std::string> keys, std::chrono::milliseconds,
-                                    std::function<void(ExpertDirectory::KeyResults)> done) {
-    ExpertDirectory::KeyResults results;
-    const int64_t expiry = RealClock::Instance().NowUnixMs() + 60'000;
-    for (const std::string& key : keys) {
-      dht::KeyResult r{key, Status::Ok(), {}, 1, 1};
-      auto record = [&](std::string subkey, std::string value) {
-        dht::Record rec;
-        rec.key = key;
-        rec.subkey = std::move(subkey);
-        rec.value = std::move(value);
-        rec.expiration_ms = expiry;
-        r.records.push_back(rec);
-      };
-      if (key.rfind("expert/", 0) == 0) {
-        record("peer", R"({"endpoint":"http://127.0.0.1:1","step":0,"load":0})");
-      } else {
-        for (int c = 0; c < 2; ++c) record(std::to_string(c), "{}");
-      }
-      results.push_back(std::move(r));
-    }
-    done(std::move(results));
-  });
+std::shared_ptr<Swarm> DeadSwarm(SwarmOptions options = {}) {
+  return std::make_shared<Swarm>(
+      [](std::vector<std::string> keys, std::chrono::milliseconds,
+         std::function<void(ExpertDirectory::KeyResults)> done) {
+        ExpertDirectory::KeyResults results;
+        const int64_t expiry = RealClock::Instance().NowUnixMs() + 60'000;
+        for (const std::string& key : keys) {
+          dht::KeyResult r{key, Status::Ok(), {}, 1, 1};
+          auto record = [&](std::string subkey, std::string value) {
+            dht::Record rec;
+            rec.key = key;
+            rec.subkey = std::move(subkey);
+            rec.value = std::move(value);
+            rec.expiration_ms = expiry;
+            r.records.push_back(rec);
+          };
+          if (key.rfind("expert/", 0) == 0) {
+            record("peer", R"({"endpoint":"http://127.0.0.1:1","step":0,"load":0})");
+          } else {
+            for (int c = 0; c < 2; ++c) record(std::to_string(c), "{}");
+          }
+          results.push_back(std::move(r));
+        }
+        done(std::move(results));
+      },
+      options);
 }
 
 TEST(RemoteMoeDeadSwarm, AllExpertsDeadGivesZerosAndACountOrAClearError) {
@@ -277,6 +280,37 @@ TEST(RemoteMoeDeadSwarm, AllExpertsDeadGivesZerosAndACountOrAClearError) {
     EXPECT_NE(std::string(e.what()).find("fewer than k_min=1"), std::string::npos) << e.what();
   }
   EXPECT_EQ(strict->stats().zero_output_samples, 5);
+}
+
+// A dead peer is banned at once; when the ban runs out it is probed over real HTTP (GET
+// /v1/health), the probe fails, and it stays out for twice as long without costing a round.
+TEST(RemoteMoeDeadSwarm, ABannedPeerIsProbedWhenItsBanEndsAndStaysOutWhileDead) {
+  SwarmOptions options;
+  options.health.ban_base = 200ms;
+  options.health.ban_max = 10s;
+  auto swarm = DeadSwarm(options);
+  const std::string dead = "http://127.0.0.1:1";
+  RemoteMixtureOfExperts moe(
+      RemoteMixtureOfExpertsOptions(8, {2, 2}).k_best(2).allow_zero_outputs(true), swarm);
+  moe(at::randn({3, 8}));
+  ASSERT_EQ(swarm->health().Get(dead).bans, 1);
+  EXPECT_FALSE(swarm->Usable(dead));
+  EXPECT_EQ(swarm->health().Get(dead).probes, 0) << "no probe before the ban runs out";
+
+  ASSERT_TRUE(testing::PollUntil(
+      [&] {
+        EXPECT_FALSE(swarm->Usable(dead));  // banned, then on probation, then banned again
+        return swarm->health().Get(dead).bans == 2;
+      },
+      10s));
+  PeerStats p = swarm->health().Get(dead);
+  EXPECT_EQ(p.probes, 1);
+  EXPECT_FALSE(p.probing);
+  EXPECT_TRUE(p.probation);
+  EXPECT_GT(p.banned_until - std::chrono::steady_clock::now(), 200ms) << "the second ban doubles";
+  const int64_t requests = moe->stats().requests;
+  moe(at::randn({3, 8}));
+  EXPECT_EQ(moe->stats().requests, requests) << "no calls go to a peer out on a ban";
 }
 
 }  // namespace
