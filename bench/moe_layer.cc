@@ -20,6 +20,7 @@
 
 #include "dht/dht.h"
 #include "expert_server/expert.h"
+#include "expert_server/optimizer.h"
 #include "gating/gating.h"
 #include "tests/testing/process.h"
 
@@ -57,8 +58,20 @@ struct LocalMixture {
                      .value();
         for (auto& [name, t] : e->Parameters())
           params[uid][name] = t.detach().clone().set_requires_grad(true);
+        std::vector<std::pair<std::string, at::Tensor>> named(params[uid].begin(),
+                                                              params[uid].end());
+        optimizers.emplace(uid, expert_server::Optimizer(std::move(named), {}));
       }
   }
+  // What a server does after each backward: the expert's optimizer (default Adam) steps on the
+  // gradients of the experts that were used.
+  void StepExperts() {
+    for (auto& [uid, opt] : optimizers) {
+      if (!params[uid].begin()->second.grad().defined()) continue;
+      if (opt.GradientsFinite()) opt.Step();
+    }
+  }
+  std::map<std::string, expert_server::Optimizer> optimizers;
   at::Tensor Ffn(const std::string& uid, const at::Tensor& x) {
     auto& p = params[uid];
     at::Tensor h = at::gelu(at::linear(x, p["linear1.weight"], p["linear1.bias"]));
@@ -148,37 +161,85 @@ int main(int argc, char** argv) {
     gb.push_back(g->bias.detach().clone().set_requires_grad(true));
   }
   at::manual_seed(0);
+  // Each step returns its forward and backward milliseconds.
+  struct Timing {
+    double step_ms = 0, forward_ms = 0, backward_ms = 0;
+    double first_ms = 0;  // the first warm-up step (connections, DHT cache, noticing a failure)
+  };
   auto time_steps = [&](auto&& step) {
-    for (int i = 0; i < 2; ++i) step();  // warm-up (connections, DHT cache)
-    const auto start = SteadyClock::now();
-    for (int i = 0; i < steps; ++i) step();
-    return std::chrono::duration<double, std::milli>(SteadyClock::now() - start).count() / steps;
+    Timing t;
+    for (int i = 0; i < 2; ++i) {  // warm-up
+      auto [f, b] = step();
+      if (i == 0) t.first_ms = f + b;
+    }
+    for (int i = 0; i < steps; ++i) {
+      auto [f, b] = step();
+      t.forward_ms += f / steps;
+      t.backward_ms += b / steps;
+    }
+    t.step_ms = t.forward_ms + t.backward_ms;
+    return t;
   };
-  auto remote_step = [&] {
+  auto ms_since = [](SteadyClock::time_point t) {
+    return std::chrono::duration<double, std::milli>(SteadyClock::now() - t).count();
+  };
+  auto run_step = [&](auto&& forward) {
     at::Tensor x = at::randn({kBatch, kDim}).set_requires_grad(true);
-    moe(x).pow(2).mean().backward();
+    auto t0 = SteadyClock::now();
+    at::Tensor loss = forward(x).pow(2).mean();
+    const double f = ms_since(t0);
+    t0 = SteadyClock::now();
+    loss.backward();
+    return std::pair<double, double>(f, ms_since(t0));
   };
+  auto remote_step = [&] { return run_step([&](const at::Tensor& x) { return moe(x); }); };
   auto local_step = [&] {
-    at::Tensor x = at::randn({kBatch, kDim}).set_requires_grad(true);
-    local.Forward(gw, gb, x).pow(2).mean().backward();
+    return run_step([&](const at::Tensor& x) { return local.Forward(gw, gb, x); });
   };
-  const double local_ms = time_steps(local_step);
-  const double remote_ms = time_steps(remote_step);
+  // The like-for-like twin of a remote step: the remote backward also steps each used expert's
+  // optimizer on its server.
+  auto local_trained_step = [&] {
+    auto t = local_step();
+    const auto t0 = SteadyClock::now();
+    local.StepExperts();
+    t.second += ms_since(t0);
+    return t;
+  };
+  const Timing local_t = time_steps(local_step);
+  const Timing trained_t = time_steps(local_trained_step);
+  const Timing remote_t = time_steps(remote_step);
   servers[0]->Signal(SIGSTOP);
-  const double stopped_ms = time_steps(remote_step);
+  const Timing stopped_t = time_steps(remote_step);
   servers[0]->Signal(SIGCONT);
+  const double local_ms = local_t.step_ms, remote_ms = remote_t.step_ms,
+               stopped_ms = stopped_t.step_ms;
   const double ratio = remote_ms / local_ms;
+  const double trained_ratio = remote_ms / trained_t.step_ms;
   const double stopped_goal =
       std::chrono::duration<double, std::milli>(after_k_min).count() + 1.25 * remote_ms;
   std::printf("moe_layer: 16 ffn experts d=%lld on 4 servers, k=%d, batch %lld, %d steps\n",
               static_cast<long long>(kDim), kK, static_cast<long long>(kBatch), steps);
-  std::printf("  local mixture          %8.2f ms/step\n", local_ms);
-  std::printf("  remote, healthy        %8.2f ms/step  ratio %.2f (goal <= 1.25)\n", remote_ms,
-              ratio);
+  auto split = [](const Timing& t) {
+    std::printf("  (forward %.2f + backward %.2f)\n", t.forward_ms, t.backward_ms);
+  };
+  std::printf("  local mixture          %8.2f ms/step", local_ms);
+  split(local_t);
+  std::printf("  local, experts stepped %8.2f ms/step", trained_t.step_ms);
+  split(trained_t);
+  std::printf(
+      "  remote, healthy        %8.2f ms/step  ratio %.2f (goal <= 1.25); %.2f to local "
+      "with the experts' Adam step",
+      remote_ms, ratio, trained_ratio);
+  split(remote_t);
   std::printf(
       "  remote, 1 of 4 stopped %8.2f ms/step  (goal <= %.1f = timeout_after_k_min + 1.25x "
-      "healthy)\n",
+      "healthy)",
       stopped_ms, stopped_goal);
+  split(stopped_t);
+  std::printf(
+      "  first step after the stop (warm-up, not in the mean): %.0f ms; forward_timeout bounds it "
+      "when a token's k experts all live on the stopped server\n",
+      stopped_t.first_ms);
   std::printf("  answers per token %.2f, banned peers now %d\n", moe->stats().AnswersPerSample(),
               moe->stats().banned_peers);
   const char* out_dir = std::getenv("DMOE_BENCH_OUT");
@@ -187,8 +248,15 @@ int main(int argc, char** argv) {
   nlohmann::json j = {{"local_ms", local_ms},
                       {"remote_ms", remote_ms},
                       {"ratio", ratio},
+                      {"local_trained_ms", trained_t.step_ms},
+                      {"ratio_to_local_trained", trained_ratio},
                       {"stopped_ms", stopped_ms},
                       {"stopped_goal_ms", stopped_goal},
+                      {"stopped_first_step_ms", stopped_t.first_ms},
+                      {"local_forward_ms", local_t.forward_ms},
+                      {"local_backward_ms", local_t.backward_ms},
+                      {"remote_forward_ms", remote_t.forward_ms},
+                      {"remote_backward_ms", remote_t.backward_ms},
                       {"steps", steps},
                       {"timeout_after_k_min_ms", after_k_min.count()}};
   std::ofstream(dir / "moe_layer.json") << j.dump(2) << "\n";
