@@ -5,6 +5,7 @@
 
 #include <gtest/gtest.h>
 
+#include <fstream>
 #include <string>
 #include <vector>
 
@@ -95,6 +96,11 @@ TEST(ServerFlagsTest, SigtermExitsZeroAndLogsStopped) {
   Result<net::Response> health = client.Get("/v1/health");
   ASSERT_TRUE(health.ok()) << health.status().ToString();
   ASSERT_EQ(health->status, 200);
+  // ps, top and pkill see the binary's name, also after the OpenMP wait-policy re-exec.
+  std::ifstream comm("/proc/" + std::to_string(server->process->pid()) + "/comm");
+  std::string name;
+  std::getline(comm, name);
+  EXPECT_EQ(name, "dmoe-server");
 
   const int status = server->process->Stop(SIGTERM, 30s);
   ASSERT_TRUE(WIFEXITED(status)) << "status " << status << "; stderr:\n"
