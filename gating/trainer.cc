@@ -242,6 +242,7 @@ Result<TrainerResult> RunTrainer(const TrainerOptions& o, std::ostream& out,
   };
 
   model->train();
+  int64_t last_eval_step = -1;
   while (state.step < o.steps && !(stop && stop->load())) {
     const int64_t e = state.step / per_epoch;
     if (e != epoch) {
@@ -289,6 +290,7 @@ Result<TrainerResult> RunTrainer(const TrainerOptions& o, std::ostream& out,
     }
     if (o.eval_every > 0 && state.step % o.eval_every == 0 && state.step < o.steps) {
       double acc = Evaluate(model, test, o.eval_samples);
+      last_eval_step = state.step;
       out << "eval step " << state.step << " test_accuracy " << std::fixed << std::setprecision(4)
           << acc << "\n"
           << std::defaultfloat << std::flush;
@@ -299,7 +301,8 @@ Result<TrainerResult> RunTrainer(const TrainerOptions& o, std::ostream& out,
     }
   }
   result.steps_done = state.step;
-  if (state.step >= o.steps) {
+  // Also when stopped early (SIGINT/SIGTERM): the accuracy of what is published last.
+  if (state.step >= o.steps || (state.step > 0 && last_eval_step != state.step)) {
     result.final_test_accuracy = Evaluate(model, test, o.eval_samples);
     out << "eval step " << state.step << " test_accuracy " << std::fixed << std::setprecision(4)
         << result.final_test_accuracy << "\n"

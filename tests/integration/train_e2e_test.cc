@@ -338,5 +338,71 @@ TEST_F(TrainE2eTest, DashboardShowsLiveExpertsAndAKilledServerGoingDown) {
   EXPECT_TRUE(down) << "rows seen: " << seen.size();
 }
 
+// A trainer stopped with SIGTERM finishes its step, reports the accuracy of what it stops with,
+// checkpoints, and exits 0; started again on the same --db it resumes from that step.
+TEST_F(TrainE2eTest, AStoppedTrainerReportsItsAccuracyAndResumesFromItsCheckpoint) {
+  Swarm swarm(dir_);
+  ASSERT_EQ(swarm.servers().size(), 4u);
+  auto trainer_args = [&](const std::string& steps) {
+    return std::vector<std::string>{DMOE_TRAIN_BINARY,
+                                    "--model",
+                                    spec_,
+                                    "--dht",
+                                    swarm.dht(),
+                                    "--db",
+                                    dir_.Sub("trainer"),
+                                    "--steps",
+                                    steps,
+                                    "--batch-size",
+                                    "32",
+                                    "--eval-every",
+                                    "0",
+                                    "--publish-every",
+                                    "0",
+                                    "--eval-samples",
+                                    "500",
+                                    "--log-every",
+                                    "10",
+                                    "--threads",
+                                    "1",
+                                    "--log-level",
+                                    "warn"};
+  };
+  auto first = testing::Process::Spawn(trainer_args("100000"));
+  ASSERT_TRUE(first.ok()) << first.status().ToString();
+  ASSERT_TRUE((*first)->WaitForLine("step 20/100000 ", 300s)) << (*first)->stderr_text();
+  ASSERT_TRUE((*first)->Signal(SIGTERM));
+  auto eval = (*first)->WaitForLine("eval step ", 120s);
+  ASSERT_TRUE(eval.has_value()) << (*first)->stderr_text();
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(*eval, m, std::regex(R"(eval step (\d+) test_accuracy ([0-9.]+))")))
+      << *eval;
+  const int64_t stopped_at = std::stoll(m[1]);
+  EXPECT_GE(stopped_at, 20);
+  EXPECT_LT(stopped_at, 100000);
+  EXPECT_GT(std::stod(m[2]), 0.1) << "better than chance after " << stopped_at << " steps";
+  auto done = (*first)->WaitForLine("done: steps ", 60s);
+  ASSERT_TRUE(done.has_value());
+  std::smatch d;
+  ASSERT_TRUE(
+      std::regex_search(*done, d, std::regex(R"(done: steps (\d+) test_accuracy ([0-9.]+))")))
+      << *done;
+  EXPECT_EQ(std::stoll(d[1]), stopped_at);
+  EXPECT_NEAR(std::stod(d[2]), std::stod(m[2]), 1e-4);
+  std::optional<int> status = (*first)->Wait(30s);
+  ASSERT_TRUE(status.has_value()) << "dmoe-train did not exit after SIGTERM";
+  ASSERT_TRUE(WIFEXITED(*status) && WEXITSTATUS(*status) == 0) << (*first)->stderr_text();
+
+  const std::string target = std::to_string(stopped_at + 10);
+  testing::RunResult second = testing::Run(trainer_args(target), 300s);
+  ASSERT_EQ(second.exit_code, 0) << second.out << second.err;
+  EXPECT_NE(second.out.find("resumed from step " + std::to_string(stopped_at) + "\n"),
+            std::string::npos)
+      << second.out;
+  EXPECT_NE(second.out.find("step " + target + "/" + target + " "), std::string::npos)
+      << second.out;
+  EXPECT_NE(second.out.find("done: steps " + target + " "), std::string::npos) << second.out;
+}
+
 }  // namespace
 }  // namespace dmoe::integration
