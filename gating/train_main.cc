@@ -37,6 +37,10 @@ int main(int argc, char** argv) {
   app.add_option("--steps", o.steps, "optimizer steps")->capture_default_str();
   app.add_option("--batch-size", o.batch_size, "samples per step")->capture_default_str();
   app.add_option("--lr", o.lr, "Adam learning rate of the local layers")->capture_default_str();
+  app.add_option("--lr-schedule", o.lr_schedule,
+                 "constant, or cosine: from --lr down to 0 at --steps (local layers)")
+      ->check(CLI::IsMember({"constant", "cosine"}))
+      ->capture_default_str();
   app.add_option("--seed", o.seed, "seed of initialization and data order")->capture_default_str();
   app.add_option("--eval-every", o.eval_every,
                  "steps between test evaluations; 0 = only at the end")

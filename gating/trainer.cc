@@ -6,7 +6,9 @@
 #include <torch/serialize/archive.h>
 #include <torch/utils.h>
 
+#include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <fstream>
 #include <iomanip>
 #include <nlohmann/json.hpp>
@@ -155,9 +157,19 @@ std::vector<int64_t> EpochOrder(uint64_t seed, int64_t epoch, int64_t n) {
   return order;
 }
 
+double ScheduledLr(double lr, const std::string& schedule, int64_t step, int64_t steps) {
+  if (schedule != "cosine" || steps <= 0) return lr;
+  const double t = std::clamp(static_cast<double>(step) / static_cast<double>(steps), 0.0, 1.0);
+  return lr * 0.5 * (1.0 + std::cos(M_PI * t));
+}
+
 Result<TrainerResult> RunTrainer(const TrainerOptions& o, std::ostream& out,
                                  const std::atomic<bool>* stop) {
   if (o.data != "fashion-mnist") return InvalidArgumentError("--data must be fashion-mnist");
+  if (o.lr_schedule != "constant" && o.lr_schedule != "cosine") {
+    return InvalidArgumentError("--lr-schedule must be constant or cosine, got '" + o.lr_schedule +
+                                "'");
+  }
   if (o.steps < 0 || o.batch_size < 1 || o.eval_every < 0 || o.publish_every < 0 ||
       o.log_every < 1) {
     return InvalidArgumentError(
@@ -243,6 +255,7 @@ Result<TrainerResult> RunTrainer(const TrainerOptions& o, std::ostream& out,
 
   model->train();
   int64_t last_eval_step = -1;
+  double lr_now = o.lr;
   while (state.step < o.steps && !(stop && stop->load())) {
     const int64_t e = state.step / per_epoch;
     if (e != epoch) {
@@ -258,6 +271,10 @@ Result<TrainerResult> RunTrainer(const TrainerOptions& o, std::ostream& out,
       at::Tensor loss = at::cross_entropy_loss(logits, y);
       optimizer.zero_grad();
       (loss + model->balance_loss()).backward();
+      lr_now = ScheduledLr(o.lr, o.lr_schedule, state.step, o.steps);
+      for (auto& group : optimizer.param_groups()) {
+        static_cast<torch::optim::AdamOptions&>(group.options()).lr(lr_now);
+      }
       optimizer.step();
       window_loss += loss.item<double>();
       window_correct += logits.argmax(1).eq(y).sum().item<int64_t>();
@@ -281,7 +298,7 @@ Result<TrainerResult> RunTrainer(const TrainerOptions& o, std::ostream& out,
           << std::setprecision(1) << " samples/s " << (seconds > 0 ? window_samples / seconds : 0.0)
           << std::setprecision(2) << " experts/sample " << (routed > 0 ? answers / routed : 0.0)
           << " zero_output_samples " << (now.zero_output_samples - window_start.zero_output_samples)
-          << " skipped_steps " << failed_steps << "\n"
+          << " skipped_steps " << failed_steps << std::setprecision(6) << " lr " << lr_now << "\n"
           << std::defaultfloat << std::flush;
       window_loss = 0;
       window_correct = window_samples = window_steps = 0;

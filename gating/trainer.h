@@ -29,6 +29,9 @@ struct TrainerOptions {
   int64_t steps = 300;
   int64_t batch_size = 64;
   double lr = 1e-3;
+  // "constant", or "cosine": lr * (1 + cos(pi * step / steps)) / 2, from lr at step 0 to 0 at
+  // `steps` (the local layers' Adam only; experts follow their servers' own settings).
+  std::string lr_schedule = "constant";
   uint64_t seed = 0;
   int64_t eval_every = 100;
   int64_t eval_samples = 10000;  // of the test split
@@ -54,6 +57,9 @@ struct TensorSplit {
 };
 // `dir` empty = Debian's package directory.
 Result<TensorSplit> LoadFashionMnistTensors(bool train, const std::string& dir = "");
+
+// The learning rate of step `step` (0-based) of `steps` under `schedule` (see TrainerOptions).
+double ScheduledLr(double lr, const std::string& schedule, int64_t step, int64_t steps);
 
 // The sample order of one epoch: a permutation seeded by (seed, epoch), so a resumed trainer
 // continues exactly where it stopped and a baseline can train on the same order.
