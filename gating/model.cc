@@ -47,6 +47,8 @@ at::Tensor DmoeModelImpl::forward(at::Tensor x) {
       x = at::relu(x);
     } else if (type == "gelu") {
       x = at::gelu(x);
+    } else if (type == "dropout") {
+      x = at::dropout(x, spec_.layers[i].p, is_training());
     } else {
       at::Tensor y = moes_[moe_index++]->forward(x);
       x = type == "residual_moe" ? x + y : y;

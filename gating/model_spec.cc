@@ -27,6 +27,18 @@ Result<int64_t> IntField(const json& obj, const char* key, const std::string& wh
   return v;
 }
 
+// A probability in [0, 1): dropout's `p`.
+Result<double> ProbabilityField(const json& obj, const char* key, const std::string& where) {
+  auto it = obj.find(key);
+  if (it == obj.end()) return InvalidArgumentError(where + ": missing '" + key + "'");
+  if (!it->is_number()) return InvalidArgumentError(where + ": '" + key + "' must be a number");
+  const double v = it->get<double>();
+  if (!(v >= 0 && v < 1)) {
+    return InvalidArgumentError(where + ": '" + key + "' is " + it->dump() + ", allowed [0, 1)");
+  }
+  return v;
+}
+
 Status CheckKeys(const json& obj, const std::set<std::string>& allowed, const std::string& where) {
   for (const auto& [key, value] : obj.items()) {
     if (!allowed.count(key)) return InvalidArgumentError(where + ": unknown field '" + key + "'");
@@ -51,6 +63,7 @@ std::string ModelSpec::ToJson() const {
   for (const LayerSpec& l : layers) {
     json j = {{"type", l.type}};
     if (l.type == "linear") j["out"] = l.out;
+    if (l.type == "dropout") j["p"] = l.p;
     if (l.type == "moe" || l.type == "residual_moe") {
       j["uid_prefix"] = l.moe.uid_prefix;
       j["grid"] = l.moe.grid;
@@ -97,6 +110,9 @@ Result<ModelSpec> ParseModelSpec(std::string_view text) {
       width = l.out;
     } else if (l.type == "relu" || l.type == "gelu" || l.type == "layer_norm") {
       DMOE_RETURN_IF_ERROR(CheckKeys(lj, {"type"}, where));
+    } else if (l.type == "dropout") {
+      DMOE_RETURN_IF_ERROR(CheckKeys(lj, {"type", "p"}, where));
+      DMOE_ASSIGN_OR_RETURN(l.p, ProbabilityField(lj, "p", where));
     } else if (l.type == "moe" || l.type == "residual_moe") {
       DMOE_RETURN_IF_ERROR(
           CheckKeys(lj,
@@ -138,8 +154,9 @@ Result<ModelSpec> ParseModelSpec(std::string_view text) {
       DMOE_ASSIGN_OR_RETURN(m.backward_timeout_ms,
                             IntField(lj, "backward_timeout_ms", where, 1, 600'000, 5000));
     } else {
-      return InvalidArgumentError(where + ": unknown type '" + l.type +
-                                  "' (allowed: linear, relu, gelu, layer_norm, moe, residual_moe)");
+      return InvalidArgumentError(
+          where + ": unknown type '" + l.type +
+          "' (allowed: linear, relu, gelu, layer_norm, dropout, moe, residual_moe)");
     }
     l.out_features = width;
     spec.layers.push_back(std::move(l));

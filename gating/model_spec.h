@@ -32,8 +32,9 @@ struct MoeLayerSpec {
 };
 
 struct LayerSpec {
-  std::string type;          // linear, relu, gelu, layer_norm, moe, residual_moe
+  std::string type;          // linear, relu, gelu, layer_norm, dropout, moe, residual_moe
   int64_t out = 0;           // linear only
+  double p = 0;              // dropout only: the probability of zeroing an element in training
   MoeLayerSpec moe;          // moe and residual_moe only
   int64_t in_features = 0;   // width of the layer's input, filled in by ParseModelSpec
   int64_t out_features = 0;  // width of its output

@@ -35,6 +35,18 @@ TEST(ModelSpecTest, ParsesTheProtocolExampleAndTracksWidths) {
   EXPECT_EQ(again->ToJson(), spec->ToJson());
 }
 
+TEST(ModelSpecTest, DropoutKeepsTheWidthAndRoundTripsItsP) {
+  auto spec = ParseModelSpec(
+      R"({"name":"m","input_dim":8,"layers":[{"type":"dropout","p":0.25},{"type":"linear","out":3}]})");
+  ASSERT_TRUE(spec.ok()) << spec.status().ToString();
+  EXPECT_EQ(spec->layers[0].type, "dropout");
+  EXPECT_DOUBLE_EQ(spec->layers[0].p, 0.25);
+  EXPECT_EQ(spec->layers[0].out_features, 8);
+  Result<ModelSpec> again = ParseModelSpec(spec->ToJson());
+  ASSERT_TRUE(again.ok());
+  EXPECT_DOUBLE_EQ(again->layers[0].p, 0.25);
+}
+
 TEST(ModelSpecTest, MoeDefaultsApplyWhenOmitted) {
   auto spec = ParseModelSpec(
       R"({"name":"m","input_dim":8,"layers":[{"type":"moe","uid_prefix":"e","grid":[3]}]})");
@@ -72,6 +84,12 @@ TEST(ModelSpecTest, RefusalsNameTheLayerAndField) {
        "'k_min' is 3"},
       {R"({"name":"m","input_dim":4,"extra":1,"layers":[{"type":"relu"}]})",
        "unknown field 'extra'"},
+      {R"({"name":"m","input_dim":4,"layers":[{"type":"dropout"}]})", "layer 0: missing 'p'"},
+      {R"({"name":"m","input_dim":4,"layers":[{"type":"dropout","p":1}]})",
+       "'p' is 1, allowed [0, 1)"},
+      {R"({"name":"m","input_dim":4,"layers":[{"type":"dropout","p":-0.1}]})", "allowed [0, 1)"},
+      {R"({"name":"m","input_dim":4,"layers":[{"type":"dropout","p":"0.5"}]})",
+       "'p' must be a number"},
   };
   for (const Case& c : cases) {
     Result<ModelSpec> r = ParseModelSpec(c.json);

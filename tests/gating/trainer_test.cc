@@ -2,12 +2,16 @@
 // the dense baseline rely on.
 #include "gating/trainer.h"
 
+#include <ATen/ATen.h>
+
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
 #include <numeric>
 #include <vector>
+
+#include "gating/model.h"
 
 namespace dmoe::gating {
 namespace {
@@ -39,6 +43,25 @@ TEST(TrainerTest, EpochOrderIsAPermutationFixedBySeedAndEpoch) {
   std::sort(sorted.begin(), sorted.end());
   std::iota(all.begin(), all.end(), 0);
   EXPECT_EQ(sorted, all);
+}
+
+// The spec's dropout layer: active while training (zeroes about p of the elements, scales the rest
+// by 1 / (1 - p)), the identity in evaluation, as the router runs the model.
+TEST(TrainerTest, DropoutLayerActsOnlyWhileTraining) {
+  Result<ModelSpec> spec = ParseModelSpec(
+      R"({"name":"m","input_dim":64,"layers":[{"type":"dropout","p":0.5},{"type":"relu"}]})");
+  ASSERT_TRUE(spec.ok()) << spec.status().ToString();
+  DmoeModel model(*spec, ModelContext{});
+  at::manual_seed(1);
+  at::Tensor x = at::rand({32, 64}) + 1.0;  // all positive: relu keeps them
+  model->eval();
+  EXPECT_TRUE(at::equal(model->forward(x), x));
+  model->train();
+  at::Tensor y = model->forward(x);
+  const double zeroed = (y == 0).to(at::kDouble).mean().item<double>();
+  EXPECT_NEAR(zeroed, 0.5, 0.05);
+  at::Tensor kept = y != 0;
+  EXPECT_TRUE(at::allclose(y.masked_select(kept), x.masked_select(kept) * 2.0));
 }
 
 }  // namespace
