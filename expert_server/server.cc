@@ -178,12 +178,18 @@ void ServerImpl::MaintenanceLoop() {
   using Clock = std::chrono::steady_clock;
   auto next_checkpoint = Clock::now() + std::chrono::seconds(options_.checkpoint_every_s);
   auto next_announce = Clock::now() + std::chrono::seconds(options_.announce_every_s);
+  Counter& wakeups = metrics_.GetCounter("dmoe_maintenance_wakeups_total",
+                                         "Wake-ups of the checkpoint and announcement thread.");
   std::unique_lock<std::mutex> lock(mu_);
   while (!stopping_) {
-    auto wake = dht_ ? std::min(next_checkpoint, next_announce) : next_checkpoint;
-    if (!store_ && !dht_) wake = Clock::time_point::max();
+    // Only the timers of work this server does: a checkpoint time that is never advanced (no
+    // --db) would lie in the past forever and turn the wait into a spin.
+    auto wake = Clock::time_point::max();
+    if (store_) wake = std::min(wake, next_checkpoint);
+    if (dht_) wake = std::min(wake, next_announce);
     cv_.wait_until(lock, wake, [this] { return stopping_; });
     if (stopping_) break;
+    wakeups.Increment();
     lock.unlock();
     auto now = Clock::now();
     if (store_ && now >= next_checkpoint) {

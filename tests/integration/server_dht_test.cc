@@ -105,6 +105,34 @@ std::string PeerIdOf(ServerClient& client) {
   return j.is_object() && j.contains("peer_id") ? j["peer_id"].get<std::string>() : "";
 }
 
+// The maintenance thread wakes for the timers of work the server does. A server without --db
+// once kept a checkpoint time in the past and spun a core in the kernel from the first
+// --checkpoint-every on (every bench server ran that way).
+TEST_F(ServerDhtTest, WithoutADatabaseTheMaintenanceThreadWakesOnlyToAnnounce) {
+  const auto start = std::chrono::steady_clock::now();
+  std::vector<std::string> args = BaseServerArgs("ffn.0.0", kDim);
+  args.insert(args.end(), {"--dht", dht_address_, "--dht-listen", "127.0.0.1:0", "--network",
+                           kNetwork, "--announce-every", "1", "--checkpoint-every", "1"});
+  Result<ServerProcess> server = StartServer(args);
+  ASSERT_TRUE(server.ok()) << server.status().ToString();
+  ServerClient client(server->endpoint);
+  auto wakeups = [&]() -> int64_t {
+    Result<net::Response> r = client.Get("/metrics");
+    if (!r.ok()) return -1;
+    const std::string text(r->body_view());
+    const std::string name = "\ndmoe_maintenance_wakeups_total ";
+    const size_t at = text.find(name);
+    return at == std::string::npos ? 0 : std::stoll(text.substr(at + name.size()));
+  };
+  int64_t seen = 0;
+  ASSERT_TRUE(testing::PollUntil([&] { return (seen = wakeups()) >= 4; }, 30s))
+      << "the server never announced 4 times; wake-ups " << seen;
+  const double elapsed_s =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  EXPECT_LE(seen, static_cast<int64_t>(elapsed_s) + 2)
+      << "one wake-up per announcement (--announce-every 1), not a spin";
+}
+
 TEST_F(ServerDhtTest, TwoServersAnnounceAndAKilledOneExpires) {
   Result<ServerProcess> a = StartAnnouncing("ffn.0.0,ffn.0.1");
   ASSERT_TRUE(a.ok()) << a.status().ToString();
