@@ -67,7 +67,7 @@ struct Config {
   double minutes = 10;
   int64_t batch_size = 256;
   double lr = 2e-3;
-  std::string lr_schedule = "cosine";  // of the local layers (trainer and dense baseline)
+  std::string lr_schedule = "cosine";  // trainer, dense baseline and (via --lr-decay-steps) experts
   // Which runs: dmoe, dense, fail10, fail25 (all by default; a subset for quicker experiments).
   std::set<std::string> models = {"dmoe", "dense", "fail10", "fail25"};
   uint64_t seed = 0;
@@ -380,31 +380,17 @@ RunResult RunDmoe(const Config& cfg, const gating::ModelSpec& spec, const ParamC
   const std::string prefix = moe->moe.uid_prefix;
   for (int s = 0; s < kServers; ++s) {
     auto p = testing::Process::Spawn(
-        {Binary("DMOE_SERVER_BINARY", DMOE_SERVER_BINARY),
-         "--experts",
+        {Binary("DMOE_SERVER_BINARY", DMOE_SERVER_BINARY), "--experts",
          prefix + ".[0:" + std::to_string(moe->moe.grid[0]) + "]." + std::to_string(s),
-         "--expert-type",
-         "ffn",
-         "--hidden-dim",
-         std::to_string(moe->in_features),
-         "--seed",
-         "7",
-         "--lr",
-         lr,
-         "--fail-rate",
-         fail,
-         "--listen",
-         "127.0.0.1:0",
-         "--dht",
-         dht_address,
-         "--dht-listen",
-         "127.0.0.1:0",
-         "--announce-every",
-         "5",
-         "--threads",
-         "1",
-         "--log-level",
-         "error"});
+         "--expert-type", "ffn", "--hidden-dim", std::to_string(moe->in_features), "--seed", "7",
+         "--lr", lr,
+         // The experts follow the trainer's schedule: with cosine, each decays over the step
+         // budget (one expert step per trainer step when every expert gets samples, as at
+         // batch 256 with k 4 of 16).
+         "--lr-decay-steps",
+         cfg.lr_schedule == "cosine" ? std::to_string(cfg.steps) : std::string("0"), "--fail-rate",
+         fail, "--listen", "127.0.0.1:0", "--dht", dht_address, "--dht-listen", "127.0.0.1:0",
+         "--announce-every", "5", "--threads", "1", "--log-level", "error"});
     if (!p.ok()) {
       r.error = p.status().ToString();
       return r;
@@ -589,8 +575,8 @@ int main(int argc, char** argv) {
   const ParamCounts counts = CountParams(*spec);
   const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
   std::printf(
-      "train_fmnist: spec %s, batch %lld, Adam lr %g (trainer and experts; %s schedule for the "
-      "local layers), seed %llu, budget %lld steps or %.1f min, eval every %lld steps on %lld test "
+      "train_fmnist: spec %s, batch %lld, Adam lr %g (trainer and experts; %s schedule for "
+      "both), seed %llu, budget %lld steps or %.1f min, eval every %lld steps on %lld test "
       "images, %u cores\n",
       cfg.spec_path.c_str(), static_cast<long long>(cfg.batch_size), cfg.lr,
       cfg.lr_schedule.c_str(), static_cast<unsigned long long>(cfg.seed),

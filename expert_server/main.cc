@@ -156,6 +156,10 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--warmup-steps", o.optimizer.warmup_steps, "linear learning-rate warmup steps")
       ->capture_default_str();
+  app.add_option("--lr-decay-steps", o.optimizer.decay_steps,
+                 "after warmup, cosine decay of the learning rate to 0 over this many steps of "
+                 "each expert; 0 = constant")
+      ->capture_default_str();
   app.add_option("--max-batch-size", o.runtime.max_batch_size,
                  "samples merged into one batch at most")
       ->capture_default_str();

@@ -8,6 +8,8 @@
 #include <limits>
 #include <map>
 
+#include "core/lr_schedule.h"
+
 namespace dmoe::expert_server {
 
 Status ValidateOptimizerOptions(const OptimizerOptions& o) {
@@ -21,8 +23,10 @@ Status ValidateOptimizerOptions(const OptimizerOptions& o) {
   if (!(o.beta1 >= 0 && o.beta1 < 1) || !(o.beta2 >= 0 && o.beta2 < 1)) {
     return InvalidArgumentError("betas must be in [0, 1)");
   }
-  if (!(o.weight_decay >= 0) || !(o.clip_grad_norm >= 0) || o.warmup_steps < 0) {
-    return InvalidArgumentError("weight decay, gradient clipping and warmup must not be negative");
+  if (!(o.weight_decay >= 0) || !(o.clip_grad_norm >= 0) || o.warmup_steps < 0 ||
+      o.decay_steps < 0) {
+    return InvalidArgumentError(
+        "weight decay, gradient clipping, warmup and decay steps must not be negative");
   }
   return Status::Ok();
 }
@@ -38,8 +42,12 @@ Optimizer::Optimizer(std::vector<std::pair<std::string, at::Tensor>> params,
 }
 
 double Optimizer::CurrentLr() const {
-  if (options_.warmup_steps <= 0 || step_ >= options_.warmup_steps) return options_.lr;
-  return options_.lr * static_cast<double>(step_ + 1) / static_cast<double>(options_.warmup_steps);
+  if (options_.warmup_steps > 0 && step_ < options_.warmup_steps) {
+    return options_.lr * static_cast<double>(step_ + 1) /
+           static_cast<double>(options_.warmup_steps);
+  }
+  return CosineDecay(options_.lr, step_ - std::max<int64_t>(0, options_.warmup_steps),
+                     options_.decay_steps);
 }
 
 namespace {

@@ -24,6 +24,7 @@ struct OptimizerOptions {
   double weight_decay = 0.0;    // decoupled: p -= lr * weight_decay * p
   double clip_grad_norm = 0.0;  // 0 = no clipping
   int64_t warmup_steps = 0;     // lr ramps linearly from lr/warmup to lr over these steps
+  int64_t decay_steps = 0;      // then cosine decay from lr to 0 over these steps; 0 = none
 };
 
 Status ValidateOptimizerOptions(const OptimizerOptions& options);

@@ -17,6 +17,7 @@
 
 #include "core/clock.h"
 #include "core/identity.h"
+#include "core/lr_schedule.h"
 #include "core/request_auth.h"
 #include "dht/dht.h"
 #include "gating/fashion_mnist.h"
@@ -158,9 +159,7 @@ std::vector<int64_t> EpochOrder(uint64_t seed, int64_t epoch, int64_t n) {
 }
 
 double ScheduledLr(double lr, const std::string& schedule, int64_t step, int64_t steps) {
-  if (schedule != "cosine" || steps <= 0) return lr;
-  const double t = std::clamp(static_cast<double>(step) / static_cast<double>(steps), 0.0, 1.0);
-  return lr * 0.5 * (1.0 + std::cos(M_PI * t));
+  return schedule == "cosine" ? CosineDecay(lr, step, steps) : lr;
 }
 
 Result<TrainerResult> RunTrainer(const TrainerOptions& o, std::ostream& out,

@@ -111,6 +111,28 @@ TEST(OptimizerTest, SgdWithMomentumMatchesItsFormula) {
   EXPECT_LT(RelativeError(o, true, 6), 1e-5);
 }
 
+TEST(OptimizerTest, WarmupThenCosineDecayToZero) {
+  OptimizerOptions o;
+  o.lr = 0.1;
+  o.warmup_steps = 2;
+  o.decay_steps = 4;
+  at::Tensor p = at::zeros({3}).requires_grad_(true);
+  Optimizer opt({{"p", p}}, o);
+  std::vector<double> seen;
+  for (int s = 0; s < 8; ++s) {
+    seen.push_back(opt.CurrentLr());
+    p.mutable_grad() = at::ones({3});
+    opt.Step();
+  }
+  const std::vector<double> expected = {
+      0.05, 0.1, 0.1, 0.1 * (1 + std::sqrt(0.5)) / 2, 0.05, 0.1 * (1 - std::sqrt(0.5)) / 2,
+      0.0,  0.0};
+  ASSERT_EQ(seen.size(), expected.size());
+  for (size_t i = 0; i < seen.size(); ++i) EXPECT_NEAR(seen[i], expected[i], 1e-12) << "step " << i;
+  o.decay_steps = -1;
+  EXPECT_EQ(ValidateOptimizerOptions(o).code(), Code::kInvalidArgument);
+}
+
 TEST(OptimizerTest, NonFiniteGradientsAreSeenInEitherLayout) {
   for (bool contiguous : {true, false}) {
     for (float bad : {std::nanf(""), INFINITY, -INFINITY}) {
