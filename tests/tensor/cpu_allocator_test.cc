@@ -15,9 +15,11 @@ namespace {
 
 constexpr size_t kMin = 256 << 10;
 constexpr size_t kMaxIdle = 4 << 20;
+constexpr size_t kOverPeak = 1 << 20;
 
 CachingCpuAllocator* Allocator() {
-  return CachingCpuAllocator::Install({.min_block_bytes = kMin, .max_idle_bytes = kMaxIdle});
+  return CachingCpuAllocator::Install(
+      {.min_block_bytes = kMin, .max_idle_bytes = kMaxIdle, .max_idle_over_peak_bytes = kOverPeak});
 }
 
 // A float tensor of exactly `bytes` bytes.
@@ -30,8 +32,8 @@ TEST(CachingCpuAllocatorTest, InstallIsOnceAndBecomesTorchsCpuAllocator) {
   EXPECT_EQ(CachingCpuAllocator::Installed(), a);
   EXPECT_EQ(c10::GetCPUAllocator(), a);
   // A second install keeps the first allocator and its options.
-  CachingCpuAllocator* b =
-      CachingCpuAllocator::Install({.min_block_bytes = 1, .max_idle_bytes = 1});
+  CachingCpuAllocator* b = CachingCpuAllocator::Install(
+      {.min_block_bytes = 1, .max_idle_bytes = 1, .max_idle_over_peak_bytes = 1});
   EXPECT_EQ(b, a);
   EXPECT_EQ(b->options().max_idle_bytes, kMaxIdle);
 }
@@ -84,14 +86,31 @@ TEST(CachingCpuAllocatorTest, IdleBlocksStayWithinTheBoundOldestUnmappedFirst) {
     std::vector<at::Tensor> many;
     for (int i = 0; i < 6; ++i) many.push_back(OfBytes(1 << 20));
   }
-  // Six 1 MiB blocks freed into a 4 MiB cache: the first two freed are gone.
-  EXPECT_EQ(a->stats().idle_bytes, static_cast<int64_t>(kMaxIdle));
-  {
-    at::Tensor big = OfBytes(kMaxIdle + (1 << 20));  // Larger than the whole cache: never kept.
-  }
+  // Six 1 MiB blocks freed into a 4 MiB cache: two are unmapped.
   EXPECT_EQ(a->stats().idle_bytes, static_cast<int64_t>(kMaxIdle));
   a->ReleaseIdle();
+  { at::Tensor big = OfBytes(kMaxIdle + (1 << 20)); }  // Larger than the whole cache: never kept.
   EXPECT_EQ(a->stats().idle_bytes, 0);
+}
+
+// Idle blocks never lift live + idle more than kOverPeak above the most ever live: a block mapped
+// at a new peak pushes idle blocks out.
+TEST(CachingCpuAllocatorTest, IdleBlocksNeverLiftMemoryPastThePeakBound) {
+  CachingCpuAllocator* a = Allocator();
+  a->ReleaseIdle();
+  // Live tensors up to a new peak, in 1 MiB blocks.
+  std::vector<at::Tensor> held;
+  const int64_t target = a->stats().peak_live_bytes + (3 << 20);
+  while (a->stats().live_bytes < target) held.push_back(OfBytes(1 << 20));
+  const int64_t peak = a->stats().peak_live_bytes;
+  held.resize(held.size() - 3);  // 3 MiB idle: live + idle is the peak.
+  EXPECT_EQ(a->stats().idle_bytes, 3 << 20);
+  // A 2 MiB block is a new size: mapped, live + idle would be peak + 2 MiB, so 1 MiB goes.
+  at::Tensor other = OfBytes(2 << 20);
+  const CpuAllocatorStats s = a->stats();
+  EXPECT_EQ(s.peak_live_bytes, peak);
+  EXPECT_EQ(s.idle_bytes, 2 << 20);
+  EXPECT_EQ(s.live_bytes + s.idle_bytes, peak + static_cast<int64_t>(kOverPeak));
 }
 
 TEST(CachingCpuAllocatorTest, TensorsMadeOnOneThreadAndFreedOnAnotherAreReused) {
