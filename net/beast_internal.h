@@ -14,7 +14,9 @@
 #include <condition_variable>
 #include <cstring>
 #include <deque>
+#include <functional>
 #include <limits>
+#include <memory>
 #include <mutex>
 #include <unordered_map>
 
@@ -125,11 +127,47 @@ Headers ToHeaders(const Fields& fields) {
   return out;
 }
 
+// The bytes of requests one server holds at once (HttpServerOptions::max_held_request_bytes).
+// Thread-safe. A waiter's callback runs once, from the thread whose Release made room (or never,
+// if no room is made); callbacks must only post to their session's strand.
+class ByteBudget {
+ public:
+  explicit ByteBudget(uint64_t limit) : limit_(limit) {}
+
+  // Counts `bytes` and returns true when they fit, or when nothing is held (a request larger than
+  // the whole budget still gets in, alone). Otherwise returns false and calls `ready` once they
+  // have been counted, after earlier waiters.
+  bool Acquire(uint64_t bytes, std::function<void()> ready);
+  // Counts bytes that are in memory already (a chunked body, or the part of a WebSocket message
+  // beyond what was reserved for it).
+  void Charge(uint64_t bytes);
+  // Uncounts bytes and wakes the waiters that now fit.
+  void Release(uint64_t bytes);
+  uint64_t held() const;
+  size_t waiting() const;
+
+ private:
+  struct Waiter {
+    uint64_t bytes;
+    std::function<void()> ready;
+  };
+  bool FitsLocked(uint64_t bytes) const;
+
+  const uint64_t limit_;
+  mutable std::mutex mu_;
+  uint64_t held_ = 0;
+  std::deque<Waiter> waiters_;
+};
+
 struct WsOptions {
   uint64_t max_message_bytes = 64ull << 20;
   size_t max_queued_messages = 1024;
   std::chrono::milliseconds idle_timeout{300'000};
   std::chrono::milliseconds handshake_timeout{30'000};
+  // Server side, when the server has a request budget: each message is counted from its arrival
+  // until on_message returns or, for a request begun with TryBeginRequest during on_message, until
+  // its EndRequest; the next message is not read while the budget is full.
+  std::shared_ptr<ByteBudget> budget;
 };
 
 // One WebSocket, either end. Runs on the strand of its tcp_stream; see WsConnection for the
@@ -154,11 +192,20 @@ class WsSession final : public WsConnection,
   bool is_open() const override { return open_.load(); }
   void Shutdown(bool force) override;
 
+ protected:
+  void OnRequestBegun() override;
+  void OnRequestEnded() override;
+
  private:
   void Register();
   void Unregister();
   void Opened();
+  // Reads the next message (with a budget: its start, then WaitForBudget).
   void DoRead();
+  // Parks until the budget has room for the message being read, then ReadRest.
+  void WaitForBudget();
+  // Reads the rest of the current message into read_into_.
+  void ReadRest();
   void OnRead(beast_error ec, size_t bytes);
   void DoWrite();
   void OnWrite(beast_error ec, size_t bytes);
@@ -178,6 +225,17 @@ class WsSession final : public WsConnection,
   bool close_requested_ = false;  // Strand only.
   bool closing_ = false;          // Strand only: async_close started.
   bool finished_ = false;         // Strand only: on_close ran.
+  bool parked_ = false;           // Strand only: waiting for room in the budget, no read pending.
+  using ReadBuffer = asio::dynamic_vector_buffer<uint8_t, std::allocator<uint8_t>>;
+  std::shared_ptr<ReadBuffer> read_into_;  // Strand only: read_buffer_ as Beast fills it.
+  // Bytes read before the budget is asked whether the rest may come.
+  static constexpr size_t kMessageStartBytes = 512;
+  uint64_t reserved_ = 0;            // Strand only: counted in the budget for the message read now.
+  uint64_t last_message_bytes_ = 0;  // Strand only: the size of the previous message.
+  // The message in on_message, counted in the budget; a request begun meanwhile takes it.
+  std::atomic<uint64_t> message_bytes_{0};
+  std::mutex held_mu_;
+  std::deque<uint64_t> held_;  // Bytes of begun requests, released by EndRequest in turn.
   std::function<void(Result<std::shared_ptr<WsConnection>>)> handshake_done_;
 };
 

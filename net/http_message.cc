@@ -120,9 +120,17 @@ Status StatusFromResponse(const Response& response) {
 bool WsConnection::TryBeginRequest(int limit) {
   int n = in_flight_.load();
   while (n < limit) {
-    if (in_flight_.compare_exchange_weak(n, n + 1)) return true;
+    if (in_flight_.compare_exchange_weak(n, n + 1)) {
+      OnRequestBegun();
+      return true;
+    }
   }
   return false;
+}
+
+void WsConnection::EndRequest() {
+  in_flight_.fetch_sub(1);
+  OnRequestEnded();
 }
 
 }  // namespace dmoe::net

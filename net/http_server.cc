@@ -72,7 +72,8 @@ bool Match(const Route& route, const std::vector<std::string>& path,
 
 struct HttpServer::State {
   HttpServerOptions options;
-  std::vector<Route> routes;  // Immutable after Start.
+  std::shared_ptr<ByteBudget> budget;  // Null without max_held_request_bytes.
+  std::vector<Route> routes;           // Immutable after Start.
   Registry registry;
   std::atomic<uint64_t> accepted{0};
   std::atomic<bool> stopping{false};
@@ -88,6 +89,7 @@ struct HttpServer::State {
     o.max_queued_messages = options.ws_max_queued_messages;
     o.idle_timeout = options.ws_idle_timeout;
     o.handshake_timeout = options.read_timeout;
+    o.budget = budget;
     return o;
   }
 };
@@ -119,7 +121,10 @@ class HttpSession final : public Closeable, public std::enable_shared_from_this<
         body_timer_(stream_.get_executor()),
         server_(std::move(server)) {}
 
-  ~HttpSession() override { Unregister(); }
+  ~HttpSession() override {
+    Unregister();
+    ReleaseHeld();
+  }
 
   void Start() {
     registry_id_ = server_->registry.Add(weak_from_this());
@@ -133,8 +138,12 @@ class HttpSession final : public Closeable, public std::enable_shared_from_this<
   void Shutdown(bool force) override {
     asio::post(stream_.get_executor(), [self = shared_from_this(), force] {
       self->stopping_ = true;
-      // A connection waiting for a request has nothing in flight: close it now.
-      if (force || self->state_ == StateKind::kReadingHead) self->CloseSocket();
+      // A connection waiting for a request, or for room to read one, has nothing in flight:
+      // close it now.
+      if (force || self->state_ == StateKind::kReadingHead ||
+          self->state_ == StateKind::kWaitingBudget) {
+        self->CloseSocket();
+      }
     });
   }
 
@@ -147,7 +156,15 @@ class HttpSession final : public Closeable, public std::enable_shared_from_this<
   }
 
  private:
-  enum class StateKind { kReadingHead, kReadingBody, kHandling, kWriting, kDraining, kClosed };
+  enum class StateKind {
+    kReadingHead,
+    kWaitingBudget,
+    kReadingBody,
+    kHandling,
+    kWriting,
+    kDraining,
+    kClosed
+  };
 
   const HttpServerOptions& options() const { return server_->options; }
 
@@ -235,6 +252,28 @@ class HttpSession final : public Closeable, public std::enable_shared_from_this<
       Status s = RunCheck(*route_);
       if (!s.ok()) return Refuse(s);
     }
+    AdmitBody();
+  }
+
+  // Waits, with the body unread, until the server's request budget has room for it.
+  void AdmitBody() {
+    const uint64_t bytes = request_.chunked ? 0 : request_.content_length.value_or(0);
+    if (!server_->budget || bytes == 0) return StartBody();
+    state_ = StateKind::kWaitingBudget;
+    auto admitted = [self = shared_from_this(), bytes] {
+      asio::post(self->executor(), [self, bytes] {
+        self->held_bytes_ = bytes;
+        // Closed while waiting: give the room back.
+        if (self->state_ != StateKind::kWaitingBudget) return self->ReleaseHeld();
+        self->StartBody();
+      });
+    };
+    if (!server_->budget->Acquire(bytes, std::move(admitted))) return;
+    held_bytes_ = bytes;
+    StartBody();
+  }
+
+  void StartBody() {
     auto expect = request_.headers.Get("Expect");
     if (body_pending_ && expect && EqualsIgnoreCase(*expect, "100-continue")) {
       // The client waits for this before sending a large body; answer at once rather than let it
@@ -326,6 +365,11 @@ class HttpSession final : public Closeable, public std::enable_shared_from_this<
     }
     request_.body = std::move(body_parser_->get().body());
     body_parser_.reset();
+    if (server_->budget) {
+      // A chunked body's size is known only now; it counts, but it was not held back.
+      server_->budget->Charge(request_.body.size());
+      held_bytes_ = request_.body.size();
+    }
     Dispatch();
   }
 
@@ -361,6 +405,7 @@ class HttpSession final : public Closeable, public std::enable_shared_from_this<
 
   void OnWrite(beast_error ec) {
     response_.reset();
+    ReleaseHeld();  // The request is answered.
     if (ec) return CloseSocket();
     if (close_after_write_) return Drain();
     DoReadHead();
@@ -395,7 +440,14 @@ class HttpSession final : public Closeable, public std::enable_shared_from_this<
     registry_id_ = 0;
   }
 
+  void ReleaseHeld() {
+    if (held_bytes_ == 0) return;
+    server_->budget->Release(held_bytes_);
+    held_bytes_ = 0;
+  }
+
   void CloseSocket() {
+    ReleaseHeld();
     if (state_ == StateKind::kClosed) return;
     state_ = StateKind::kClosed;
     Unregister();
@@ -417,6 +469,7 @@ class HttpSession final : public Closeable, public std::enable_shared_from_this<
   std::string remote_;
   uint64_t registry_id_ = 0;
   size_t drain_budget_ = 0;
+  uint64_t held_bytes_ = 0;  // Counted in server_->budget for the current request.
   StateKind state_ = StateKind::kReadingHead;
   bool keep_alive_ = true;
   bool body_pending_ = false;
@@ -479,6 +532,9 @@ HttpServer::HttpServer(HttpServerOptions options, IoContext* io)
       io_(io == nullptr ? owned_io_.get() : io),
       state_(std::make_shared<State>()) {
   state_->options = std::move(options);
+  if (state_->options.max_held_request_bytes > 0) {
+    state_->budget = std::make_shared<ByteBudget>(state_->options.max_held_request_bytes);
+  }
 }
 
 HttpServer::~HttpServer() { Stop(std::chrono::milliseconds(0)); }
@@ -532,6 +588,14 @@ uint16_t HttpServer::port() const { return state_->port; }
 uint64_t HttpServer::accepted_connections() const { return state_->accepted.load(); }
 
 size_t HttpServer::open_connections() const { return state_->registry.size(); }
+
+uint64_t HttpServer::held_request_bytes() const {
+  return state_->budget ? state_->budget->held() : 0;
+}
+
+size_t HttpServer::requests_waiting() const {
+  return state_->budget ? state_->budget->waiting() : 0;
+}
 
 void HttpServer::Stop(std::chrono::milliseconds deadline) {
   if (state_->stopped) return;

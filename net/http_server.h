@@ -57,6 +57,14 @@ struct HttpServerOptions {
   size_t ws_max_queued_messages = 1024;
   // WebSocket: a connection with no traffic this long is pinged, then closed if still silent.
   std::chrono::milliseconds ws_idle_timeout{300'000};
+  // Bytes of requests the server holds at once; 0 = no limit. An HTTP body counts from the start
+  // of its reading until its response is written; a WebSocket message from its arrival until
+  // on_message returns or, for a request begun with WsConnection::TryBeginRequest, until its
+  // EndRequest. A body that does not fit, or the rest of a message that does not (its size is known
+  // only once read: the connection's previous message size stands in), is left unread in the
+  // socket until earlier requests end: backpressure on the clients instead of memory in the
+  // server. One request is always let in when nothing is held, whatever its size.
+  uint64_t max_held_request_bytes = 0;
   std::string server_name = "dmoe";  // Sent as the Server header.
 };
 
@@ -97,6 +105,10 @@ class HttpServer {
   uint64_t accepted_connections() const;
   // HTTP and WebSocket connections open now. Any thread.
   size_t open_connections() const;
+  // Request bytes counted against max_held_request_bytes now, and connections whose next body or
+  // message waits for room (both 0 without a limit). Any thread.
+  uint64_t held_request_bytes() const;
+  size_t requests_waiting() const;
 
   struct State;  // Private to http_server.cc; named here so its sessions can share it.
 

@@ -34,13 +34,19 @@ class WsConnection {
 
   // Per-connection in-flight accounting for callers that cap concurrent requests (the expert
   // server allows 64): TryBeginRequest is true and counts one more when fewer than `limit` are in
-  // flight; every true must be paired with one EndRequest.
+  // flight; every true must be paired with one EndRequest. On a server with a request budget
+  // (HttpServerOptions::max_held_request_bytes), a request begun during on_message keeps that
+  // message's bytes counted until its EndRequest, so call EndRequest once the answer is made.
   bool TryBeginRequest(int limit);
-  void EndRequest() { in_flight_.fetch_sub(1); }
+  void EndRequest();
   int in_flight() const { return in_flight_.load(); }
 
  protected:
   explicit WsConnection(RequestHead head) : head_(std::move(head)) {}
+  // Hooks for the session: OnRequestBegun runs inside a successful TryBeginRequest, OnRequestEnded
+  // inside EndRequest (any thread).
+  virtual void OnRequestBegun() {}
+  virtual void OnRequestEnded() {}
 
  private:
   const RequestHead head_;
@@ -53,7 +59,8 @@ struct WsHandlers {
   // Optional: once, after the handshake, before any on_message.
   std::function<void(const std::shared_ptr<WsConnection>&)> on_open;
   // Each received binary (or text) message, in arrival order. Reading continues right after the
-  // call returns, so many requests can be in flight on one connection.
+  // call returns, so many requests can be in flight on one connection (on a server whose request
+  // budget is full, the next message is left unread until earlier requests end).
   std::function<void(const std::shared_ptr<WsConnection>&, Bytes message)> on_message;
   // Optional: once, when the connection ends; OK for a clean close, else why (kPayloadTooLarge for
   // an oversized message, kDeadlineExceeded for an idle timeout, kUnavailable otherwise).

@@ -7,6 +7,8 @@
 #include <boost/asio/dispatch.hpp>
 #include <boost/asio/post.hpp>
 
+#include <algorithm>
+
 namespace dmoe::net::internal {
 
 WsSession::WsSession(beast::tcp_stream&& stream, RequestHead head, WsOptions options,
@@ -17,7 +19,15 @@ WsSession::WsSession(beast::tcp_stream&& stream, RequestHead head, WsOptions opt
       handlers_(std::move(handlers)),
       registry_(registry) {}
 
-WsSession::~WsSession() { Unregister(); }
+WsSession::~WsSession() {
+  Unregister();
+  // Requests begun and never ended (a handler that dropped them) must not hold the budget forever.
+  if (options_.budget) {
+    uint64_t bytes = reserved_;
+    for (uint64_t b : held_) bytes += b;
+    if (bytes > 0) options_.budget->Release(bytes);
+  }
+}
 
 void WsSession::Unregister() {
   if (registry_ != nullptr && registry_id_ != 0) registry_->Remove(registry_id_);
@@ -99,14 +109,53 @@ void WsSession::Opened() {
 void WsSession::DoRead() {
   read_buffer_.clear();
   read_buffer_.shrink_to_fit();
-  auto buffer = std::make_shared<asio::dynamic_vector_buffer<uint8_t, std::allocator<uint8_t>>>(
-      read_buffer_, static_cast<size_t>(options_.max_message_bytes));
-  ws_.async_read(*buffer, [self = shared_from_this(), buffer](beast_error ec, size_t n) {
-    self->OnRead(ec, n);
-  });
+  read_into_ =
+      std::make_shared<ReadBuffer>(read_buffer_, static_cast<size_t>(options_.max_message_bytes));
+  if (!options_.budget) return ReadRest();
+  // With a budget, read only the start of the next message and leave the rest in the socket
+  // until the budget has room: backpressure on the client. Waiting before the read instead would
+  // not hold anything back, since the read would take whatever arrives later.
+  ws_.async_read_some(*read_into_, kMessageStartBytes,
+                      [self = shared_from_this()](beast_error ec, size_t) {
+                        if (ec || self->ws_.is_message_done()) return self->OnRead(ec, 0);
+                        self->WaitForBudget();
+                      });
+}
+
+void WsSession::WaitForBudget() {
+  // The message's size is known only once it is read; its start is in, so its sender is active,
+  // and the size of the connection's previous message stands in for it until then.
+  const uint64_t estimate = std::max<uint64_t>(last_message_bytes_, read_buffer_.size());
+  auto admitted = [self = shared_from_this(), estimate] {
+    asio::post(self->ws_.get_executor(), [self, estimate] {
+      if (!self->parked_) {  // Shutdown resumed the read already, without the room.
+        self->options_.budget->Release(estimate);
+        return;
+      }
+      self->parked_ = false;
+      self->reserved_ = estimate;
+      self->ReadRest();
+    });
+  };
+  if (!options_.budget->Acquire(estimate, std::move(admitted))) {
+    parked_ = true;
+    return;
+  }
+  reserved_ = estimate;
+  ReadRest();
+}
+
+void WsSession::ReadRest() {
+  // Beast's async_read finishes the current message, appending to what async_read_some read.
+  ws_.async_read(*read_into_, [self = shared_from_this(), buffer = read_into_](
+                                  beast_error ec, size_t n) { self->OnRead(ec, n); });
 }
 
 void WsSession::OnRead(beast_error ec, size_t) {
+  if (reserved_ > 0 && ec) {
+    options_.budget->Release(reserved_);
+    reserved_ = 0;
+  }
   if (ec) {
     Status status = Status::Ok();
     if (ec == websocket::error::closed) {
@@ -121,6 +170,14 @@ void WsSession::OnRead(beast_error ec, size_t) {
     return;
   }
   Bytes message = std::move(read_buffer_);
+  if (options_.budget) {
+    // Counts the message in place of what was reserved for it.
+    if (message.size() > reserved_) options_.budget->Charge(message.size() - reserved_);
+    if (message.size() < reserved_) options_.budget->Release(reserved_ - message.size());
+    reserved_ = 0;
+    message_bytes_ = message.size();
+    last_message_bytes_ = message.size();
+  }
   if (handlers_.on_message) {
     try {
       handlers_.on_message(shared_from_this(), std::move(message));
@@ -128,7 +185,28 @@ void WsSession::OnRead(beast_error ec, size_t) {
       spdlog::error("net: WebSocket on_message threw: {}", e.what());
     }
   }
+  // Not taken by a request the handler began: the message is gone.
+  if (const uint64_t bytes = message_bytes_.exchange(0); bytes > 0) options_.budget->Release(bytes);
   DoRead();
+}
+
+void WsSession::OnRequestBegun() {
+  if (!options_.budget) return;
+  std::lock_guard<std::mutex> lock(held_mu_);
+  held_.push_back(message_bytes_.exchange(0));
+}
+
+void WsSession::OnRequestEnded() {
+  if (!options_.budget) return;
+  uint64_t bytes = 0;
+  {
+    std::lock_guard<std::mutex> lock(held_mu_);
+    if (held_.empty()) return;
+    // Requests may end out of order; releasing in begin order keeps the total right.
+    bytes = held_.front();
+    held_.pop_front();
+  }
+  options_.budget->Release(bytes);
 }
 
 Status WsSession::Send(Bytes message) {
@@ -192,6 +270,11 @@ void WsSession::DoClose() {
 void WsSession::Shutdown(bool force) {
   asio::post(ws_.get_executor(), [self = shared_from_this(), force] {
     if (self->finished_) return;
+    if (self->parked_) {
+      // A read must be pending to see the close through.
+      self->parked_ = false;
+      self->ReadRest();
+    }
     if (!force) {
       // During the handshake, Opened() sees the request and closes right after it.
       self->close_requested_ = true;

@@ -4,8 +4,10 @@
 
 #include <atomic>
 #include <future>
+#include <mutex>
 #include <nlohmann/json.hpp>
 #include <thread>
+#include <vector>
 
 #include "net/http_client.h"
 #include "tests/net/test_util.h"
@@ -282,6 +284,69 @@ TEST(HttpServerTest, GracefulStopFinishesRequestInFlight) {
   // Connection: close is sent when Stop reached the session before the answer, which is a race.
   auto after = client.Fetch("GET", url, {}, {}, seconds(5));
   EXPECT_EQ(after.status().code(), Code::kUnavailable) << after.status().ToString();
+}
+
+// With a request budget, a body that does not fit waits unread until an earlier request is
+// answered, then goes through; the held bytes follow.
+TEST(HttpServerTest, RequestBudgetHoldsBackABodyUntilAnEarlierRequestIsAnswered) {
+  constexpr size_t kBody = 600 << 10;
+  HttpServerOptions options;
+  options.max_held_request_bytes = 1 << 20;
+  HttpServer server(options);
+  std::mutex mu;
+  std::vector<std::pair<Responder, Bytes>> handled;
+  server.Handle("POST", "/hold", [&](Request req, Responder respond) {
+    std::lock_guard<std::mutex> lock(mu);
+    handled.emplace_back(respond, std::move(req.body));
+  });
+  ASSERT_TRUE(server.Start().ok());
+  auto count = [&] {
+    std::lock_guard<std::mutex> lock(mu);
+    return handled.size();
+  };
+  auto answer = [&](size_t i) {
+    std::lock_guard<std::mutex> lock(mu);
+    handled[i].first(Response::Text(200, "text/plain", std::to_string(i)));
+  };
+  HttpClient client;
+  const auto deadline = std::chrono::steady_clock::now() + seconds(20);
+  std::promise<Result<Response>> first, second;
+  client.Request("POST", Base(server) + "/hold", {}, Bytes(kBody, 1), deadline,
+                 [&](Result<Response> r) { first.set_value(std::move(r)); });
+  ASSERT_TRUE(WaitFor([&] { return count() == 1; }));
+  EXPECT_EQ(server.held_request_bytes(), kBody);
+  client.Request("POST", Base(server) + "/hold", {}, Bytes(kBody, 2), deadline,
+                 [&](Result<Response> r) { second.set_value(std::move(r)); });
+  // The second header is in; its body would pass 1 MiB, so it stays unread.
+  ASSERT_TRUE(WaitFor([&] { return server.requests_waiting() == 1; }));
+  EXPECT_EQ(count(), 1u);
+  EXPECT_EQ(server.held_request_bytes(), kBody);
+  answer(0);
+  ASSERT_TRUE(WaitFor([&] { return count() == 2; }));
+  EXPECT_EQ(server.requests_waiting(), 0u);
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    EXPECT_EQ(handled[1].second, Bytes(kBody, 2));
+  }
+  answer(1);
+  auto r0 = first.get_future().get();
+  auto r1 = second.get_future().get();
+  ASSERT_TRUE(r0.ok()) << r0.status().ToString();
+  ASSERT_TRUE(r1.ok()) << r1.status().ToString();
+  EXPECT_EQ(r0->body_view(), "0");
+  EXPECT_EQ(r1->body_view(), "1");
+  EXPECT_TRUE(WaitFor([&] { return server.held_request_bytes() == 0; }));
+}
+
+// A body larger than the whole budget still gets in when nothing else is held.
+TEST(HttpServerTest, RequestBudgetLetsOneOversizedBodyInAlone) {
+  HttpServerOptions options;
+  options.max_held_request_bytes = 64 << 10;
+  auto server = EchoServer(options);
+  auto r = Fetch("POST", Base(*server) + "/echo", {}, Bytes(1 << 20, 7), seconds(10));
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(r->body, Bytes(1 << 20, 7));
+  EXPECT_TRUE(WaitFor([&] { return server->held_request_bytes() == 0; }));
 }
 
 TEST(HttpServerTest, BigBodyThroughput) {

@@ -205,5 +205,58 @@ TEST(WebSocketTest, InFlightCounterCapsAtLimit) {
   EXPECT_EQ(s->in_flight(), 64);
 }
 
+// With a request budget, a message that arrives while begun requests hold the budget is read only
+// up to its start; the rest waits in the socket until one of them ends, then arrives whole. A
+// message the handler does not begin a request for counts only while on_message runs.
+TEST(WebSocketTest, RequestBudgetLeavesAMessageUnreadUntilARequestEnds) {
+  constexpr size_t kMessage = 600 << 10;
+  HttpServerOptions options;
+  options.max_held_request_bytes = 512 << 10;
+  HttpServer server(options);
+  std::mutex mu;
+  std::vector<std::pair<std::shared_ptr<WsConnection>, Bytes>> begun;
+  int received = 0;
+  server.HandleWebSocket("/v1/ws",
+                         {.on_message = [&](const std::shared_ptr<WsConnection>& conn, Bytes msg) {
+                           std::lock_guard<std::mutex> lock(mu);
+                           ++received;
+                           if (msg.size() < kMessage) return;
+                           EXPECT_TRUE(conn->TryBeginRequest(8));
+                           begun.emplace_back(conn, std::move(msg));
+                         }});
+  ASSERT_TRUE(server.Start().ok());
+  auto count = [&] {
+    std::lock_guard<std::mutex> lock(mu);
+    return received;
+  };
+  WsClient client;
+  auto first = ConnectOrDie(client, WsUrl(server), {});
+  auto second = ConnectOrDie(client, WsUrl(server), {});
+  ASSERT_TRUE(first && second);
+  ASSERT_TRUE(first->Send(Bytes(kMessage, 1)).ok());
+  ASSERT_TRUE(WaitFor([&] { return count() == 1; }));
+  EXPECT_EQ(server.held_request_bytes(), kMessage);
+  ASSERT_TRUE(second->Send(Bytes(kMessage, 2)).ok());
+  ASSERT_TRUE(WaitFor([&] { return server.requests_waiting() == 1; }));
+  EXPECT_EQ(count(), 1);
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    begun[0].first->EndRequest();
+  }
+  ASSERT_TRUE(WaitFor([&] { return count() == 2; }));
+  EXPECT_EQ(server.held_request_bytes(), kMessage);
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    EXPECT_EQ(begun[1].second, Bytes(kMessage, 2));
+    begun[1].first->EndRequest();
+  }
+  EXPECT_TRUE(WaitFor([&] { return server.held_request_bytes() == 0; }));
+  ASSERT_TRUE(first->Send(ToBytes("small")).ok());
+  ASSERT_TRUE(WaitFor([&] { return count() == 3; }));
+  EXPECT_TRUE(WaitFor([&] { return server.held_request_bytes() == 0; }));
+  first->Close();
+  second->Close();
+}
+
 }  // namespace
 }  // namespace dmoe::net
