@@ -44,6 +44,7 @@
 #include <vector>
 
 #include "expert_server/expert.h"
+#include "expert_server/process_memory.h"
 #include "expert_server/runtime.h"
 #include "net/http_client.h"
 #include "tensor/safetensors.h"
@@ -417,6 +418,8 @@ std::string Fixed(double v, int digits) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // The in-process runtime allocates as dmoe-server does.
+  es::ConfigureProcessMemory();
   Config config;
   for (int i = 1; i < argc; ++i) {
     std::string arg = argv[i];
@@ -453,7 +456,6 @@ int main(int argc, char** argv) {
   }
   const int threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   at::set_num_threads(threads);
-  dmoe::net::TuneMallocForLargeBodies();
 
   // The remote expert: a real dmoe-server with the same seed-independent setup as the in-process
   // one (weights differ, cost does not).

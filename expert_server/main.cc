@@ -15,8 +15,8 @@
 #include "core/signals.h"
 #include "core/uid.h"
 #include "dht/dht.h"
+#include "expert_server/process_memory.h"
 #include "expert_server/server.h"
-#include "net/io_context.h"
 
 namespace {
 
@@ -102,12 +102,15 @@ Result<std::vector<std::string>> PickFree(std::vector<std::string> candidates, s
 
 int main(int argc, char** argv) {
   dmoe::UsePassiveOpenMpWaitPolicy(argv);
+  // Before any thread or tensor: glibc's thresholds and the tensor allocator (see the header).
+  dmoe::expert_server::ConfigureProcessMemory();
   CLI::App app{"dmoe-server: host experts for a dmoe swarm"};
   dmoe::expert_server::ExpertServerOptions o;
   std::string experts, listen = "127.0.0.1:0", log_level = "info";
   size_t num_experts = 0;
   int threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   double max_body_mib = 64, batch_timeout_ms = 1;
+  double max_held_request_mib = static_cast<double>(o.max_held_request_bytes) / (1 << 20);
   std::string dht;
   app.add_option(
          "--experts", experts,
@@ -175,6 +178,9 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--ws-max-in-flight", o.ws_max_in_flight, "requests in flight per WebSocket")
       ->capture_default_str();
+  app.add_option("--max-held-request-mib", max_held_request_mib,
+                 "request bytes held at once until answered; more wait unread in their sockets")
+      ->capture_default_str();
   app.add_option("--threads", threads, "compute (intra-op) threads")->capture_default_str();
   app.add_option("--net-threads", o.net_threads, "network threads")->capture_default_str();
   app.add_option("--fail-rate", o.fail_rate,
@@ -197,6 +203,7 @@ int main(int argc, char** argv) {
   o.listen_host = host_port->first;
   o.listen_port = host_port->second;
   o.max_body_bytes = static_cast<uint64_t>(max_body_mib * (1 << 20));
+  o.max_held_request_bytes = static_cast<uint64_t>(max_held_request_mib * (1 << 20));
   o.runtime.batch_timeout_us = static_cast<int64_t>(batch_timeout_ms * 1000);
   auto uids = ExpandExperts(experts);
   if (!uids.ok()) return fail(uids.status());
@@ -207,7 +214,6 @@ int main(int argc, char** argv) {
     o.uids = *picked;
   }
   at::set_num_threads(threads);
-  dmoe::net::TuneMallocForLargeBodies(o.max_body_bytes);
 
   dmoe::BlockTerminationSignals();
   auto server = dmoe::expert_server::ExpertServer::Start(std::move(o));

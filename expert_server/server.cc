@@ -13,6 +13,7 @@
 #include "expert_server/server_impl.h"
 #include "net/url.h"
 #include "storage/kv_store.h"
+#include "tensor/cpu_allocator.h"
 
 namespace dmoe::expert_server {
 
@@ -101,8 +102,10 @@ Status ServerImpl::Init() {
   http_options.port = options_.listen_port;
   http_options.threads = options_.net_threads;
   http_options.max_body_bytes = options_.max_body_bytes;
+  http_options.max_held_request_bytes = options_.max_held_request_bytes;
   http_ = std::make_unique<net::HttpServer>(http_options);
   RegisterRoutes();
+  RegisterMemoryMetrics();
   DMOE_RETURN_IF_ERROR(http_->Start());
 
   if (!options_.dht_bootstrap.empty()) {
@@ -146,6 +149,30 @@ void ServerImpl::RegisterRuntimeMetrics() {
                               {{"uid", uid}},
                               [rt, uid] { return static_cast<double>(rt->queued_samples(uid)); });
   }
+}
+
+void ServerImpl::RegisterMemoryMetrics() {
+  const net::HttpServer* http = http_.get();
+  metrics_.AddCallbackGauge(
+      "dmoe_held_request_bytes",
+      "Bytes of requests held from arrival until answered (limit: --max-held-request-mib).", {},
+      [http] { return static_cast<double>(http->held_request_bytes()); });
+  metrics_.AddCallbackGauge("dmoe_requests_waiting",
+                            "Connections whose next request waits unread for room.", {},
+                            [http] { return static_cast<double>(http->requests_waiting()); });
+  const tensor::CachingCpuAllocator* tensors = tensor::CachingCpuAllocator::Installed();
+  if (tensors == nullptr) return;  // The process did not call ConfigureProcessMemory.
+  metrics_.AddCallbackGauge("dmoe_tensor_memory_bytes",
+                            "Tensor blocks of the caching allocator: held by tensors, or idle.",
+                            {{"state", "live"}},
+                            [tensors] { return static_cast<double>(tensors->stats().live_bytes); });
+  metrics_.AddCallbackGauge("dmoe_tensor_memory_bytes",
+                            "Tensor blocks of the caching allocator: held by tensors, or idle.",
+                            {{"state", "idle"}},
+                            [tensors] { return static_cast<double>(tensors->stats().idle_bytes); });
+  metrics_.AddCallbackGauge(
+      "dmoe_tensor_memory_peak_live_bytes", "The most tensor memory held at once since the start.",
+      {}, [tensors] { return static_cast<double>(tensors->stats().peak_live_bytes); });
 }
 
 std::string ServerImpl::endpoint() const {

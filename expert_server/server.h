@@ -40,6 +40,12 @@ struct ExpertServerOptions {
   int net_threads = 2;
   uint64_t max_body_bytes = 64ull << 20;
   int ws_max_in_flight = 64;
+  // Bytes of requests (HTTP bodies, WebSocket messages) held at once, from their arrival until
+  // answered; beyond it requests wait unread in their sockets (net::HttpServerOptions::
+  // max_held_request_bytes). Two full batches of an ffn d=1024 backward (x and grad_y, 256 samples)
+  // are 4 MiB: enough to keep the runtime busy, while 16 clients' requests held at once would be
+  // 32 MiB of the server's peak memory. One request larger than this is still let in alone.
+  uint64_t max_held_request_bytes = 4ull << 20;
 
   // Identity file (created when missing); empty = a fresh identity for this run.
   std::string identity_path;

@@ -55,6 +55,7 @@ class ServerImpl : public ExpertServer {
 
   // server.cc
   void RegisterRuntimeMetrics();
+  void RegisterMemoryMetrics();
   void MaintenanceLoop();
   void Announce();
   bool InjectFailure();

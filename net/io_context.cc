@@ -2,14 +2,12 @@
 
 #include "net/io_context.h"
 
-#include <malloc.h>
 #include <spdlog/spdlog.h>
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/post.hpp>
 
 #include <algorithm>
-#include <limits>
 
 namespace dmoe::net {
 
@@ -56,12 +54,6 @@ bool IoContext::RunningInThisThread() const {
     if (t.get_id() == std::this_thread::get_id()) return true;
   }
   return false;
-}
-
-void TuneMallocForLargeBodies(uint64_t max_body_bytes) {
-  uint64_t limit = std::min<uint64_t>(max_body_bytes * 4, std::numeric_limits<int>::max());
-  mallopt(M_MMAP_THRESHOLD, static_cast<int>(std::max<uint64_t>(limit, 1 << 20)));
-  mallopt(M_TRIM_THRESHOLD, static_cast<int>(std::max<uint64_t>(limit, 1 << 20)));
 }
 
 }  // namespace dmoe::net

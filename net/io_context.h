@@ -44,13 +44,6 @@ class IoContext {
   std::vector<std::thread> threads_;
 };
 
-// Process setup for servers and clients that move tensor-sized bodies (tens of MiB). glibc serves
-// every allocation above 32 MiB with a fresh mmap, so each large request body costs page faults
-// over all its pages, which halves loopback throughput (measured ~550 MB/s vs ~1 GB/s). This raises
-// the mmap threshold and the trim threshold to `max_body_bytes` times 4 so that freed bodies are
-// reused from the heap. Process-wide: call once from main() before starting threads.
-void TuneMallocForLargeBodies(uint64_t max_body_bytes = 64ull << 20);
-
 }  // namespace dmoe::net
 
 #endif  // DMOE_NET_IO_CONTEXT_H_

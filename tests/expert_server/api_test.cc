@@ -17,10 +17,12 @@
 
 #include "core/hex.h"
 #include "core/request_auth.h"
+#include "expert_server/process_memory.h"
 #include "expert_server/server.h"
 #include "net/http_client.h"
 #include "tensor/safetensors.h"
 #include "tensor/torch_tensor.h"
+#include "tests/testing/process.h"
 
 namespace dmoe::expert_server {
 namespace {
@@ -298,6 +300,51 @@ TEST_F(ApiTest, ConcurrentRequestsAreMergedIntoOneBatch) {
   EXPECT_EQ(stats.batches, 1);
   EXPECT_EQ(stats.tasks, 8);
   EXPECT_EQ(stats.samples, 32);
+}
+
+// A budget smaller than any request lets requests in one at a time: all are answered, none is
+// merged with another, and nothing stays held. /metrics shows the budget and, once the process
+// has set up its memory as dmoe-server does, the tensor allocator.
+TEST_F(ApiTest, HeldRequestBytesAreBoundedAndReported) {
+  ConfigureProcessMemory();
+  StartServer([](ExpertServerOptions& o) { o.max_held_request_bytes = 64; });
+  std::unique_ptr<Expert> twin = LocalTwin("ffn.0.1");
+  constexpr int kRequests = 8;
+  std::vector<at::Tensor> xs;
+  for (int i = 0; i < kRequests; ++i) xs.push_back(at::randn({4, kDim}));
+  std::mutex mu;
+  std::condition_variable cv;
+  std::vector<net::Response> answers(kRequests);
+  int answered = 0;
+  for (int i = 0; i < kRequests; ++i) {
+    client_.Request("POST", base_ + "/v1/experts/ffn.0.1/forward", {{"Content-Type", kType}},
+                    Blob({{"x", xs[i]}}), std::chrono::steady_clock::now() + 30s,
+                    [&, i](Result<net::Response> r) {
+                      std::lock_guard<std::mutex> lock(mu);
+                      if (r.ok()) answers[i] = std::move(r).value();
+                      ++answered;
+                      cv.notify_all();
+                    });
+  }
+  {
+    std::unique_lock<std::mutex> lock(mu);
+    ASSERT_TRUE(cv.wait_for(lock, 30s, [&] { return answered == kRequests; }));
+  }
+  for (int i = 0; i < kRequests; ++i) {
+    ASSERT_EQ(answers[i].status, 200) << answers[i].body_view();
+    EXPECT_TRUE(at::allclose(Parse(answers[i].body).tensors["y"],
+                             *twin->Forward(xs[i], std::nullopt), 1e-5, 1e-6));
+  }
+  EXPECT_EQ(server_->runtime().stats().batches, kRequests);
+  std::string metrics;
+  EXPECT_TRUE(dmoe::testing::PollUntil(
+      [&] {
+        metrics = std::string(Call("GET", "/metrics").body_view());
+        return metrics.find("dmoe_held_request_bytes 0\n") != std::string::npos;
+      },
+      10s));
+  EXPECT_NE(metrics.find("dmoe_requests_waiting 0\n"), std::string::npos) << metrics;
+  EXPECT_NE(metrics.find("dmoe_tensor_memory_bytes{state=\"live\"}"), std::string::npos) << metrics;
 }
 
 // A WebSocket client that collects answers.

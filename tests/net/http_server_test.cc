@@ -351,7 +351,6 @@ TEST(HttpServerTest, RequestBudgetLetsOneOversizedBodyInAlone) {
 
 TEST(HttpServerTest, BigBodyThroughput) {
   constexpr size_t kSize = 64ull << 20;
-  TuneMallocForLargeBodies(kSize);  // As dmoe-server's main does; see io_context.h.
   HttpServerOptions options;
   options.max_body_bytes = kSize;
   HttpServer server(options);
