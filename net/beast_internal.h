@@ -201,6 +201,7 @@ class WsSession final : public WsConnection,
   void Unregister();
   void Opened();
   // Reads the next message (with a budget: its start, then WaitForBudget).
+  void ConfigureStream();  // Timeouts, limits and framing, for both ends.
   void DoRead();
   // Parks until the budget has room for the message being read, then ReadRest.
   void WaitForBudget();
@@ -230,6 +231,7 @@ class WsSession final : public WsConnection,
   std::shared_ptr<ReadBuffer> read_into_;  // Strand only: read_buffer_ as Beast fills it.
   // Bytes read before the budget is asked whether the rest may come.
   static constexpr size_t kMessageStartBytes = 512;
+  static constexpr size_t kWriteChunkBytes = 64 << 10;
   uint64_t reserved_ = 0;            // Strand only: counted in the budget for the message read now.
   uint64_t last_message_bytes_ = 0;  // Strand only: the size of the previous message.
   // The message in on_message, counted in the budget; a request begun meanwhile takes it.

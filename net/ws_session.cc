@@ -38,8 +38,7 @@ void WsSession::Register() {
   if (registry_ != nullptr) registry_id_ = registry_->Add(weak_from_this());
 }
 
-void WsSession::Accept(http::request<http::empty_body> request) {
-  Register();
+void WsSession::ConfigureStream() {
   // The websocket stream keeps its own timers; the tcp_stream's must not fire underneath it.
   beast::get_lowest_layer(ws_).expires_never();
   websocket::stream_base::timeout timeouts{};
@@ -49,6 +48,16 @@ void WsSession::Accept(http::request<http::empty_body> request) {
   ws_.set_option(timeouts);
   ws_.read_message_max(static_cast<size_t>(options_.max_message_bytes));
   ws_.binary(true);
+  // Beast's defaults send a message as frames of 4 KiB, each its own write: 256 system calls per
+  // MiB of tensor. One frame per message instead; a client, which must mask what it sends, masks
+  // into a buffer of kWriteChunkBytes and writes that much at a time.
+  ws_.auto_fragment(false);
+  ws_.write_buffer_bytes(kWriteChunkBytes);
+}
+
+void WsSession::Accept(http::request<http::empty_body> request) {
+  Register();
+  ConfigureStream();
   ws_.async_accept(request, [self = shared_from_this()](beast_error ec) {
     if (ec) {
       self->Finish(StatusFromError(ec, "WebSocket upgrade"));
@@ -62,14 +71,7 @@ void WsSession::Handshake(std::string host, std::string target,
                           std::function<void(Result<std::shared_ptr<WsConnection>>)> done) {
   Register();
   handshake_done_ = std::move(done);
-  beast::get_lowest_layer(ws_).expires_never();
-  websocket::stream_base::timeout timeouts{};
-  timeouts.handshake_timeout = options_.handshake_timeout;
-  timeouts.idle_timeout = options_.idle_timeout;
-  timeouts.keep_alive_pings = true;
-  ws_.set_option(timeouts);
-  ws_.read_message_max(static_cast<size_t>(options_.max_message_bytes));
-  ws_.binary(true);
+  ConfigureStream();
   Headers extra = head().headers;
   ws_.set_option(websocket::stream_base::decorator([extra](websocket::request_type& req) {
     for (const auto& [k, v] : extra.fields()) req.set(k, v);
