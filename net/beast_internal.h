@@ -200,8 +200,8 @@ class WsSession final : public WsConnection,
   void Register();
   void Unregister();
   void Opened();
-  // Reads the next message (with a budget: its start, then WaitForBudget).
   void ConfigureStream();  // Timeouts, limits and framing, for both ends.
+  // Reads the start of the next message, then (with a budget: after WaitForBudget) ReadRest.
   void DoRead();
   // Parks until the budget has room for the message being read, then ReadRest.
   void WaitForBudget();

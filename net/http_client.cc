@@ -4,6 +4,7 @@
 #include "net/http_client.h"
 
 #include "net/beast_internal.h"
+#include "net/buffer_pool.h"
 #include "net/url.h"
 
 #include <spdlog/spdlog.h>
@@ -211,6 +212,7 @@ class Call final : public CallBase, public std::enable_shared_from_this<Call> {
     if (length && !head_parser_->chunked()) {
       // The fast path: straight from the socket into the final vector.
       size_t total = static_cast<size_t>(*length);
+      response_.body = BufferPool::Shared().Take(total);
       response_.body.resize(total);
       size_t have = std::min(total, conn_->buffer.size());
       asio::buffer_copy(asio::buffer(response_.body.data(), have), conn_->buffer.data());
@@ -268,6 +270,8 @@ class Call final : public CallBase, public std::enable_shared_from_this<Call> {
     done_ = true;
     timer_.cancel();
     resolver_.cancel();
+    // No write of the request is in flight once the call completes.
+    BufferPool::Shared().Give(std::move(request_.body()));
     try {
       callback_(std::move(result));
     } catch (const std::exception& e) {

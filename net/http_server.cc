@@ -9,6 +9,7 @@
 #include "net/http_server.h"
 
 #include "net/beast_internal.h"
+#include "net/buffer_pool.h"
 
 #include <spdlog/spdlog.h>
 #include <array>
@@ -329,6 +330,7 @@ class HttpSession final : public Closeable, public std::enable_shared_from_this<
     }
     size_t total = static_cast<size_t>(request_.content_length.value_or(0));
     if (total == 0) return Dispatch();
+    request_.body = BufferPool::Shared().Take(total);
     request_.body.resize(total);
     // Whatever followed the header in the read buffer is the start of the body.
     size_t have = std::min(total, buffer_.size());
@@ -404,6 +406,7 @@ class HttpSession final : public Closeable, public std::enable_shared_from_this<
   }
 
   void OnWrite(beast_error ec) {
+    BufferPool::Shared().Give(std::move(response_->body()));
     response_.reset();
     ReleaseHeld();  // The request is answered.
     if (ec) return CloseSocket();

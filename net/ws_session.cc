@@ -2,6 +2,7 @@
 // lives as long as a handler bound with shared_from_this() is pending; every operation runs on the
 // stream's strand; one read and at most one write (or close) are outstanding at any time.
 #include "net/beast_internal.h"
+#include "net/buffer_pool.h"
 
 #include <spdlog/spdlog.h>
 #include <boost/asio/dispatch.hpp>
@@ -110,17 +111,17 @@ void WsSession::Opened() {
 
 void WsSession::DoRead() {
   read_buffer_.clear();
-  read_buffer_.shrink_to_fit();
   read_into_ =
       std::make_shared<ReadBuffer>(read_buffer_, static_cast<size_t>(options_.max_message_bytes));
-  if (!options_.budget) return ReadRest();
-  // With a budget, read only the start of the next message and leave the rest in the socket
-  // until the budget has room: backpressure on the client. Waiting before the read instead would
-  // not hold anything back, since the read would take whatever arrives later.
+  // Only the start of the next message first. With a budget, the rest stays in the socket until
+  // the budget has room: backpressure on the client (waiting before the read instead would not
+  // hold anything back, since the read would take whatever arrives later). Either way, the buffer
+  // for the rest is taken once a message is arriving, not held by an idle connection.
   ws_.async_read_some(*read_into_, kMessageStartBytes,
                       [self = shared_from_this()](beast_error ec, size_t) {
                         if (ec || self->ws_.is_message_done()) return self->OnRead(ec, 0);
-                        self->WaitForBudget();
+                        if (self->options_.budget) return self->WaitForBudget();
+                        self->ReadRest();
                       });
 }
 
@@ -148,6 +149,12 @@ void WsSession::WaitForBudget() {
 }
 
 void WsSession::ReadRest() {
+  // Messages on a connection tend to have one size: room for the last one saves regrowing.
+  if (read_buffer_.capacity() < last_message_bytes_) {
+    Bytes room = BufferPool::Shared().Take(last_message_bytes_);
+    room.assign(read_buffer_.begin(), read_buffer_.end());
+    read_buffer_.swap(room);  // read_into_ refers to read_buffer_, which keeps its size.
+  }
   // Beast's async_read finishes the current message, appending to what async_read_some read.
   ws_.async_read(*read_into_, [self = shared_from_this(), buffer = read_into_](
                                   beast_error ec, size_t n) { self->OnRead(ec, n); });
@@ -172,13 +179,13 @@ void WsSession::OnRead(beast_error ec, size_t) {
     return;
   }
   Bytes message = std::move(read_buffer_);
+  last_message_bytes_ = message.size();
   if (options_.budget) {
     // Counts the message in place of what was reserved for it.
     if (message.size() > reserved_) options_.budget->Charge(message.size() - reserved_);
     if (message.size() < reserved_) options_.budget->Release(reserved_ - message.size());
     reserved_ = 0;
     message_bytes_ = message.size();
-    last_message_bytes_ = message.size();
   }
   if (handlers_.on_message) {
     try {
@@ -243,6 +250,7 @@ void WsSession::DoWrite() {
 void WsSession::OnWrite(beast_error ec, size_t) {
   writing_ = false;
   if (!queue_.empty()) {
+    BufferPool::Shared().Give(std::move(queue_.front()));
     queue_.pop_front();
     queued_.fetch_sub(1);
   }
