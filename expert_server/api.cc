@@ -12,6 +12,7 @@
 #include "core/clock.h"
 #include "core/hex.h"
 #include "expert_server/server_impl.h"
+#include "net/buffer_pool.h"
 #include "tensor/safetensors.h"
 #include "tensor/torch_tensor.h"
 
@@ -138,7 +139,12 @@ void ServerImpl::Dispatch(TaskKind kind, const std::string& uid, std::span<const
     meta["step"] = std::to_string(r->step);
     at::Tensor output = r->output;
     if (inject_nan) output = at::full_like(output, std::numeric_limits<double>::quiet_NaN());
-    finish(tensor::EncodeFromTorch({{output_name, output}}, meta));
+    // Into a reused buffer; the network thread gives it back once written.
+    std::vector<tensor::NamedTensor> tensors = {{output_name, output}};
+    std::vector<uint8_t> blob = net::BufferPool::Shared().Take(tensor::EncodedSizeHint(tensors));
+    Status encoded = tensor::EncodeFromTorchInto(tensors, meta, &blob);
+    if (!encoded.ok()) return finish(encoded);
+    finish(std::move(blob));
   };
   // Submit refuses synchronously without calling done; answer those here.
   Reply on_refusal = finish;
@@ -202,6 +208,7 @@ void ServerImpl::RegisterRoutes() {
       [this, reply_http](net::Request req, net::Responder respond) {
         Dispatch(TaskKind::kForward, std::string(req.Param("uid").value_or("")), req.body, {},
                  reply_http(respond));
+        net::BufferPool::Shared().Give(std::move(req.body));  // Decoded into tensors by now.
       },
       [](const net::RequestHead& head) { return CheckContentType(head); });
   http_->Handle(
@@ -214,31 +221,35 @@ void ServerImpl::RegisterRoutes() {
         }
         Dispatch(TaskKind::kBackward, std::string(req.Param("uid").value_or("")), req.body, {},
                  reply_http(respond));
+        net::BufferPool::Shared().Give(std::move(req.body));
       },
       [this](const net::RequestHead& head) {
         // Authentication first, before the body is read or parsed.
         DMOE_RETURN_IF_ERROR(CheckTrainingHead(head));
         return CheckContentType(head);
       });
-  http_->HandleWebSocket(
-      "/v1/ws",
-      net::WsHandlers{
-          .on_open = {},
-          .on_message = [this](const std::shared_ptr<net::WsConnection>& conn,
-                               net::Bytes message) { HandleWsMessage(conn, std::move(message)); },
-          .on_close = {}},
-      [this](const net::RequestHead& head) {
-        // Forward is open; an upgrade that carries a key wants to train and is verified now.
-        if (!verifier_ || !head.headers.Has(kKeyHeader)) return Status::Ok();
-        return VerifyTraining(head, {});
-      });
+  http_->HandleWebSocket("/v1/ws",
+                         net::WsHandlers{.on_open = {},
+                                         .on_message =
+                                             [this](const std::shared_ptr<net::WsConnection>& conn,
+                                                    net::Bytes message) {
+                                               HandleWsMessage(conn, message);
+                                               net::BufferPool::Shared().Give(std::move(message));
+                                             },
+                                         .on_close = {}},
+                         [this](const net::RequestHead& head) {
+                           // Forward is open; an upgrade that carries a key wants to train and is
+                           // verified now.
+                           if (!verifier_ || !head.headers.Has(kKeyHeader)) return Status::Ok();
+                           return VerifyTraining(head, {});
+                         });
   http_->Handle("GET", "/metrics", [this](net::Request, net::Responder respond) {
     respond(net::Response::Text(200, "text/plain; version=0.0.4", metrics_.Render()));
   });
 }
 
 void ServerImpl::HandleWsMessage(const std::shared_ptr<net::WsConnection>& conn,
-                                 net::Bytes message) {
+                                 std::span<const uint8_t> message) {
   auto send = [conn](std::vector<uint8_t> blob) { conn->Send(std::move(blob)).IgnoreError(); };
   Result<safetensors::Decoded> decoded = safetensors::Decode(message);
   if (!decoded.ok()) return send(WsErrorBlob("", "", decoded.status()));

@@ -11,6 +11,7 @@
 #include "dht/announcement.h"
 #include "expert_server/checkpoint.h"
 #include "expert_server/server_impl.h"
+#include "net/buffer_pool.h"
 #include "net/url.h"
 #include "storage/kv_store.h"
 #include "tensor/cpu_allocator.h"
@@ -160,6 +161,22 @@ void ServerImpl::RegisterMemoryMetrics() {
   metrics_.AddCallbackGauge("dmoe_requests_waiting",
                             "Connections whose next request waits unread for room.", {},
                             [http] { return static_cast<double>(http->requests_waiting()); });
+  metrics_.AddCallbackGauge(
+      "dmoe_buffer_pool_idle_bytes",
+      "Body and message buffers kept for reuse (net::BufferPool, at most 8 MiB).", {},
+      [] { return static_cast<double>(net::BufferPool::Shared().stats().idle_bytes); });
+  metrics_.AddCallbackCounter(
+      "dmoe_buffer_pool_takes_total",
+      "Buffers of 64 KiB or more taken for bodies and messages: "
+      "reused from the pool, or missed (newly allocated).",
+      {{"result", "reused"}},
+      [] { return static_cast<double>(net::BufferPool::Shared().stats().reused); });
+  metrics_.AddCallbackCounter(
+      "dmoe_buffer_pool_takes_total",
+      "Buffers of 64 KiB or more taken for bodies and messages: "
+      "reused from the pool, or missed (newly allocated).",
+      {{"result", "missed"}},
+      [] { return static_cast<double>(net::BufferPool::Shared().stats().missed); });
   const tensor::CachingCpuAllocator* tensors = tensor::CachingCpuAllocator::Installed();
   if (tensors == nullptr) return;  // The process did not call ConfigureProcessMemory.
   metrics_.AddCallbackGauge("dmoe_tensor_memory_bytes",

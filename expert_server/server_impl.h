@@ -49,7 +49,9 @@ class ServerImpl : public ExpertServer {
   // (with `extra_metadata` added to it) exactly once, possibly before this returns.
   void Dispatch(TaskKind kind, const std::string& uid, std::span<const uint8_t> blob,
                 std::map<std::string, std::string> extra_metadata, Reply reply);
-  void HandleWsMessage(const std::shared_ptr<net::WsConnection>& conn, net::Bytes message);
+  // Decodes and dispatches `message`; its bytes are not used after the call.
+  void HandleWsMessage(const std::shared_ptr<net::WsConnection>& conn,
+                       std::span<const uint8_t> message);
   std::string ExpertInfoJson(const std::string& uid) const;
   void CountRequest(const std::string& op, Code code, double seconds);
 

@@ -9,6 +9,7 @@
 #include <map>
 #include <optional>
 
+#include "net/buffer_pool.h"
 #include "tensor/torch_tensor.h"
 
 namespace dmoe::gating::internal {
@@ -105,17 +106,16 @@ void SendAndWait(DispatchState& state, Op op, const std::vector<bool>& active,
       tensors.push_back({"grad_y", grad_y[c]});
       if (call.step >= 0) meta["step_seen"] = std::to_string(call.step);
     }
-    Result<std::vector<uint8_t>> blob = tensor::EncodeFromTorch(tensors, meta);
-    if (!blob.ok()) {
-      spdlog::warn("gating: cannot encode {} for {}: {}", op_name, call.uid,
-                   blob.status().ToString());
+    // Into a reused buffer (net/buffer_pool.h): the connection gives it back once it is sent.
+    net::Bytes blob = net::BufferPool::Shared().Take(tensor::EncodedSizeHint(tensors));
+    if (Status s = tensor::EncodeFromTorchInto(tensors, meta, &blob); !s.ok()) {
+      spdlog::warn("gating: cannot encode {} for {}: {}", op_name, call.uid, s.ToString());
       continue;
     }
     resolved[c] = false;
     ++outstanding;
     for (int64_t row : call.rows) ++out_per_sample[row];
-    swarm.caller().Send(call.endpoint, ids[c], std::move(blob).value(), deadline,
-                        batch->Completion(c));
+    swarm.caller().Send(call.endpoint, ids[c], std::move(blob), deadline, batch->Completion(c));
   }
   (op == Op::kForward ? counters.requests : counters.backward_requests) += outstanding;
 
@@ -141,6 +141,7 @@ void SendAndWait(DispatchState& state, Op op, const std::vector<bool>& active,
       --outstanding;
       for (int64_t row : call.rows) --out_per_sample[row];
       Resolution r = Resolve(call, outcome, op, policy.detect_anomalies, state.d);
+      net::BufferPool::Shared().Give(std::move(outcome.blob));  // decoded into tensors
       if (r.ok) {
         swarm.health().RecordSuccess(call.endpoint, outcome.latency_s);
         rounds[call.endpoint].succeeded = true;

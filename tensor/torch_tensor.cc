@@ -108,6 +108,20 @@ Result<TorchPayload> DecodeToTorch(std::span<const uint8_t> blob) {
 
 Result<std::vector<uint8_t>> EncodeFromTorch(const std::vector<NamedTensor>& tensors,
                                              const std::map<std::string, std::string>& metadata) {
+  std::vector<uint8_t> blob;
+  DMOE_RETURN_IF_ERROR(EncodeFromTorchInto(tensors, metadata, &blob));
+  return blob;
+}
+
+size_t EncodedSizeHint(const std::vector<NamedTensor>& tensors) {
+  size_t bytes = 4096;
+  for (const NamedTensor& t : tensors) bytes += t.tensor.defined() ? t.tensor.nbytes() : 0;
+  return bytes;
+}
+
+Status EncodeFromTorchInto(const std::vector<NamedTensor>& tensors,
+                           const std::map<std::string, std::string>& metadata,
+                           std::vector<uint8_t>* blob) {
   // Keeps the contiguous copies alive until Encode has copied their bytes.
   std::vector<at::Tensor> contiguous;
   contiguous.reserve(tensors.size());
@@ -139,7 +153,7 @@ Result<std::vector<uint8_t>> EncodeFromTorch(const std::vector<NamedTensor>& ten
   } catch (const c10::Error& e) {
     return InternalError("tensor: cannot prepare tensors for encoding: " + FirstLine(e));
   }
-  return safetensors::Encode(refs, metadata);
+  return safetensors::EncodeInto(refs, metadata, blob);
 }
 
 }  // namespace dmoe::tensor

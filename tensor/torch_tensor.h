@@ -49,6 +49,14 @@ struct NamedTensor {
 Result<std::vector<uint8_t>> EncodeFromTorch(
     const std::vector<NamedTensor>& tensors,
     const std::map<std::string, std::string>& metadata = {});
+// The bytes of `tensors` plus room for a header with a few metadata entries: the capacity to take
+// for a blob EncodeFromTorchInto will fill, so that it need not reallocate.
+size_t EncodedSizeHint(const std::vector<NamedTensor>& tensors);
+// The same into `blob`, replacing its contents; a blob with enough capacity is not reallocated
+// (a server encodes its answers into reused buffers, see net/buffer_pool.h).
+Status EncodeFromTorchInto(const std::vector<NamedTensor>& tensors,
+                           const std::map<std::string, std::string>& metadata,
+                           std::vector<uint8_t>* blob);
 
 }  // namespace dmoe::tensor
 
