@@ -347,6 +347,34 @@ TEST_F(ApiTest, HeldRequestBytesAreBoundedAndReported) {
   EXPECT_NE(metrics.find("dmoe_tensor_memory_bytes{state=\"live\"}"), std::string::npos) << metrics;
 }
 
+// Bodies of 64 KiB and more travel in reused buffers of net::BufferPool (which held earlier
+// requests and answers): the answers stay exact, and /metrics counts the reuse.
+TEST_F(ApiTest, LargeBodiesReuseBuffersAndMetricsShowIt) {
+  StartServer();
+  std::unique_ptr<Expert> twin = LocalTwin("ffn.0.1");
+  auto reused = [&] {
+    const std::string metrics(Call("GET", "/metrics").body_view());
+    const std::string key = "dmoe_buffer_pool_takes_total{result=\"reused\"} ";
+    const size_t at = metrics.find(key);
+    EXPECT_NE(at, std::string::npos) << metrics;
+    return at == std::string::npos ? -1 : std::atoll(metrics.c_str() + at + key.size());
+  };
+  const at::Tensor x = at::randn({4096, kDim});  // 128 KiB in, 128 KiB out
+  ASSERT_EQ(Forward("ffn.0.1", x).status, 200);  // warms the pool
+  const int64_t before = reused();
+  constexpr int kCalls = 5;
+  for (int i = 0; i < kCalls; ++i) {
+    net::Response r = Forward("ffn.0.1", x);
+    ASSERT_EQ(r.status, 200) << r.body_view();
+    EXPECT_TRUE(
+        at::allclose(Parse(r.body).tensors["y"], *twin->Forward(x, std::nullopt), 1e-5, 1e-6));
+  }
+  // Per call the server takes a request body and an answer buffer, and this process's client an
+  // answer body; the server gives its answer buffer back after the client has it, so a call may
+  // find it not back yet: at least one reused per call.
+  EXPECT_GE(reused() - before, kCalls);
+}
+
 // A WebSocket client that collects answers.
 class WsPeer {
  public:
