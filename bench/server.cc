@@ -17,7 +17,8 @@
 // Clients run in this process on the same cores as the server, so remote figures include the
 // clients' own encoding, copies and socket work, which a real trainer does on its own machine.
 //
-//   server [--smoke] [--seconds S] [--batches 16,256] [--clients 1,4,16] [--server-arg FLAG]...
+//   server [--smoke] [--seconds S] [--batches 16,256] [--clients 1,4,16]
+//          [--ops forward|forward+backward|both] [--server-arg FLAG]...
 // writes JSON to ${DMOE_BENCH_OUT:-bench/results}/server.json. --smoke (d = 64, batch 16, one
 // client, one round) takes a few seconds, for CI. Exit status 1 when a call failed.
 #include <ATen/ATen.h>
@@ -46,6 +47,7 @@
 #include "expert_server/expert.h"
 #include "expert_server/process_memory.h"
 #include "expert_server/runtime.h"
+#include "net/buffer_pool.h"
 #include "net/http_client.h"
 #include "tensor/safetensors.h"
 #include "tests/testing/process.h"
@@ -68,8 +70,9 @@ struct Config {
   int64_t d = 1024;
   std::vector<int64_t> batches = {16, 256};
   std::vector<int> clients = {1, 4, 16};
-  double seconds = 5.0;  // measured window per cell
-  double warmup = 0.3;   // per slice, before its window opens
+  bool forward = true, forward_backward = true;  // which ops to measure
+  double seconds = 5.0;                          // measured window per cell
+  double warmup = 0.3;                           // per slice, before its window opens
   // Each cell runs its modes in turn this many times (in, http, ws, in, http, ws, ...), each slice
   // measuring seconds / rounds, so that a shared machine's changing load hits every mode alike.
   int rounds = 3;
@@ -123,6 +126,14 @@ Status CheckAnswer(std::span<const uint8_t> blob, const char* name, int64_t elem
     return dmoe::InternalError(std::string("answer lacks ") + name + " of the right size");
   }
   return Status::Ok();
+}
+
+// A request body as a client makes one per call: the blob copied into a buffer from net's pool
+// (a real client encodes into it; the copy costs what the encoding's copy of the tensor does).
+dmoe::net::Bytes PooledCopy(const std::vector<uint8_t>& blob) {
+  dmoe::net::Bytes body = dmoe::net::BufferPool::Shared().Take(blob.size());
+  body.assign(blob.begin(), blob.end());
+  return body;
 }
 
 // Batches the runtime computed and the samples in them, so far.
@@ -190,9 +201,11 @@ class Http : public Transport {
     Result<dmoe::net::Response> r = client_.Fetch(
         "POST", endpoint_ + "/v1/experts/" + kUid + (backward ? "/backward" : "/forward"),
         {{"Content-Type", "application/x-safetensors"}},
-        backward ? in.backward_blob : in.forward_blob, 60s);
+        PooledCopy(backward ? in.backward_blob : in.forward_blob), 60s);
     if (!r.ok()) return r.status();
-    return CheckAnswer(r->body, backward ? "grad_x" : "y", in.x.numel());
+    Status s = CheckAnswer(r->body, backward ? "grad_x" : "y", in.x.numel());
+    dmoe::net::BufferPool::Shared().Give(std::move(r->body));
+    return s;
   }
   BatchCount Batches() override { return RemoteBatches(endpoint_); }
 
@@ -238,12 +251,15 @@ class WebSocket : public Transport {
       std::lock_guard<std::mutex> lock(slot.mu);
       slot.answer.reset();
     }
-    DMOE_RETURN_IF_ERROR(slot.conn->Send(backward ? in.ws_backward_blob : in.ws_forward_blob));
+    DMOE_RETURN_IF_ERROR(
+        slot.conn->Send(PooledCopy(backward ? in.ws_backward_blob : in.ws_forward_blob)));
     std::unique_lock<std::mutex> lock(slot.mu);
     if (!slot.cv.wait_for(lock, 60s, [&] { return slot.answer.has_value(); })) {
       return dmoe::DeadlineExceededError("no WebSocket answer in 60 s");
     }
-    return CheckAnswer(*slot.answer, backward ? "grad_x" : "y", in.x.numel());
+    Status s = CheckAnswer(*slot.answer, backward ? "grad_x" : "y", in.x.numel());
+    dmoe::net::BufferPool::Shared().Give(std::move(*slot.answer));
+    return s;
   }
   BatchCount Batches() override { return RemoteBatches(endpoint_); }
 
@@ -439,13 +455,22 @@ int main(int argc, char** argv) {
     } else if (arg == "--batches" && i + 1 < argc) {
       config.batches.clear();
       for (int64_t v : ParseList(argv[++i])) config.batches.push_back(v);
+    } else if (arg == "--ops" && i + 1 < argc) {
+      const std::string ops = argv[++i];
+      config.forward = ops == "forward" || ops == "both";
+      config.forward_backward = ops == "forward+backward" || ops == "both";
+      if (!config.forward && !config.forward_backward) {
+        std::fprintf(stderr, "--ops takes forward, forward+backward or both, got '%s'\n",
+                     ops.c_str());
+        return 2;
+      }
     } else if (arg == "--clients" && i + 1 < argc) {
       config.clients.clear();
       for (int64_t v : ParseList(argv[++i])) config.clients.push_back(static_cast<int>(v));
     } else {
       std::fprintf(stderr,
                    "usage: %s [--smoke] [--seconds S] [--batches 16,256] [--clients 1,4,16] "
-                   "[--server-arg FLAG]...\n",
+                   "[--ops forward|forward+backward|both] [--server-arg FLAG]...\n",
                    argv[0]);
       return 2;
     }
@@ -533,6 +558,7 @@ int main(int argc, char** argv) {
     }
 
     for (Op op : {Op::kForward, Op::kForwardBackward}) {
+      if (!(op == Op::kForward ? config.forward : config.forward_backward)) continue;
       for (int clients : config.clients) {
         std::map<std::string, CellResult> results;
         for (int round = 0; round < config.rounds; ++round) {
@@ -622,6 +648,9 @@ int main(int argc, char** argv) {
         {"hidden_dim", config.d},
         {"batches", config.batches},
         {"clients", config.clients},
+        {"ops", config.forward && config.forward_backward
+                    ? "both"
+                    : (config.forward ? "forward" : "forward+backward")},
         {"window_s", config.seconds},
         {"warmup_s", config.warmup},
         {"rounds", config.rounds},
