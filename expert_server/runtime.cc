@@ -89,6 +89,7 @@ Status Runtime::Submit(const std::string& uid, Task task) {
   }
   pool.queue.push_back(Pending{std::move(task), samples, NowUs()});
   pool.queued_samples += samples;
+  ++pool.arrived_since_answered;
   cv_.notify_one();
   return Status::Ok();
 }
@@ -127,9 +128,17 @@ Runtime::Pool* Runtime::PickLocked(int64_t now_us, int64_t* wait_until_us) {
       if (!Compatible(p.task, head.task)) break;
       compatible += p.samples;
     }
-    const int64_t due_at = head.enqueued_us + options_.batch_timeout_us;
-    const bool due = compatible >= options_.max_batch_size || now_us >= due_at ||
-                     compatible < pool->queued_samples;  // an incompatible task waits behind
+    int64_t due_at = 0;
+    bool due = compatible >= options_.max_batch_size;
+    if (head.enqueued_us < pool->answered_at_us) {
+      // The head waited through the last batch: wait for that batch's requesters first.
+      due_at = pool->answered_at_us + options_.batch_timeout_us;
+      due = due || now_us >= due_at || pool->arrived_since_answered >= pool->answered_tasks;
+    } else {
+      due_at = head.enqueued_us + options_.batch_timeout_us;
+      due = due || now_us >= due_at ||
+            compatible < pool->queued_samples;  // an incompatible task waits behind
+    }
     if (!due) {
       *wait_until_us = std::min(*wait_until_us, due_at);
       continue;
@@ -256,6 +265,10 @@ void Runtime::RunBatch(Pool& pool, std::vector<Pending> batch) {
   }
   {
     std::lock_guard<std::mutex> lock(mu_);
+    // Before the answers go out, so that the tasks their requesters send next count as arrived.
+    pool.answered_at_us = NowUs();
+    pool.answered_tasks = tasks;
+    pool.arrived_since_answered = 0;
     ++stats_.batches;
     stats_.tasks += tasks;
     stats_.samples += samples;

@@ -107,11 +107,22 @@ class Runtime {
     int64_t queued_samples = 0;
     std::atomic<int64_t> step{0};
     bool busy = false;
+    // The last batch: when its answers went out, how many tasks it answered, and how many tasks
+    // arrived since. Guarded by mu_.
+    int64_t answered_at_us = 0;
+    int64_t answered_tasks = 0;
+    int64_t arrived_since_answered = 0;
   };
 
   void Loop();
   // Takes a batch of compatible tasks from the pool with the oldest head; nullptr when none is due.
-  // Sets *wait_until_us to when the next partial batch becomes due.
+  // Sets *wait_until_us to when the next partial batch becomes due. A partial batch is due
+  // batch_timeout_us after its oldest task arrived, at once when a task of another kind waits
+  // behind it, or when it is full. But when that oldest task waited through the last batch, the
+  // batch first waits, up to batch_timeout_us after the last batch's answers went out, for as many
+  // tasks as that batch answered: its requesters, whose next requests are on their way. Without
+  // that, remote clients whose answers came back one by one split into two groups that never
+  // merged again (in-process clients resubmit within microseconds, remote ones do not).
   Pool* PickLocked(int64_t now_us, int64_t* wait_until_us);
   void RunBatch(Pool& pool, std::vector<Pending> batch);
 

@@ -4,8 +4,11 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <condition_variable>
 #include <future>
 #include <limits>
+#include <mutex>
+#include <thread>
 
 namespace dmoe::expert_server {
 namespace {
@@ -73,6 +76,57 @@ TEST(RuntimeTest, ConcurrentRequestsMergeIntoOneBatchAndSplitBack) {
   EXPECT_EQ(stats.batches, 1);
   EXPECT_EQ(stats.tasks, 8);
   EXPECT_EQ(stats.samples, 32);
+}
+
+// Remote clients get their answers back one by one and resubmit after a round trip. A task that
+// waited through a batch must not run alone at once when that batch's requesters are about to
+// send theirs: it waits for them (up to the batch timeout), and all run as one batch. Here the
+// requesters of a forward batch answer from another thread, as a network would, with backward
+// tasks; a backward task S queued behind that forward batch has waited longer than the timeout.
+TEST(RuntimeTest, ATaskThatWaitedThroughABatchWaitsForThatBatchsRequesters) {
+  RuntimeOptions options;
+  options.batch_timeout_us = 200'000;
+  auto rt = MakeRuntime(options);
+  std::vector<Answer> forward(2), backward(3);
+  std::mutex mu;
+  std::condition_variable cv;
+  int forwards_answered = 0;
+  auto requester = [&](int i) {
+    Task t = ForwardTask(at::randn({4, kDim}), forward[i]);
+    t.done = [&, i](Result<TaskResult> r) {
+      forward[i].promise.set_value(std::move(r));
+      std::lock_guard<std::mutex> lock(mu);
+      ++forwards_answered;
+      cv.notify_all();
+    };
+    return t;
+  };
+  ASSERT_TRUE(rt->Submit("ffn.0", requester(0)).ok());
+  ASSERT_TRUE(rt->Submit("ffn.0", requester(1)).ok());
+  ASSERT_TRUE(rt->Submit("ffn.0", BackwardTask(at::randn({4, kDim}), at::randn({4, kDim}) * 1e-3,
+                                               backward[0]))
+                  .ok());
+  // Time must pass here, not an event: S is then older than the batch timeout, so the plain
+  // timeout rule would run it the moment the forward batch is done.
+  std::this_thread::sleep_for(std::chrono::microseconds(options.batch_timeout_us));
+  rt->Start();
+  std::thread network([&] {
+    std::unique_lock<std::mutex> lock(mu);
+    ASSERT_TRUE(
+        cv.wait_for(lock, std::chrono::seconds(30), [&] { return forwards_answered == 2; }));
+    lock.unlock();
+    for (int i = 1; i <= 2; ++i) {
+      EXPECT_TRUE(rt->Submit("ffn.0", BackwardTask(at::randn({4, kDim}),
+                                                   at::randn({4, kDim}) * 1e-3, backward[i]))
+                      .ok());
+    }
+  });
+  network.join();
+  for (Answer& a : forward) ASSERT_TRUE(a.Get().ok());
+  for (Answer& a : backward) ASSERT_TRUE(a.Get().ok());
+  RuntimeStats stats = rt->stats();
+  EXPECT_EQ(stats.batches, 2);  // the two forwards, then S with both requesters' backwards
+  EXPECT_EQ(stats.tasks, 5);
 }
 
 TEST(RuntimeTest, BatchesNeverExceedMaxBatchSize) {
