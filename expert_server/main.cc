@@ -166,7 +166,9 @@ int main(int argc, char** argv) {
   app.add_option("--max-batch-size", o.runtime.max_batch_size,
                  "samples merged into one batch at most")
       ->capture_default_str();
-  app.add_option("--batch-timeout-ms", batch_timeout_ms, "how long a partial batch waits for more")
+  app.add_option("--batch-timeout-ms", batch_timeout_ms,
+                 "how long a partial batch waits for more requests: after its oldest one arrived, "
+                 "or, if that one waited through the last batch, after that batch was answered")
       ->capture_default_str();
   app.add_option("--max-queue", o.runtime.max_queue,
                  "samples queued per expert before resource_exhausted")
