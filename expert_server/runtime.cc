@@ -8,12 +8,6 @@
 namespace dmoe::expert_server {
 namespace {
 
-int64_t NowUs() {
-  return std::chrono::duration_cast<std::chrono::microseconds>(
-             std::chrono::steady_clock::now().time_since_epoch())
-      .count();
-}
-
 bool Compatible(const Task& a, const Task& b) {
   return a.kind == b.kind && a.x.scalar_type() == b.x.scalar_type() &&
          a.x.sizes().slice(1) == b.x.sizes().slice(1) && a.mask.has_value() == b.mask.has_value();
@@ -24,7 +18,7 @@ bool AllFinite(const at::Tensor& t) { return at::isfinite(t).all().item<bool>();
 }  // namespace
 
 Runtime::Runtime(std::vector<std::unique_ptr<Expert>> experts, RuntimeOptions options)
-    : options_(options) {
+    : options_(options), clock_(options.clock != nullptr ? options.clock : &RealClock::Instance()) {
   for (auto& e : experts) {
     auto pool = std::make_unique<Pool>();
     pool->step = e->step();
@@ -306,6 +300,8 @@ double Runtime::load() const {
   double capacity = static_cast<double>(options_.max_queue) * static_cast<double>(pools_.size());
   return capacity > 0 ? std::min(1.0, static_cast<double>(queued) / capacity) : 0.0;
 }
+
+int64_t Runtime::NowUs() const { return clock_->NowMonotonicUs(); }
 
 RuntimeStats Runtime::stats() const {
   std::lock_guard<std::mutex> lock(mu_);

@@ -22,6 +22,7 @@
 #include <thread>
 #include <vector>
 
+#include "core/clock.h"
 #include "core/status.h"
 #include "expert_server/expert.h"
 
@@ -40,6 +41,9 @@ struct RuntimeOptions {
   int threads = 1;
   // Called on a runtime thread after each batch with its number of samples (e.g. for metrics).
   std::function<void(int64_t samples)> on_batch;
+  // What the batch timeout is measured with; nullptr: the real clock. Tests use a FakeClock; the
+  // runtime still waits in real time, re-checking when tasks arrive.
+  const Clock* clock = nullptr;
 };
 
 enum class TaskKind { kForward, kBackward };
@@ -126,7 +130,10 @@ class Runtime {
   Pool* PickLocked(int64_t now_us, int64_t* wait_until_us);
   void RunBatch(Pool& pool, std::vector<Pending> batch);
 
+  int64_t NowUs() const;
+
   const RuntimeOptions options_;
+  const Clock* const clock_;
   std::map<std::string, std::unique_ptr<Pool>> pools_;
   mutable std::mutex mu_;
   std::condition_variable cv_;

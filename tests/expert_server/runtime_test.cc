@@ -84,8 +84,10 @@ TEST(RuntimeTest, ConcurrentRequestsMergeIntoOneBatchAndSplitBack) {
 // requesters of a forward batch answer from another thread, as a network would, with backward
 // tasks; a backward task S queued behind that forward batch has waited longer than the timeout.
 TEST(RuntimeTest, ATaskThatWaitedThroughABatchWaitsForThatBatchsRequesters) {
+  FakeClock clock;
   RuntimeOptions options;
   options.batch_timeout_us = 200'000;
+  options.clock = &clock;
   auto rt = MakeRuntime(options);
   std::vector<Answer> forward(2), backward(3);
   std::mutex mu;
@@ -106,9 +108,9 @@ TEST(RuntimeTest, ATaskThatWaitedThroughABatchWaitsForThatBatchsRequesters) {
   ASSERT_TRUE(rt->Submit("ffn.0", BackwardTask(at::randn({4, kDim}), at::randn({4, kDim}) * 1e-3,
                                                backward[0]))
                   .ok());
-  // Time must pass here, not an event: S is then older than the batch timeout, so the plain
-  // timeout rule would run it the moment the forward batch is done.
-  std::this_thread::sleep_for(std::chrono::microseconds(options.batch_timeout_us));
+  // S is now older than the batch timeout, so the plain timeout rule would run it the moment the
+  // forward batch is done. (The fake clock stands still from here: only arrivals end a wait.)
+  clock.AdvanceUs(options.batch_timeout_us + 1);
   rt->Start();
   std::thread network([&] {
     std::unique_lock<std::mutex> lock(mu);
