@@ -165,18 +165,16 @@ void ServerImpl::RegisterMemoryMetrics() {
       "dmoe_buffer_pool_idle_bytes",
       "Body and message buffers kept for reuse (net::BufferPool, at most 8 MiB).", {},
       [] { return static_cast<double>(net::BufferPool::Shared().stats().idle_bytes); });
-  metrics_.AddCallbackCounter(
-      "dmoe_buffer_pool_takes_total",
-      "Buffers of 64 KiB or more taken for bodies and messages: "
-      "reused from the pool, or missed (newly allocated).",
-      {{"result", "reused"}},
-      [] { return static_cast<double>(net::BufferPool::Shared().stats().reused); });
-  metrics_.AddCallbackCounter(
-      "dmoe_buffer_pool_takes_total",
-      "Buffers of 64 KiB or more taken for bodies and messages: "
-      "reused from the pool, or missed (newly allocated).",
-      {{"result", "missed"}},
-      [] { return static_cast<double>(net::BufferPool::Shared().stats().missed); });
+  for (const bool reused : {true, false}) {
+    metrics_.AddCallbackCounter(
+        "dmoe_buffer_pool_takes_total",
+        "Buffers of 64 KiB or more taken for bodies and messages: reused from the pool, or "
+        "missed (newly allocated).",
+        {{"result", reused ? "reused" : "missed"}}, [reused] {
+          const net::BufferPoolStats stats = net::BufferPool::Shared().stats();
+          return static_cast<double>(reused ? stats.reused : stats.missed);
+        });
+  }
   const tensor::CachingCpuAllocator* tensors = tensor::CachingCpuAllocator::Installed();
   if (tensors == nullptr) return;  // The process did not call ConfigureProcessMemory.
   metrics_.AddCallbackGauge("dmoe_tensor_memory_bytes",
