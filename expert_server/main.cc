@@ -102,6 +102,8 @@ Result<std::vector<std::string>> PickFree(std::vector<std::string> candidates, s
 
 int main(int argc, char** argv) {
   dmoe::UsePassiveOpenMpWaitPolicy(argv);
+  // Before any thread starts (libtorch's start with at::set_num_threads): threads inherit the mask.
+  dmoe::BlockTerminationSignals();
   // Before any thread or tensor: glibc's thresholds and the tensor allocator (see the header).
   dmoe::expert_server::ConfigureProcessMemory();
   CLI::App app{"dmoe-server: host experts for a dmoe swarm"};
@@ -217,7 +219,6 @@ int main(int argc, char** argv) {
   }
   at::set_num_threads(threads);
 
-  dmoe::BlockTerminationSignals();
   auto server = dmoe::expert_server::ExpertServer::Start(std::move(o));
   if (!server.ok()) return fail(server.status());
   std::printf("listening on %s\n", (*server)->endpoint().c_str());

@@ -4,10 +4,8 @@
 #include <ATen/Parallel.h>
 #include <spdlog/spdlog.h>
 
-#include <unistd.h>
 #include <CLI/CLI.hpp>
 #include <atomic>
-#include <csignal>
 #include <iostream>
 #include <thread>
 
@@ -18,6 +16,9 @@
 
 int main(int argc, char** argv) {
   dmoe::UsePassiveOpenMpWaitPolicy(argv);
+  // Before any thread starts (libtorch's start with at::set_num_threads): threads inherit the mask,
+  // so SIGINT/SIGTERM reach only the watcher below and never kill the process mid-step.
+  dmoe::BlockTerminationSignals();
   CLI::App app{"dmoe-train: train a dmoe model through the swarm"};
   dmoe::gating::TrainerOptions o;
   std::string log_level = "info";
@@ -70,17 +71,13 @@ int main(int argc, char** argv) {
     return 2;
   }
   at::set_num_threads(threads);
-  dmoe::BlockTerminationSignals();
   std::atomic<bool> stop{false};
-  std::thread signals([&stop] {
-    int sig = dmoe::WaitForTerminationSignal();
-    if (sig != 0) spdlog::info("signal {}: checkpointing and stopping after this step", sig);
+  dmoe::SignalWatcher watcher([&stop](int sig) {
+    spdlog::info("signal {}: checkpointing and stopping after this step", sig);
     stop = true;
   });
   auto result = dmoe::gating::RunTrainer(o, std::cout, &stop);
-  // Wake the signal thread if training ended by itself.
-  if (!stop.exchange(true)) kill(getpid(), SIGTERM);
-  signals.join();
+  watcher.Stop();  // training ended by itself or by the signal: no signal is sent to wake it
   if (!result.ok()) {
     std::cerr << "dmoe-train: " << result.status().ToString() << "\n";
     return 2;

@@ -14,6 +14,8 @@
 
 int main(int argc, char** argv) {
   dmoe::UsePassiveOpenMpWaitPolicy(argv);
+  // Before any thread starts (libtorch's start with at::set_num_threads): threads inherit the mask.
+  dmoe::BlockTerminationSignals();
   CLI::App app{"dmoe-router: inference, model publication and the swarm dashboard"};
   dmoe::router::RouterOptions o;
   std::string listen = "127.0.0.1:0", log_level = "info";
@@ -67,7 +69,6 @@ int main(int argc, char** argv) {
   o.max_body_bytes = static_cast<uint64_t>(max_body_mib * (1 << 20));
   at::set_num_threads(threads);
 
-  dmoe::BlockTerminationSignals();
   auto router = dmoe::router::Router::Start(std::move(o));
   if (!router.ok()) return fail(router.status());
   std::printf("listening on %s\n", (*router)->endpoint().c_str());
