@@ -26,6 +26,16 @@
 // contacts that stall, so bogus "closer nodes" slow a lookup by a soft timeout rather than stopping
 // it.
 //
+// Announced addresses. A node behind a port forward or a relay receives at an address other than
+// the one its datagrams come from; with `public_address` it sends that address as "a" on every
+// request. A receiver answers the request at its source as usual but keeps the source out of its
+// routing table: it PINGs the announced address, and only a PONG from there carrying the same key
+// puts the sender in the table, at the announced address. So a datagram naming someone else's
+// address cannot move that address to another id, and since each such request causes at most one
+// PING, no larger than the request, not retransmitted, with one in flight per address and at most
+// NodeOptions::max_pending_verifications in all, forged "a" fields cannot turn a node into an
+// amplifier.
+//
 // Persistence. With `db_path` (or `kv_store`), the routing table's contacts and the node's own
 // records are saved to the "node_state" column family periodically and at Stop, and a restarted
 // node pings the saved contacts to rejoin without a bootstrap address, then republishes its
@@ -67,6 +77,10 @@ struct DhtOptions {
   std::string db_path;
   std::shared_ptr<storage::KvStore> kv_store;
   int64_t save_interval_ms = 60'000;
+  // HOST:PORT other nodes must use to reach this node, when it differs from `listen` (a port
+  // forward or a relay in front of it); empty = the bound address. A name is resolved once, at
+  // Start. When set, it overrides node.public_address.
+  std::string public_address;
   NodeOptions node;
   // Run on this io_context instead of a thread of our own; the caller runs it and keeps it alive
   // past Stop.
@@ -85,6 +99,9 @@ class Dht {
   // The bound address ("127.0.0.1:40123") and the node's peer id (hex BLAKE2b-256 of its key).
   virtual std::string local_address() const = 0;
   virtual uint16_t port() const = 0;
+  // The address other nodes reach this node at: DhtOptions::public_address resolved, else the
+  // bound address.
+  virtual std::string announced_address() const = 0;
   virtual std::string peer_id() const = 0;
 
   // Runs the lookups of all `keys` concurrently; `done` gets one KeyResult per key, in order,

@@ -1,9 +1,10 @@
 // dmoe-dht: runs one DHT node until SIGINT or SIGTERM.
 //
-//   dmoe-dht --listen HOST:PORT [--bootstrap HOST:PORT ...] [--identity FILE] [--db DIR]
-//            [--network NAME] [--log-level LEVEL]
+//   dmoe-dht --listen HOST:PORT [--public-endpoint HOST:PORT] [--bootstrap HOST:PORT ...]
+//            [--identity FILE] [--db DIR] [--network NAME] [--log-level LEVEL]
 //
-// Prints "listening on udp://HOST:PORT peer_id=<hex>" on stdout once bound; logs go to stderr.
+// Prints "listening on udp://HOST:PORT peer_id=<hex>" on stdout once bound, then, with
+// --public-endpoint, "announcing as udp://HOST:PORT"; logs go to stderr.
 #include <spdlog/spdlog.h>
 #include <CLI/CLI.hpp>
 #include <cstdio>
@@ -21,6 +22,9 @@ int main(int argc, char** argv) {
   std::string log_level = "info";
   app.add_option("--listen", options.listen, "UDP HOST:PORT to bind; port 0 picks a free one")
       ->required();
+  app.add_option("--public-endpoint", options.public_address,
+                 "UDP HOST:PORT other nodes reach this node at, when not the listen address (a "
+                 "port forward or relay in front of it); they verify it with a ping before use");
   app.add_option("--bootstrap", options.bootstrap, "HOST:PORT of a node to join through")
       ->take_all();
   app.add_option("--identity", identity_path,
@@ -63,6 +67,8 @@ int main(int argc, char** argv) {
   }
   std::string host_port = (*dht)->local_address();
   std::printf("listening on udp://%s peer_id=%s\n", host_port.c_str(), (*dht)->peer_id().c_str());
+  std::string announced = (*dht)->announced_address();
+  if (announced != host_port) std::printf("announcing as udp://%s\n", announced.c_str());
   std::fflush(stdout);
   spdlog::info("dmoe-dht listening on udp://{} peer_id={}", host_port, (*dht)->peer_id());
 

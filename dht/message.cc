@@ -28,6 +28,7 @@ json ToJson(const Message& m) {
   j["x"] = m.txid;
   j["s"] = Bin(m.sender.data(), m.sender.size());
   if (m.client) j["c"] = true;
+  if (m.announced) j["a"] = Bin(m.announced->ToWire());
   auto nodes = [&] {
     json arr = json::array();
     for (const WireContact& c : m.nodes) {
@@ -187,6 +188,13 @@ bool DecodeInto(const json& j, Message& m, std::string& why) {
   if (const json* c = rd.Find("c")) {
     if (!c->is_boolean()) return done(rd.Fail("field 'c' is not a boolean"));
     m.client = c->get<bool>();
+  }
+  if (const json* a = rd.Find("a")) {
+    if (!a->is_binary()) return done(rd.Fail("field 'a' is not binary"));
+    Result<Address> announced = Address::FromWire(a->get_binary());
+    if (!announced.ok()) return done(rd.Fail("field 'a': " + announced.status().message()));
+    if (announced->port == 0) return done(rd.Fail("field 'a' has port 0"));
+    m.announced = *announced;
   }
   switch (m.type) {
     case MessageType::kPing:

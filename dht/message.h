@@ -4,7 +4,9 @@
 // one-letter keys (nlohmann::json::to_msgpack):
 //   "v" protocol version (1)   "n" network name   "t" type   "x" transaction id (u64, echoed)
 //   "s" sender public key (bin 32)   "c" true when the sender is a short-lived client that must not
-//   enter routing tables
+//   enter routing tables   "a" optional: the sender's announced address (bin 6|18, as in NODES),
+//   when others must reach it at an address other than the one its datagrams come from (port
+//   forwarding, a relay); nodes send it on requests, and a receiver acts on it only there
 // and per type:
 //   PING / PONG            nothing more
 //   FIND_NODE              "g" target id (bin 32)
@@ -69,6 +71,7 @@ struct Message {
   std::string network;
   PublicKey sender{};
   bool client = false;
+  std::optional<Address> announced;  // "a"
 
   NodeId target{};                    // FIND_NODE
   std::string key;                    // FIND_VALUE, VALUE, STORE

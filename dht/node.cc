@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 
 namespace dmoe::dht {
 
@@ -34,6 +35,7 @@ Message Node::NewMessage(MessageType type, uint64_t txid) const {
   m.network = options_.network;
   m.sender = identity_.public_key();
   m.client = options_.client;
+  if (IsRequest(type)) m.announced = options_.public_address;
   return m;
 }
 
@@ -66,7 +68,7 @@ void Node::OnDatagram(const Address& from, std::span<const uint8_t> bytes) {
       err.error = "too many requests from " + from.HostString();
       Reply(from, std::move(err));
     } else {
-      HandleRequest(from, m);
+      HandleRequest(from, m, bytes.size());
     }
   } else {
     HandleReply(from, m);
@@ -121,10 +123,47 @@ void Node::Ping(const Contact& contact) {
       nullptr);
 }
 
-void Node::HandleRequest(const Address& from, const Message& m) {
+void Node::NoteAnnounced(const NodeId& id, const Address& announced, size_t trigger_bytes) {
+  const Contact* known = table_.Find(id);
+  if (known != nullptr && known->address == announced) {
+    // Verified earlier at that address: the request refreshes the contact without moving it.
+    NoteAlive(id, announced, false);
+    return;
+  }
+  if (verifying_.count(announced) != 0 || verifying_.size() >= options_.max_pending_verifications) {
+    ++stats_.verifications_skipped;
+    return;
+  }
+  // A reflection bound: the PING is never larger than the request that caused it (its txid is
+  // sized as the largest one here, since the real one is drawn in SendRequest).
+  Message ping = NewMessage(MessageType::kPing, std::numeric_limits<uint64_t>::max());
+  if (EncodedSize(ping) > trigger_bytes) ping.announced.reset();
+  if (EncodedSize(ping) > trigger_bytes) {
+    ++stats_.verifications_skipped;
+    return;
+  }
+  verifying_.emplace(announced, id);
+  ++stats_.verifications_sent;
+  SendRequest(
+      announced, id, std::move(ping),
+      [this, announced](const Message* reply) {
+        verifying_.erase(announced);
+        // HandleReply checked the key and put the sender in the table at `announced`.
+        if (reply != nullptr && reply->type == MessageType::kPong) ++stats_.verifications_passed;
+      },
+      nullptr, /*verification=*/true);
+}
+
+void Node::HandleRequest(const Address& from, const Message& m, size_t datagram_bytes) {
   NodeId sender_id = NodeIdOf(m.sender);
   if (sender_id == id_) return;  // our own datagram looped back
-  NoteAlive(sender_id, from, m.client);
+  if (m.announced && *m.announced != from) {
+    // The source may be unreachable for others (behind a forward or a relay): answer it, but let
+    // only the announced address enter the table, once a PONG from there proves the key.
+    if (!m.client) NoteAnnounced(sender_id, *m.announced, datagram_bytes);
+  } else {
+    NoteAlive(sender_id, from, m.client);
+  }
   switch (m.type) {
     case MessageType::kPing:
       Reply(from, NewMessage(MessageType::kPong, m.txid));
@@ -190,7 +229,7 @@ void Node::FillValueAnswer(Message& answer, const std::string& key,
 }
 
 void Node::SendRequest(const Address& to, const std::optional<NodeId>& expected, Message m,
-                       ReplyFn on_reply, std::function<void()> on_stall) {
+                       ReplyFn on_reply, std::function<void()> on_stall, bool verification) {
   uint64_t txid;
   do {
     txid = rng_();
@@ -210,7 +249,9 @@ void Node::SendRequest(const Address& to, const std::optional<NodeId>& expected,
   rpc.sent_us = now;
   rpc.hard_us = now + options_.rpc_timeout_ms * 1000;
   rpc.timer_us = std::min(now + SoftTimeoutUs(), rpc.hard_us);
-  rpc.retransmits_left = options_.retransmits;
+  // A verification PING goes out once, so that one request in causes at most one datagram out.
+  rpc.retransmits_left = verification ? 0 : options_.retransmits;
+  rpc.verification = verification;
   rpc.on_reply = std::move(on_reply);
   rpc.on_stall = std::move(on_stall);
   ++stats_.rpcs_sent;
@@ -242,7 +283,9 @@ void Node::HandleReply(const Address& from, const Message& m) {
   if (rpc.expected && *rpc.expected != sender_id) {
     // Whoever answers at that address is not the node we were told about: a stale or bogus contact.
     ++stats_.dropped_wrong_sender;
-    table_.Remove(*rpc.expected);
+    // A verification says nothing about where the expected node really is: an announced address
+    // is the sender's claim, so it must not evict a contact the table holds elsewhere.
+    if (!rpc.verification) table_.Remove(*rpc.expected);
     rpc.on_reply(nullptr);
     return;
   }
@@ -287,7 +330,7 @@ void Node::FireRpcTimer(uint64_t txid, int64_t now_us) {
   Rpc dead = std::move(rpc);
   rpcs_.erase(it);
   ++stats_.rpcs_timed_out;
-  if (dead.expected) table_.Failed(*dead.expected, options_.max_failures);
+  if (dead.expected && !dead.verification) table_.Failed(*dead.expected, options_.max_failures);
   dead.on_reply(nullptr);
 }
 

@@ -12,8 +12,10 @@
 // transaction id, and its sender key must hash to the node id the request was meant for, so an
 // off-path attacker cannot inject answers and a node cannot answer for an id that is not its own.
 // Contacts learned from others' answers enter only lookups, never the routing table, until they
-// answer us themselves. Datagrams are not signed: that would cost an Ed25519 signature and
-// verification
+// answer us themselves. A request whose announced address ("a") differs from its source puts
+// nothing in the table: the node PINGs the announced address once, and only a PONG from there with
+// the same key puts the sender in the table, at that address (PROTOCOL section 6). Datagrams are
+// not signed: that would cost an Ed25519 signature and verification
 // (~70 us) per message for little gain over the above.
 #ifndef DMOE_DHT_NODE_H_
 #define DMOE_DHT_NODE_H_
@@ -23,6 +25,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <random>
 #include <set>
 #include <string>
@@ -67,6 +70,13 @@ struct NodeOptions {
   bool client = false;
   // After joining, look up one random id in every bucket to fill the routing table.
   bool join_refresh = true;
+  // The address other nodes must use to reach this node when it is not the one its datagrams come
+  // from (a port forward, a relay in front of it). Sent as "a" on every request.
+  std::optional<Address> public_address;
+  // Announced addresses of other nodes being verified at once, at most. A request announcing
+  // another address while this many are in flight leaves the table as it is; the sender's next
+  // request tries again.
+  size_t max_pending_verifications = 64;
   uint64_t seed = 0;  // rng seed for transaction ids and refresh targets; 0 = random
 };
 
@@ -84,6 +94,13 @@ struct NodeStats {
   uint64_t rpcs_timed_out = 0;
   uint64_t retransmits = 0;
   uint64_t records_rejected_in_answers = 0;  // invalid records other nodes sent us
+  // Announced addresses ("a"): PINGs sent to verify one, those answered by the announcing key (the
+  // sender entered the table there), and requests that sent none because that address was already
+  // being verified, max_pending_verifications were in flight, or the PING would have been larger
+  // than the request.
+  uint64_t verifications_sent = 0;
+  uint64_t verifications_passed = 0;
+  uint64_t verifications_skipped = 0;
   std::array<uint64_t, static_cast<size_t>(RejectReason::kCount)> store_rejected{};
 
   uint64_t rejected(RejectReason r) const { return store_rejected[static_cast<size_t>(r)]; }
@@ -165,6 +182,9 @@ class Node {
     int64_t hard_us = 0;
     int retransmits_left = 0;
     bool stalled = false;
+    // A PING to an announced address: sent once, and its failure or a wrong key says nothing about
+    // the contact `expected` may already be in the table at another address.
+    bool verification = false;
     ReplyFn on_reply;
     std::function<void()> on_stall;
   };
@@ -183,16 +203,17 @@ class Node {
   };
 
   // node.cc: datagrams, RPCs, serving requests.
-  void HandleRequest(const Address& from, const Message& m);
+  void HandleRequest(const Address& from, const Message& m, size_t datagram_bytes);
   void HandleReply(const Address& from, const Message& m);
   bool RateLimited(const Address& from);
   void Reply(const Address& to, Message m);
   Message NewMessage(MessageType type, uint64_t txid) const;
   void SendRequest(const Address& to, const std::optional<NodeId>& expected, Message m,
-                   ReplyFn on_reply, std::function<void()> on_stall);
+                   ReplyFn on_reply, std::function<void()> on_stall, bool verification = false);
   void FireRpcTimer(uint64_t txid, int64_t now_us);
   int64_t SoftTimeoutUs() const;
   void NoteAlive(const NodeId& id, const Address& from, bool client);
+  void NoteAnnounced(const NodeId& id, const Address& announced, size_t trigger_bytes);
   void Ping(const Contact& contact);
   void FillValueAnswer(Message& answer, const std::string& key,
                        const std::optional<std::string>& cursor);
@@ -239,6 +260,8 @@ class Node {
     int64_t last_us = 0;
   };
   std::unordered_map<std::string, TokenBucket> rate_;
+  // Announced addresses with a verification PING in flight, and the id expected to answer there.
+  std::map<Address, NodeId> verifying_;
 
   int64_t next_maintenance_us_ = 0;
   int64_t next_sweep_us_ = 0;

@@ -11,6 +11,7 @@
 #include <thread>
 
 #include "core/clock.h"
+#include "core/host_port.h"
 #include "dht/dht.h"
 #include "dht/persistence.h"
 #include "storage/kv_store.h"
@@ -53,16 +54,11 @@ udp::endpoint ToEndpoint(const Address& a) {
 }
 
 // "host:port", "[v6]:port"; the host may be a name. Resolved once, here at the edge.
-Result<std::vector<udp::endpoint>> Resolve(asio::io_context& io, const std::string& text) {
-  size_t colon = text.rfind(':');
-  if (colon == std::string::npos || colon == 0 || colon + 1 == text.size()) {
-    return InvalidArgumentError("address '" + text + "' must be HOST:PORT");
-  }
-  std::string host = text.substr(0, colon);
-  std::string port = text.substr(colon + 1);
-  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
-    host = host.substr(1, host.size() - 2);
-  }
+Result<std::vector<udp::endpoint>> Resolve(asio::io_context& io, const std::string& text,
+                                           PortRule rule = PortRule::kAnyPort) {
+  DMOE_ASSIGN_OR_RETURN(HostPort host_port, ParseHostPort(text, rule));
+  const std::string& host = host_port.host;
+  const std::string port = std::to_string(host_port.port);
   boost::system::error_code ec;
   udp::resolver resolver(io);
   auto results = resolver.resolve(host, port, udp::resolver::numeric_service, ec);
@@ -121,6 +117,13 @@ class DhtImpl final : public Dht, public std::enable_shared_from_this<DhtImpl> {
       return UnavailableError("cannot bind UDP " + options_.listen + ": " + ec.message());
     }
     local_ = FromEndpoint(socket_.local_endpoint(ec));
+    if (!options_.public_address.empty()) {
+      auto announced = Resolve(io_, options_.public_address, PortRule::kNonZeroPort);
+      if (!announced.ok()) {
+        return InvalidArgumentError("public address: " + announced.status().message());
+      }
+      options_.node.public_address = FromEndpoint(announced->front());
+    }
     if (!options_.kv_store && !options_.db_path.empty()) {
       std::error_code fs_ec;
       std::filesystem::create_directories(options_.db_path, fs_ec);
@@ -173,6 +176,10 @@ class DhtImpl final : public Dht, public std::enable_shared_from_this<DhtImpl> {
 
   std::string local_address() const override { return local_.ToString(); }
   uint16_t port() const override { return local_.port; }
+  std::string announced_address() const override {
+    return options_.node.public_address ? options_.node.public_address->ToString()
+                                        : local_.ToString();
+  }
   std::string peer_id() const override { return options_.identity->peer_id(); }
 
   void GetMany(std::vector<std::string> keys, std::chrono::milliseconds timeout,
@@ -362,6 +369,7 @@ class DhtFront final : public Dht {
   ~DhtFront() override { impl_->Stop(); }
   std::string local_address() const override { return impl_->local_address(); }
   uint16_t port() const override { return impl_->port(); }
+  std::string announced_address() const override { return impl_->announced_address(); }
   std::string peer_id() const override { return impl_->peer_id(); }
   void GetMany(std::vector<std::string> keys, std::chrono::milliseconds timeout,
                std::function<void(std::vector<KeyResult>)> done) override {

@@ -70,6 +70,12 @@ size_t SimNetwork::AddEndpoint(Handler handler) {
   return index;
 }
 
+Address SimNetwork::AddForwardingAddress(size_t index) {
+  Address forward = NextAddress();
+  by_address_[forward] = index;
+  return forward;
+}
+
 bool SimNetwork::alive(size_t index) const { return nodes_[index]->alive; }
 Node& SimNetwork::node(size_t index) { return *nodes_[index]->node; }
 const Address& SimNetwork::address(size_t index) const { return nodes_[index]->address; }
@@ -87,11 +93,14 @@ void SimNetwork::Remove(size_t index) {
 void SimNetwork::Send(size_t from, const Address& to, std::span<const uint8_t> bytes) {
   SimNode& src = *nodes_[from];
   if (!src.alive) return;
+  Address source = src.address;
+  if (auto flow = flows_.find({from, to}); flow != flows_.end()) source = flow->second;
   auto it = by_address_.find(to);
   if (it == by_address_.end() || nodes_[it->second]->group != src.group) {
     ++dropped_;
     return;
   }
+  if (to != nodes_[it->second]->address) flows_[{it->second, source}] = to;
   if (link_.loss > 0 && std::uniform_real_distribution<double>(0, 1)(rng_) < link_.loss) {
     ++dropped_;
     return;
@@ -101,7 +110,7 @@ void SimNetwork::Send(size_t from, const Address& to, std::span<const uint8_t> b
     delay += std::uniform_int_distribution<int64_t>(-link_.jitter_us, link_.jitter_us)(rng_);
   }
   delay = std::max<int64_t>(delay, 0);
-  events_.push(Event{clock_.NowMonotonicUs() + delay, seq_++, it->second, false, src.address,
+  events_.push(Event{clock_.NowMonotonicUs() + delay, seq_++, it->second, false, source,
                      std::string(reinterpret_cast<const char*>(bytes.data()), bytes.size())});
 }
 

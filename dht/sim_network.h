@@ -43,6 +43,12 @@ class SimNetwork {
   // An endpoint that is not a Node (a hand-written attacker, a raw prober); `handler` gets its
   // datagrams, and Send from `TransportOf(index)` sends from it.
   size_t AddEndpoint(Handler handler);
+  // A second address for node `index`, like a router's port forward in front of it: datagrams to
+  // it reach the node with their source unchanged, and the node's datagrams to a peer that wrote
+  // to it leave from it (the router's connection tracking). Its other datagrams leave from its own
+  // address, which stays reachable too. `index` may be size(), the node added next, so that the
+  // address can go into that node's options.
+  Address AddForwardingAddress(size_t index);
   // Takes a node off the network: datagrams to it vanish and its timers stop. Its index stays
   // valid.
   void Remove(size_t index);
@@ -90,6 +96,8 @@ class SimNetwork {
   LinkModel link_;
   std::vector<std::unique_ptr<SimNode>> nodes_;
   std::map<Address, size_t> by_address_;
+  // (node, peer) -> the forwarding address the peer wrote to, which the node's answers leave from.
+  std::map<std::pair<size_t, Address>, Address> flows_;
   std::priority_queue<Event, std::vector<Event>, std::greater<Event>> events_;
   uint64_t seq_ = 0;
   uint64_t delivered_ = 0;

@@ -51,6 +51,57 @@ TEST(MessageTest, NodesRoundTripWithBothAddressFamilies) {
   EXPECT_TRUE(back->client);
 }
 
+TEST(MessageTest, AnnouncedAddressRoundTripsInBothFamilies) {
+  for (const Address& announced :
+       {Address::V4(203, 0, 113, 7, 7000), *Address::Parse("[2001:db8::1]:443")}) {
+    SCOPED_TRACE(announced.ToString());
+    Message m = Header(MessageType::kFindValue);
+    m.key = "expert/ffn.0";
+    m.announced = announced;
+    auto bytes = EncodeMessage(m);
+    ASSERT_TRUE(bytes.ok());
+    auto back = DecodeMessage(Span(*bytes));
+    ASSERT_TRUE(back.ok()) << back.status().ToString();
+    ASSERT_TRUE(back->announced.has_value());
+    EXPECT_EQ(*back->announced, announced);
+    EXPECT_EQ(back->key, m.key);
+  }
+  // Without "a" a message decodes as in version 1 before it, and its encoding has no "a" key.
+  Message plain = Header(MessageType::kPing);
+  auto bytes = EncodeMessage(plain);
+  ASSERT_TRUE(bytes.ok());
+  nlohmann::json j = nlohmann::json::from_msgpack(*bytes);
+  EXPECT_FALSE(j.contains("a"));
+  auto back = DecodeMessage(Span(*bytes));
+  ASSERT_TRUE(back.ok());
+  EXPECT_FALSE(back->announced.has_value());
+}
+
+TEST(MessageTest, MalformedAnnouncedAddressIsRejected) {
+  Message m = Header(MessageType::kPing);
+  auto bytes = EncodeMessage(m);
+  ASSERT_TRUE(bytes.ok());
+  nlohmann::json base = nlohmann::json::from_msgpack(*bytes);
+  struct Case {
+    nlohmann::json a;
+    const char* why;
+  };
+  for (const Case& c :
+       {Case{"1.2.3.4:5", "'a' is not binary"},
+        Case{nlohmann::json::binary(std::vector<uint8_t>(5, 1)), "5 bytes"},
+        Case{nlohmann::json::binary(std::vector<uint8_t>{1, 2, 3, 4, 0, 0}), "port 0"}}) {
+    SCOPED_TRACE(c.why);
+    nlohmann::json j = base;
+    j["a"] = c.a;
+    std::string packed;
+    nlohmann::json::to_msgpack(j, packed);
+    auto r = DecodeMessage(Span(packed));
+    ASSERT_FALSE(r.ok());
+    EXPECT_EQ(r.status().code(), Code::kInvalidArgument);
+    EXPECT_NE(r.status().message().find(c.why), std::string::npos) << r.status().message();
+  }
+}
+
 TEST(MessageTest, MaxSizeRecordFitsADatagram) {
   Identity id = testing::TestIdentity(2);
   Message m = Header(MessageType::kValue);

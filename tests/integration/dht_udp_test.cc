@@ -2,7 +2,11 @@
 // get again; then a node stopped with SIGTERM restarts from its database without a bootstrap
 // address. No sleeps: every wait polls a pipe or a DHT call with a deadline; every process is
 // killed and reaped in TearDown even when an assertion fails.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -11,9 +15,13 @@
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
+#include <map>
 #include <memory>
+#include <mutex>
 #include <regex>
+#include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "dht/dht.h"
@@ -29,6 +37,121 @@ struct Proc {
   std::string address;                        // 127.0.0.1:PORT
   std::string peer_id;
 };
+
+// A UDP relay in front of one loopback port, as a port forward with connection tracking: a
+// datagram from client X to the relay's port goes to the target from a socket of the relay's own
+// for X, and what the target sends to that socket goes back to X from the relay's port. So the
+// target sees its peers at the relay's sockets and they see it at the relay's port, never at its
+// own. A thread polls the sockets until the relay is destroyed.
+class UdpForwarder {
+ public:
+  UdpForwarder() {
+    public_fd_ = BoundSocket();
+    sockaddr_in addr{};
+    socklen_t len = sizeof(addr);
+    getsockname(public_fd_, reinterpret_cast<sockaddr*>(&addr), &len);
+    port_ = ntohs(addr.sin_port);
+    if (pipe(stop_) != 0) stop_[0] = stop_[1] = -1;
+  }
+  ~UdpForwarder() {
+    if (thread_.joinable()) {
+      char byte = 0;
+      (void)!write(stop_[1], &byte, 1);
+      thread_.join();
+    }
+    for (int fd : {public_fd_, stop_[0], stop_[1]}) close(fd);
+    for (const auto& [port, fd] : by_client_) close(fd);
+  }
+
+  uint16_t port() const { return port_; }
+  // Starts relaying to 127.0.0.1:target_port.
+  void Start(uint16_t target_port) {
+    target_port_ = target_port;
+    thread_ = std::thread([this] { Loop(); });
+  }
+  // Ports of the clients whose datagrams were relayed to the target.
+  std::set<uint16_t> clients() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return clients_;
+  }
+  // Datagrams relayed back from the target to `client_port`.
+  int answers_to(uint16_t client_port) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = answers_.find(client_port);
+    return it == answers_.end() ? 0 : it->second;
+  }
+
+ private:
+  static int BoundSocket() {
+    int fd = socket(AF_INET, SOCK_DGRAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
+    return fd;
+  }
+  static sockaddr_in Loopback(uint16_t port) {
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    addr.sin_port = htons(port);
+    return addr;
+  }
+
+  void Loop() {
+    char buf[65536];
+    for (;;) {
+      std::vector<pollfd> fds = {{stop_[0], POLLIN, 0}, {public_fd_, POLLIN, 0}};
+      std::vector<uint16_t> owners = {0, 0};
+      for (const auto& [client, fd] : by_client_) {
+        fds.push_back({fd, POLLIN, 0});
+        owners.push_back(client);
+      }
+      if (poll(fds.data(), fds.size(), -1) < 0) return;
+      if (fds[0].revents != 0) return;
+      if (fds[1].revents & POLLIN) {
+        sockaddr_in from{};
+        socklen_t len = sizeof(from);
+        ssize_t n =
+            recvfrom(public_fd_, buf, sizeof(buf), 0, reinterpret_cast<sockaddr*>(&from), &len);
+        if (n >= 0) {
+          uint16_t client = ntohs(from.sin_port);
+          auto [it, inserted] = by_client_.try_emplace(client, -1);
+          if (inserted) it->second = BoundSocket();
+          sockaddr_in to = Loopback(target_port_);
+          sendto(it->second, buf, static_cast<size_t>(n), 0, reinterpret_cast<sockaddr*>(&to),
+                 sizeof(to));
+          std::lock_guard<std::mutex> lock(mu_);
+          clients_.insert(client);
+        }
+      }
+      for (size_t i = 2; i < fds.size(); ++i) {
+        if (!(fds[i].revents & POLLIN)) continue;
+        ssize_t n = recv(fds[i].fd, buf, sizeof(buf), 0);
+        if (n < 0) continue;
+        sockaddr_in to = Loopback(owners[i]);
+        sendto(public_fd_, buf, static_cast<size_t>(n), 0, reinterpret_cast<sockaddr*>(&to),
+               sizeof(to));
+        std::lock_guard<std::mutex> lock(mu_);
+        ++answers_[owners[i]];
+      }
+    }
+  }
+
+  int public_fd_ = -1;
+  int stop_[2] = {-1, -1};
+  uint16_t port_ = 0;
+  uint16_t target_port_ = 0;
+  std::thread thread_;
+  std::map<uint16_t, int> by_client_;  // the relay thread's alone
+  std::mutex mu_;
+  std::set<uint16_t> clients_;
+  std::map<uint16_t, int> answers_;
+};
+
+uint16_t PortOf(const std::string& host_port) {
+  return static_cast<uint16_t>(std::stoi(host_port.substr(host_port.rfind(':') + 1)));
+}
 
 class DhtUdpTest : public ::testing::Test {
  protected:
@@ -163,6 +286,44 @@ TEST_F(DhtUdpTest, SixteenProcessesPutGetKillGet) {
   ASSERT_FALSE(again.address.empty());
   r = GetWithin(again.address, "expert/ffn.3.14");
   EXPECT_TRUE(r.status.ok()) << r.status.ToString();
+}
+
+// A node behind a relay announces the relay's port (--public-endpoint): the node it joins through
+// puts it in its routing table there, after a PING through the relay, and hands that address on,
+// so a third node stores on it through the relay too.
+TEST_F(DhtUdpTest, NodeBehindARelayIsReachedAtItsPublicEndpoint) {
+  Proc& a = Start({});
+  ASSERT_FALSE(a.address.empty()) << "dmoe-dht A did not start";
+  UdpForwarder relay;
+  const std::string public_endpoint = "127.0.0.1:" + std::to_string(relay.port());
+  Proc& b = Start({"--public-endpoint", public_endpoint, "--bootstrap", a.address});
+  ASSERT_FALSE(b.address.empty()) << "dmoe-dht B did not start";
+  EXPECT_NE(b.address, public_endpoint);
+  std::optional<std::string> announcing = b.process->WaitForLine("announcing as ", 10s);
+  ASSERT_TRUE(announcing.has_value()) << b.process->stderr_text();
+  EXPECT_EQ(*announcing, "announcing as udp://" + public_endpoint);
+  relay.Start(PortOf(b.address));
+
+  // B's requests reach A straight from B's own port; A answers there, and verifies B with a PING
+  // through the relay, whose PONG comes back through it.
+  ASSERT_TRUE(testing::PollUntil([&] { return relay.answers_to(PortOf(a.address)) > 0; }, 20s))
+      << "A never reached B through the relay; A's log:\n"
+      << a.process->stderr_text();
+
+  // A client that joins through A learns B from A at the relay's port and stores there too.
+  std::unique_ptr<Dht> client;
+  Result<int> stored = UnavailableError("no put ran");
+  ASSERT_TRUE(testing::PollUntil(
+      [&] {
+        client = Client(a.address);
+        if (!client) return false;
+        stored = client->PutBlocking("expert/ffn.0", "b", "{\"endpoint\":\"http://x\"}", 60s);
+        return stored.ok() && *stored == 2;
+      },
+      20s))
+      << (stored.ok() ? std::to_string(*stored) + " nodes stored" : stored.status().ToString());
+  EXPECT_TRUE(relay.clients().count(PortOf(client->local_address())) == 1)
+      << "the client reached B other than through the relay";
 }
 
 }  // namespace
