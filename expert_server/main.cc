@@ -1,5 +1,7 @@
 // dmoe-server: hosts experts for a dmoe swarm until SIGINT or SIGTERM (DESIGN.md, PROTOCOL.md 4).
-// Prints "listening on http://HOST:PORT" on stdout once it serves; logs go to stderr.
+// Prints "listening on http://HOST:PORT" (the address it is bound to) on stdout once it serves,
+// then "announcing as http://HOST:PORT" when the DHT gets another one (--public-endpoint,
+// --public-host); logs go to stderr.
 #include <ATen/Parallel.h>
 #include <spdlog/spdlog.h>
 
@@ -10,6 +12,7 @@
 #include <random>
 #include <thread>
 
+#include "core/host_port.h"
 #include "core/logging.h"
 #include "core/openmp_env.h"
 #include "core/signals.h"
@@ -22,24 +25,6 @@ namespace {
 
 using dmoe::Result;
 using dmoe::Status;
-
-Result<std::pair<std::string, uint16_t>> SplitHostPort(const std::string& text) {
-  size_t colon = text.rfind(':');
-  if (colon == std::string::npos || colon + 1 == text.size()) {
-    return dmoe::InvalidArgumentError("--listen '" + text + "' must be HOST:PORT");
-  }
-  std::string host = text.substr(0, colon);
-  if (host.size() >= 2 && host.front() == '[' && host.back() == ']')
-    host = host.substr(1, host.size() - 2);
-  int port = -1;
-  try {
-    port = std::stoi(text.substr(colon + 1));
-  } catch (const std::exception&) {
-  }
-  if (port < 0 || port > 65535)
-    return dmoe::InvalidArgumentError("--listen '" + text + "': bad port");
-  return std::make_pair(host, static_cast<uint16_t>(port));
-}
 
 // Expands --experts: a grid pattern ("ffn.[0:4].[0:4]") or a comma-separated list of uids.
 Result<std::vector<std::string>> ExpandExperts(const std::string& spec) {
@@ -132,11 +117,17 @@ int main(int argc, char** argv) {
   app.add_option("--listen", listen, "HTTP HOST:PORT to serve; port 0 picks a free one")
       ->capture_default_str();
   app.add_option("--public-host", o.public_host,
-                 "host announced in the DHT (default: the listen host)");
+                 "host announced in the DHT, with the listen port (default: the listen host)");
+  app.add_option("--public-endpoint", o.public_endpoint,
+                 "HOST:PORT announced in the DHT when clients reach the server at another address "
+                 "than --listen (a port forward or relay in front of it); excludes --public-host");
   app.add_option("--dht", o.dht_bootstrap, "HOST:PORT of a DHT node to join; repeatable")
       ->take_all();
   app.add_option("--dht-listen", o.dht_listen, "UDP HOST:PORT of this server's own DHT node")
       ->capture_default_str();
+  app.add_option("--dht-public-endpoint", o.dht_public_endpoint,
+                 "UDP HOST:PORT other DHT nodes reach this server's DHT node at, when not "
+                 "--dht-listen's (a port forward or relay); they verify it with a ping before use");
   app.add_option("--network", o.dht_network, "DHT network name")->capture_default_str();
   app.add_option("--announce-every", o.announce_every_s, "seconds between announcements")
       ->capture_default_str();
@@ -152,7 +143,7 @@ int main(int argc, char** argv) {
   app.add_option("--trainer-keys", o.trainer_keys_path,
                  "file of hex public keys allowed to send backward");
   app.add_flag("--open-training", o.open_training,
-               "allow anyone to train when bound to a public address");
+               "allow anyone to train when bound to, or announcing, a public address");
   app.add_option("--optimizer", o.optimizer.kind, "adam or sgd")->capture_default_str();
   app.add_option("--lr", o.optimizer.lr, "learning rate")->capture_default_str();
   app.add_option("--weight-decay", o.optimizer.weight_decay, "decoupled weight decay")
@@ -202,10 +193,31 @@ int main(int argc, char** argv) {
     return 2;
   };
   if (Status s = dmoe::SetUpLogging("dmoe-server", log_level); !s.ok()) return fail(s);
-  auto host_port = SplitHostPort(listen);
+  // Each address flag is checked here, so that its error names the flag.
+  auto parse = [](const char* flag, const std::string& text,
+                  dmoe::PortRule rule) -> Result<dmoe::HostPort> {
+    Result<dmoe::HostPort> parsed = dmoe::ParseHostPort(text, rule);
+    if (!parsed.ok()) return dmoe::InvalidArgumentError(flag + (": " + parsed.status().message()));
+    return parsed;
+  };
+  auto host_port = parse("--listen", listen, dmoe::PortRule::kAnyPort);
   if (!host_port.ok()) return fail(host_port.status());
-  o.listen_host = host_port->first;
-  o.listen_port = host_port->second;
+  o.listen_host = host_port->host;
+  o.listen_port = host_port->port;
+  if (!o.public_endpoint.empty() && !o.public_host.empty()) {
+    return fail(dmoe::InvalidArgumentError(
+        "--public-endpoint and --public-host are both given: --public-endpoint HOST:PORT names the "
+        "host too, give one of them"));
+  }
+  if (!o.public_endpoint.empty()) {
+    auto parsed = parse("--public-endpoint", o.public_endpoint, dmoe::PortRule::kNonZeroPort);
+    if (!parsed.ok()) return fail(parsed.status());
+  }
+  if (!o.dht_public_endpoint.empty()) {
+    auto parsed =
+        parse("--dht-public-endpoint", o.dht_public_endpoint, dmoe::PortRule::kNonZeroPort);
+    if (!parsed.ok()) return fail(parsed.status());
+  }
   o.max_body_bytes = static_cast<uint64_t>(max_body_mib * (1 << 20));
   o.max_held_request_bytes = static_cast<uint64_t>(max_held_request_mib * (1 << 20));
   o.runtime.batch_timeout_us = static_cast<int64_t>(batch_timeout_ms * 1000);
@@ -221,9 +233,13 @@ int main(int argc, char** argv) {
 
   auto server = dmoe::expert_server::ExpertServer::Start(std::move(o));
   if (!server.ok()) return fail(server.status());
-  std::printf("listening on %s\n", (*server)->endpoint().c_str());
+  const std::string listening = (*server)->listen_endpoint();
+  const std::string announced = (*server)->endpoint();
+  std::printf("listening on %s\n", listening.c_str());
+  if (announced != listening) std::printf("announcing as %s\n", announced.c_str());
   std::fflush(stdout);
-  spdlog::info("listening on {} ({} compute threads)", (*server)->endpoint(), threads);
+  spdlog::info("listening on {} ({} compute threads), announcing {}", listening, threads,
+               announced);
 
   int sig = dmoe::WaitForTerminationSignal();
   spdlog::info("signal {}: finishing requests, writing a final checkpoint, stopping", sig);

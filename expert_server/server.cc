@@ -48,6 +48,20 @@ Status ServerImpl::Init() {
     return InvalidArgumentError("nan rate must be in [0, 1]");
   }
 
+  if (!options_.public_endpoint.empty()) {
+    if (!options_.public_host.empty()) {
+      return InvalidArgumentError("public endpoint '" + options_.public_endpoint +
+                                  "' and public host '" + options_.public_host +
+                                  "' are both set: give one (the endpoint names the host too)");
+    }
+    DMOE_ASSIGN_OR_RETURN(public_endpoint_,
+                          ParseHostPort(options_.public_endpoint, PortRule::kNonZeroPort));
+  }
+  // Others reach the server at its announced host too: that host is as public as a listen host.
+  const std::string announced_host = public_endpoint_               ? public_endpoint_->host
+                                     : options_.public_host.empty() ? options_.listen_host
+                                                                    : options_.public_host;
+
   if (options_.identity_path.empty()) {
     identity_ = Identity::Generate();
   } else {
@@ -57,9 +71,12 @@ Status ServerImpl::Init() {
     DMOE_ASSIGN_OR_RETURN(std::set<PublicKey> keys,
                           RequestVerifier::LoadKeyFile(options_.trainer_keys_path));
     verifier_ = std::make_unique<RequestVerifier>(std::move(keys), RealClock::Instance());
-  } else if (!net::IsLoopbackHost(options_.listen_host) && !options_.open_training) {
+  } else if (!options_.open_training &&
+             (!net::IsLoopbackHost(options_.listen_host) || !net::IsLoopbackHost(announced_host))) {
+    const std::string& open_host =
+        net::IsLoopbackHost(options_.listen_host) ? announced_host : options_.listen_host;
     return InvalidArgumentError(
-        "refusing to serve training on " + options_.listen_host +
+        "refusing to serve training on " + open_host +
         " without --trainer-keys: anyone who reaches this address could change the weights. Pass "
         "--trainer-keys FILE, or --open-training to allow it knowingly");
   }
@@ -112,6 +129,7 @@ Status ServerImpl::Init() {
   if (!options_.dht_bootstrap.empty()) {
     dht::DhtOptions dht_options;
     dht_options.listen = options_.dht_listen;
+    dht_options.public_address = options_.dht_public_endpoint;
     dht_options.bootstrap = options_.dht_bootstrap;
     dht_options.identity = *identity_;
     dht_options.node.network = options_.dht_network;
@@ -191,10 +209,16 @@ void ServerImpl::RegisterMemoryMetrics() {
 }
 
 std::string ServerImpl::endpoint() const {
-  std::string host = options_.public_host;
-  if (host.empty()) host = options_.listen_host == "0.0.0.0" ? "127.0.0.1" : options_.listen_host;
-  if (host.find(':') != std::string::npos) host = "[" + host + "]";
-  return "http://" + host + ":" + std::to_string(http_->port());
+  if (public_endpoint_) return "http://" + public_endpoint_->ToString();
+  if (options_.public_host.empty()) return listen_endpoint();
+  return "http://" + HostPort{options_.public_host, http_->port()}.ToString();
+}
+
+std::string ServerImpl::listen_endpoint() const {
+  std::string host = options_.listen_host;
+  if (host == "0.0.0.0") host = "127.0.0.1";
+  if (host == "::") host = "::1";
+  return "http://" + HostPort{host, http_->port()}.ToString();
 }
 
 Status ServerImpl::CheckpointNow() {

@@ -4,7 +4,7 @@
 //
 //   ExpertServerOptions options;  // uids, expert type, listen address, db, dht, ...
 //   DMOE_ASSIGN_OR_RETURN(auto server, ExpertServer::Start(std::move(options)));
-//   std::cout << "listening on " << server->endpoint() << "\n";
+//   std::cout << "listening on " << server->listen_endpoint() << "\n";
 //   ...
 //   server->Stop();  // stop accepting, finish in-flight work, final checkpoint, stop announcing
 //
@@ -35,8 +35,13 @@ struct ExpertServerOptions {
 
   std::string listen_host = "127.0.0.1";
   uint16_t listen_port = 0;
-  // The host written into announcements; defaults to listen_host (or 127.0.0.1 for 0.0.0.0).
+  // The host written into announcements, with the port the server listens on; defaults to
+  // listen_host (or 127.0.0.1 for 0.0.0.0).
   std::string public_host;
+  // HOST:PORT written into announcements instead, for a server others reach at an address other
+  // than the one it listens on (a port forward, a relay in front of it). Setting it together with
+  // public_host is kInvalidArgument.
+  std::string public_endpoint;
   int net_threads = 2;
   uint64_t max_body_bytes = 64ull << 20;
   int ws_max_in_flight = 64;
@@ -63,6 +68,9 @@ struct ExpertServerOptions {
   // node bound to dht_listen.
   std::vector<std::string> dht_bootstrap;
   std::string dht_listen = "0.0.0.0:0";
+  // UDP HOST:PORT the DHT node announces to other nodes when it differs from dht_listen
+  // (DhtOptions::public_address); empty = the bound address.
+  std::string dht_public_endpoint;
   std::string dht_network = "dmoe";
   int64_t announce_every_s = 15;
   int64_t announce_ttl_s = 45;
@@ -83,8 +91,12 @@ class ExpertServer {
   static Result<std::unique_ptr<ExpertServer>> Start(ExpertServerOptions options);
   virtual ~ExpertServer() = default;
 
-  // "http://HOST:PORT" as announced.
+  // "http://HOST:PORT" as announced in the DHT.
   virtual std::string endpoint() const = 0;
+  // "http://HOST:PORT" the server listens on (127.0.0.1 for 0.0.0.0, [::1] for [::]): where a
+  // client on this machine connects. Equals endpoint() unless public_host or public_endpoint is
+  // set.
+  virtual std::string listen_endpoint() const = 0;
   virtual uint16_t port() const = 0;
   virtual std::string peer_id() const = 0;
   virtual const Runtime& runtime() const = 0;

@@ -13,6 +13,7 @@
 #include <string>
 #include <thread>
 
+#include "core/host_port.h"
 #include "core/identity.h"
 #include "core/metrics.h"
 #include "core/request_auth.h"
@@ -31,6 +32,7 @@ class ServerImpl : public ExpertServer {
   Status Init();
 
   std::string endpoint() const override;
+  std::string listen_endpoint() const override;
   uint16_t port() const override { return http_->port(); }
   std::string peer_id() const override { return identity_->peer_id(); }
   const Runtime& runtime() const override { return *runtime_; }
@@ -64,6 +66,7 @@ class ServerImpl : public ExpertServer {
   bool InjectNan();
 
   const ExpertServerOptions options_;
+  std::optional<HostPort> public_endpoint_;  // options_.public_endpoint, parsed
   std::optional<Identity> identity_;
   std::unique_ptr<RequestVerifier> verifier_;
   std::shared_ptr<storage::ExpertStore> store_;

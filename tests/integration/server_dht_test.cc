@@ -2,7 +2,10 @@
 // node and announce disjoint experts; a DHT client sees both, with the grid prefixes a gating
 // client searches; a server killed with SIGKILL disappears within its announcement TTL while the
 // other stays.
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <gtest/gtest.h>
 
@@ -131,6 +134,70 @@ TEST_F(ServerDhtTest, WithoutADatabaseTheMaintenanceThreadWakesOnlyToAnnounce) {
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   EXPECT_LE(seen, static_cast<int64_t>(elapsed_s) + 2)
       << "one wake-up per announcement (--announce-every 1), not a spin";
+}
+
+// A loopback port held for the test's duration (bound, never listening), so that no other process
+// takes it while a server announces it.
+class ReservedPort {
+ public:
+  explicit ReservedPort(int type) : fd_(socket(AF_INET, type, 0)) {
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof(addr);
+    if (bind(fd_, reinterpret_cast<sockaddr*>(&addr), len) == 0 &&
+        getsockname(fd_, reinterpret_cast<sockaddr*>(&addr), &len) == 0) {
+      port_ = ntohs(addr.sin_port);
+    }
+  }
+  ~ReservedPort() { close(fd_); }
+  ReservedPort(const ReservedPort&) = delete;
+  ReservedPort& operator=(const ReservedPort&) = delete;
+  std::string endpoint() const { return "127.0.0.1:" + std::to_string(port_); }
+
+ private:
+  int fd_;
+  uint16_t port_ = 0;
+};
+
+// A server others reach through a port forward or relay announces that address, while it prints
+// (and serves on) the one it listens on. Its DHT node announces a relay's address too; a node
+// that cannot verify it still stores the server's records.
+TEST_F(ServerDhtTest, PublicEndpointIsAnnouncedWhileTheServerListensElsewhere) {
+  ReservedPort http_port(SOCK_STREAM), udp_port(SOCK_DGRAM);
+  std::vector<std::string> args = BaseServerArgs("ffn.2.0", kDim);
+  args.insert(args.end(), {"--dht", dht_address_, "--dht-listen", "127.0.0.1:0", "--network",
+                           kNetwork, "--announce-every", "1", "--public-endpoint",
+                           http_port.endpoint(), "--dht-public-endpoint", udp_port.endpoint()});
+  Result<ServerProcess> server = StartServer(args);
+  ASSERT_TRUE(server.ok()) << server.status().ToString();
+  const std::string announced = "http://" + http_port.endpoint();
+  EXPECT_NE(server->endpoint, announced) << "\"listening on\" must name the listen address";
+  std::optional<std::string> line = server->process->WaitForLine("announcing as ", 10s);
+  ASSERT_TRUE(line.has_value()) << server->process->stderr_text();
+  EXPECT_EQ(*line, "announcing as " + announced);
+  // It serves where it listens.
+  ServerClient client(server->endpoint);
+  const std::string peer = PeerIdOf(client);
+  ASSERT_EQ(peer.size(), 64u);
+
+  std::map<std::string, Entries> found;
+  ASSERT_TRUE(testing::PollUntil(
+      [&] {
+        found = Get({"expert/ffn.2.0"});
+        return found["expert/ffn.2.0"].count(peer) == 1;
+      },
+      20s))
+      << "the announcement did not appear";
+  nlohmann::json v = nlohmann::json::parse(found["expert/ffn.2.0"][peer], nullptr, false);
+  ASSERT_TRUE(v.is_object()) << found["expert/ffn.2.0"][peer];
+  EXPECT_EQ(v.value("endpoint", ""), announced);
+
+  // The command-line client reads the same endpoint.
+  testing::RunResult cli = testing::Run({DMOE_CLI_BINARY, "dht", "get", "--network", kNetwork,
+                                         "--dht", dht_address_, "expert/ffn.2.0"});
+  EXPECT_EQ(cli.exit_code, 0) << cli.err;
+  EXPECT_NE(cli.out.find(peer), std::string::npos) << cli.out;
 }
 
 TEST_F(ServerDhtTest, TwoServersAnnounceAndAKilledOneExpires) {

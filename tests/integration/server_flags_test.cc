@@ -57,6 +57,42 @@ TEST(ServerFlagsTest, OpenTrainingFlagAllowsThePublicAddress) {
   EXPECT_EQ(backward->status, 200) << backward->body_view();
 }
 
+TEST(ServerFlagsTest, PublicEndpointFlagsAreCheckedBeforeStarting) {
+  struct Case {
+    std::vector<std::string> flags;
+    std::string message;
+  };
+  const std::vector<Case> cases = {
+      {{"--public-endpoint", "127.0.0.1:9000", "--public-host", "10.0.0.1"},
+       "dmoe-server: invalid_argument: --public-endpoint and --public-host are both given"},
+      {{"--public-endpoint", "127.0.0.1"},
+       "dmoe-server: invalid_argument: --public-endpoint: address '127.0.0.1': missing port"},
+      {{"--public-endpoint", "::1:9000"},
+       "dmoe-server: invalid_argument: --public-endpoint: address '::1:9000': an IPv6 address "
+       "must be in brackets"},
+      {{"--public-endpoint", "[::1]:0"},
+       "--public-endpoint: address '[::1]:0': port must be "
+       "1..65535"},
+      {{"--dht-public-endpoint", "http://127.0.0.1:7000"},
+       "dmoe-server: invalid_argument: --dht-public-endpoint: address 'http://127.0.0.1:7000': no "
+       "scheme"},
+      {{"--listen", "127.0.0.1:70000"}, "--listen: address '127.0.0.1:70000': port must be"},
+      // Clients reach the announced address: it is as open as a listen address.
+      {{"--public-endpoint", "203.0.113.5:8000"},
+       "dmoe-server: invalid_argument: refusing to serve training on 203.0.113.5 without "
+       "--trainer-keys"},
+  };
+  for (const Case& c : cases) {
+    std::vector<std::string> args = {"--experts", "ffn.0", "--hidden-dim", "16", "--threads", "1"};
+    args.insert(args.end(), c.flags.begin(), c.flags.end());
+    SCOPED_TRACE(c.flags.front() + " " + c.flags[1]);
+    testing::RunResult r = RunServer(args);
+    EXPECT_EQ(r.exit_code, 2) << r.err;
+    EXPECT_NE(r.err.find(c.message), std::string::npos) << r.err;
+    EXPECT_EQ(r.out, "");
+  }
+}
+
 TEST(ServerFlagsTest, BadExpertsExitWithTheReason) {
   struct Case {
     std::string experts;
@@ -86,7 +122,9 @@ TEST(ServerFlagsTest, BadExpertsExitWithTheReason) {
   // A listen address without a port.
   r = RunServer({"--experts", "ffn.0", "--listen", "127.0.0.1"});
   EXPECT_EQ(r.exit_code, 2) << r.err;
-  EXPECT_NE(r.err.find("--listen '127.0.0.1' must be HOST:PORT"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("--listen: address '127.0.0.1': missing port (expected HOST:PORT"),
+            std::string::npos)
+      << r.err;
 }
 
 TEST(ServerFlagsTest, SigtermExitsZeroAndLogsStopped) {
