@@ -101,7 +101,8 @@ TEST(SafetensorsDecodeTest, AcceptsOnlySpacesAfterTheObject) {
 TEST(SafetensorsDecodeTest, AcceptsWhitespaceInsideTheObject) {
   const std::string header =
       "{ \"a\" :\n\t{\"dtype\" : \"U8\", \"shape\" : [ 1 ],\r\n \"data_offsets\" : [0, 1] } }";
-  Result<Decoded> decoded = Decode(Blob(header, {7}));
+  const std::vector<uint8_t> blob = Blob(header, {7});  // the views alias it
+  Result<Decoded> decoded = Decode(blob);
   ASSERT_TRUE(decoded.ok()) << decoded.status().ToString();
   EXPECT_EQ(decoded->tensors[0].data[0], 7);
 }
@@ -287,7 +288,8 @@ TEST(SafetensorsDecodeTest, TensorsCoverTheDataBufferExactly) {
 TEST(SafetensorsDecodeTest, ReturnsTensorsInOffsetOrder) {
   const std::string header = R"({"late":{"dtype":"U8","shape":[1],"data_offsets":[1,2]},)"
                              R"("early":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}})";
-  Result<Decoded> decoded = Decode(Blob(header, {10, 20}));
+  const std::vector<uint8_t> blob = Blob(header, {10, 20});  // the views alias it
+  Result<Decoded> decoded = Decode(blob);
   ASSERT_TRUE(decoded.ok()) << decoded.status().ToString();
   ASSERT_EQ(decoded->tensors.size(), 2u);
   EXPECT_EQ(decoded->tensors[0].name, "early");
