@@ -61,6 +61,15 @@ int main(int argc, char** argv) {
          "--allow-zero-outputs", o.allow_zero_outputs,
          "give zeros to a sample none of whose experts answered, instead of skipping the step")
       ->capture_default_str();
+  app.add_option("--in-flight", o.in_flight,
+                 "steps in flight at once (1 = synchronous); a gradient is at most N-1 updates "
+                 "stale")
+      ->check(CLI::Range(1, dmoe::gating::kMaxInFlight))
+      ->capture_default_str();
+  app.add_option("--weight-prediction", o.weight_prediction,
+                 "with --in-flight > 1, compute each step at the parameters Adam is predicted to "
+                 "reach by the time it is applied")
+      ->capture_default_str();
   app.add_option("--threads", threads, "compute (intra-op) threads")->capture_default_str();
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error or off")
       ->capture_default_str();

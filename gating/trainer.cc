@@ -1,19 +1,28 @@
 #include "gating/trainer.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <c10/util/string_utils.h>
 #include <spdlog/spdlog.h>
 #include <torch/optim/adam.h>
 #include <torch/serialize/archive.h>
 #include <torch/utils.h>
 
+#include <omp.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <condition_variable>
 #include <fstream>
 #include <iomanip>
+#include <list>
+#include <map>
+#include <mutex>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <sstream>
+#include <thread>
 
 #include "core/clock.h"
 #include "core/identity.h"
@@ -86,6 +95,16 @@ Status Publish(const TrainerOptions& o, DmoeModel& model, const std::string& spe
                                                     std::move(blob), std::chrono::seconds(30)));
   (void)r;
   return Status::Ok();
+}
+
+// The most updates any parameter's Adam state has seen (0 before the first step).
+int64_t AdamSteps(torch::optim::Adam& optimizer) {
+  int64_t steps = 0;
+  for (const auto& entry : optimizer.state()) {
+    steps = std::max<int64_t>(
+        steps, static_cast<const torch::optim::AdamParamState&>(*entry.second).step());
+  }
+  return steps;
 }
 
 struct Checkpoint {
@@ -162,6 +181,284 @@ double ScheduledLr(double lr, const std::string& schedule, int64_t step, int64_t
   return schedule == "cosine" ? CosineDecay(lr, step, steps) : lr;
 }
 
+namespace {
+
+// The steps of one training run, several in flight at once (TrainerOptions::in_flight). The
+// shared ("master") parameters and their Adam state live in `master_`; each worker thread owns a
+// replica of the model whose parameters it copies from the master when it starts a step, runs the
+// step's forward and backward on (waiting for the swarm there, without holding any lock), and
+// whose gradients it then applies to the master under `mu_`. Milestones (progress line,
+// evaluation, publication, checkpoint) happen as the applied-step count reaches them, in the
+// worker that applied that step.
+class TrainingLoop {
+ public:
+  TrainingLoop(const TrainerOptions& o, std::ostream& out, const std::atomic<bool>* stop,
+               const ModelSpec& spec, const std::string& spec_json, const ModelContext& context,
+               DmoeModel master, torch::optim::Adam& optimizer, const TensorSplit& train,
+               const TensorSplit& test, const std::optional<Identity>& identity,
+               storage::KvStore* kv, Checkpoint state)
+      : o_(o),
+        out_(out),
+        stop_(stop),
+        spec_(spec),
+        spec_json_(spec_json),
+        master_(std::move(master)),
+        optimizer_(optimizer),
+        train_(train),
+        test_(test),
+        identity_(identity),
+        kv_(kv),
+        state_(state),
+        next_step_(state.step),
+        eval_model_(spec, context) {
+    for (int i = 0; i < o.in_flight; ++i) replicas_.emplace_back(spec, context);
+    master_params_ = master_->parameters();
+    window_clock_ = std::chrono::steady_clock::now();
+  }
+
+  Result<TrainerResult> Run() {
+    master_->train();
+    std::vector<std::thread> workers;
+    for (auto& replica : replicas_) {
+      workers.emplace_back([this, &replica] { Work(replica); });
+    }
+    for (auto& t : workers) t.join();
+
+    TrainerResult result;
+    result.steps_done = state_.step;
+    result.max_staleness = max_staleness_;
+    // Also when stopped early (SIGINT/SIGTERM): the accuracy of what is published last.
+    if (state_.step >= o_.steps || (state_.step > 0 && last_eval_step_ != state_.step)) {
+      result.final_test_accuracy = Evaluate(master_, test_, o_.eval_samples);
+      out_ << "eval step " << state_.step << " test_accuracy " << std::fixed << std::setprecision(4)
+           << result.final_test_accuracy << "\n"
+           << std::defaultfloat << std::flush;
+    }
+    PublishLocked(state_.step);
+    CheckpointLocked();
+    result.published_version = published_version_;
+    return result;
+  }
+
+ private:
+  // One worker: claims the next step, trains it on `replica`, applies it; until the steps are
+  // done or a stop is asked for (steps in flight then finish).
+  void Work(DmoeModel& replica) {
+    // With several steps in flight the parallelism is across workers: each computes on one
+    // thread (OpenMP's thread count is per calling thread), so N workers do not start N teams.
+    // libtorch sets a thread's count once, lazily, at its first parallel op: do that first.
+    if (o_.in_flight > 1) {
+      at::internal::lazy_init_num_threads();
+      omp_set_num_threads(1);
+    }
+    replica->train();
+    std::vector<at::Tensor> params = replica->parameters();
+    while (true) {
+      int64_t step = 0, read_at = 0;
+      at::Tensor x, y;
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        if (next_step_ >= o_.steps || (stop_ && stop_->load())) return;
+        step = next_step_++;
+        read_at = state_.step;
+        torch::NoGradGuard no_grad;
+        for (size_t i = 0; i < params.size(); ++i) params[i].copy_(master_params_[i]);
+        PredictAhead(params, step - state_.step);
+        at::Tensor idx = BatchIndex(step);
+        x = train_.x.index_select(0, idx);
+        y = train_.y.index_select(0, idx);
+      }
+      bool ok = false;
+      double loss_value = 0;
+      int64_t correct = 0;
+      try {
+        replica->zero_grad();
+        at::Tensor logits = replica->forward(x);
+        at::Tensor loss = at::cross_entropy_loss(logits, y);
+        (loss + replica->balance_loss()).backward();
+        loss_value = loss.item<double>();
+        correct = logits.argmax(1).eq(y).sum().item<int64_t>();
+        ok = true;
+      } catch (const std::exception& ex) {
+        // Not enough experts answered: skip this batch, the swarm may recover.
+        spdlog::warn("step {} skipped: {}", step + 1, ex.what());
+      }
+      std::unique_lock<std::mutex> lock(mu_);
+      // Steps are applied in their order, so the update of step s lands after exactly the steps
+      // before it: at most in_flight - 1 of them were not applied yet when s read the parameters.
+      turn_.wait(lock, [this, step] { return state_.step == step; });
+      if (ok) {
+        max_staleness_ = std::max(max_staleness_, state_.step - read_at);
+        lr_now_ = ScheduledLr(o_.lr, o_.lr_schedule, state_.step, o_.steps);
+        for (auto& group : optimizer_.param_groups()) {
+          static_cast<torch::optim::AdamOptions&>(group.options()).lr(lr_now_);
+        }
+        for (size_t i = 0; i < params.size(); ++i) {
+          master_params_[i].mutable_grad() = params[i].grad();
+        }
+        optimizer_.step();
+        for (auto& p : master_params_) p.mutable_grad().reset();
+        window_loss_ += loss_value;
+        window_correct_ += correct;
+        window_samples_ += o_.batch_size;
+        ++window_steps_;
+      } else {
+        ++failed_steps_;
+      }
+      ++state_.step;
+      turn_.notify_all();
+      Milestones();
+    }
+  }
+
+  // Weight prediction for a stale step: the `ahead` updates that will land before this step's
+  // own are mostly known already, as Adam's smoothed direction m / (sqrt(v) + eps) times lr. The
+  // replica computes its gradient at the parameters those updates will most likely reach, so the
+  // gradient fits the parameters it is applied to. Called under mu_ with grad disabled.
+  void PredictAhead(std::vector<at::Tensor>& params, int64_t ahead) {
+    if (ahead <= 0 || !o_.weight_prediction) return;
+    const auto& adam =
+        static_cast<const torch::optim::AdamOptions&>(optimizer_.param_groups().front().options());
+    const double beta1 = std::get<0>(adam.betas()), beta2 = std::get<1>(adam.betas());
+    for (size_t i = 0; i < params.size(); ++i) {
+      auto it =
+          optimizer_.state().find(c10::guts::to_string(master_params_[i].unsafeGetTensorImpl()));
+      if (it == optimizer_.state().end()) continue;
+      const auto& st = static_cast<const torch::optim::AdamParamState&>(*it->second);
+      const double t = static_cast<double>(st.step());
+      const double c1 = 1 - std::pow(beta1, t), c2 = 1 - std::pow(beta2, t);
+      at::Tensor direction = (st.exp_avg() / c1) / ((st.exp_avg_sq() / c2).sqrt() + adam.eps());
+      params[i].sub_(direction, lr_now_ * static_cast<double>(ahead));
+    }
+  }
+
+  // The sample indices of batch `step`: epoch order (seeded by seed and epoch) from the step's
+  // offset, so a resumed trainer continues exactly where it stopped. Called under mu_.
+  at::Tensor BatchIndex(int64_t step) {
+    const int64_t n = train_.x.size(0);
+    const int64_t per_epoch = n / o_.batch_size;
+    const int64_t e = step / per_epoch;
+    auto it = orders_.find(e);
+    if (it == orders_.end()) {
+      it = orders_.emplace(e, EpochOrder(o_.seed, e, n)).first;
+      while (orders_.size() > 2) orders_.erase(orders_.begin());
+    }
+    const int64_t offset = (step % per_epoch) * o_.batch_size;
+    return at::from_blob(it->second.data() + offset, {o_.batch_size}, at::kLong).clone();
+  }
+
+  // After a step was applied; called under mu_.
+  void Milestones() {
+    const int64_t step = state_.step;
+    if (step % o_.log_every == 0 || step == o_.steps) {
+      const double seconds =
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - window_clock_).count();
+      MoeStats now = ReplicaStats();
+      const double answers = static_cast<double>(now.answers - window_start_.answers);
+      const double routed = static_cast<double>(now.samples - window_start_.samples);
+      out_ << "step " << step << "/" << o_.steps << std::fixed << std::setprecision(4) << " loss "
+           << (window_steps_ ? window_loss_ / window_steps_ : 0.0) << " train_acc "
+           << (window_samples_ ? static_cast<double>(window_correct_) / window_samples_ : 0.0)
+           << std::setprecision(1) << " samples/s "
+           << (seconds > 0 ? window_samples_ / seconds : 0.0) << std::setprecision(2)
+           << " experts/sample " << (routed > 0 ? answers / routed : 0.0) << " zero_output_samples "
+           << (now.zero_output_samples - window_start_.zero_output_samples) << " skipped_steps "
+           << failed_steps_ << std::setprecision(6) << " lr " << lr_now_ << " in_flight "
+           << o_.in_flight << " max_staleness " << max_staleness_ << "\n"
+           << std::defaultfloat << std::flush;
+      window_loss_ = 0;
+      window_correct_ = window_samples_ = window_steps_ = 0;
+      window_start_ = now;
+      window_clock_ = std::chrono::steady_clock::now();
+    }
+    if (o_.eval_every > 0 && step % o_.eval_every == 0 && step < o_.steps) {
+      // On a copy of the parameters of this step, so the other workers go on meanwhile.
+      Status copied = eval_model_->LoadStateDict(master_->StateDict());
+      if (!copied.ok()) spdlog::error("evaluation copy failed: {}", copied.ToString());
+      last_eval_step_ = step;
+      mu_.unlock();
+      double acc = 0;
+      {
+        std::lock_guard<std::mutex> eval_lock(eval_mu_);
+        acc = Evaluate(eval_model_, test_, o_.eval_samples);
+      }
+      mu_.lock();
+      out_ << "eval step " << step << " test_accuracy " << std::fixed << std::setprecision(4) << acc
+           << "\n"
+           << std::defaultfloat << std::flush;
+    }
+    if (o_.publish_every > 0 && step % o_.publish_every == 0 && step < o_.steps) {
+      PublishLocked(step);
+      CheckpointLocked();
+    }
+  }
+
+  MoeStats ReplicaStats() const {
+    MoeStats sum;
+    for (const auto& r : replicas_) {
+      MoeStats s = r->moe_stats();
+      sum.samples += s.samples;
+      sum.answers += s.answers;
+      sum.zero_output_samples += s.zero_output_samples;
+    }
+    return sum;
+  }
+
+  void PublishLocked(int64_t step) {
+    if (o_.router_url.empty()) return;
+    const int64_t version = std::max(state_.version + 1, RealClock::Instance().NowUnixMs());
+    Status s = Publish(o_, master_, spec_json_, identity_, version, step);
+    if (s.ok()) {
+      state_.version = version;
+      published_version_ = version;
+      out_ << "published " << spec_.name << " version " << version << " at step " << step << "\n"
+           << std::flush;
+    } else {
+      spdlog::warn("publishing to {} failed: {}", o_.router_url, s.ToString());
+    }
+  }
+
+  void CheckpointLocked() {
+    if (!kv_) return;
+    Status s = SaveCheckpoint(*kv_, spec_.name, master_, optimizer_, state_);
+    if (!s.ok()) spdlog::error("trainer checkpoint failed: {}", s.ToString());
+  }
+
+  const TrainerOptions& o_;
+  std::ostream& out_;
+  const std::atomic<bool>* stop_;
+  const ModelSpec& spec_;
+  const std::string& spec_json_;
+  DmoeModel master_;
+  torch::optim::Adam& optimizer_;
+  const TensorSplit& train_;
+  const TensorSplit& test_;
+  const std::optional<Identity>& identity_;
+  storage::KvStore* kv_;
+
+  std::mutex mu_;  // guards everything below, the master's parameters and the optimizer
+  std::condition_variable turn_;  // a step was applied: the next one may apply
+  Checkpoint state_;              // state_.step: steps applied (or skipped)
+  int64_t next_step_;             // the next step to claim; > state_.step while steps are in flight
+  std::vector<at::Tensor> master_params_;
+  std::map<int64_t, std::vector<int64_t>> orders_;  // epoch -> sample order, the last two
+  int64_t max_staleness_ = 0;
+  int64_t failed_steps_ = 0;
+  int64_t last_eval_step_ = -1;
+  int64_t published_version_ = 0;
+  double lr_now_ = 0;
+  double window_loss_ = 0;
+  int64_t window_correct_ = 0, window_samples_ = 0, window_steps_ = 0;
+  MoeStats window_start_;
+  std::chrono::steady_clock::time_point window_clock_;
+
+  std::mutex eval_mu_;  // one evaluation at a time, on eval_model_
+  DmoeModel eval_model_;
+  std::list<DmoeModel> replicas_;  // one per worker; a list, so references stay valid
+};
+
+}  // namespace
+
 Result<TrainerResult> RunTrainer(const TrainerOptions& o, std::ostream& out,
                                  const std::atomic<bool>* stop) {
   if (o.data != "fashion-mnist") return InvalidArgumentError("--data must be fashion-mnist");
@@ -173,6 +470,10 @@ Result<TrainerResult> RunTrainer(const TrainerOptions& o, std::ostream& out,
       o.log_every < 1) {
     return InvalidArgumentError(
         "steps, eval/publish intervals must be >= 0; batch size and log interval >= 1");
+  }
+  if (o.in_flight < 1 || o.in_flight > kMaxInFlight) {
+    return InvalidArgumentError("--in-flight must be in [1, " + std::to_string(kMaxInFlight) +
+                                "], got " + std::to_string(o.in_flight));
   }
   std::ifstream spec_file(o.spec_path);
   if (!spec_file) return NotFoundError("cannot read model spec " + o.spec_path);
@@ -208,7 +509,8 @@ Result<TrainerResult> RunTrainer(const TrainerOptions& o, std::ostream& out,
   auto swarm = std::make_shared<Swarm>(dht.get(), swarm_options);
 
   torch::manual_seed(o.seed);
-  DmoeModel model(spec, ModelContext{swarm, wire, o.balance_loss_weight, o.allow_zero_outputs});
+  const ModelContext context{swarm, wire, o.balance_loss_weight, o.allow_zero_outputs};
+  DmoeModel model(spec, context);
   torch::optim::Adam optimizer(model->parameters(), torch::optim::AdamOptions(o.lr));
 
   std::unique_ptr<storage::KvStore> kv;
@@ -218,114 +520,22 @@ Result<TrainerResult> RunTrainer(const TrainerOptions& o, std::ostream& out,
     Result<Checkpoint> resumed = LoadCheckpoint(*kv, spec.name, model, optimizer);
     if (resumed.ok()) {
       state = *resumed;
-      out << "resumed from step " << state.step << "\n" << std::flush;
+      // The data position follows from the step (EpochOrder); the Adam step counts the updates
+      // its moments hold, so a resumed trainer shows all three.
+      const int64_t per_epoch = train.x.size(0) / o.batch_size;
+      out << "resumed from step " << state.step << "\n"
+          << "resumed optimizer_steps " << AdamSteps(optimizer) << " data_epoch "
+          << state.step / per_epoch << " data_offset " << (state.step % per_epoch) * o.batch_size
+          << "\n"
+          << std::flush;
     } else if (resumed.status().code() != Code::kNotFound) {
       return resumed.status();
     }
   }
 
-  const int64_t n = train.x.size(0);
-  const int64_t per_epoch = n / o.batch_size;
-  TrainerResult result;
-  double window_loss = 0;
-  int64_t window_correct = 0, window_samples = 0, window_steps = 0, failed_steps = 0;
-  MoeStats window_start = model->moe_stats();
-  auto window_clock = std::chrono::steady_clock::now();
-  int64_t epoch = -1;
-  std::vector<int64_t> order;
-  auto publish = [&](int64_t step) {
-    if (o.router_url.empty()) return;
-    const int64_t version = std::max(state.version + 1, RealClock::Instance().NowUnixMs());
-    Status s = Publish(o, model, spec_json, identity, version, step);
-    if (s.ok()) {
-      state.version = version;
-      result.published_version = version;
-      out << "published " << spec.name << " version " << version << " at step " << step << "\n"
-          << std::flush;
-    } else {
-      spdlog::warn("publishing to {} failed: {}", o.router_url, s.ToString());
-    }
-  };
-  auto checkpoint = [&]() {
-    if (!kv) return;
-    Status s = SaveCheckpoint(*kv, spec.name, model, optimizer, state);
-    if (!s.ok()) spdlog::error("trainer checkpoint failed: {}", s.ToString());
-  };
-
-  model->train();
-  int64_t last_eval_step = -1;
-  double lr_now = o.lr;
-  while (state.step < o.steps && !(stop && stop->load())) {
-    const int64_t e = state.step / per_epoch;
-    if (e != epoch) {
-      epoch = e;
-      order = EpochOrder(o.seed, epoch, n);
-    }
-    const int64_t offset = (state.step % per_epoch) * o.batch_size;
-    at::Tensor idx = at::from_blob(order.data() + offset, {o.batch_size}, at::kLong).clone();
-    at::Tensor x = train.x.index_select(0, idx);
-    at::Tensor y = train.y.index_select(0, idx);
-    try {
-      at::Tensor logits = model->forward(x);
-      at::Tensor loss = at::cross_entropy_loss(logits, y);
-      optimizer.zero_grad();
-      (loss + model->balance_loss()).backward();
-      lr_now = ScheduledLr(o.lr, o.lr_schedule, state.step, o.steps);
-      for (auto& group : optimizer.param_groups()) {
-        static_cast<torch::optim::AdamOptions&>(group.options()).lr(lr_now);
-      }
-      optimizer.step();
-      window_loss += loss.item<double>();
-      window_correct += logits.argmax(1).eq(y).sum().item<int64_t>();
-      window_samples += o.batch_size;
-      ++window_steps;
-    } catch (const std::exception& ex) {
-      // Not enough experts answered: skip this batch, the swarm may recover.
-      ++failed_steps;
-      spdlog::warn("step {} skipped: {}", state.step + 1, ex.what());
-    }
-    ++state.step;
-    if (state.step % o.log_every == 0 || state.step == o.steps) {
-      const double seconds =
-          std::chrono::duration<double>(std::chrono::steady_clock::now() - window_clock).count();
-      MoeStats now = model->moe_stats();
-      const double answers = static_cast<double>(now.answers - window_start.answers);
-      const double routed = static_cast<double>(now.samples - window_start.samples);
-      out << "step " << state.step << "/" << o.steps << std::fixed << std::setprecision(4)
-          << " loss " << (window_steps ? window_loss / window_steps : 0.0) << " train_acc "
-          << (window_samples ? static_cast<double>(window_correct) / window_samples : 0.0)
-          << std::setprecision(1) << " samples/s " << (seconds > 0 ? window_samples / seconds : 0.0)
-          << std::setprecision(2) << " experts/sample " << (routed > 0 ? answers / routed : 0.0)
-          << " zero_output_samples " << (now.zero_output_samples - window_start.zero_output_samples)
-          << " skipped_steps " << failed_steps << std::setprecision(6) << " lr " << lr_now << "\n"
-          << std::defaultfloat << std::flush;
-      window_loss = 0;
-      window_correct = window_samples = window_steps = 0;
-      window_start = now;
-      window_clock = std::chrono::steady_clock::now();
-    }
-    if (o.eval_every > 0 && state.step % o.eval_every == 0 && state.step < o.steps) {
-      double acc = Evaluate(model, test, o.eval_samples);
-      last_eval_step = state.step;
-      out << "eval step " << state.step << " test_accuracy " << std::fixed << std::setprecision(4)
-          << acc << "\n"
-          << std::defaultfloat << std::flush;
-    }
-    if (o.publish_every > 0 && state.step % o.publish_every == 0 && state.step < o.steps) {
-      publish(state.step);
-      checkpoint();
-    }
-  }
-  result.steps_done = state.step;
-  // Also when stopped early (SIGINT/SIGTERM): the accuracy of what is published last.
-  if (state.step >= o.steps || (state.step > 0 && last_eval_step != state.step)) {
-    result.final_test_accuracy = Evaluate(model, test, o.eval_samples);
-    out << "eval step " << state.step << " test_accuracy " << std::fixed << std::setprecision(4)
-        << result.final_test_accuracy << "\n"
-        << std::defaultfloat << std::flush;
-  }
-  publish(state.step);
-  checkpoint();
+  Result<TrainerResult> result = TrainingLoop(o, out, stop, spec, spec_json, context, model,
+                                              optimizer, train, test, identity, kv.get(), state)
+                                     .Run();
   dht->Stop();
   return result;
 }

@@ -17,6 +17,13 @@
 
 namespace dmoe::gating {
 
+// The default keeps the accuracy of a synchronous trainer (within ~0.5-1.7 points after 1500
+// Fashion-MNIST steps) while overlapping four steps' round trips; behind 100 ms links a trainer
+// needs ~16 in flight to keep 0.8x of its loopback speed, at a cost in accuracy
+// (docs/benchmarks.md, wan). At most kMaxInFlight.
+inline constexpr int kDefaultInFlight = 4;
+inline constexpr int kMaxInFlight = 256;
+
 struct TrainerOptions {
   std::string spec_path;
   std::vector<std::string> dht_bootstrap;
@@ -42,12 +49,26 @@ struct TrainerOptions {
   // A sample none of whose experts answered gets zeros from its moe layer (counted in the progress
   // line) instead of failing the whole step; with residual_moe that is a plain skip connection.
   bool allow_zero_outputs = true;
+  // Steps in flight at once (--in-flight). Each runs on its own copy of the local parameters, read
+  // when the step starts, while the others' requests and answers travel; its gradient is applied
+  // to the shared parameters (one Adam) when its backward returns. So a local gradient is at most
+  // in_flight - 1 updates stale, and an expert sees at most in_flight - 1 of this trainer's
+  // updates between a forward and its backward (servers refuse more with --max-staleness). 1 is
+  // the synchronous trainer: each step waits for its forward and backward round trips.
+  int in_flight = kDefaultInFlight;
+  // With in_flight > 1, a step computes its gradient at the parameters predicted for the moment
+  // it is applied: the shared ones minus, for each update still ahead of it, Adam's current step
+  // (lr * m / (sqrt(v) + eps)). At 4 in flight this recovers most of the accuracy staleness costs
+  // (docs/benchmarks.md, wan).
+  bool weight_prediction = true;
 };
 
 struct TrainerResult {
   int64_t steps_done = 0;
   double final_test_accuracy = -1;
   int64_t published_version = 0;
+  // The most updates applied to the local parameters between the read and the apply of one step.
+  int64_t max_staleness = 0;
 };
 
 // A Fashion-MNIST split as tensors, the way the trainer feeds it (PROTOCOL section 5).
