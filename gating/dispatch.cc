@@ -174,7 +174,7 @@ void SendAndWait(DispatchState& state, Op op, const std::vector<bool>& active,
   for (const auto& [endpoint, round] : rounds) {
     if (round.succeeded || !round.failed) continue;
     swarm.health().RecordFailure(
-        endpoint, round.unreachable ? PeerFailure::kUnreachable : PeerFailure::kStrike);
+        endpoint, round.unreachable ? PeerFailure::kUnreachable : PeerFailure::kStrike, start);
   }
 }
 

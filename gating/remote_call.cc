@@ -45,18 +45,21 @@ void PeerHealth::RecordSuccess(const std::string& endpoint, double latency_s) {
   p.probation = false;
 }
 
-void PeerHealth::RecordFailure(const std::string& endpoint, PeerFailure kind) {
+void PeerHealth::RecordFailure(const std::string& endpoint, PeerFailure kind,
+                               Deadline round_started) {
   std::lock_guard<std::mutex> lock(mu_);
   PeerStats& p = peers_[endpoint];
   const int64_t strikes = std::max(1, options_.strikes_to_ban);
   ++p.failures;
+  if (p.probation && round_started < p.banned_at) return;  // the current ban already covers it
   ++p.consecutive_failures;
   if (kind == PeerFailure::kUnreachable)
     p.consecutive_failures = std::max(p.consecutive_failures, strikes);
   if (p.consecutive_failures < strikes) return;
   const int shift = static_cast<int>(std::min<int64_t>(p.consecutive_failures - strikes, 20));
   auto ban = std::min(options_.ban_base * (int64_t{1} << shift), options_.ban_max);
-  p.banned_until = SteadyClock::now() + ban;
+  p.banned_at = SteadyClock::now();
+  p.banned_until = p.banned_at + ban;
   p.probation = true;
   ++p.bans;
 }

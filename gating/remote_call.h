@@ -59,6 +59,7 @@ struct PeerStats {
   int64_t bans = 0;                  // times a ban was applied
   int64_t probes = 0;                // probes sent after bans ran out
   Deadline banned_until{};
+  Deadline banned_at{};    // when the current ban was applied
   bool probation = false;  // banned since the last success: a probe must pass before calls
   bool probing = false;    // a probe is out
 };
@@ -72,8 +73,12 @@ class PeerHealth {
   bool Usable(const std::string& endpoint) const;
   // Clears the ban, the probation and the consecutive failures; updates the latency average.
   void RecordSuccess(const std::string& endpoint, double latency_s);
-  // Counts a round in which every call to the peer failed; bans it per HealthOptions.
-  void RecordFailure(const std::string& endpoint, PeerFailure kind = PeerFailure::kStrike);
+  // Counts a round in which every call to the peer failed; bans it per HealthOptions. A round that
+  // started before the peer's current ban was applied (`round_started`) saw the same outage that
+  // ban answers: it is counted but does not lengthen the ban, so the steps a pipelined trainer had
+  // in flight when a server went down do not ban it for 2^N seconds.
+  void RecordFailure(const std::string& endpoint, PeerFailure kind = PeerFailure::kStrike,
+                     Deadline round_started = Deadline::max());
   // True (once) when the peer's ban has run out and a probe should go: the caller sends it and
   // reports with RecordProbe.
   bool StartProbe(const std::string& endpoint);

@@ -86,6 +86,24 @@ TEST(PeerHealthTest, AnUnreachablePeerIsBannedAtOnce) {
   EXPECT_EQ(BanLeftS(health, dead), 200);
 }
 
+// A pipelined trainer has several rounds out when a server dies: they all fail together, but they
+// saw one outage, so only the rounds started after the ban lengthen it.
+TEST(PeerHealthTest, RoundsStartedBeforeTheBanDoNotLengthenIt) {
+  PeerHealth health(Options());
+  const std::string dead = "http://127.0.0.1:1";
+  const auto before = SteadyClock::now();
+  health.RecordFailure(dead, PeerFailure::kUnreachable, before);
+  ASSERT_EQ(BanLeftS(health, dead), 100);
+  for (int i = 0; i < 15; ++i) health.RecordFailure(dead, PeerFailure::kUnreachable, before);
+  EXPECT_EQ(BanLeftS(health, dead), 100);
+  EXPECT_EQ(health.Get(dead).bans, 1);
+  EXPECT_EQ(health.Get(dead).failures, 16);
+  // A round that started after the ban (a failed probe, or a call made anyway) doubles it.
+  health.RecordFailure(dead, PeerFailure::kUnreachable, SteadyClock::now());
+  EXPECT_EQ(BanLeftS(health, dead), 200);
+  EXPECT_EQ(health.Get(dead).bans, 2);
+}
+
 TEST(PeerHealthTest, StrikesToBanOfOneBansOnEveryFailedRound) {
   HealthOptions o = Options();
   o.strikes_to_ban = 1;
