@@ -213,6 +213,8 @@ class TrainingLoop {
         eval_model_(spec, context) {
     for (int i = 0; i < o.in_flight; ++i) replicas_.emplace_back(spec, context);
     master_params_ = master_->parameters();
+    accumulated_.resize(master_params_.size());
+    updates_ = state_.step / group_;
     window_clock_ = std::chrono::steady_clock::now();
   }
 
@@ -258,12 +260,13 @@ class TrainingLoop {
       at::Tensor x, y;
       {
         std::lock_guard<std::mutex> lock(mu_);
-        if (next_step_ >= o_.steps || (stop_ && stop_->load())) return;
+        // A stop takes effect at a group boundary, so no optimizer step is left half accumulated.
+        if (next_step_ >= o_.steps || (stop_ && stop_->load() && next_step_ % group_ == 0)) return;
         step = next_step_++;
-        read_at = state_.step;
+        read_at = updates_;
         torch::NoGradGuard no_grad;
         for (size_t i = 0; i < params.size(); ++i) params[i].copy_(master_params_[i]);
-        PredictAhead(params, step - state_.step);
+        PredictAhead(params, step / group_ - updates_);
         at::Tensor idx = BatchIndex(step);
         x = train_.x.index_select(0, idx);
         y = train_.y.index_select(0, idx);
@@ -284,20 +287,21 @@ class TrainingLoop {
         spdlog::warn("step {} skipped: {}", step + 1, ex.what());
       }
       std::unique_lock<std::mutex> lock(mu_);
-      // Steps are applied in their order, so the update of step s lands after exactly the steps
-      // before it: at most in_flight - 1 of them were not applied yet when s read the parameters.
+      // Steps are applied in their order, so the update of step s lands after exactly the updates
+      // before it: at most ceil(in_flight / group) - 1 of them were not applied when s read.
       turn_.wait(lock, [this, step] { return state_.step == step; });
       if (ok) {
-        max_staleness_ = std::max(max_staleness_, state_.step - read_at);
-        lr_now_ = ScheduledLr(o_.lr, o_.lr_schedule, state_.step, o_.steps);
-        for (auto& group : optimizer_.param_groups()) {
-          static_cast<torch::optim::AdamOptions&>(group.options()).lr(lr_now_);
-        }
+        max_staleness_ = std::max(max_staleness_, updates_ - read_at);
         for (size_t i = 0; i < params.size(); ++i) {
-          master_params_[i].mutable_grad() = params[i].grad();
+          const at::Tensor& g = params[i].grad();
+          if (!g.defined()) continue;
+          if (accumulated_[i].defined()) {
+            accumulated_[i].add_(g);
+          } else {
+            accumulated_[i] = g.clone();
+          }
         }
-        optimizer_.step();
-        for (auto& p : master_params_) p.mutable_grad().reset();
+        ++accumulated_count_;
         window_loss_ += loss_value;
         window_correct_ += correct;
         window_samples_ += o_.batch_size;
@@ -306,9 +310,32 @@ class TrainingLoop {
         ++failed_steps_;
       }
       ++state_.step;
+      if (state_.step % group_ == 0 || state_.step == o_.steps) {
+        ApplyAccumulated();
+      }
       turn_.notify_all();
       Milestones();
     }
+  }
+
+  // One optimizer step with the mean gradient of the steps accumulated since the last. Under mu_.
+  void ApplyAccumulated() {
+    if (accumulated_count_ > 0) {
+      lr_now_ = ScheduledLr(o_.lr, o_.lr_schedule, state_.step - 1, o_.steps);
+      for (auto& group : optimizer_.param_groups()) {
+        static_cast<torch::optim::AdamOptions&>(group.options()).lr(lr_now_);
+      }
+      for (size_t i = 0; i < master_params_.size(); ++i) {
+        if (!accumulated_[i].defined()) continue;
+        if (accumulated_count_ > 1) accumulated_[i].div_(static_cast<double>(accumulated_count_));
+        master_params_[i].mutable_grad() = accumulated_[i];
+      }
+      optimizer_.step();
+      for (auto& p : master_params_) p.mutable_grad().reset();
+      for (auto& a : accumulated_) a.reset();
+      accumulated_count_ = 0;
+    }
+    ++updates_;
   }
 
   // Weight prediction for a stale step: the `ahead` updates that will land before this step's
@@ -442,7 +469,13 @@ class TrainingLoop {
   int64_t next_step_;             // the next step to claim; > state_.step while steps are in flight
   std::vector<at::Tensor> master_params_;
   std::map<int64_t, std::vector<int64_t>> orders_;  // epoch -> sample order, the last two
-  int64_t max_staleness_ = 0;
+  int64_t max_staleness_ = 0;                       // in optimizer updates
+  // Steps per optimizer step (GroupSize), the updates applied, and the gradient sum of the steps
+  // of the current group that were applied so far.
+  const int64_t group_ = GroupSize(o_.in_flight);
+  int64_t updates_ = 0;
+  std::vector<at::Tensor> accumulated_;
+  int64_t accumulated_count_ = 0;
   int64_t failed_steps_ = 0;
   int64_t last_eval_step_ = -1;
   int64_t published_version_ = 0;

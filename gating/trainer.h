@@ -5,6 +5,7 @@
 #ifndef DMOE_GATING_TRAINER_H_
 #define DMOE_GATING_TRAINER_H_
 
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <ostream>
@@ -23,6 +24,14 @@ namespace dmoe::gating {
 // (docs/benchmarks.md, wan). At most kMaxInFlight.
 inline constexpr int kDefaultInFlight = 4;
 inline constexpr int kMaxInFlight = 256;
+// With more than this many steps in flight, consecutive steps form one optimizer step (their mean
+// gradient), so that at most this many optimizer updates are in flight: GroupSize(n) =
+// ceil(n / kUpdatesInFlight) steps per update. Staleness costs this model more accuracy than a
+// larger batch does (docs/architecture.md).
+inline constexpr int kUpdatesInFlight = 4;
+inline int64_t GroupSize(int in_flight) {
+  return (std::max(in_flight, 1) + kUpdatesInFlight - 1) / kUpdatesInFlight;
+}
 
 struct TrainerOptions {
   std::string spec_path;

@@ -78,7 +78,7 @@ TEST_F(TrainPipelineTest, TwoPipelinedTrainersShareTheExpertsWithoutCorruptingTh
   for (int seed : {1, 2}) {
     auto p = testing::Process::Spawn(
         TrainArgs(spec_, dht_.address,
-                  {"--steps", "300", "--batch-size", "64", "--in-flight", "8", "--seed",
+                  {"--steps", "600", "--batch-size", "64", "--in-flight", "8", "--seed",
                    std::to_string(seed), "--eval-every", "0", "--publish-every", "0",
                    "--eval-samples", "2000", "--log-every", "50"}));
     ASSERT_TRUE(p.ok()) << p.status().ToString();
@@ -90,11 +90,12 @@ TEST_F(TrainPipelineTest, TwoPipelinedTrainersShareTheExpertsWithoutCorruptingTh
     std::string out;
     for (const auto& line : t->stdout_lines()) out += line + "\n";
     TrainSummary summary = ParseTrainOutput(out);
-    EXPECT_EQ(summary.steps, 300) << out;
+    EXPECT_EQ(summary.steps, 600) << out;
     EXPECT_GE(summary.test_accuracy, 0.75) << out;
-    // The pipeline really overlapped steps (gradients applied after others).
+    // The pipeline really overlapped steps: 8 in flight are groups of 2 steps per update, and a
+    // gradient lands at most ceil(7 / 2) = 4 updates after the parameters it read.
     EXPECT_GE(summary.max_staleness, 1) << out;
-    EXPECT_LE(summary.max_staleness, 7) << out;
+    EXPECT_LE(summary.max_staleness, 4) << out;
     std::optional<int> status = t->Wait(30s);
     ASSERT_TRUE(status.has_value());
     EXPECT_TRUE(WIFEXITED(*status) && WEXITSTATUS(*status) == 0) << t->stderr_text();
