@@ -15,10 +15,7 @@
 // matplotlib is present, wan.png (bench/plot_wan.py). --smoke: delays 0 and 25 ms, 4 s per run.
 // Binaries come from the build (compile definitions) unless DMOE_DHT_BINARY / DMOE_SERVER_BINARY /
 // DMOE_TRAIN_BINARY say otherwise.
-#include <arpa/inet.h>
-#include <netinet/in.h>
 #include <signal.h>
-#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -38,6 +35,7 @@
 
 #include "dht/dht.h"
 #include "tests/testing/link_relay.h"
+#include "tests/testing/ports.h"
 #include "tests/testing/process.h"
 
 using namespace std::chrono_literals;
@@ -80,24 +78,6 @@ double Quantile(std::vector<double> v, double q) {
   std::sort(v.begin(), v.end());
   const size_t rank = static_cast<size_t>(q * static_cast<double>(v.size() - 1) + 0.5);
   return v[std::min(rank, v.size() - 1)];
-}
-
-// A loopback port of `type` (SOCK_STREAM or SOCK_DGRAM) that was free a moment ago: a child binds
-// it while the relay in front of it already listens. 0 when none could be bound.
-uint16_t ReservePort(int type) {
-  const int fd = socket(AF_INET, type, 0);
-  if (fd < 0) return 0;
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof(addr);
-  uint16_t port = 0;
-  if (bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0 &&
-      getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0) {
-    port = ntohs(addr.sin_port);
-  }
-  close(fd);
-  return port;
 }
 
 // "load average: 1.00, 0.90, 0.80" as uptime prints it, from /proc/loadavg.
@@ -150,7 +130,7 @@ struct Swarm {
 // Starts the dmoe-dht and the servers, every one behind its relays. "" or what went wrong.
 std::string StartSwarm(Swarm* swarm) {
   std::string error;
-  const uint16_t dht_port = ReservePort(SOCK_DGRAM);
+  const uint16_t dht_port = testing::FreeLoopbackPort(testing::PortKind::kUdp);
   swarm->dht_address = swarm->Relay(testing::LinkProtocol::kUdp, dht_port, &error);
   if (dht_port == 0 || swarm->dht_address.empty()) return "no DHT relay: " + error;
   auto dht = testing::Process::Spawn({Binary("DMOE_DHT_BINARY", DMOE_DHT_BINARY), "--listen",
@@ -161,7 +141,8 @@ std::string StartSwarm(Swarm* swarm) {
   if (!swarm->dht->WaitForLine("listening on udp://", 30s))
     return "dmoe-dht did not start: " + swarm->dht->stderr_text();
   for (int s = 0; s < kServers; ++s) {
-    const uint16_t http_port = ReservePort(SOCK_STREAM), udp_port = ReservePort(SOCK_DGRAM);
+    const uint16_t http_port = testing::FreeLoopbackPort(testing::PortKind::kTcp),
+                   udp_port = testing::FreeLoopbackPort(testing::PortKind::kUdp);
     const std::string http = swarm->Relay(testing::LinkProtocol::kTcp, http_port, &error);
     const std::string udp = swarm->Relay(testing::LinkProtocol::kUdp, udp_port, &error);
     if (http_port == 0 || udp_port == 0 || http.empty() || udp.empty())

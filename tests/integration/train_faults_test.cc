@@ -5,11 +5,8 @@
 // the relay's address (--public-endpoint), so trainers and routers reach it only through the
 // emulated link, while the test itself talks to it directly. Figures (accuracy, steps, time,
 // cycles) are printed and recorded as test properties.
-#include <arpa/inet.h>
 #include <gtest/gtest.h>
-#include <netinet/in.h>
 #include <signal.h>
-#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -28,6 +25,7 @@
 #include "storage/expert_store.h"
 #include "tests/integration/swarm_util.h"
 #include "tests/testing/link_relay.h"
+#include "tests/testing/ports.h"
 
 namespace dmoe::integration {
 namespace {
@@ -49,25 +47,6 @@ void Report(const std::string& key, double value) {
   std::printf("[figure] %s = %.4f\n", key.c_str(), value);
   std::fflush(stdout);
   ::testing::Test::RecordProperty(key, std::to_string(value));
-}
-
-// A loopback TCP port that was free a moment ago: bound to port 0 and released, for a server that
-// must come back on the same port after a restart. 0 when no socket could be bound.
-uint16_t ReservePort() {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0) return 0;
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  addr.sin_port = 0;
-  socklen_t len = sizeof(addr);
-  uint16_t port = 0;
-  if (bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0 &&
-      getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0) {
-    port = ntohs(addr.sin_port);
-  }
-  close(fd);
-  return port;
 }
 
 std::vector<std::string> UidsOf(int index) {
@@ -100,7 +79,7 @@ class RelayedServer {
         db_(std::move(db)),
         identity_(std::move(identity)),
         extra_(std::move(extra)),
-        port_(ReservePort()) {
+        port_(testing::FreeLoopbackPort(testing::PortKind::kTcp)) {
     auto relay = testing::LinkRelay::Start(testing::LinkProtocol::kTcp, "127.0.0.1:0",
                                            "127.0.0.1:" + std::to_string(port_), link);
     EXPECT_TRUE(relay.ok()) << relay.status().ToString();
