@@ -8,8 +8,10 @@
 // (--in-flight 1) and pipelined (--in-flight N), each for a fixed wall time, then SIGTERM; the
 // steady samples/s is the median of the progress lines' samples/s after the first two. Per delay it
 // also times ~20 lookups of expert/ffn.I.J keys from an in-process DHT client node (p50, p90).
+// With --accuracy-steps N it then trains --in-flight 1 and the pipelined trainer for N steps each,
+// on fresh swarms with no delay, and compares their final test accuracy (10000 images).
 //
-//   wan [--smoke] [--seconds S] [--pipelined N] [--jitter-ms J] [--gets G]
+//   wan [--smoke] [--seconds S] [--pipelined N] [--jitter-ms J] [--gets G] [--accuracy-steps N]
 //
 // Prints a table and writes ${DMOE_BENCH_OUT:-bench/results}/wan.json, then, when python3 with
 // matplotlib is present, wan.png (bench/plot_wan.py). --smoke: delays 0 and 25 ms, 4 s per run.
@@ -54,6 +56,11 @@ struct Config {
   int pipelined = 16;   // --in-flight of the pipelined runs
   int jitter_ms = 0;
   int gets = 20;  // DHT lookups per delay
+  // > 0: also train --in-flight 1 and --in-flight `pipelined` to completion for this many steps,
+  // each on a fresh swarm with no delay, and compare their final test accuracy (issue 11's second
+  // goal: within 1 point after the same number of samples). 0 = skip (the default; ~2 x 1 minute
+  // at 1500 steps).
+  int64_t accuracy_steps = 0;
 };
 
 std::string Binary(const char* env, const char* built) {
@@ -342,6 +349,8 @@ bool ParseArgs(int argc, char** argv, Config* c) {
         c->jitter_ms = std::stoi(value());
       } else if (a == "--gets") {
         c->gets = std::stoi(value());
+      } else if (a == "--accuracy-steps") {
+        c->accuracy_steps = std::stoll(value());
       } else {
         return false;
       }
@@ -354,7 +363,7 @@ bool ParseArgs(int argc, char** argv, Config* c) {
     if (!seconds_set) c->seconds = 4;
   }
   return c->seconds > 0 && c->pipelined >= 1 && c->pipelined <= 256 && c->jitter_ms >= 0 &&
-         c->gets >= 1;
+         c->gets >= 1 && c->accuracy_steps >= 0;
 }
 
 void PrintTable(const std::vector<DelayResult>& results) {
@@ -411,13 +420,54 @@ void Plot(const std::filesystem::path& json, const std::filesystem::path& png) {
   }
 }
 
+// Final test accuracy (10000 images) of dmoe-train --in-flight `in_flight` trained for `steps`
+// on a fresh swarm (relays at no delay), or -1 with `error` set.
+double TrainToCompletion(int in_flight, int64_t steps, std::string* error) {
+  Swarm swarm;
+  *error = StartSwarm(&swarm);
+  if (!error->empty()) return -1;
+  testing::RunResult run = testing::Run({Binary("DMOE_TRAIN_BINARY", DMOE_TRAIN_BINARY),
+                                         "--model",
+                                         DMOE_SOURCE_DIR "/examples/fmnist.json",
+                                         "--dht",
+                                         swarm.dht_address,
+                                         "--steps",
+                                         std::to_string(steps),
+                                         "--batch-size",
+                                         std::to_string(kBatch),
+                                         "--eval-every",
+                                         "0",
+                                         "--publish-every",
+                                         "0",
+                                         "--eval-samples",
+                                         "10000",
+                                         "--log-every",
+                                         "500",
+                                         "--in-flight",
+                                         std::to_string(in_flight),
+                                         "--threads",
+                                         "2",
+                                         "--log-level",
+                                         "error"},
+                                        std::chrono::minutes(60));
+  const std::string done =
+      After(run.out, "done: steps " + std::to_string(steps) + " test_accuracy ");
+  if (run.exit_code != 0 || done.empty()) {
+    *error =
+        "dmoe-train failed: " + run.err.substr(run.err.size() > 2000 ? run.err.size() - 2000 : 0);
+    return -1;
+  }
+  return std::stod(done);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   Config cfg;
   if (!ParseArgs(argc, argv, &cfg)) {
     std::fprintf(stderr,
-                 "usage: wan [--smoke] [--seconds S] [--pipelined N] [--jitter-ms J] [--gets G]\n");
+                 "usage: wan [--smoke] [--seconds S] [--pipelined N] [--jitter-ms J] [--gets G] "
+                 "[--accuracy-steps N]\n");
     return 2;
   }
   // Idle OpenMP threads that spin steal the cores 6 processes share; children inherit this.
@@ -528,6 +578,23 @@ int main(int argc, char** argv) {
                       {"load_average_start", load_start},
                       {"load_average_end", load_end},
                       {"delays", delays}};
+  if (cfg.accuracy_steps > 0) {
+    nlohmann::json acc = {{"steps", cfg.accuracy_steps}, {"samples", cfg.accuracy_steps * kBatch}};
+    for (int in_flight : {1, cfg.pipelined}) {
+      std::string err;
+      const double a = TrainToCompletion(in_flight, cfg.accuracy_steps, &err);
+      std::printf("accuracy after %lld steps, --in-flight %d: %.4f%s%s\n",
+                  static_cast<long long>(cfg.accuracy_steps), in_flight, a, err.empty() ? "" : " ",
+                  err.c_str());
+      std::fflush(stdout);
+      all_ok = all_ok && a >= 0;
+      acc[in_flight == 1 ? "sync" : "pipelined"] = a;
+    }
+    acc["difference_points"] = 100 * (acc["pipelined"].get<double>() - acc["sync"].get<double>());
+    j["accuracy"] = acc;
+    std::printf("accuracy: pipelined - sync = %+.2f points (goal: >= -1)\n",
+                acc["difference_points"].get<double>());
+  }
   const char* out_dir = std::getenv("DMOE_BENCH_OUT");
   std::filesystem::path dir = out_dir ? out_dir : "bench/results";
   std::filesystem::create_directories(dir);
