@@ -43,6 +43,7 @@
 #include <thread>
 #include <vector>
 
+#include "bench/bench_util.h"
 #include "gating/fashion_mnist.h"
 #include "gating/model_spec.h"
 #include "gating/trainer.h"
@@ -108,21 +109,9 @@ struct RunResult {
   }
 };
 
-std::string Binary(const char* env, const char* built) {
-  if (const char* v = std::getenv(env)) return v;
-  return built;
-}
-
-std::string After(const std::string& line, const std::string& prefix) {
-  size_t at = line.find(prefix);
-  if (at == std::string::npos) return "";
-  std::string rest = line.substr(at + prefix.size());
-  return rest.substr(0, rest.find(' '));
-}
-
-double Seconds(SteadyClock::time_point since) {
-  return std::chrono::duration<double>(SteadyClock::now() - since).count();
-}
+using bench::After;
+using bench::Binary;
+using bench::Seconds;
 
 // ---------------------------------------------------------------------------------------------
 // Parameter counts

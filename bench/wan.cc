@@ -35,6 +35,7 @@
 #include <thread>
 #include <vector>
 
+#include "bench/bench_util.h"
 #include "dht/dht.h"
 #include "tests/testing/link_relay.h"
 #include "tests/testing/ports.h"
@@ -63,21 +64,9 @@ struct Config {
   int64_t accuracy_steps = 0;
 };
 
-std::string Binary(const char* env, const char* built) {
-  if (const char* v = std::getenv(env)) return v;
-  return built;
-}
-
-std::string After(const std::string& line, const std::string& prefix) {
-  size_t at = line.find(prefix);
-  if (at == std::string::npos) return "";
-  std::string rest = line.substr(at + prefix.size());
-  return rest.substr(0, rest.find(' '));
-}
-
-double Seconds(SteadyClock::time_point since) {
-  return std::chrono::duration<double>(SteadyClock::now() - since).count();
-}
+using bench::After;
+using bench::Binary;
+using bench::Seconds;
 
 // The q-quantile (nearest rank) of `v`; -1 when empty.
 double Quantile(std::vector<double> v, double q) {
