@@ -68,7 +68,7 @@ struct LocalMixture {
   void StepExperts() {
     for (auto& [uid, opt] : optimizers) {
       if (!params[uid].begin()->second.grad().defined()) continue;
-      if (opt.GradientsFinite()) opt.Step();
+      if (opt.GradientsFinite()) opt.Step().IgnoreError();
     }
   }
   std::map<std::string, expert_server::Optimizer> optimizers;

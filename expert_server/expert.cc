@@ -242,7 +242,9 @@ Result<at::Tensor> Expert::Backward(const at::Tensor& x, const at::Tensor& grad_
       optimizer_->ZeroGrad();
       return InvalidArgumentError("the gradient of " + uid_ + " is not finite; update refused");
     }
-    optimizer_->Step();
+    // Step rolls itself back (weights, optimizer state and step) when the update would leave
+    // anything non-finite, and answers kInvalidArgument: the poison is never kept.
+    DMOE_RETURN_IF_ERROR(optimizer_->Step());
     return grad_x.to(x.scalar_type());
   } catch (const std::exception& e) {
     optimizer_->ZeroGrad();

@@ -148,7 +148,9 @@ int main(int argc, char** argv) {
   app.add_option("--lr", o.optimizer.lr, "learning rate")->capture_default_str();
   app.add_option("--weight-decay", o.optimizer.weight_decay, "decoupled weight decay")
       ->capture_default_str();
-  app.add_option("--clip-grad-norm", o.optimizer.clip_grad_norm, "gradient-norm clip; 0 = off")
+  app.add_option("--clip-grad-norm,--grad-clip-norm", o.optimizer.clip_grad_norm,
+                 "scale each update's gradient down to this global L2 norm (bounds what one "
+                 "trainer's gradient can do); 0 = off")
       ->capture_default_str();
   app.add_option("--warmup-steps", o.optimizer.warmup_steps, "linear learning-rate warmup steps")
       ->capture_default_str();

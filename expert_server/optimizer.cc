@@ -39,6 +39,7 @@ Optimizer::Optimizer(std::vector<std::pair<std::string, at::Tensor>> params,
     if (options_.kind == "adam") slot.v = at::zeros_like(p);
     slots_.push_back(std::move(slot));
   }
+  MeasureExtent();
 }
 
 double Optimizer::CurrentLr() const {
@@ -67,19 +68,90 @@ struct AdamScalars {
   float clip, decay, beta1, one_minus_beta1, beta2, one_minus_beta2, bias2, eps, step_size;
 };
 
-void FusedAdam(float* __restrict p, const float* __restrict g, float* __restrict m,
-               float* __restrict v, int64_t n, const AdamScalars& k) {
+// What one fused pass saw of its outputs: whether all were finite, and their largest magnitudes.
+struct PassStats {
+  bool finite = true;
+  float p = 0, m = 0, v = 0;
+  void Merge(const PassStats& o) {
+    finite = finite && o.finite;
+    p = std::max(p, o.p);
+    m = std::max(m, o.m);
+    v = std::max(v, o.v);
+  }
+};
+
+// |x| <= max is false for NaN and for +-Inf; no early exit, so loops using it vectorize.
+inline bool Finite(float x) { return std::fabs(x) <= std::numeric_limits<float>::max(); }
+inline float Larger(float a, float b) { return b > a ? b : a; }
+
+// at::parallel_for hands out ranges of at least kGrain elements starting at multiples of the
+// chunk size, so begin / kGrain names a range uniquely: each writes its own PassStats.
+template <typename Body>
+PassStats ParallelPass(int64_t n, Body body) {
+  std::vector<PassStats> parts(static_cast<size_t>(n / kGrain + 1));
   at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
+    parts[static_cast<size_t>(begin / kGrain)] = body(begin, end);
+  });
+  PassStats all;
+  for (const PassStats& s : parts) all.Merge(s);
+  return all;
+}
+
+PassStats FusedAdam(float* __restrict p, const float* __restrict g, float* __restrict m,
+                    float* __restrict v, int64_t n, const AdamScalars& k) {
+  return ParallelPass(n, [&](int64_t begin, int64_t end) {
+    PassStats s;
+    bool finite = true;
+    float mp = 0, mm = 0, mv = 0;
     for (int64_t i = begin; i < end; ++i) {
       const float gi = g[i] * k.clip;
       const float pi = p[i] * k.decay;
       const float mi = m[i] * k.beta1 + k.one_minus_beta1 * gi;
       const float vi = v[i] * k.beta2 + k.one_minus_beta2 * gi * gi;
+      const float np = pi + k.step_size * mi / (std::sqrt(vi / k.bias2) + k.eps);
       m[i] = mi;
       v[i] = vi;
-      p[i] = pi + k.step_size * mi / (std::sqrt(vi / k.bias2) + k.eps);
+      p[i] = np;
+      finite &= Finite(np) & Finite(mi) & Finite(vi);
+      mp = Larger(mp, std::fabs(np));
+      mm = Larger(mm, std::fabs(mi));
+      mv = Larger(mv, vi);
     }
+    s.finite = finite;
+    s.p = mp;
+    s.m = mm;
+    s.v = mv;
+    return s;
   });
+}
+
+// The largest |x| of a tensor (0 for an undefined one); NaN or Inf when it holds one.
+double MaxAbs(const at::Tensor& t) {
+  if (!t.defined() || t.numel() == 0) return 0;
+  if (!at::isfinite(t).all().item<bool>()) return std::numeric_limits<double>::infinity();
+  return t.abs().max().item<double>();
+}
+
+// The sum of squares and the largest |g| of a gradient, in double: a float sum of squares
+// overflows from |g| ~ 1.8e19, which is exactly the gradient a hostile trainer sends.
+void GradientStats(const at::Tensor& g, double* sum_sq, double* max_abs) {
+  if (!PlainFloat(g)) {
+    at::Tensor d = g.to(at::kDouble);
+    *sum_sq += d.pow(2).sum().item<double>();
+    *max_abs = std::max(*max_abs, d.abs().max().item<double>());
+    return;
+  }
+  const float* d = g.data_ptr<float>();
+  const int64_t n = g.numel();
+  double sq = 0;
+  float mx = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const double x = d[i];
+    sq += x * x;
+    mx = Larger(mx, std::fabs(d[i]));
+  }
+  *sum_sq += sq;
+  *max_abs = std::max(*max_abs, static_cast<double>(mx));
 }
 
 }  // namespace
@@ -102,26 +174,76 @@ bool Optimizer::GradientsFinite() const {
   return true;
 }
 
+void Optimizer::MeasureExtent() {
+  extent_ = {};
+  for (const Slot& s : slots_) {
+    extent_.p = std::max(extent_.p, MaxAbs(s.param));
+    extent_.m = std::max(extent_.m, MaxAbs(s.m));
+    extent_.v = std::max(extent_.v, MaxAbs(s.v));
+  }
+}
+
+bool Optimizer::UpdateCannotOverflow(double g, double lr, double decay) const {
+  // Bounds on every output of one update, from the formulas of Step, far (30x) below FLT_MAX so
+  // that float rounding cannot cross it. Adam's |m / (sqrt(v) + eps)| is bounded by |m| / eps.
+  constexpr double kSafe = 1e37;
+  const double b1 = options_.beta1;
+  double m = 0, p = 0;
+  if (options_.kind == "adam") {
+    m = b1 * extent_.m + (1 - b1) * g;
+    const double v = options_.beta2 * extent_.v + (1 - options_.beta2) * g * g;
+    const double bias1 = 1.0 - std::pow(b1, static_cast<double>(step_ + 1));
+    p = std::fabs(decay) * extent_.p + lr / bias1 * m / options_.eps;
+    if (!(g * g < kSafe && v < kSafe)) return false;
+  } else {
+    m = b1 * extent_.m + g;
+    p = std::fabs(decay) * extent_.p + lr * m;
+  }
+  return m < kSafe && p < kSafe;
+}
+
 void Optimizer::ZeroGrad() {
   for (Slot& s : slots_) {
     if (s.param.grad().defined()) s.param.mutable_grad().reset();
   }
 }
 
-void Optimizer::Step() {
+Status Optimizer::Step() {
   torch::NoGradGuard no_grad;
   const double lr = CurrentLr();
+  double total_sq = 0, max_grad = 0;
+  for (const Slot& s : slots_) {
+    if (s.param.grad().defined()) GradientStats(s.param.grad(), &total_sq, &max_grad);
+  }
+  if (!std::isfinite(total_sq) || !std::isfinite(max_grad)) {
+    ZeroGrad();
+    return InvalidArgumentError("the gradient is not finite; update refused");
+  }
   double clip_scale = 1.0;
   if (options_.clip_grad_norm > 0) {
-    double total_sq = 0;
-    for (const Slot& s : slots_) {
-      if (s.param.grad().defined()) total_sq += s.param.grad().pow(2).sum().item<double>();
-    }
-    double norm = std::sqrt(total_sq);
+    const double norm = std::sqrt(total_sq);
     if (norm > options_.clip_grad_norm) clip_scale = options_.clip_grad_norm / (norm + 1e-6);
   }
-  ++step_;
   const double decay = 1.0 - lr * options_.weight_decay;
+  // A copy to roll back to, taken only when this update might overflow (an unclipped huge
+  // gradient, or state already near the float range) or when the general path below runs, which
+  // does not measure what it wrote.
+  bool all_fused = true, every_slot_stepped = true;
+  for (const Slot& s : slots_) {
+    every_slot_stepped = every_slot_stepped && s.param.grad().defined();
+    all_fused = all_fused && (!s.param.grad().defined() ||
+                              (options_.kind == "adam" && PlainFloat(s.param) &&
+                               PlainFloat(s.param.grad()) && PlainFloat(s.m) && PlainFloat(s.v)));
+  }
+  std::vector<Slot> backup;
+  if (!all_fused || !UpdateCannotOverflow(max_grad * clip_scale, lr, decay)) {
+    for (const Slot& s : slots_) {
+      backup.push_back(
+          {s.name, s.param.clone(), s.m.clone(), s.v.defined() ? s.v.clone() : at::Tensor()});
+    }
+  }
+  ++step_;
+  PassStats seen;
   for (Slot& s : slots_) {
     if (!s.param.grad().defined()) continue;
     at::Tensor g = s.param.grad();
@@ -135,8 +257,8 @@ void Optimizer::Step() {
             static_cast<float>(options_.beta2), static_cast<float>(1.0 - options_.beta2),
             static_cast<float>(bias2),          static_cast<float>(options_.eps),
             static_cast<float>(-lr / bias1)};
-        FusedAdam(s.param.data_ptr<float>(), g.data_ptr<float>(), s.m.data_ptr<float>(),
-                  s.v.data_ptr<float>(), s.param.numel(), k);
+        seen.Merge(FusedAdam(s.param.data_ptr<float>(), g.data_ptr<float>(), s.m.data_ptr<float>(),
+                             s.v.data_ptr<float>(), s.param.numel(), k));
         continue;
       }
       if (clip_scale != 1.0) g = g * clip_scale;
@@ -157,6 +279,33 @@ void Optimizer::Step() {
     }
   }
   ZeroGrad();
+  if (all_fused && every_slot_stepped) {
+    extent_ = {seen.p, seen.m, seen.v};
+  } else if (all_fused) {
+    // Slots without a gradient kept their values, so the old extent still bounds them.
+    extent_.p = std::max(extent_.p, static_cast<double>(seen.p));
+    extent_.m = std::max(extent_.m, static_cast<double>(seen.m));
+    extent_.v = std::max(extent_.v, static_cast<double>(seen.v));
+  } else {
+    MeasureExtent();
+    seen.finite = std::isfinite(extent_.p) && std::isfinite(extent_.m) && std::isfinite(extent_.v);
+  }
+  if (seen.finite) return Status::Ok();
+  if (backup.empty()) {
+    // UpdateCannotOverflow was wrong: there is nothing to roll back to. Not reachable by its
+    // bounds.
+    return InternalError("an update thought safe left the optimizer state non-finite");
+  }
+  for (size_t i = 0; i < slots_.size(); ++i) {
+    slots_[i].param.copy_(backup[i].param);
+    slots_[i].m.copy_(backup[i].m);
+    if (slots_[i].v.defined()) slots_[i].v.copy_(backup[i].v);
+  }
+  --step_;
+  MeasureExtent();
+  return InvalidArgumentError("the update would make the weights or optimizer state non-finite" +
+                              std::string(" (largest gradient ") + std::to_string(max_grad) +
+                              "); rolled back");
 }
 
 std::vector<std::pair<std::string, at::Tensor>> Optimizer::State() const {
@@ -195,6 +344,7 @@ Status Optimizer::LoadState(const std::vector<std::pair<std::string, at::Tensor>
     if (s.v.defined()) s.v.copy_(by_name["optim/" + s.name + "/v"]);
   }
   step_ = step_it->second.to(at::kLong).item<int64_t>();
+  MeasureExtent();
   return Status::Ok();
 }
 

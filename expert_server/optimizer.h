@@ -21,10 +21,13 @@ struct OptimizerOptions {
   double beta1 = 0.9;  // Adam; for SGD, the momentum (0 = plain SGD)
   double beta2 = 0.999;
   double eps = 1e-8;
-  double weight_decay = 0.0;    // decoupled: p -= lr * weight_decay * p
-  double clip_grad_norm = 0.0;  // 0 = no clipping
-  int64_t warmup_steps = 0;     // lr ramps linearly from lr/warmup to lr over these steps
-  int64_t decay_steps = 0;      // then cosine decay from lr to 0 over these steps; 0 = none
+  double weight_decay = 0.0;  // decoupled: p -= lr * weight_decay * p
+  // The gradient's global L2 norm is scaled down to this before the update; 0 = no clipping. On by
+  // default (dmoe-server --clip-grad-norm): a peer's gradient of 1e38 then moves the weights no
+  // more than an honest one. Adam is nearly scale-free, so an honest run hardly notices.
+  double clip_grad_norm = 1.0;
+  int64_t warmup_steps = 0;  // lr ramps linearly from lr/warmup to lr over these steps
+  int64_t decay_steps = 0;   // then cosine decay from lr to 0 over these steps; 0 = none
 };
 
 Status ValidateOptimizerOptions(const OptimizerOptions& options);
@@ -38,8 +41,12 @@ class Optimizer {
   double CurrentLr() const;
   // True when every gradient is finite; Step must not be called otherwise.
   bool GradientsFinite() const;
-  // Applies one update from the parameters' .grad() and clears them; increments step.
-  void Step();
+  // Applies one update from the parameters' .grad() and clears them; increments step. When the
+  // update would leave any parameter or optimizer state non-finite (an overflow), it is rolled
+  // back: parameters, state and step are exactly as before, the gradients are cleared, and the
+  // answer is kInvalidArgument. Costs one pass over the gradients (their norm and largest value)
+  // and, only when those make an overflow possible, a copy of the state to roll back to.
+  Status Step();
   void ZeroGrad();
   int64_t step() const { return step_; }
 
@@ -54,9 +61,19 @@ class Optimizer {
     at::Tensor m;  // Adam first moment, or SGD momentum buffer
     at::Tensor v;  // Adam second moment (undefined for SGD)
   };
+  // The largest |value| over every slot's parameter, m and v: what bounds the next update.
+  struct Extent {
+    double p = 0, m = 0, v = 0;
+  };
+  // True when an update from gradients no larger than `max_grad` (after clipping) cannot overflow
+  // a float, judged from extent_.
+  bool UpdateCannotOverflow(double max_grad, double lr, double decay) const;
+  void MeasureExtent();
+
   OptimizerOptions options_;
   std::vector<Slot> slots_;
   int64_t step_ = 0;
+  Extent extent_;
 };
 
 }  // namespace dmoe::expert_server

@@ -110,6 +110,29 @@ TEST(ExpertTest, NonFiniteGradientLeavesWeightsBitIdentical) {
   EXPECT_EQ(e->step(), 0);
 }
 
+// A finite but huge grad_y: without clipping the update overflows and is refused with every
+// weight, the optimizer state and the step unchanged; with the default clip it is a small step.
+TEST(ExpertTest, HugeFiniteGradientNeverLeavesNonFiniteState) {
+  OptimizerOptions unclipped;
+  unclipped.clip_grad_norm = 0;
+  auto e = MakeExpert("ffn", 8, unclipped);
+  at::Tensor x = at::randn({2, 8});
+  ASSERT_TRUE(e->Backward(x, at::randn({2, 8}), std::nullopt).ok());
+  NamedTensors before;
+  for (auto& [n, t] : e->StateTensors()) before.emplace_back(n, t.clone());
+  Result<at::Tensor> r = e->Backward(x, at::randn({2, 8}) * 1e30, std::nullopt);
+  EXPECT_EQ(r.status().code(), Code::kInvalidArgument) << r.status().ToString();
+  EXPECT_TRUE(SameParameters(before, e->StateTensors()));
+  EXPECT_EQ(e->step(), 1);
+
+  auto clipped = MakeExpert("ffn", 8);
+  ASSERT_TRUE(clipped->Backward(x, at::randn({2, 8}) * 1e30, std::nullopt).ok());
+  for (auto& [n, t] : clipped->StateTensors()) {
+    EXPECT_TRUE(at::isfinite(t).all().item<bool>()) << n;
+  }
+  EXPECT_EQ(clipped->step(), 1);
+}
+
 TEST(ExpertTest, StateRoundTripRestoresWeightsOptimizerAndStep) {
   auto a = MakeExpert("ffn", 8);
   for (int i = 0; i < 3; ++i)
@@ -196,6 +219,7 @@ TEST(ExpertTest, WarmupRampsTheLearningRate) {
   opt.beta1 = 0;
   opt.lr = 0.1;
   opt.warmup_steps = 4;
+  opt.clip_grad_norm = 0;  // the raw gradient, so the update shows the lr alone
   auto e = MakeExpert("ffn", 4, opt);
   // Observe the lr through a parameter update of known gradient: w -= lr * g.
   at::Tensor b_before = e->Parameters()[5].second.detach().clone();  // norm.bias

@@ -72,7 +72,7 @@ double RelativeError(const OptimizerOptions& o, bool contiguous, int steps) {
       t.mutable_grad() = grads.back().clone();
     }
     EXPECT_TRUE(opt.GradientsFinite());
-    opt.Step();
+    EXPECT_TRUE(opt.Step().ok());
     ref.Step(grads);
     for (auto& [n, t] : params) EXPECT_FALSE(t.grad().defined()) << "Step clears the gradients";
   }
@@ -108,6 +108,9 @@ TEST(OptimizerTest, SgdWithMomentumMatchesItsFormula) {
   o.lr = 1e-2;
   o.beta1 = 0.9;
   o.weight_decay = 0.01;
+  // Unclipped: clipping (tested with Adam above) shrinks the steps to where float rounding of the
+  // weights, not the formula, dominates this relative error.
+  o.clip_grad_norm = 0;
   EXPECT_LT(RelativeError(o, true, 6), 1e-5);
 }
 
@@ -122,7 +125,7 @@ TEST(OptimizerTest, WarmupThenCosineDecayToZero) {
   for (int s = 0; s < 8; ++s) {
     seen.push_back(opt.CurrentLr());
     p.mutable_grad() = at::ones({3});
-    opt.Step();
+    EXPECT_TRUE(opt.Step().ok());
   }
   const std::vector<double> expected = {
       0.05, 0.1, 0.1, 0.1 * (1 + std::sqrt(0.5)) / 2, 0.05, 0.1 * (1 - std::sqrt(0.5)) / 2,
@@ -147,6 +150,84 @@ TEST(OptimizerTest, NonFiniteGradientsAreSeenInEitherLayout) {
       EXPECT_TRUE(opt.GradientsFinite());
     }
   }
+}
+
+// Copies of every state tensor (parameters and optimizer slots) and the step, to compare bitwise.
+std::vector<at::Tensor> Copies(const Optimizer& opt, const at::Tensor& p) {
+  std::vector<at::Tensor> out{p.detach().clone()};
+  for (const auto& [name, t] : opt.State()) out.push_back(t.clone());
+  return out;
+}
+
+bool BitIdentical(const std::vector<at::Tensor>& a, const std::vector<at::Tensor>& b) {
+  if (a.size() != b.size()) return false;
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (!at::equal(a[i], b[i])) return false;
+  }
+  return true;
+}
+
+bool AllFinite(const Optimizer& opt, const at::Tensor& p) {
+  bool finite = at::isfinite(p).all().item<bool>();
+  for (const auto& [name, t] : opt.State()) finite = finite && at::isfinite(t).all().item<bool>();
+  return finite;
+}
+
+// A finite gradient of 1e38 squares to +Inf in Adam's second moment, which used to freeze the
+// weights for good. Without clipping the step is rolled back exactly, in both paths and for SGD.
+TEST(OptimizerTest, AnOverflowingUpdateIsRolledBackBitExactly) {
+  for (std::string kind : {"adam", "sgd"}) {
+    for (bool contiguous : {true, false}) {
+      OptimizerOptions o;
+      o.kind = kind;
+      o.clip_grad_norm = 0;
+      at::Tensor p = contiguous ? at::randn({40, 33}) : at::randn({33, 40}).t();
+      p.requires_grad_(true);
+      Optimizer opt({{"p", p}}, o);
+      p.mutable_grad() = at::randn(p.sizes());
+      ASSERT_TRUE(opt.Step().ok());
+      const std::vector<at::Tensor> before = Copies(opt, p);
+      at::Tensor g = at::randn(p.sizes());
+      g[39][32] = 3e38f;  // the last element: finite, but its square or momentum overflows
+      p.mutable_grad() = g;
+      ASSERT_TRUE(opt.GradientsFinite());
+      if (kind == "sgd") {
+        // Momentum 0.9 * 3e38 + 3e38 overflows only on the second such step.
+        ASSERT_TRUE(opt.Step().ok());
+        p.mutable_grad() = g.clone();
+      }
+      const std::vector<at::Tensor> after_first = Copies(opt, p);
+      const int64_t step = opt.step();
+      Status s = opt.Step();
+      EXPECT_EQ(s.code(), Code::kInvalidArgument) << kind << " contiguous " << contiguous;
+      EXPECT_TRUE(BitIdentical(kind == "sgd" ? after_first : before, Copies(opt, p)))
+          << kind << " contiguous " << contiguous;
+      EXPECT_EQ(opt.step(), step);
+      EXPECT_FALSE(p.grad().defined()) << "a refused step still clears the gradients";
+      // The expert goes on learning from honest gradients.
+      p.mutable_grad() = at::randn(p.sizes());
+      EXPECT_TRUE(opt.Step().ok());
+      EXPECT_TRUE(AllFinite(opt, p));
+    }
+  }
+}
+
+// Clipping is on by default: the same gradient then moves no weight by more than Adam's bound.
+TEST(OptimizerTest, DefaultClippingTamesAHugeGradient) {
+  OptimizerOptions o;
+  ASSERT_GT(o.clip_grad_norm, 0);
+  at::Tensor p = at::randn({40, 33}).requires_grad_(true);
+  Optimizer opt({{"p", p}}, o);
+  const at::Tensor start = p.detach().clone();
+  at::Tensor g = at::full(p.sizes(), 1e38f);
+  p.mutable_grad() = g;
+  ASSERT_TRUE(opt.Step().ok());
+  EXPECT_TRUE(AllFinite(opt, p));
+  EXPECT_LE((p.detach() - start).abs().max().item<double>(), 1.01 * o.lr);
+  p.mutable_grad() = at::randn(p.sizes());
+  ASSERT_TRUE(opt.Step().ok());
+  EXPECT_TRUE(AllFinite(opt, p));
+  EXPECT_EQ(opt.step(), 2);
 }
 
 }  // namespace
