@@ -23,11 +23,17 @@ struct ExpertSnapshot {
 // Copies the expert's state. Must run where the expert may be touched (a runtime thread).
 ExpertSnapshot TakeSnapshot(const Expert& expert);
 
-// Writes a snapshot as one checkpoint. Blocks on disk: call it from a storage thread.
+// Writes a snapshot as one checkpoint. Blocks on disk: call it from a storage thread. A snapshot
+// holding NaN or Inf is never written (kInvalidArgument naming the tensor): a checkpoint is what a
+// restart resumes from, so poison in it would outlive the process.
 Status SaveSnapshot(storage::ExpertStore& store, const ExpertSnapshot& snapshot);
 
-// Loads the expert's newest checkpoint into it. kNotFound when there is none; kInvalidArgument when
-// the checkpoint is of another type or width (the expert is then unchanged).
+// Loads the expert's newest intact checkpoint into it. A kept version that is corrupt (bytes that
+// fail their checksum, tensors that do not decode or do not fit the expert, NaN or Inf) is skipped
+// with a warning naming its step, and the next older one is tried. kNotFound when there is none;
+// kInvalidArgument when the newest is of another type or width (an operator's mistake, not
+// corruption: nothing older is tried); kInternal when no kept version is intact. The expert is
+// unchanged unless the answer is OK.
 Status RestoreLatest(const storage::ExpertStore& store, Expert& expert);
 
 }  // namespace dmoe::expert_server

@@ -228,13 +228,18 @@ Status ServerImpl::CheckpointNow() {
   DMOE_RETURN_IF_ERROR(runtime_->RunExclusive([&](std::map<std::string, Expert*>& experts) {
     for (auto& [uid, expert] : experts) snapshots.push_back(TakeSnapshot(*expert));
   }));
+  // One expert that cannot be saved (a disk error, or state that is not finite and so is never
+  // written) does not keep the others from their checkpoint.
+  Status first_error;
   for (const ExpertSnapshot& s : snapshots) {
     Status saved = SaveSnapshot(*store_, s);
     if (!saved.ok()) {
       metrics_.GetCounter("dmoe_checkpoint_errors_total", "Checkpoints that failed.").Increment();
-      return saved;
+      spdlog::warn("checkpoint of {} failed: {}", s.uid, saved.message());
+      if (first_error.ok()) first_error = saved;
     }
   }
+  DMOE_RETURN_IF_ERROR(first_error);
   metrics_.GetCounter("dmoe_checkpoints_total", "Checkpoints written (all experts).").Increment();
   spdlog::debug("checkpointed {} experts", snapshots.size());
   return Status::Ok();

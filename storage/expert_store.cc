@@ -254,6 +254,12 @@ Result<Checkpoint> ExpertStore::Load(std::string_view uid, int64_t step) const {
   return LoadVersion(*snapshot, uid, step);
 }
 
+Result<std::vector<int64_t>> ExpertStore::Steps(std::string_view uid) const {
+  if (db_ == nullptr) return ClosedError();
+  DMOE_RETURN_IF_ERROR(ValidateUid(uid));
+  return ReadSteps(*db_, uid, nullptr);
+}
+
 Result<Checkpoint> ExpertStore::LoadVersion(const Database::Snapshot& snapshot,
                                             std::string_view uid, int64_t step) const {
   const std::string& path = db_->path();

@@ -132,6 +132,10 @@ class ExpertStore {
   // The checkpoint of `uid` at `step`; kNotFound when that version is not kept.
   Result<Checkpoint> Load(std::string_view uid, int64_t step) const;
 
+  // The kept steps of `uid`, ascending (empty when it has none). Reads only the step list, so it
+  // answers even when a checkpoint's bytes are corrupt: a reader can then try older versions.
+  Result<std::vector<int64_t>> Steps(std::string_view uid) const;
+
   // Every expert with at least one checkpoint, sorted by uid (bytewise).
   Result<std::vector<ExpertSummary>> ListExperts() const;
 
