@@ -11,6 +11,7 @@
 
 #include "core/clock.h"
 #include "core/hex.h"
+#include "core/uid.h"
 #include "expert_server/server_impl.h"
 #include "net/buffer_pool.h"
 #include "tensor/safetensors.h"
@@ -57,6 +58,15 @@ std::vector<uint8_t> WsErrorBlob(const std::string& id, const std::string& uid, 
       .value();
 }
 
+// The answer for a uid this server does not host: invalid_argument when it is not a uid at all
+// (PROTOCOL section 1: "ffn.01", "1ffn.2", five indices, an index above 999999), not_found when it
+// is well formed. Parsed only on this miss path, so a hosted uid costs one map lookup as before.
+Status UnhostedUidError(const std::string& uid) {
+  Result<ExpertUid> parsed = ParseExpertUid(uid);
+  if (!parsed.ok()) return parsed.status();
+  return NotFoundError("expert " + uid + " is not hosted here");
+}
+
 }  // namespace
 
 Status ServerImpl::CheckTrainingHead(const net::RequestHead& head) {
@@ -93,7 +103,7 @@ void ServerImpl::Dispatch(TaskKind kind, const std::string& uid, std::span<const
   };
   auto fail = [&](Status s) { finish(std::move(s)); };
 
-  if (!runtime_->Hosts(uid)) return fail(NotFoundError("expert " + uid + " is not hosted here"));
+  if (!runtime_->Hosts(uid)) return fail(UnhostedUidError(uid));
   Result<safetensors::Decoded> decoded = safetensors::Decode(blob);
   if (!decoded.ok()) return fail(decoded.status());
   Task task;
@@ -192,9 +202,7 @@ void ServerImpl::RegisterRoutes() {
   });
   http_->Handle("GET", "/v1/experts/{uid}", [this](net::Request req, net::Responder respond) {
     std::string uid(req.Param("uid").value_or(""));
-    if (!runtime_->Hosts(uid)) {
-      return respond(net::Response::Error(NotFoundError("expert " + uid + " is not hosted here")));
-    }
+    if (!runtime_->Hosts(uid)) return respond(net::Response::Error(UnhostedUidError(uid)));
     respond(net::Response::Json(200, ExpertInfoJson(uid)));
   });
   auto reply_http = [](net::Responder respond) {

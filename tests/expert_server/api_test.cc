@@ -222,6 +222,30 @@ TEST_F(ApiTest, BadRequestsGetTheProtocolsErrors) {
   EXPECT_EQ(Forward("ffn.0.0", at::randn({1, kDim})).status, 200);
 }
 
+// PROTOCOL section 1: a path whose uid breaks the grammar is a bad request (400 invalid_argument)
+// on every route that takes a uid; a well-formed uid the server does not host stays 404.
+TEST_F(ApiTest, MalformedUidInAPathIsInvalidArgument) {
+  StartServer();
+  std::vector<uint8_t> fwd = Blob({{"x", at::randn({2, kDim})}});
+  std::vector<uint8_t> bwd = Blob({{"x", at::randn({2, kDim})}, {"grad_y", at::randn({2, kDim})}});
+  for (const std::string uid :
+       {"ffn.01", "1ffn.2", "ffn.1.2.3.4.5.6", "ffn.1000000", "ffn", "ffn..1", "ffn.-1"}) {
+    const std::string base = "/v1/experts/" + uid;
+    for (const net::Response& r : {Call("GET", base), Call("POST", base + "/forward", fwd),
+                                   Call("POST", base + "/backward", bwd)}) {
+      EXPECT_EQ(r.status, 400) << uid << ": " << r.body_view();
+      EXPECT_EQ(ErrorCode(r), "invalid_argument") << uid;
+    }
+  }
+  for (const net::Response& r :
+       {Call("GET", "/v1/experts/ffn.5.5"), Call("POST", "/v1/experts/ffn.5.5/forward", fwd),
+        Call("POST", "/v1/experts/ffn.5.5/backward", bwd)}) {
+    EXPECT_EQ(r.status, 404) << r.body_view();
+    EXPECT_EQ(ErrorCode(r), "not_found");
+  }
+  EXPECT_EQ(Call("GET", "/v1/experts/ffn.0.1").status, 200);
+}
+
 TEST_F(ApiTest, BackwardReturnsGradXAndStepsTheExpert) {
   StartServer();
   auto twin = LocalTwin("ffn.0.0");
