@@ -30,6 +30,45 @@ Result<int64_t> Inference::InputDimOf(const std::string& spec_json) {
   return spec.input_dim;
 }
 
+namespace {
+
+// The parameters gating::DmoeModel registers for the spec, in double so that no width overflows:
+// linear in*out + out, layer_norm 2*in (weight and bias), moe and residual_moe one gate linear per
+// grid dimension, in*g + g.
+double CountParameters(const gating::ModelSpec& spec) {
+  double n = 0;
+  for (const gating::LayerSpec& l : spec.layers) {
+    const double in = static_cast<double>(l.in_features);
+    if (l.type == "linear") {
+      n += in * static_cast<double>(l.out) + static_cast<double>(l.out);
+    } else if (l.type == "layer_norm") {
+      n += 2 * in;
+    } else if (l.type == "moe" || l.type == "residual_moe") {
+      for (int64_t g : l.moe.grid) n += (in + 1) * static_cast<double>(g);
+    }
+  }
+  return n;
+}
+
+// kInvalidArgument naming the first floating tensor that holds NaN or Inf.
+Status CheckFinite(const std::map<std::string, at::Tensor>& tensors) {
+  for (const auto& [name, t] : tensors) {
+    if (t.is_floating_point() && !at::isfinite(t).all().item<bool>()) {
+      return InvalidArgumentError("tensor '" + name +
+                                  "' holds NaN or Inf; a model with non-finite weights is refused");
+    }
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+Result<int64_t> Inference::ParameterCountOf(const std::string& spec_json) {
+  DMOE_ASSIGN_OR_RETURN(gating::ModelSpec spec, gating::ParseModelSpec(spec_json));
+  const double n = CountParameters(spec);
+  return n >= 9.2e18 ? INT64_MAX : static_cast<int64_t>(n);
+}
+
 Status Inference::ValidateModel(const std::string& name, const std::string& spec_json,
                                 std::span<const uint8_t> state_blob) {
   DMOE_ASSIGN_OR_RETURN(gating::ModelSpec spec, gating::ParseModelSpec(spec_json));
@@ -37,7 +76,22 @@ Status Inference::ValidateModel(const std::string& name, const std::string& spec
     return InvalidArgumentError("the spec names the model '" + spec.name +
                                 "' but it is published as '" + name + "'");
   }
+  // Bounded before the network is built: a spec of a few bytes can ask for terabytes.
+  const double params = CountParameters(spec);
+  if (params > static_cast<double>(kMaxModelParameters)) {
+    return InvalidArgumentError("the spec's network has " + std::to_string(params) +
+                                " parameters; the router takes at most " +
+                                std::to_string(kMaxModelParameters));
+  }
+  // Every parameter takes at least one byte of the state, whatever its dtype.
+  if (params > static_cast<double>(state_blob.size())) {
+    return InvalidArgumentError("the spec's network has " +
+                                std::to_string(static_cast<int64_t>(params)) +
+                                " parameters, more than the " + std::to_string(state_blob.size()) +
+                                " bytes of the published state can hold");
+  }
   DMOE_ASSIGN_OR_RETURN(tensor::TorchPayload payload, tensor::DecodeToTorch(state_blob));
+  DMOE_RETURN_IF_ERROR(CheckFinite(payload.tensors));
   gating::DmoeModel model(spec, gating::ModelContext{swarm_});
   return model->LoadStateDict(payload.tensors);
 }

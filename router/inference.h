@@ -38,10 +38,21 @@ class Inference {
   // x: F32 [B, input_dim]. kUnavailable when the swarm cannot answer (no live experts).
   Result<InferResult> Run(const storage::Model& model, const at::Tensor& x);
 
-  // Checks that `spec_json` parses, names the model `name`, and that `state_blob` (safetensors)
-  // holds exactly the tensors that spec's network has, with their shapes.
+  // The most local parameters a published model may have: 256M, 1 GiB of F32. Beyond it the
+  // router would spend that memory building the network just to check the state dict.
+  static constexpr int64_t kMaxModelParameters = int64_t{256} << 20;
+
+  // Checks that `spec_json` parses, names the model `name`, that its network has at most
+  // kMaxModelParameters parameters and no more than `state_blob` has bytes (counted from the spec,
+  // before anything is built), that every floating tensor of the state is finite, and that
+  // `state_blob` (safetensors) holds exactly the tensors that spec's network has, with their
+  // shapes. Every refusal is kInvalidArgument naming what is wrong.
   Status ValidateModel(const std::string& name, const std::string& spec_json,
                        std::span<const uint8_t> state_blob);
+
+  // The number of local parameters (linear, layer_norm, gates of moe layers) of the spec's network,
+  // saturated at INT64_MAX; kInvalidArgument when the spec does not parse.
+  static Result<int64_t> ParameterCountOf(const std::string& spec_json);
 
   static std::vector<std::string> GridPrefixesOf(const std::string& spec_json);
   static Result<int64_t> InputDimOf(const std::string& spec_json);

@@ -29,6 +29,8 @@ namespace dmoe::router {
 namespace {
 
 constexpr char kSafetensorsType[] = "application/x-safetensors";
+// How far ahead of the router's clock a published version (unix ms) may be.
+constexpr int64_t kMaxVersionAheadMs = 24 * 3600 * 1000;
 
 bool IsSafetensors(const net::RequestHead& head) {
   std::string_view type = head.headers.Get("Content-Type").value_or("");
@@ -272,6 +274,14 @@ class RouterImpl : public Router {
     } catch (const std::exception&) {
       return fail(
           InvalidArgumentError("version '" + version->second + "' is not a positive integer"));
+    }
+    // Versions only grow, so one far in the future would lock the model for good. Trainers use
+    // unix milliseconds (PROTOCOL section 5); a day of clock skew is more than enough.
+    const int64_t now_ms = RealClock::Instance().NowUnixMs();
+    if (v > now_ms + kMaxVersionAheadMs) {
+      return fail(InvalidArgumentError(
+          "version " + std::to_string(v) + " is more than a day ahead of the router's clock (" +
+          std::to_string(now_ms) + " unix ms); versions are unix milliseconds"));
     }
     storage::Model model;
     model.info = {name, v, spec->second, RealClock::Instance().NowUnixMs(),
