@@ -19,6 +19,11 @@ using SteadyClock = std::chrono::steady_clock;
 
 enum class Op { kForward, kBackward };
 
+// The largest gain an honest expert's answer may show over its input, per sample (PROTOCOL
+// section 7). An expert ending in layer norm answers at most about sqrt(d) * max|gamma| + max|beta|
+// (32 * gamma at d = 1024) whatever x is; a residual block answers about max|x| plus that.
+constexpr float kMaxAnswerGain = 1000.0f;
+
 // What became of one call once its answer (or failure) is in.
 struct Resolution {
   bool ok = false;
@@ -45,8 +50,11 @@ Resolution Resolve(const ExpertCall& call, CallOutcome& outcome, Op op, bool det
   if (code != payload->metadata.end()) {
     r.why = code->second + ": " + payload->metadata["error_message"];
     std::optional<Code> c = CodeFromName(code->second);
-    // Refusals of our own input (stale or bad gradients) are not the peer's fault.
-    r.blame_peer = !c || IsRetryable(*c) || *c == Code::kInternal;
+    // Every error answer counts against the peer (an expert that lies about our valid x, or
+    // says it does not host what it announced, must lose its place), except a backward refused as
+    // invalid_argument: that is the server judging our gradient (stale under --max-staleness, or
+    // an update it rolled back), which an honest server does.
+    r.blame_peer = !(op == Op::kBackward && c && *c == Code::kInvalidArgument);
     return r;
   }
   const char* name = op == Op::kForward ? "y" : "grad_x";
@@ -63,6 +71,17 @@ Resolution Resolve(const ExpertCall& call, CallOutcome& outcome, Op op, bool det
     r.nonfinite = true;
     r.why = std::string(name) + " holds NaN or Inf";
     return r;
+  }
+  if (op == Op::kForward && detect_anomalies) {
+    // A finite 3e38 passes the check above and still turns the loss and every local weight into
+    // NaN. PROTOCOL section 7: per sample, max|y| <= kMaxAnswerGain * (1 + max|x|).
+    at::Tensor bound = call.x_wire.to(at::kFloat).abs().amax(1).add_(1).mul_(kMaxAnswerGain);
+    if (!r.output.abs().amax(1).le(bound).all().item<bool>()) {
+      r.nonfinite = true;
+      r.why = std::string("y exceeds ") + std::to_string(kMaxAnswerGain) +
+              " * (1 + max|x|) for some sample: an absurd answer";
+      return r;
+    }
   }
   auto step = payload->metadata.find("step");
   if (step != payload->metadata.end()) {

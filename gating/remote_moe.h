@@ -82,7 +82,7 @@ struct MoeStats {
   int64_t answered = 0;   // forward requests answered in time with finite outputs
   int64_t timed_out = 0;  // given up on (late)
   int64_t failed = 0;     // errors and anomalous answers
-  int64_t nonfinite = 0;  // of which NaN/Inf outputs
+  int64_t nonfinite = 0;  // of which NaN/Inf or absurdly large outputs (PROTOCOL section 7)
   int64_t zero_output_samples = 0;
   int64_t answers = 0;  // sum over tokens of experts that answered for it
   int64_t backward_requests = 0, backward_answered = 0, backward_failed = 0, backward_timed_out = 0;

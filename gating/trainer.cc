@@ -97,6 +97,26 @@ Status Publish(const TrainerOptions& o, DmoeModel& model, const std::string& spe
   return Status::Ok();
 }
 
+// True when every tensor (or, with `grads`, every defined gradient of them) is free of NaN/Inf.
+bool AllFinite(const std::vector<at::Tensor>& tensors, bool grads) {
+  for (const at::Tensor& t : tensors) {
+    const at::Tensor& v = grads ? t.grad() : t;
+    if (v.defined() && !at::isfinite(v).all().item<bool>()) return false;
+  }
+  return true;
+}
+
+bool OptimizerStateFinite(torch::optim::Adam& optimizer) {
+  for (const auto& entry : optimizer.state()) {
+    const auto& st = static_cast<const torch::optim::AdamParamState&>(*entry.second);
+    if (!at::isfinite(st.exp_avg()).all().item<bool>() ||
+        !at::isfinite(st.exp_avg_sq()).all().item<bool>()) {
+      return false;
+    }
+  }
+  return true;
+}
+
 // The most updates any parameter's Adam state has seen (0 before the first step).
 int64_t AdamSteps(torch::optim::Adam& optimizer) {
   int64_t steps = 0;
@@ -271,17 +291,27 @@ class TrainingLoop {
         x = train_.x.index_select(0, idx);
         y = train_.y.index_select(0, idx);
       }
-      bool ok = false;
+      bool ok = false, nonfinite = false;
       double loss_value = 0;
       int64_t correct = 0;
       try {
         replica->zero_grad();
         at::Tensor logits = replica->forward(x);
         at::Tensor loss = at::cross_entropy_loss(logits, y);
-        (loss + replica->balance_loss()).backward();
+        at::Tensor total = loss + replica->balance_loss();
         loss_value = loss.item<double>();
-        correct = logits.argmax(1).eq(y).sum().item<int64_t>();
-        ok = true;
+        // Never step on a non-finite loss: its gradient would turn every local weight into NaN,
+        // and its backward would hand the experts NaN gradients. The step is skipped and counted.
+        if (!std::isfinite(loss_value) || !std::isfinite(total.item<double>())) {
+          nonfinite = true;
+          spdlog::warn("step {} skipped: the loss is not finite ({})", step + 1, loss_value);
+        } else {
+          total.backward();
+          correct = logits.argmax(1).eq(y).sum().item<int64_t>();
+          nonfinite = !AllFinite(params, /*grads=*/true);
+          if (nonfinite) spdlog::warn("step {} skipped: a local gradient is not finite", step + 1);
+          ok = !nonfinite;
+        }
       } catch (const std::exception& ex) {
         // Not enough experts answered: skip this batch, the swarm may recover.
         spdlog::warn("step {} skipped: {}", step + 1, ex.what());
@@ -306,6 +336,8 @@ class TrainingLoop {
         window_correct_ += correct;
         window_samples_ += o_.batch_size;
         ++window_steps_;
+      } else if (nonfinite) {
+        ++nonfinite_steps_;
       } else {
         ++failed_steps_;
       }
@@ -390,8 +422,9 @@ class TrainingLoop {
            << (seconds > 0 ? window_samples_ / seconds : 0.0) << std::setprecision(2)
            << " experts/sample " << (routed > 0 ? answers / routed : 0.0) << " zero_output_samples "
            << (now.zero_output_samples - window_start_.zero_output_samples) << " skipped_steps "
-           << failed_steps_ << std::setprecision(6) << " lr " << lr_now_ << " in_flight "
-           << o_.in_flight << " max_staleness " << max_staleness_ << "\n"
+           << failed_steps_ << " nonfinite_steps " << nonfinite_steps_ << std::setprecision(6)
+           << " lr " << lr_now_ << " in_flight " << o_.in_flight << " max_staleness "
+           << max_staleness_ << "\n"
            << std::defaultfloat << std::flush;
       window_loss_ = 0;
       window_correct_ = window_samples_ = window_steps_ = 0;
@@ -433,6 +466,10 @@ class TrainingLoop {
 
   void PublishLocked(int64_t step) {
     if (o_.router_url.empty()) return;
+    if (!AllFinite(master_params_, /*grads=*/false)) {
+      spdlog::error("not publishing step {}: a local weight is not finite", step);
+      return;
+    }
     const int64_t version = std::max(state_.version + 1, RealClock::Instance().NowUnixMs());
     Status s = Publish(o_, master_, spec_json_, identity_, version, step);
     if (s.ok()) {
@@ -447,6 +484,13 @@ class TrainingLoop {
 
   void CheckpointLocked() {
     if (!kv_) return;
+    // The last intact checkpoint stays: a resumed trainer must not start from poison.
+    if (!AllFinite(master_params_, /*grads=*/false) || !OptimizerStateFinite(optimizer_)) {
+      spdlog::error(
+          "not checkpointing step {}: the local weights or their Adam state are not finite",
+          state_.step);
+      return;
+    }
     Status s = SaveCheckpoint(*kv_, spec_.name, master_, optimizer_, state_);
     if (!s.ok()) spdlog::error("trainer checkpoint failed: {}", s.ToString());
   }
@@ -477,6 +521,7 @@ class TrainingLoop {
   std::vector<at::Tensor> accumulated_;
   int64_t accumulated_count_ = 0;
   int64_t failed_steps_ = 0;
+  int64_t nonfinite_steps_ = 0;  // skipped for a non-finite loss or local gradient
   int64_t last_eval_step_ = -1;
   int64_t published_version_ = 0;
   double lr_now_ = 0;
