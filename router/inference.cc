@@ -63,12 +63,6 @@ Status CheckFinite(const std::map<std::string, at::Tensor>& tensors) {
 
 }  // namespace
 
-Result<int64_t> Inference::ParameterCountOf(const std::string& spec_json) {
-  DMOE_ASSIGN_OR_RETURN(gating::ModelSpec spec, gating::ParseModelSpec(spec_json));
-  const double n = CountParameters(spec);
-  return n >= 9.2e18 ? INT64_MAX : static_cast<int64_t>(n);
-}
-
 Status Inference::ValidateModel(const std::string& name, const std::string& spec_json,
                                 std::span<const uint8_t> state_blob) {
   DMOE_ASSIGN_OR_RETURN(gating::ModelSpec spec, gating::ParseModelSpec(spec_json));

@@ -50,10 +50,6 @@ class Inference {
   Status ValidateModel(const std::string& name, const std::string& spec_json,
                        std::span<const uint8_t> state_blob);
 
-  // The number of local parameters (linear, layer_norm, gates of moe layers) of the spec's network,
-  // saturated at INT64_MAX; kInvalidArgument when the spec does not parse.
-  static Result<int64_t> ParameterCountOf(const std::string& spec_json);
-
   static std::vector<std::string> GridPrefixesOf(const std::string& spec_json);
   static Result<int64_t> InputDimOf(const std::string& spec_json);
 

@@ -129,6 +129,7 @@ Result<std::unique_ptr<RogueServer>> RogueServer::Start(RogueServerOptions optio
     dht_options.listen = "127.0.0.1:0";
     dht_options.bootstrap = {s->options_.dht_bootstrap};
     dht_options.node.network = s->options_.dht_network;
+    dht_options.identity = s->identity_;
     DMOE_ASSIGN_OR_RETURN(s->dht_, dht::Dht::Start(std::move(dht_options)));
     DMOE_RETURN_IF_ERROR(s->dht_->WaitBootstrapped(10s));
     const std::string peer = s->dht_->peer_id();

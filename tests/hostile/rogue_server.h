@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "core/identity.h"
 #include "core/status.h"
 
 namespace dmoe::dht {
@@ -56,6 +57,9 @@ class RogueServer {
   ~RogueServer();
 
   std::string endpoint() const;  // "http://127.0.0.1:PORT"
+  // The key its DHT node announces with (kept here so that a rogue can be made to prove it, or to
+  // fail to, where endpoints must prove their publisher).
+  const Identity& identity() const { return identity_; }
   // WebSocket requests received so far (any thread).
   int64_t requests() const { return requests_->load(); }
   void Stop();
@@ -63,6 +67,7 @@ class RogueServer {
  private:
   RogueServer() = default;
   RogueServerOptions options_;
+  Identity identity_ = Identity::Generate();
   std::shared_ptr<std::atomic<int64_t>> requests_ = std::make_shared<std::atomic<int64_t>>(0);
   std::unique_ptr<net::HttpServer> http_;
   std::unique_ptr<dht::Dht> dht_;
