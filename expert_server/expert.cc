@@ -290,6 +290,7 @@ Status Expert::LoadStateTensors(const NamedTensors& state) {
   DMOE_RETURN_IF_ERROR(optimizer_->LoadState(optim));
   torch::NoGradGuard no_grad;
   for (auto& [name, p] : params) p.copy_(by_name["param/" + name]);
+  optimizer_->Remeasure();
   return Status::Ok();
 }
 

@@ -50,6 +50,10 @@ class Optimizer {
   void ZeroGrad();
   int64_t step() const { return step_; }
 
+  // Re-reads the largest magnitudes of parameters and state that Step's overflow bound relies on.
+  // Call after changing the parameters other than through Step (e.g. loading a checkpoint).
+  void Remeasure() { MeasureExtent(); }
+
   // "optim/<param>/<slot>" tensors plus "optim/step" (I64 scalar).
   std::vector<std::pair<std::string, at::Tensor>> State() const;
   Status LoadState(const std::vector<std::pair<std::string, at::Tensor>>& state);

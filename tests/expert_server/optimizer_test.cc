@@ -5,6 +5,7 @@
 
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
+#include <torch/utils.h>
 
 #include <cmath>
 #include <string>
@@ -228,6 +229,27 @@ TEST(OptimizerTest, DefaultClippingTamesAHugeGradient) {
   ASSERT_TRUE(opt.Step().ok());
   EXPECT_TRUE(AllFinite(opt, p));
   EXPECT_EQ(opt.step(), 2);
+}
+
+// The bound that decides whether a step needs a copy to roll back to also covers the weights: a
+// weight near the float range that an ordinary gradient pushes over (here through a weight decay
+// factor of -2) is rolled back as well, once the optimizer knows the weights changed.
+TEST(OptimizerTest, WeightsNearTheFloatRangeAreRolledBackToo) {
+  OptimizerOptions o;
+  o.lr = 1.0;
+  o.weight_decay = 3.0;  // decay factor 1 - lr * wd = -2
+  at::Tensor p = at::randn({40, 33}).requires_grad_(true);
+  Optimizer opt({{"p", p}}, o);
+  {
+    torch::NoGradGuard no_grad;
+    p[7][7] = 2e38f;
+  }
+  opt.Remeasure();
+  const std::vector<at::Tensor> before = Copies(opt, p);
+  p.mutable_grad() = at::randn(p.sizes());
+  EXPECT_EQ(opt.Step().code(), Code::kInvalidArgument);
+  EXPECT_TRUE(BitIdentical(before, Copies(opt, p)));
+  EXPECT_EQ(opt.step(), 0);
 }
 
 }  // namespace
