@@ -166,6 +166,11 @@ Result<Checkpoint> LoadCheckpoint(storage::KvStore& kv, const std::string& name,
       tensor::TorchPayload payload,
       tensor::DecodeToTorch({reinterpret_cast<const uint8_t*>(params.data()), params.size()}));
   DMOE_RETURN_IF_ERROR(model->LoadStateDict(payload.tensors));
+  if (!AllFinite(model->parameters(), /*grads=*/false)) {
+    // Written before trainers refused to keep poison: resuming would train NaN forever.
+    return InternalError("the trainer checkpoint of " + name +
+                         " holds NaN or Inf weights; move --db away to start over");
+  }
   try {
     std::istringstream in(optim);
     torch::serialize::InputArchive archive;

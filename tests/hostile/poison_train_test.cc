@@ -9,6 +9,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <regex>
 
 #include "storage/expert_store.h"
@@ -186,6 +187,51 @@ TEST(PoisonTrainTest, RoguesBesideAnHonestServerNeverPoisonTrainingOrWhatIsKept)
       }
     }
   }
+}
+
+// A trainer checkpoint with NaN weights (as trainers wrote before they refused to keep poison) is
+// refused at start with a message saying what to do, instead of training NaN forever.
+TEST(PoisonTrainTest, APoisonedTrainerCheckpointIsRefusedAtStart) {
+  testing::TempDir dir("dmoe-poison-resume");
+  auto dht =
+      testing::Process::Spawn({DMOE_DHT_BINARY, "--listen", "127.0.0.1:0", "--log-level", "warn"});
+  ASSERT_TRUE(dht.ok()) << dht.status().ToString();
+  auto line = (*dht)->WaitForLine("listening on udp://", integration::kStartTimeout);
+  ASSERT_TRUE(line.has_value());
+  std::string dht_address = line->substr(std::string("listening on udp://").size());
+  dht_address = dht_address.substr(0, dht_address.find(' '));
+  {
+    std::vector<float> weight(10 * 784, 0.01f), bias(10, 0.0f);
+    weight[123] = std::numeric_limits<float>::quiet_NaN();
+    std::vector<uint8_t> wb(weight.size() * 4), bb(bias.size() * 4);
+    std::memcpy(wb.data(), weight.data(), wb.size());
+    std::memcpy(bb.data(), bias.data(), bb.size());
+    auto blob = safetensors::Encode({{"layer0.weight", safetensors::DType::kF32, {10, 784}, wb},
+                                     {"layer0.bias", safetensors::DType::kF32, {10}, bb}},
+                                    {});
+    ASSERT_TRUE(blob.ok()) << blob.status().ToString();
+    auto kv = storage::KvStore::Open(dir.Sub("trainer"));
+    ASSERT_TRUE(kv.ok()) << kv.status().ToString();
+    ASSERT_TRUE(
+        (*kv)
+            ->ReplacePrefix("node_state", "trainer/fmnist/",
+                            {{"trainer/fmnist/meta", R"({"step": 5, "version": 0})"},
+                             {"trainer/fmnist/params", std::string(blob->begin(), blob->end())},
+                             {"trainer/fmnist/optim", "unread"}},
+                            true)
+            .ok());
+  }
+  const std::string spec = dir.WriteFile(
+      "spec.json",
+      R"({"name": "fmnist", "input_dim": 784, "layers": [{"type": "linear", "out": 10}]})");
+  testing::RunResult train =
+      testing::Run({DMOE_TRAIN_BINARY, "--model", spec, "--dht", dht_address, "--db",
+                    dir.Sub("trainer"), "--steps", "10", "--threads", "1", "--log-level", "warn"},
+                   60s);
+  EXPECT_NE(train.exit_code, 0) << train.out << train.err;
+  EXPECT_NE((train.out + train.err).find("holds NaN or Inf weights"), std::string::npos)
+      << train.out << train.err;
+  EXPECT_EQ(train.out.find("step 10/10"), std::string::npos) << train.out;
 }
 
 }  // namespace
