@@ -554,18 +554,18 @@ Result<TrainerResult> RunTrainer(const TrainerOptions& o, std::ostream& out,
   if (!o.identity_path.empty()) {
     DMOE_ASSIGN_OR_RETURN(identity, LoadOrCreateIdentity(o.identity_path));
   }
+  SwarmOptions swarm_options;
+  if (!o.server_keys_path.empty()) {
+    DMOE_ASSIGN_OR_RETURN(swarm_options.server_keys,
+                          RequestVerifier::LoadKeyFile(o.server_keys_path));
+  }
   dht::DhtOptions dht_options;
   dht_options.bootstrap = o.dht_bootstrap;
   dht_options.node.client = true;
   dht_options.node.network = o.dht_network;
   DMOE_ASSIGN_OR_RETURN(std::unique_ptr<dht::Dht> dht, dht::Dht::Start(std::move(dht_options)));
   DMOE_RETURN_IF_ERROR(dht->WaitBootstrapped(std::chrono::seconds(10)));
-  SwarmOptions swarm_options;
   swarm_options.caller.identity = identity;
-  if (!o.server_keys_path.empty()) {
-    DMOE_ASSIGN_OR_RETURN(swarm_options.server_keys,
-                          RequestVerifier::LoadKeyFile(o.server_keys_path));
-  }
   auto swarm = std::make_shared<Swarm>(dht.get(), swarm_options);
 
   torch::manual_seed(o.seed);

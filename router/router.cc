@@ -84,6 +84,10 @@ class RouterImpl : public Router {
   Status Init() {
     if (options_.db_dir.empty())
       return InvalidArgumentError("--db is required: models are kept there");
+    std::optional<std::set<PublicKey>> server_keys;
+    if (!options_.server_keys_path.empty()) {
+      DMOE_ASSIGN_OR_RETURN(server_keys, RequestVerifier::LoadKeyFile(options_.server_keys_path));
+    }
     // One identity: the router's DHT node, and the peer id publications are signed for.
     if (options_.identity_path.empty()) {
       identity_ = Identity::Generate();
@@ -125,10 +129,6 @@ class RouterImpl : public Router {
     for (const storage::ModelInfo& m : models) WatchSpec(m.spec_json);
     swarm_->Start();
 
-    std::optional<std::set<PublicKey>> server_keys;
-    if (!options_.server_keys_path.empty()) {
-      DMOE_ASSIGN_OR_RETURN(server_keys, RequestVerifier::LoadKeyFile(options_.server_keys_path));
-    }
     inference_ = std::make_unique<Inference>(*dht_, std::move(server_keys));
     compute_ = std::make_unique<net::IoContext>(std::max(1, options_.inference_threads));
 
