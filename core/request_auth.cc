@@ -160,6 +160,18 @@ Status RequestVerifier::Verify(const RequestSignature& sig, std::string_view met
   return Status::Ok();
 }
 
+bool ProofRateLimiter::Allow(int64_t now_ms) {
+  std::lock_guard<std::mutex> lock(mu_);
+  const int64_t second = now_ms / 1000;
+  if (second != second_) {
+    second_ = second;
+    used_ = 0;
+  }
+  if (used_ >= per_second_) return false;
+  ++used_;
+  return true;
+}
+
 std::string NewChallengeHex() { return RandomHex(kChallengeHexChars / 2); }
 
 bool IsChallengeHex(std::string_view hex) {

@@ -90,6 +90,22 @@ class RequestVerifier {
   std::deque<std::pair<int64_t, std::string>> seen_order_;  // (expiry ms, entry of seen_)
 };
 
+// Caps how many proofs a server signs per second, so that a flood of challenges costs it a bounded
+// share of a core (an Ed25519 signature each); honest clients send one per endpoint and key every
+// few minutes. Thread-safe.
+class ProofRateLimiter {
+ public:
+  explicit ProofRateLimiter(int per_second = 2000) : per_second_(per_second) {}
+  // True when one more proof fits in the second of `now_ms`.
+  bool Allow(int64_t now_ms);
+
+ private:
+  const int per_second_;
+  std::mutex mu_;
+  int64_t second_ = -1;
+  int used_ = 0;
+};
+
 // Endpoint proofs. A challenge is 32 random bytes, sent as 64 lowercase hex characters.
 inline constexpr size_t kChallengeHexChars = 64;
 std::string NewChallengeHex();

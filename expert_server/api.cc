@@ -200,6 +200,10 @@ void ServerImpl::RegisterRoutes() {
         return respond(net::Response::Error(InvalidArgumentError(
             "challenge must be " + std::to_string(kChallengeHexChars) + " hex characters")));
       }
+      if (!proof_limiter_.Allow(RealClock::Instance().NowUnixMs())) {
+        return respond(net::Response::Error(
+            ResourceExhaustedError("too many challenges this second; retry later")));
+      }
       body["public_key"] = identity_->public_key_hex();
       body["proof"] = SignProof(*identity_, *challenge);
     }

@@ -447,8 +447,18 @@ void Swarm::OnProof(const Replica& replica, ProofResult result, bool probe) {
 }
 
 void Swarm::Resolve(const std::vector<Replica>& replicas, Deadline deadline) {
-  const auto until = std::min(deadline, SteadyClock::now() + options_.proof_timeout);
+  const auto now = SteadyClock::now();
+  const auto until = std::min(deadline, now + options_.proof_timeout);
   std::unique_lock<std::mutex> lock(mu_);
+  // Records name endpoints and keys at the publishers' will: forget what ran out, now and then.
+  if (proofs_.size() > 4096) {
+    std::erase_if(proofs_, [&](const auto& p) {
+      return p.second.state != Proof::kPending && p.second.until <= now;
+    });
+  }
+  if (liars_.size() > 4096) {
+    std::erase_if(liars_, [&](const auto& l) { return l.second <= now; });
+  }
   for (const Replica& r : replicas) {
     auto it = proofs_.find({r.endpoint, r.peer_id});
     if (it != proofs_.end() && it->second.state == Proof::kPending) continue;    // already asked

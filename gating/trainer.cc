@@ -79,9 +79,11 @@ std::vector<tensor::NamedTensor> Named(const std::map<std::string, at::Tensor>& 
 // the router must prove it by signing a fresh challenge with the key of that peer id.
 Result<std::string> RouterPeerId(const std::string& router_url) {
   const std::string challenge = NewChallengeHex();
-  DMOE_ASSIGN_OR_RETURN(net::Response r,
-                        net::Fetch("GET", router_url + "/v1/health?challenge=" + challenge, {}, {},
-                                   std::chrono::seconds(10)));
+  // A small answer limit: the health JSON is a few hundred bytes.
+  net::HttpClient client(net::HttpClientOptions{.max_response_body_bytes = 16 << 10});
+  DMOE_ASSIGN_OR_RETURN(
+      net::Response r, client.Fetch("GET", router_url + "/v1/health?challenge=" + challenge, {}, {},
+                                    std::chrono::seconds(10)));
   auto j = nlohmann::json::parse(r.body_view(), nullptr, false);
   if (!j.is_object() || !j.contains("public_key") || !j["public_key"].is_string() ||
       !j.contains("proof") || !j["proof"].is_string()) {

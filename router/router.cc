@@ -386,6 +386,10 @@ class RouterImpl : public Router {
           return respond(net::Response::Error(InvalidArgumentError(
               "challenge must be " + std::to_string(kChallengeHexChars) + " hex characters")));
         }
+        if (!proof_limiter_.Allow(RealClock::Instance().NowUnixMs())) {
+          return respond(net::Response::Error(
+              ResourceExhaustedError("too many challenges this second; retry later")));
+        }
         body["proof"] = SignProof(*identity_, challenge);
       }
       respond(net::Response::Json(200, body.dump()));
@@ -424,6 +428,7 @@ class RouterImpl : public Router {
   RouterOptions options_;
   std::optional<Identity> identity_;
   std::unique_ptr<RequestVerifier> verifier_;
+  ProofRateLimiter proof_limiter_;
   std::unique_ptr<storage::ModelStore> models_;
   std::unique_ptr<dht::Dht> dht_;
   std::unique_ptr<SwarmView> swarm_;

@@ -110,6 +110,15 @@ TEST_F(RequestAuthTest, VersionOneIsRefusedNamingVersionTwo) {
   EXPECT_EQ(verifier_.CheckHead(bad_nonce).code(), Code::kUnauthenticated);
 }
 
+TEST(EndpointProofTest, ProofsAreCappedPerSecond) {
+  ProofRateLimiter limiter(3);
+  int allowed = 0;
+  for (int i = 0; i < 10; ++i) allowed += limiter.Allow(5'000);
+  EXPECT_EQ(allowed, 3);
+  EXPECT_FALSE(limiter.Allow(5'999));
+  EXPECT_TRUE(limiter.Allow(6'000));
+}
+
 TEST(EndpointProofTest, AProofVerifiesOnlyForItsKeyAndChallenge) {
   Identity server = Identity::Generate();
   Identity stranger = Identity::Generate();
