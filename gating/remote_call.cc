@@ -416,24 +416,7 @@ void Swarm::StartProof(const Replica& replica, Deadline deadline, bool probe) {
 }
 
 void Swarm::OnProof(const Replica& replica, ProofResult result, bool probe) {
-  const auto now = SteadyClock::now();
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    Proof& p = proofs_[{replica.endpoint, replica.peer_id}];
-    switch (result) {
-      case ProofResult::kProven:
-        p = Proof{Proof::kProven, now + options_.proof_ttl};
-        break;
-      case ProofResult::kRefused:
-        proofs_.erase({replica.endpoint, replica.peer_id});
-        liars_[replica.peer_id] = now + options_.liar_ttl;
-        break;
-      case ProofResult::kUnreachable:
-        p = Proof{Proof::kUnreachable, now + options_.directory.negative_cache_age};
-        break;
-    }
-    proof_cv_.notify_all();
-  }
+  // Health first: a search woken by the decision below must find the peer's health up to date.
   if (result == ProofResult::kProven) health_.Bind(replica.endpoint, replica.peer_id);
   if (result == ProofResult::kRefused) {
     spdlog::warn("gating: {} does not prove the key {} that announced it; ignoring that publisher",
@@ -444,6 +427,22 @@ void Swarm::OnProof(const Replica& replica, ProofResult result, bool probe) {
   } else if (result == ProofResult::kUnreachable) {
     health_.RecordFailure(replica.peer_id, PeerFailure::kUnreachable);
   }
+  const auto now = SteadyClock::now();
+  std::lock_guard<std::mutex> lock(mu_);
+  Proof& p = proofs_[{replica.endpoint, replica.peer_id}];
+  switch (result) {
+    case ProofResult::kProven:
+      p = Proof{Proof::kProven, now + options_.proof_ttl};
+      break;
+    case ProofResult::kRefused:
+      proofs_.erase({replica.endpoint, replica.peer_id});
+      liars_[replica.peer_id] = now + options_.liar_ttl;
+      break;
+    case ProofResult::kUnreachable:
+      p = Proof{Proof::kUnreachable, now + options_.directory.negative_cache_age};
+      break;
+  }
+  proof_cv_.notify_all();
 }
 
 void Swarm::Resolve(const std::vector<Replica>& replicas, Deadline deadline) {
