@@ -8,6 +8,7 @@
 #include <chrono>
 #include <limits>
 #include <nlohmann/json.hpp>
+#include <optional>
 
 #include "core/clock.h"
 #include "core/hex.h"
@@ -39,7 +40,21 @@ Status CheckContentType(const net::RequestHead& head) {
 RequestSignature SignatureOf(const net::RequestHead& head) {
   return {std::string(head.headers.Get(kKeyHeader).value_or("")),
           std::string(head.headers.Get(kTimestampHeader).value_or("")),
+          std::string(head.headers.Get(kNonceHeader).value_or("")),
           std::string(head.headers.Get(kSignatureHeader).value_or(""))};
+}
+
+// The value of `name` in a query string ("a=1&challenge=..."), or nullopt.
+std::optional<std::string_view> QueryValue(std::string_view query, std::string_view name) {
+  while (!query.empty()) {
+    std::string_view part = query.substr(0, query.find('&'));
+    query.remove_prefix(std::min(query.size(), part.size() + 1));
+    if (part.size() > name.size() && part.substr(0, name.size()) == name &&
+        part[name.size()] == '=') {
+      return part.substr(name.size() + 1);
+    }
+  }
+  return std::nullopt;
 }
 
 const char* OpName(TaskKind kind) { return kind == TaskKind::kForward ? "forward" : "backward"; }
@@ -183,12 +198,25 @@ std::string ServerImpl::ExpertInfoJson(const std::string& uid) const {
 }
 
 void ServerImpl::RegisterRoutes() {
-  http_->Handle("GET", "/v1/health", [this](net::Request, net::Responder respond) {
+  http_->Handle("GET", "/v1/health", [this](net::Request req, net::Responder respond) {
     nlohmann::json body = {
         {"status", "ok"},
         {"peer_id", identity_->peer_id()},
         {"experts", runtime_->uids().size()},
         {"uptime_s", (RealClock::Instance().NowUnixMs() - started_ms_) / 1000.0}};
+    // A client's challenge: prove that this endpoint holds the key that announced it.
+    if (std::optional<std::string_view> challenge = QueryValue(req.query, "challenge")) {
+      if (!IsChallengeHex(*challenge)) {
+        return respond(net::Response::Error(InvalidArgumentError(
+            "challenge must be " + std::to_string(kChallengeHexChars) + " hex characters")));
+      }
+      if (!proof_limiter_.Allow(RealClock::Instance().NowUnixMs())) {
+        return respond(net::Response::Error(
+            ResourceExhaustedError("too many challenges this second; retry later")));
+      }
+      body["public_key"] = identity_->public_key_hex();
+      body["proof"] = SignProof(*identity_, *challenge);
+    }
     respond(net::Response::Json(200, body.dump()));
   });
   http_->Handle("GET", "/v1/experts", [this](net::Request, net::Responder respond) {
@@ -278,7 +306,8 @@ void ServerImpl::HandleWsMessage(const std::shared_ptr<net::WsConnection>& conn,
     return send(WsErrorBlob(
         id, uid,
         UnauthenticatedError("backward on this server needs a WebSocket opened with a "
-                             "signed upgrade (X-DMoE-Key, X-DMoE-Timestamp, X-DMoE-Signature)")));
+                             "signed upgrade (X-DMoE-Key, X-DMoE-Timestamp, X-DMoE-Nonce, "
+                             "X-DMoE-Signature: dmoe-req-v2)")));
   }
   if (!conn->TryBeginRequest(options_.ws_max_in_flight)) {
     CountRequest(op, Code::kResourceExhausted, 0);

@@ -70,7 +70,8 @@ Status ServerImpl::Init() {
   if (!options_.trainer_keys_path.empty()) {
     DMOE_ASSIGN_OR_RETURN(std::set<PublicKey> keys,
                           RequestVerifier::LoadKeyFile(options_.trainer_keys_path));
-    verifier_ = std::make_unique<RequestVerifier>(std::move(keys), RealClock::Instance());
+    verifier_ = std::make_unique<RequestVerifier>(std::move(keys), identity_->peer_id(),
+                                                  RealClock::Instance());
   } else if (!options_.open_training &&
              (!net::IsLoopbackHost(options_.listen_host) || !net::IsLoopbackHost(announced_host))) {
     const std::string& open_host =

@@ -69,6 +69,7 @@ class ServerImpl : public ExpertServer {
   std::optional<HostPort> public_endpoint_;  // options_.public_endpoint, parsed
   std::optional<Identity> identity_;
   std::unique_ptr<RequestVerifier> verifier_;
+  ProofRateLimiter proof_limiter_;  // GET /v1/health?challenge=
   std::shared_ptr<storage::ExpertStore> store_;
   std::unique_ptr<Runtime> runtime_;
   std::unique_ptr<dht::Dht> dht_;

@@ -37,28 +37,50 @@ std::string KeyOf(const std::string& uid_prefix, const std::vector<int64_t>& coo
   return key;
 }
 
-// The publisher of `records` (expert/<uid>) to use: usable, with the latest expiration.
-bool PickEndpoint(const std::vector<dht::Record>& records, const EndpointFilter& usable,
-                  ExpertChoice* choice) {
-  int64_t best_expiry = -1;
+// The replica of `replicas` to use: usable under `policy`, of the lowest cost. Returns kPending
+// (and adds the pending ones to `to_resolve`) when none is usable yet but some are undecided.
+Usability PickReplica(const std::vector<Replica>& replicas, const ReplicaPolicy& policy,
+                      std::map<std::string, Replica>* to_resolve, ExpertChoice* choice) {
+  const Replica* best = nullptr;
+  double best_cost = 0;
+  std::vector<const Replica*> pending;
+  for (const Replica& r : replicas) {
+    const Usability u = policy.check ? policy.check(r) : Usability::kUsable;
+    if (u == Usability::kPending) pending.push_back(&r);
+    if (u != Usability::kUsable) continue;
+    const double cost = policy.cost ? policy.cost(r) : 0.0;
+    if (!best || cost < best_cost || (cost == best_cost && r.peer_id < best->peer_id)) {
+      best = &r;
+      best_cost = cost;
+    }
+  }
+  if (best) {
+    choice->endpoint = best->endpoint;
+    choice->peer_id = best->peer_id;
+    return Usability::kUsable;
+  }
+  if (pending.empty()) return Usability::kUnusable;
+  for (const Replica* r : pending) to_resolve->emplace(r->endpoint + " " + r->peer_id, *r);
+  return Usability::kPending;
+}
+
+}  // namespace
+
+std::vector<Replica> ReplicasOf(const std::vector<dht::Record>& records) {
+  std::vector<Replica> out;
+  std::set<std::string> seen;
   for (const dht::Record& r : records) {
+    const std::string peer_id = PeerIdOf(r.publisher);
+    if (r.subkey != peer_id || !seen.insert(peer_id).second) continue;
     auto j = nlohmann::json::parse(r.value, nullptr, false);
     if (j.is_discarded() || !j.is_object() || !j.contains("endpoint") ||
         !j["endpoint"].is_string()) {
       continue;
     }
-    std::string endpoint = j["endpoint"];
-    if (usable && !usable(endpoint)) continue;
-    if (r.expiration_ms > best_expiry) {
-      best_expiry = r.expiration_ms;
-      choice->endpoint = endpoint;
-      choice->peer_id = r.subkey;
-    }
+    out.push_back({j["endpoint"].get<std::string>(), peer_id, r.publisher});
   }
-  return best_expiry >= 0;
+  return out;
 }
-
-}  // namespace
 
 std::string UidOf(const std::string& uid_prefix, const std::vector<int64_t>& coords) {
   std::string uid = uid_prefix;
@@ -158,6 +180,20 @@ std::vector<std::vector<ExpertChoice>> BeamSearch(ExpertDirectory& directory,
                                                   const std::vector<std::vector<float>>& scores,
                                                   int64_t n, const EndpointFilter& usable,
                                                   Deadline deadline, BeamSearchStats* stats) {
+  ReplicaPolicy policy;
+  if (usable) {
+    policy.check = [&usable](const Replica& r) {
+      return usable(r.endpoint) ? Usability::kUsable : Usability::kUnusable;
+    };
+  }
+  return BeamSearch(directory, options, scores, n, policy, deadline, stats);
+}
+
+std::vector<std::vector<ExpertChoice>> BeamSearch(ExpertDirectory& directory,
+                                                  const BeamSearchOptions& options,
+                                                  const std::vector<std::vector<float>>& scores,
+                                                  int64_t n, const ReplicaPolicy& policy,
+                                                  Deadline deadline, BeamSearchStats* stats) {
   const size_t dims = options.grid_size.size();
   const size_t beam = static_cast<size_t>(std::max(1, options.beam_size));
   const size_t k = static_cast<size_t>(std::max(0, options.k_best));
@@ -187,6 +223,7 @@ std::vector<std::vector<ExpertChoice>> BeamSearch(ExpertDirectory& directory,
   std::vector<dht::Record> records;
   for (;;) {
     std::set<std::string> needed;
+    std::map<std::string, Replica> to_resolve;
     for (int64_t i = 0; i < n; ++i) {
       if (done[i]) continue;
       auto& queue = queues[i];
@@ -203,12 +240,19 @@ std::vector<std::vector<ExpertChoice>> BeamSearch(ExpertDirectory& directory,
         if (node.coords.size() == dims) {
           // A full uid: its score is exact, so it is the next best unless a pending node above it
           // might still hold better ones.
+          // Its replicas are checked even when it waits, so that every proof a round needs is
+          // asked for in one batch.
+          ExpertChoice choice;
+          const Usability u = PickReplica(ReplicasOf(records), policy, &to_resolve, &choice);
           if (!pending.empty()) {
             deferred.push_back(std::move(node));
             continue;
           }
-          ExpertChoice choice;
-          if (!PickEndpoint(records, usable, &choice)) continue;
+          if (u == Usability::kPending) {
+            pending.push_back(std::move(node));
+            continue;
+          }
+          if (u == Usability::kUnusable) continue;
           choice.uid = UidOf(options.uid_prefix, node.coords);
           choice.coords = node.coords;
           choice.score = node.bound;
@@ -219,6 +263,7 @@ std::vector<std::vector<ExpertChoice>> BeamSearch(ExpertDirectory& directory,
         std::set<int64_t> children;
         for (const dht::Record& r : records) {
           int64_t c;
+          if (policy.publisher_allowed && !policy.publisher_allowed(r.publisher)) continue;
           if (ParseIndex(r.subkey, options.grid_size[d], &c)) children.insert(c);
         }
         for (int64_t c : children) {
@@ -232,13 +277,22 @@ std::vector<std::vector<ExpertChoice>> BeamSearch(ExpertDirectory& directory,
       for (Node& node : deferred) queue.push(std::move(node));
       if (chosen[i].size() >= k || queue.empty()) done[i] = true;
     }
-    if (needed.empty()) break;
+    if (needed.empty() && to_resolve.empty()) break;
     if (std::chrono::steady_clock::now() >= deadline) {
       if (stats) stats->deadline_hit = true;
       break;
     }
-    directory.Fetch(std::vector<std::string>(needed.begin(), needed.end()), deadline);
-    if (stats) ++stats->rounds;
+    if (!to_resolve.empty()) {
+      // No resolver means nothing will ever decide them: they stay out.
+      if (!policy.resolve && needed.empty()) break;
+      std::vector<Replica> replicas;
+      for (auto& [key, r] : to_resolve) replicas.push_back(std::move(r));
+      if (policy.resolve) policy.resolve(replicas, deadline);
+    }
+    if (!needed.empty()) {
+      directory.Fetch(std::vector<std::string>(needed.begin(), needed.end()), deadline);
+      if (stats) ++stats->rounds;
+    }
   }
   return chosen;
 }

@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "core/clock.h"
+#include "core/identity.h"
 #include "dht/node.h"
 
 namespace dmoe::dht {
@@ -82,6 +83,41 @@ class ExpertDirectory {
   uint64_t fetches_ = 0;
 };
 
+// One publisher's announcement of an expert: an `expert/<uid>` record whose subkey is its
+// publisher's peer id (records with any other subkey are ignored) and whose value names an
+// endpoint. Replicas of one uid from different publishers are kept side by side.
+struct Replica {
+  std::string endpoint;  // "http://host:port"
+  std::string peer_id;   // PeerIdOf(publisher)
+  PublicKey publisher{};
+};
+
+// The replicas that `records` (of one `expert/<uid>` key) announce, one per publisher; malformed
+// records, and those whose subkey is not their publisher's peer id, are left out.
+std::vector<Replica> ReplicasOf(const std::vector<dht::Record>& records);
+
+// Whether the search may use a replica now.
+enum class Usability {
+  kUsable,
+  kUnusable,  // banned, lying, unlisted, ...
+  kPending,   // not decided yet: ReplicaPolicy::resolve must run first (e.g. the endpoint's proof)
+};
+
+// How the search treats replicas; every function is optional.
+struct ReplicaPolicy {
+  // Absent: every replica is usable.
+  std::function<Usability(const Replica&)> check;
+  // Decides the given pending replicas, blocking until they are decided or `deadline`. The search
+  // calls it once per round with every replica it found pending.
+  std::function<void(const std::vector<Replica>&, Deadline)> resolve;
+  // Lower is better: the usable replica of the lowest cost is chosen (ties by peer id), never the
+  // one whose record expires last. Absent: all cost the same.
+  std::function<double(const Replica&)> cost;
+  // Whether `prefix/` records of this publisher count (--server-keys). Absent: all publishers'
+  // prefix records are merged.
+  std::function<bool(const PublicKey&)> publisher_allowed;
+};
+
 // One expert chosen for one sample.
 struct ExpertChoice {
   std::string uid;
@@ -108,8 +144,17 @@ using EndpointFilter = std::function<bool(const std::string& endpoint)>;
 
 // For each of `n` samples, its top `k_best` live experts by score, best first (fewer when fewer
 // are live or the deadline came first). `scores[d]` holds n x grid_size[d] floats, row-major. An
-// expert is live when an `expert/<uid>` record names an endpoint that `usable` accepts; among
-// several publishers the one whose record expires last is taken. Blocks for DHT lookups.
+// expert is live when one of its replicas (ReplicasOf its `expert/<uid>` records) is usable under
+// `policy`; among several, the one of the lowest cost is taken. Blocks for DHT lookups and for
+// `policy.resolve`.
+std::vector<std::vector<ExpertChoice>> BeamSearch(ExpertDirectory& directory,
+                                                  const BeamSearchOptions& options,
+                                                  const std::vector<std::vector<float>>& scores,
+                                                  int64_t n, const ReplicaPolicy& policy,
+                                                  Deadline deadline,
+                                                  BeamSearchStats* stats = nullptr);
+
+// As above, with every replica whose endpoint `usable` accepts usable (all when `usable` is empty).
 std::vector<std::vector<ExpertChoice>> BeamSearch(ExpertDirectory& directory,
                                                   const BeamSearchOptions& options,
                                                   const std::vector<std::vector<float>>& scores,

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 
+#include <nlohmann/json.hpp>
 #include "core/clock.h"
 #include "core/request_auth.h"
 #include "tensor/safetensors.h"
@@ -26,16 +27,48 @@ std::string WsUrl(const std::string& endpoint) {
 // ---------------------------------------------------------------------------------------------
 // PeerHealth
 
-bool PeerHealth::Usable(const std::string& endpoint) const {
+const std::string& PeerHealth::ResolveLocked(const std::string& peer) const {
+  auto it = bound_.find(peer);
+  return it == bound_.end() ? peer : it->second;
+}
+
+std::string PeerHealth::Resolve(const std::string& peer) const {
   std::lock_guard<std::mutex> lock(mu_);
-  auto it = peers_.find(endpoint);
+  return ResolveLocked(peer);
+}
+
+void PeerHealth::Bind(const std::string& endpoint, const std::string& peer_id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  bound_[endpoint] = peer_id;
+  auto old = peers_.find(endpoint);
+  if (old == peers_.end()) return;
+  // What was learned under the endpoint's name now belongs to the key (the worse ban wins).
+  PeerStats& p = peers_[peer_id];
+  const PeerStats& e = old->second;
+  if (p.successes == 0) p.latency_s = e.latency_s;
+  p.successes += e.successes;
+  p.failures += e.failures;
+  p.consecutive_failures = std::max(p.consecutive_failures, e.consecutive_failures);
+  p.bans += e.bans;
+  p.probes += e.probes;
+  if (e.banned_until > p.banned_until) {
+    p.banned_until = e.banned_until;
+    p.banned_at = e.banned_at;
+  }
+  p.probation = p.probation || e.probation;
+  peers_.erase(old);
+}
+
+bool PeerHealth::Usable(const std::string& name) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = peers_.find(ResolveLocked(name));
   return it == peers_.end() ||
          (!it->second.probation && it->second.banned_until <= SteadyClock::now());
 }
 
-void PeerHealth::RecordSuccess(const std::string& endpoint, double latency_s) {
+void PeerHealth::RecordSuccess(const std::string& name, double latency_s) {
   std::lock_guard<std::mutex> lock(mu_);
-  PeerStats& p = peers_[endpoint];
+  PeerStats& p = peers_[ResolveLocked(name)];
   p.latency_s = p.successes == 0 ? latency_s
                                  : (1 - options_.latency_ewma_alpha) * p.latency_s +
                                        options_.latency_ewma_alpha * latency_s;
@@ -45,10 +78,9 @@ void PeerHealth::RecordSuccess(const std::string& endpoint, double latency_s) {
   p.probation = false;
 }
 
-void PeerHealth::RecordFailure(const std::string& endpoint, PeerFailure kind,
-                               Deadline round_started) {
+void PeerHealth::RecordFailure(const std::string& name, PeerFailure kind, Deadline round_started) {
   std::lock_guard<std::mutex> lock(mu_);
-  PeerStats& p = peers_[endpoint];
+  PeerStats& p = peers_[ResolveLocked(name)];
   const int64_t strikes = std::max(1, options_.strikes_to_ban);
   ++p.failures;
   if (p.probation && round_started < p.banned_at) return;  // the current ban already covers it
@@ -64,9 +96,9 @@ void PeerHealth::RecordFailure(const std::string& endpoint, PeerFailure kind,
   ++p.bans;
 }
 
-bool PeerHealth::StartProbe(const std::string& endpoint) {
+bool PeerHealth::StartProbe(const std::string& name) {
   std::lock_guard<std::mutex> lock(mu_);
-  auto it = peers_.find(endpoint);
+  auto it = peers_.find(ResolveLocked(name));
   if (it == peers_.end()) return false;
   PeerStats& p = it->second;
   if (!p.probation || p.probing || p.banned_until > SteadyClock::now()) return false;
@@ -75,22 +107,22 @@ bool PeerHealth::StartProbe(const std::string& endpoint) {
   return true;
 }
 
-void PeerHealth::RecordProbe(const std::string& endpoint, bool passed) {
+void PeerHealth::RecordProbe(const std::string& name, bool passed) {
   {
     std::lock_guard<std::mutex> lock(mu_);
-    PeerStats& p = peers_[endpoint];
+    PeerStats& p = peers_[ResolveLocked(name)];
     p.probing = false;
     if (passed) {
       p.probation = false;
       return;
     }
   }
-  RecordFailure(endpoint, PeerFailure::kUnreachable);
+  RecordFailure(name, PeerFailure::kUnreachable);
 }
 
-PeerStats PeerHealth::Get(const std::string& endpoint) const {
+PeerStats PeerHealth::Get(const std::string& name) const {
   std::lock_guard<std::mutex> lock(mu_);
-  auto it = peers_.find(endpoint);
+  auto it = peers_.find(ResolveLocked(name));
   return it == peers_.end() ? PeerStats{} : it->second;
 }
 
@@ -146,7 +178,8 @@ ExpertCaller::ExpertCaller(CallerOptions options)
                                .max_queued_messages = 1024,
                                .idle_timeout = std::chrono::milliseconds(300'000)},
           &io_),
-      http_(net::HttpClientOptions{.max_response_body_bytes = 1 << 20}, &io_) {}
+      // Probes and proofs read small JSON answers only: a peer cannot make us buffer more.
+      http_(net::HttpClientOptions{.max_response_body_bytes = 16 << 10}, &io_) {}
 
 ExpertCaller::~ExpertCaller() {
   std::map<std::string, std::shared_ptr<Peer>> peers;
@@ -174,13 +207,26 @@ std::shared_ptr<ExpertCaller::Peer> ExpertCaller::PeerFor(const std::string& end
   return peer;
 }
 
-net::Headers ExpertCaller::UpgradeHeaders() const {
+void ExpertCaller::SetPeerId(const std::string& endpoint, const std::string& peer_id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  peer_ids_[endpoint] = peer_id;
+}
+
+net::Headers ExpertCaller::UpgradeHeaders(const std::string& endpoint) {
   net::Headers headers;
   if (!options_.identity) return headers;
-  RequestSignature sig =
-      SignRequest(*options_.identity, "GET", "/v1/ws", {}, RealClock::Instance().NowUnixMs());
+  std::string peer_id;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = peer_ids_.find(endpoint);
+    if (it == peer_ids_.end()) return headers;  // signed only for a server that proved its key
+    peer_id = it->second;
+  }
+  RequestSignature sig = SignRequest(*options_.identity, peer_id, "GET", "/v1/ws", {},
+                                     RealClock::Instance().NowUnixMs());
   headers.Set(kKeyHeader, sig.key_hex);
   headers.Set(kTimestampHeader, sig.timestamp_ms);
+  headers.Set(kNonceHeader, sig.nonce_hex);
   headers.Set(kSignatureHeader, sig.signature_hex);
   return headers;
 }
@@ -238,7 +284,7 @@ void ExpertCaller::Send(const std::string& endpoint, const std::string& id, net:
                              : UnavailableError("connection lost: " + why.message());
     for (auto& c : failed) c.done({status, {}, 0});
   };
-  ws_.GetShared(WsUrl(endpoint), UpgradeHeaders(), std::move(handlers), deadline,
+  ws_.GetShared(WsUrl(endpoint), UpgradeHeaders(endpoint), std::move(handlers), deadline,
                 [weak](Result<std::shared_ptr<net::WsConnection>> conn) {
                   auto peer = weak.lock();
                   if (!peer) return;
@@ -284,14 +330,160 @@ void ExpertCaller::Probe(const std::string& endpoint, Deadline deadline,
       [done = std::move(done)](Result<net::Response> r) { done(r.ok() && r->status == 200); });
 }
 
+void ExpertCaller::Prove(const std::string& endpoint, const PublicKey& key, Deadline deadline,
+                         std::function<void(ProofResult)> done) {
+  std::string url = endpoint;
+  while (!url.empty() && url.back() == '/') url.pop_back();
+  const std::string challenge = NewChallengeHex();
+  http_.Request("GET", url + "/v1/health?challenge=" + challenge, {}, {}, deadline,
+                [this, endpoint, key, challenge, done = std::move(done)](Result<net::Response> r) {
+                  if (!r.ok()) {
+                    // An error answer is an answer: only a transport failure leaves the question
+                    // open.
+                    const Code code = r.status().code();
+                    const bool answered =
+                        code != Code::kUnavailable && code != Code::kDeadlineExceeded;
+                    return done(answered ? ProofResult::kRefused : ProofResult::kUnreachable);
+                  }
+                  auto j = nlohmann::json::parse(r->body_view(), nullptr, false);
+                  const bool proven = r->status == 200 && j.is_object() && j.contains("proof") &&
+                                      j["proof"].is_string() &&
+                                      VerifyProof(key, challenge, j["proof"].get<std::string>());
+                  if (proven) SetPeerId(endpoint, PeerIdOf(key));
+                  done(proven ? ProofResult::kProven : ProofResult::kRefused);
+                });
+}
+
 // ---------------------------------------------------------------------------------------------
 // Swarm
+
+Swarm::~Swarm() = default;
+
+ReplicaPolicy Swarm::Policy() {
+  ReplicaPolicy policy;
+  policy.check = [this](const Replica& r) { return Check(r); };
+  policy.resolve = [this](const std::vector<Replica>& r, Deadline d) { Resolve(r, d); };
+  policy.cost = [this](const Replica& r) { return Cost(r); };
+  if (options_.server_keys) {
+    policy.publisher_allowed = [this](const PublicKey& key) {
+      return options_.server_keys->count(key) > 0;
+    };
+  }
+  return policy;
+}
+
+bool Swarm::Liar(const std::string& peer_id) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = liars_.find(peer_id);
+  return it != liars_.end() && it->second > SteadyClock::now();
+}
+
+Usability Swarm::Check(const Replica& replica) {
+  if (options_.server_keys && options_.server_keys->count(replica.publisher) == 0) {
+    return Usability::kUnusable;
+  }
+  const auto now = SteadyClock::now();
+  std::unique_lock<std::mutex> lock(mu_);
+  auto liar = liars_.find(replica.peer_id);
+  if (liar != liars_.end()) {
+    if (liar->second > now) return Usability::kUnusable;
+    liars_.erase(liar);
+  }
+  auto it = proofs_.find({replica.endpoint, replica.peer_id});
+  const bool proven =
+      it != proofs_.end() && it->second.state == Proof::kProven && it->second.until > now;
+  if (!health_.Usable(replica.peer_id)) {
+    // Banned, or on probation: when the ban ran out, a new challenge is the probe.
+    if (health_.StartProbe(replica.peer_id)) {
+      spdlog::debug("gating: probing {} at {} after its ban", replica.peer_id, replica.endpoint);
+      proofs_.erase({replica.endpoint, replica.peer_id});
+      StartProof(replica, now + options_.health.probe_timeout, /*probe=*/true);
+    }
+    return Usability::kUnusable;
+  }
+  if (proven) return Usability::kUsable;
+  if (it != proofs_.end() && it->second.state == Proof::kPending) return Usability::kPending;
+  if (it != proofs_.end() && it->second.state == Proof::kUnreachable && it->second.until > now) {
+    return Usability::kUnusable;
+  }
+  return Usability::kPending;  // never asked, or the proof ran out: Resolve asks
+}
+
+void Swarm::StartProof(const Replica& replica, Deadline deadline, bool probe) {
+  proofs_[{replica.endpoint, replica.peer_id}] = Proof{Proof::kPending, {}};
+  caller_.Prove(replica.endpoint, replica.publisher, deadline,
+                [this, replica, probe](ProofResult result) { OnProof(replica, result, probe); });
+}
+
+void Swarm::OnProof(const Replica& replica, ProofResult result, bool probe) {
+  // Health first: a search woken by the decision below must find the peer's health up to date.
+  if (result == ProofResult::kProven) health_.Bind(replica.endpoint, replica.peer_id);
+  if (result == ProofResult::kRefused) {
+    spdlog::warn("gating: {} does not prove the key {} that announced it; ignoring that publisher",
+                 replica.endpoint, replica.peer_id);
+  }
+  if (probe) {
+    health_.RecordProbe(replica.peer_id, result == ProofResult::kProven);
+  } else if (result == ProofResult::kUnreachable) {
+    health_.RecordFailure(replica.peer_id, PeerFailure::kUnreachable);
+  }
+  const auto now = SteadyClock::now();
+  std::lock_guard<std::mutex> lock(mu_);
+  Proof& p = proofs_[{replica.endpoint, replica.peer_id}];
+  switch (result) {
+    case ProofResult::kProven:
+      p = Proof{Proof::kProven, now + options_.proof_ttl};
+      break;
+    case ProofResult::kRefused:
+      proofs_.erase({replica.endpoint, replica.peer_id});
+      liars_[replica.peer_id] = now + options_.liar_ttl;
+      break;
+    case ProofResult::kUnreachable:
+      p = Proof{Proof::kUnreachable, now + options_.directory.negative_cache_age};
+      break;
+  }
+  proof_cv_.notify_all();
+}
+
+void Swarm::Resolve(const std::vector<Replica>& replicas, Deadline deadline) {
+  const auto now = SteadyClock::now();
+  const auto until = std::min(deadline, now + options_.proof_timeout);
+  std::unique_lock<std::mutex> lock(mu_);
+  // Records name endpoints and keys at the publishers' will: forget what ran out, now and then.
+  if (proofs_.size() > 4096) {
+    std::erase_if(proofs_, [&](const auto& p) {
+      return p.second.state != Proof::kPending && p.second.until <= now;
+    });
+  }
+  if (liars_.size() > 4096) {
+    std::erase_if(liars_, [&](const auto& l) { return l.second <= now; });
+  }
+  for (const Replica& r : replicas) {
+    auto it = proofs_.find({r.endpoint, r.peer_id});
+    if (it != proofs_.end() && it->second.state == Proof::kPending) continue;    // already asked
+    if (it != proofs_.end() && it->second.until > SteadyClock::now()) continue;  // decided
+    if (liars_.count(r.peer_id)) continue;
+    StartProof(r, until, /*probe=*/false);
+  }
+  proof_cv_.wait_until(lock, until, [&] {
+    for (const Replica& r : replicas) {
+      auto it = proofs_.find({r.endpoint, r.peer_id});
+      if (it != proofs_.end() && it->second.state == Proof::kPending) return false;
+    }
+    return true;
+  });
+}
+
+double Swarm::Cost(const Replica& replica) const {
+  PeerStats p = health_.Get(replica.peer_id);
+  return (p.successes > 0 ? p.latency_s : 0.0) + static_cast<double>(p.consecutive_failures);
+}
 
 bool Swarm::Usable(const std::string& endpoint) {
   if (health_.Usable(endpoint)) return true;
   if (health_.StartProbe(endpoint)) {
     spdlog::debug("gating: probing {} after its ban", endpoint);
-    caller_.Probe(endpoint, SteadyClock::now() + probe_timeout_,
+    caller_.Probe(endpoint, SteadyClock::now() + options_.health.probe_timeout,
                   [this, endpoint](bool passed) { health_.RecordProbe(endpoint, passed); });
   }
   return false;

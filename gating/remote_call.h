@@ -16,6 +16,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -64,10 +65,19 @@ struct PeerStats {
   bool probing = false;    // a probe is out
 };
 
-// Per-endpoint health. Thread-safe.
+// Per-peer health. A peer is named by its peer id once an endpoint has been bound to it (Bind:
+// the endpoint proved that it holds the peer's key), else by its endpoint; every method takes
+// either name and resolves a bound endpoint to its peer id. So bans follow the key: a server
+// banned at one endpoint is still banned when it comes back at another. Thread-safe.
 class PeerHealth {
  public:
   explicit PeerHealth(HealthOptions options = {}) : options_(options) {}
+
+  // From now on `endpoint` names the peer `peer_id` (replacing an earlier binding of it). What
+  // the endpoint's name had learned before is merged into the peer's (the worse of the two bans).
+  void Bind(const std::string& endpoint, const std::string& peer_id);
+  // The name `peer` resolves to: its peer id when it is a bound endpoint, else itself.
+  std::string Resolve(const std::string& peer) const;
 
   // False while the endpoint is banned or on probation.
   bool Usable(const std::string& endpoint) const;
@@ -92,9 +102,12 @@ class PeerHealth {
   int BannedNow() const;
 
  private:
+  const std::string& ResolveLocked(const std::string& peer) const;
+
   HealthOptions options_;
   mutable std::mutex mu_;
   std::map<std::string, PeerStats> peers_;
+  std::map<std::string, std::string> bound_;  // endpoint -> peer id
 };
 
 // The outcome of one call: the answer blob (OK, possibly a server-side error decoded later), or
@@ -103,6 +116,13 @@ struct CallOutcome {
   Status status;
   net::Bytes blob;
   double latency_s = 0;
+};
+
+// What an endpoint's answer to a challenge showed.
+enum class ProofResult {
+  kProven,       // it signed the challenge with the expected key
+  kRefused,      // it answered, but without a valid proof for that key: the record lies
+  kUnreachable,  // no answer (connection refused, timeout, ...): nothing is known
 };
 
 struct CallerOptions {
@@ -138,11 +158,19 @@ class ExpertCaller {
   // GET endpoint/v1/health; `done(true)` when it answers 200 by `deadline`. Not on the WebSocket,
   // whose queue may still hold calls the peer never answered.
   void Probe(const std::string& endpoint, Deadline deadline, std::function<void(bool)> done);
+  // GET endpoint/v1/health?challenge=<fresh 32 random bytes>: whether the server there proves
+  // that it holds `key` (PROTOCOL section 4, "Endpoints prove their key"). The answer is read
+  // with a 16 KiB body limit. A proven endpoint is remembered as `key`'s (SetPeerId).
+  void Prove(const std::string& endpoint, const PublicKey& key, Deadline deadline,
+             std::function<void(ProofResult)> done);
+  // The peer id whose server listens at `endpoint`, proven: WebSocket upgrades to it are signed
+  // for that peer id (dmoe-req-v2). Upgrades to an endpoint of no known peer id are not signed.
+  void SetPeerId(const std::string& endpoint, const std::string& peer_id);
 
  private:
   struct Peer;
   std::shared_ptr<Peer> PeerFor(const std::string& endpoint);
-  net::Headers UpgradeHeaders() const;
+  net::Headers UpgradeHeaders(const std::string& endpoint);
 
   CallerOptions options_;
   net::IoContext io_;
@@ -151,6 +179,7 @@ class ExpertCaller {
   std::atomic<uint64_t> next_id_{1};
   std::mutex mu_;
   std::map<std::string, std::shared_ptr<Peer>> peers_;
+  std::map<std::string, std::string> peer_ids_;  // endpoint -> proven peer id
 };
 
 // Collects the outcomes of a set of calls for one waiting thread. Thread-safe.
@@ -175,36 +204,75 @@ struct SwarmOptions {
   DirectoryOptions directory;
   HealthOptions health;
   CallerOptions caller;  // set caller.identity to sign requests
+  // --server-keys: when set, only experts (and grid prefixes) announced by these keys are used.
+  std::optional<std::set<PublicKey>> server_keys;
+  // How long an endpoint's proof of a key is trusted before it must prove it again.
+  std::chrono::milliseconds proof_ttl{600'000};
+  // How long a publisher whose endpoint answered a challenge without a valid proof stays unused.
+  std::chrono::milliseconds liar_ttl{600'000};
+  // The longest a challenge may take (the search's deadline caps it too).
+  std::chrono::milliseconds proof_timeout{2'000};
 };
 
-// What the layers of one trainer share: the DHT cache, the connections and the peers' health.
-// Thread-safe.
+// What the layers of one trainer share: the DHT cache, the connections, the peers' health and
+// which endpoints proved which keys. Thread-safe.
+//
+// Trust: a replica (an `expert/<uid>` record) is used only after its endpoint answered a fresh
+// challenge with a proof by the record's publisher key (cached for proof_ttl); an endpoint that
+// answers without one makes its publisher a liar for liar_ttl; one that does not answer counts
+// as an unreachable peer (banned at once, probed by a new challenge when the ban runs out).
+// Health, bans and the choice among replicas go by publisher key, never by the record's expiry.
 class Swarm {
  public:
   // `dht` (a client node) must outlive the swarm.
   Swarm(dht::Dht* dht, SwarmOptions options = {})
       : directory_(dht, options.directory),
-        probe_timeout_(options.health.probe_timeout),
-        health_(options.health),
-        caller_(options.caller) {}
+        options_(std::move(options)),
+        health_(options_.health),
+        caller_(options_.caller) {}
   // With a stand-in for the DHT (tests).
   Swarm(ExpertDirectory::FetchFn fetch, SwarmOptions options = {})
       : directory_(std::move(fetch), options.directory),
-        probe_timeout_(options.health.probe_timeout),
-        health_(options.health),
-        caller_(options.caller) {}
+        options_(std::move(options)),
+        health_(options_.health),
+        caller_(options_.caller) {}
+  ~Swarm();
 
   // Whether calls may go to `endpoint` now; starts the probe of a peer whose ban ran out.
   bool Usable(const std::string& endpoint);
+
+  // The policy BeamSearch uses: replicas by proof, liars, --server-keys, health and latency.
+  ReplicaPolicy Policy();
+  Usability Check(const Replica& replica);
+  // Challenges every pending replica's endpoint at once and waits until all answered or
+  // `deadline` (capped by proof_timeout).
+  void Resolve(const std::vector<Replica>& replicas, Deadline deadline);
+  // Lower is better: the peer's latency average, plus a second per failed round in a row.
+  double Cost(const Replica& replica) const;
+  bool Liar(const std::string& peer_id) const;
 
   ExpertDirectory& directory() { return directory_; }
   PeerHealth& health() { return health_; }
   ExpertCaller& caller() { return caller_; }
 
  private:
+  struct Proof {
+    enum State { kPending, kProven, kUnreachable } state = kPending;
+    Deadline until{};
+  };
+  // mu_ held. A probe is the challenge sent when a ban ran out: its result ends or renews it.
+  void StartProof(const Replica& replica, Deadline deadline, bool probe);
+  void OnProof(const Replica& replica, ProofResult result, bool probe);
+
   ExpertDirectory directory_;
-  std::chrono::milliseconds probe_timeout_;
+  const SwarmOptions options_;
   PeerHealth health_;
+
+  mutable std::mutex mu_;
+  std::condition_variable proof_cv_;
+  std::map<std::pair<std::string, std::string>, Proof> proofs_;  // (endpoint, peer id)
+  std::map<std::string, Deadline> liars_;                        // peer id -> until
+
   ExpertCaller caller_;  // last: its destructor fails probes in flight, which report to health_
 };
 

@@ -87,9 +87,8 @@ at::Tensor RemoteMixtureOfExpertsImpl::forward(const at::Tensor& x) {
                            options_.beam_size() > 0 ? options_.beam_size() : options_.k_best()};
   PeerHealth& health = swarm_->health();
   Swarm& swarm = *swarm_;
-  routing_.chosen = BeamSearch(
-      swarm.directory(), search, host, n,
-      [&swarm](const std::string& endpoint) { return swarm.Usable(endpoint); }, deadline);
+  // Replicas are chosen by proof of key, bans (by publisher key) and latency (Swarm::Policy).
+  routing_.chosen = BeamSearch(swarm.directory(), search, host, n, swarm.Policy(), deadline);
 
   // 2. Group tokens per expert: one call per chosen expert.
   auto state = c10::make_intrusive<internal::DispatchState>();

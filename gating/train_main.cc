@@ -31,6 +31,8 @@ int main(int argc, char** argv) {
   app.add_option("--router", o.router_url,
                  "router URL to publish the model to, e.g. http://127.0.0.1:8000");
   app.add_option("--identity", o.identity_path, "identity file: signs backward and publication");
+  app.add_option("--server-keys", o.server_keys_path,
+                 "file of hex public keys, one a line: use only experts these keys announce");
   app.add_option("--db", o.db_dir, "RocksDB directory for the trainer's own checkpoint (resume)");
   app.add_option("--data", o.data, "training data")->capture_default_str();
   app.add_option("--data-dir", o.data_dir,

@@ -75,6 +75,29 @@ std::vector<tensor::NamedTensor> Named(const std::map<std::string, at::Tensor>& 
   return out;
 }
 
+// The peer id of the router at `router_url`, which publications are signed for (dmoe-req-v2):
+// the router must prove it by signing a fresh challenge with the key of that peer id.
+Result<std::string> RouterPeerId(const std::string& router_url) {
+  const std::string challenge = NewChallengeHex();
+  // A small answer limit: the health JSON is a few hundred bytes.
+  net::HttpClient client(net::HttpClientOptions{.max_response_body_bytes = 16 << 10});
+  DMOE_ASSIGN_OR_RETURN(
+      net::Response r, client.Fetch("GET", router_url + "/v1/health?challenge=" + challenge, {}, {},
+                                    std::chrono::seconds(10)));
+  auto j = nlohmann::json::parse(r.body_view(), nullptr, false);
+  if (!j.is_object() || !j.contains("public_key") || !j["public_key"].is_string() ||
+      !j.contains("proof") || !j["proof"].is_string()) {
+    return UnavailableError("the router at " + router_url +
+                            " does not prove its identity (GET /v1/health?challenge=)");
+  }
+  Result<PublicKey> key = PublicKeyFromHex(j["public_key"].get<std::string>());
+  if (!key.ok() || !VerifyProof(*key, challenge, j["proof"].get<std::string>())) {
+    return UnavailableError("the router at " + router_url +
+                            " answered the challenge without a valid proof of its key");
+  }
+  return PeerIdOf(*key);
+}
+
 Status Publish(const TrainerOptions& o, DmoeModel& model, const std::string& spec_json,
                const std::optional<Identity>& identity, int64_t version, int64_t step) {
   DMOE_ASSIGN_OR_RETURN(
@@ -85,10 +108,12 @@ Status Publish(const TrainerOptions& o, DmoeModel& model, const std::string& spe
   const std::string path = "/v1/models/" + model->spec().name;
   net::Headers headers{{"Content-Type", "application/x-safetensors"}};
   if (identity) {
-    RequestSignature sig =
-        SignRequest(*identity, "PUT", path, blob, RealClock::Instance().NowUnixMs());
+    DMOE_ASSIGN_OR_RETURN(std::string router_peer_id, RouterPeerId(o.router_url));
+    RequestSignature sig = SignRequest(*identity, router_peer_id, "PUT", path, blob,
+                                       RealClock::Instance().NowUnixMs());
     headers.Set(kKeyHeader, sig.key_hex);
     headers.Set(kTimestampHeader, sig.timestamp_ms);
+    headers.Set(kNonceHeader, sig.nonce_hex);
     headers.Set(kSignatureHeader, sig.signature_hex);
   }
   DMOE_ASSIGN_OR_RETURN(net::Response r, net::Fetch("PUT", o.router_url + path, headers,
@@ -581,13 +606,17 @@ Result<TrainerResult> RunTrainer(const TrainerOptions& o, std::ostream& out,
   if (!o.identity_path.empty()) {
     DMOE_ASSIGN_OR_RETURN(identity, LoadOrCreateIdentity(o.identity_path));
   }
+  SwarmOptions swarm_options;
+  if (!o.server_keys_path.empty()) {
+    DMOE_ASSIGN_OR_RETURN(swarm_options.server_keys,
+                          RequestVerifier::LoadKeyFile(o.server_keys_path));
+  }
   dht::DhtOptions dht_options;
   dht_options.bootstrap = o.dht_bootstrap;
   dht_options.node.client = true;
   dht_options.node.network = o.dht_network;
   DMOE_ASSIGN_OR_RETURN(std::unique_ptr<dht::Dht> dht, dht::Dht::Start(std::move(dht_options)));
   DMOE_RETURN_IF_ERROR(dht->WaitBootstrapped(std::chrono::seconds(10)));
-  SwarmOptions swarm_options;
   swarm_options.caller.identity = identity;
   auto swarm = std::make_shared<Swarm>(dht.get(), swarm_options);
 

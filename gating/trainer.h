@@ -39,7 +39,9 @@ struct TrainerOptions {
   std::string dht_network = "dmoe";
   std::string router_url;     // empty = do not publish
   std::string identity_path;  // signs expert backward and model publication; empty = unsigned
-  std::string db_dir;         // trainer checkpoint; empty = none
+  // --server-keys: when set, only experts announced by the keys in this file are used.
+  std::string server_keys_path;
+  std::string db_dir;  // trainer checkpoint; empty = none
   std::string data = "fashion-mnist";
   std::string data_dir;  // default: Debian's package directory
   int64_t steps = 300;

@@ -16,7 +16,11 @@ struct Inference::Loaded {
   gating::DmoeModel model{nullptr};
 };
 
-Inference::Inference(dht::Dht& dht) : swarm_(std::make_shared<gating::Swarm>(&dht)) {}
+Inference::Inference(dht::Dht& dht, std::optional<std::set<PublicKey>> server_keys) {
+  gating::SwarmOptions options;
+  options.server_keys = std::move(server_keys);
+  swarm_ = std::make_shared<gating::Swarm>(&dht, std::move(options));
+}
 
 Inference::~Inference() = default;
 

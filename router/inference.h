@@ -10,10 +10,13 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
+#include <set>
 #include <span>
 #include <string>
 #include <vector>
 
+#include "core/identity.h"
 #include "core/status.h"
 #include "dht/dht.h"
 #include "storage/model_store.h"
@@ -32,7 +35,8 @@ struct InferResult {
 
 class Inference {
  public:
-  explicit Inference(dht::Dht& dht);
+  // `server_keys`, when set, are the only publishers whose experts are used (--server-keys).
+  explicit Inference(dht::Dht& dht, std::optional<std::set<PublicKey>> server_keys = std::nullopt);
   ~Inference();
 
   // x: F32 [B, input_dim]. kUnavailable when the swarm cannot answer (no live experts).

@@ -30,7 +30,11 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--network", o.dht_network, "DHT network name")->capture_default_str();
   app.add_option("--db", o.db_dir, "RocksDB directory where published models are kept")->required();
-  app.add_option("--identity", o.identity_path, "identity file of the router's DHT node");
+  app.add_option("--identity", o.identity_path,
+                 "identity file of the router (its DHT node, and the peer id trainers sign "
+                 "publications for); created when missing; default: a fresh key");
+  app.add_option("--server-keys", o.server_keys_path,
+                 "file of hex public keys: inference uses only experts these keys announce");
   app.add_option("--trainer-keys", o.trainer_keys_path,
                  "file of hex public keys allowed to publish models");
   app.add_flag("--open-publishing", o.open_publishing,
@@ -71,6 +75,7 @@ int main(int argc, char** argv) {
 
   auto router = dmoe::router::Router::Start(std::move(o));
   if (!router.ok()) return fail(router.status());
+  std::printf("peer_id %s\n", (*router)->peer_id().c_str());
   std::printf("listening on %s\n", (*router)->endpoint().c_str());
   std::fflush(stdout);
   spdlog::info("dashboard at {}/", (*router)->endpoint());

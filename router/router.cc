@@ -86,10 +86,21 @@ class RouterImpl : public Router {
   Status Init() {
     if (options_.db_dir.empty())
       return InvalidArgumentError("--db is required: models are kept there");
+    std::optional<std::set<PublicKey>> server_keys;
+    if (!options_.server_keys_path.empty()) {
+      DMOE_ASSIGN_OR_RETURN(server_keys, RequestVerifier::LoadKeyFile(options_.server_keys_path));
+    }
+    // One identity: the router's DHT node, and the peer id publications are signed for.
+    if (options_.identity_path.empty()) {
+      identity_ = Identity::Generate();
+    } else {
+      DMOE_ASSIGN_OR_RETURN(identity_, LoadOrCreateIdentity(options_.identity_path));
+    }
     if (!options_.trainer_keys_path.empty()) {
       DMOE_ASSIGN_OR_RETURN(std::set<PublicKey> keys,
                             RequestVerifier::LoadKeyFile(options_.trainer_keys_path));
-      verifier_ = std::make_unique<RequestVerifier>(std::move(keys), RealClock::Instance());
+      verifier_ = std::make_unique<RequestVerifier>(std::move(keys), identity_->peer_id(),
+                                                    RealClock::Instance());
     } else if (!net::IsLoopbackHost(options_.listen_host) && !options_.open_publishing) {
       return InvalidArgumentError(
           "refusing to accept model publication on " + options_.listen_host +
@@ -105,9 +116,7 @@ class RouterImpl : public Router {
     dht_options.bootstrap = options_.dht_bootstrap;
     dht_options.node.network = options_.dht_network;
     dht_options.node.client = true;
-    if (!options_.identity_path.empty()) {
-      DMOE_ASSIGN_OR_RETURN(dht_options.identity, LoadOrCreateIdentity(options_.identity_path));
-    }
+    dht_options.identity = identity_;
     DMOE_ASSIGN_OR_RETURN(dht_, dht::Dht::Start(std::move(dht_options)));
     if (!options_.dht_bootstrap.empty()) {
       Status joined = dht_->WaitBootstrapped(std::chrono::seconds(5));
@@ -122,7 +131,7 @@ class RouterImpl : public Router {
     for (const storage::ModelInfo& m : models) WatchSpec(m.spec_json);
     swarm_->Start();
 
-    inference_ = std::make_unique<Inference>(*dht_);
+    inference_ = std::make_unique<Inference>(*dht_, std::move(server_keys));
     compute_ = std::make_unique<net::IoContext>(std::max(1, options_.inference_threads));
 
     net::HttpServerOptions http_options;
@@ -140,6 +149,7 @@ class RouterImpl : public Router {
     return "http://" + host + ":" + std::to_string(http_->port());
   }
   uint16_t port() const override { return http_->port(); }
+  std::string peer_id() const override { return identity_->peer_id(); }
 
   void Stop() override {
     if (stopped_.exchange(true)) return;
@@ -254,6 +264,7 @@ class RouterImpl : public Router {
     if (verifier_) {
       RequestSignature sig{std::string(req.headers.Get(kKeyHeader).value_or("")),
                            std::string(req.headers.Get(kTimestampHeader).value_or("")),
+                           std::string(req.headers.Get(kNonceHeader).value_or("")),
                            std::string(req.headers.Get(kSignatureHeader).value_or(""))};
       Status auth = verifier_->Verify(sig, req.method, req.path, HexEncode(Blake2b256(req.body)));
       if (!auth.ok()) return fail(auth);
@@ -371,6 +382,28 @@ class RouterImpl : public Router {
     http_->Handle("GET", "/", [](net::Request, net::Responder respond) {
       respond(net::Response::Text(200, "text/html; charset=utf-8", DashboardHtml()));
     });
+    // The router's peer id (what trainers sign publications for, dmoe-req-v2), proven by a
+    // signature over a client's challenge when one is given.
+    http_->Handle("GET", "/v1/health", [this](net::Request req, net::Responder respond) {
+      nlohmann::json body = {{"status", "ok"},
+                             {"peer_id", identity_->peer_id()},
+                             {"public_key", identity_->public_key_hex()}};
+      const std::string_view query = req.query;
+      constexpr std::string_view kChallenge = "challenge=";
+      if (query.substr(0, kChallenge.size()) == kChallenge) {
+        const std::string_view challenge = query.substr(kChallenge.size());
+        if (!IsChallengeHex(challenge)) {
+          return respond(net::Response::Error(InvalidArgumentError(
+              "challenge must be " + std::to_string(kChallengeHexChars) + " hex characters")));
+        }
+        if (!proof_limiter_.Allow(RealClock::Instance().NowUnixMs())) {
+          return respond(net::Response::Error(
+              ResourceExhaustedError("too many challenges this second; retry later")));
+        }
+        body["proof"] = SignProof(*identity_, challenge);
+      }
+      respond(net::Response::Json(200, body.dump()));
+    });
     http_->Handle("GET", "/v1/swarm", [this](net::Request, net::Responder respond) {
       respond(Answer("swarm", net::Response::Json(200, SwarmJson())));
     });
@@ -385,6 +418,7 @@ class RouterImpl : public Router {
           if (verifier_) {
             RequestSignature sig{std::string(head.headers.Get(kKeyHeader).value_or("")),
                                  std::string(head.headers.Get(kTimestampHeader).value_or("")),
+                                 std::string(head.headers.Get(kNonceHeader).value_or("")),
                                  std::string(head.headers.Get(kSignatureHeader).value_or(""))};
             DMOE_RETURN_IF_ERROR(verifier_->CheckHead(sig));
           }
@@ -402,7 +436,9 @@ class RouterImpl : public Router {
   }
 
   RouterOptions options_;
+  std::optional<Identity> identity_;
   std::unique_ptr<RequestVerifier> verifier_;
+  ProofRateLimiter proof_limiter_;
   std::unique_ptr<storage::ModelStore> models_;
   std::unique_ptr<dht::Dht> dht_;
   std::unique_ptr<SwarmView> swarm_;

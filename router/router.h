@@ -32,7 +32,11 @@ struct RouterOptions {
   std::vector<std::string> dht_bootstrap;
   std::string dht_listen = "0.0.0.0:0";
   std::string dht_network = "dmoe";
-  std::string identity_path;  // for the router's DHT node; empty = fresh key
+  // The router's identity: its DHT node, and the peer id trainers sign publications for
+  // (dmoe-req-v2, shown by GET /v1/health); empty = a fresh key at every start.
+  std::string identity_path;
+  // --server-keys: when set, inference uses only experts announced by the keys in this file.
+  std::string server_keys_path;
 
   std::string db_dir;  // required: models live here
   // Keys allowed to publish models; empty = anyone (the router refuses a public address then,
@@ -51,6 +55,8 @@ class Router {
   virtual ~Router() = default;
   virtual std::string endpoint() const = 0;
   virtual uint16_t port() const = 0;
+  // The peer id publications must be signed for (PROTOCOL section 5).
+  virtual std::string peer_id() const = 0;
   virtual void Stop() = 0;
 };
 

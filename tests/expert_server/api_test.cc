@@ -98,6 +98,25 @@ class ApiTest : public ::testing::Test {
   net::HttpClient client_;
 };
 
+TEST_F(ApiTest, HealthProvesTheServersKeyOverAFreshChallenge) {
+  StartServer();
+  const std::string challenge = NewChallengeHex();
+  net::Response health = Call("GET", "/v1/health?challenge=" + challenge);
+  ASSERT_EQ(health.status, 200) << health.body_view();
+  auto h = nlohmann::json::parse(health.body_view());
+  EXPECT_EQ(h["peer_id"], server_->peer_id());
+  Result<PublicKey> key = PublicKeyFromHex(h["public_key"].get<std::string>());
+  ASSERT_TRUE(key.ok());
+  EXPECT_EQ(PeerIdOf(*key), server_->peer_id());
+  EXPECT_TRUE(VerifyProof(*key, challenge, h["proof"].get<std::string>()));
+  EXPECT_FALSE(VerifyProof(*key, NewChallengeHex(), h["proof"].get<std::string>()));
+  // No challenge, no proof; a malformed one is invalid_argument.
+  EXPECT_FALSE(nlohmann::json::parse(Call("GET", "/v1/health").body_view()).contains("proof"));
+  net::Response bad = Call("GET", "/v1/health?challenge=xyz");
+  EXPECT_EQ(bad.status, 400);
+  EXPECT_EQ(ErrorCode(bad), "invalid_argument");
+}
+
 TEST_F(ApiTest, HealthAndExpertInfo) {
   StartServer();
   net::Response health = Call("GET", "/v1/health");
@@ -523,10 +542,12 @@ class AuthTest : public ApiTest {
   }
   net::Headers Signed(const Identity& id, const std::string& method, const std::string& path,
                       const net::Bytes& body) {
-    RequestSignature s = SignRequest(id, method, path, body, RealClock::Instance().NowUnixMs());
+    RequestSignature s =
+        SignRequest(id, server_->peer_id(), method, path, body, RealClock::Instance().NowUnixMs());
     return {{"Content-Type", kType},
             {kKeyHeader, s.key_hex},
             {kTimestampHeader, s.timestamp_ms},
+            {kNonceHeader, s.nonce_hex},
             {kSignatureHeader, s.signature_hex}};
   }
   Identity trainer_ = Identity::Generate();

@@ -23,7 +23,8 @@ struct FakeGrid {
   void Announce(const std::string& prefix, const std::vector<int64_t>& coords,
                 const std::string& endpoint) {
     const int64_t expiry = RealClock::Instance().NowUnixMs() + 60'000;
-    auto put = [&](const std::string& key, const std::string& subkey, const std::string& value) {
+    auto put = [&](const std::string& key, const std::string& subkey, const std::string& value,
+                   PublicKey publisher = {}) {
       for (auto& r : keys[key])
         if (r.subkey == subkey) return;  // first publisher keeps the subkey
       dht::Record r;
@@ -31,6 +32,7 @@ struct FakeGrid {
       r.subkey = subkey;
       r.value = value;
       r.expiration_ms = expiry;
+      r.publisher = publisher;
       keys[key].push_back(r);
     };
     std::string grid = prefix + ".";
@@ -38,8 +40,21 @@ struct FakeGrid {
       put("prefix/" + grid, std::to_string(coords[d]), "{}");
       grid += std::to_string(coords[d]) + ".";
     }
-    put("expert/" + UidOf(prefix, coords), endpoint, "{\"endpoint\":\"" + endpoint + "\"}");
+    const Identity& id = IdentityOf(endpoint);
+    put("expert/" + UidOf(prefix, coords), id.peer_id(), "{\"endpoint\":\"" + endpoint + "\"}",
+        id.public_key());
   }
+
+  // One publisher key per endpoint, derived from its name.
+  const Identity& IdentityOf(const std::string& endpoint) {
+    auto it = identities.find(endpoint);
+    if (it == identities.end()) {
+      Hash256 seed = Blake2b256(endpoint);
+      it = identities.emplace(endpoint, Identity::FromSeed(seed)).first;
+    }
+    return it->second;
+  }
+  std::map<std::string, Identity> identities;
 
   ExpertDirectory::FetchFn Fetch() {
     return [this](std::vector<std::string> wanted, std::chrono::milliseconds,
@@ -145,7 +160,7 @@ TEST(BeamSearchTest, OneBatchedLookupPerGridLevelOnAFullGrid) {
   for (auto& s : scores)
     for (int64_t i = 0; i < n * 8; ++i) s.push_back(normal(rng));
   BeamSearchStats stats;
-  auto chosen = BeamSearch(directory, {"ffn", {8, 8}, 4, 4}, scores, n, {},
+  auto chosen = BeamSearch(directory, {"ffn", {8, 8}, 4, 4}, scores, n, EndpointFilter{},
                            std::chrono::steady_clock::now() + 10s, &stats);
   // prefix/ffn., then prefix/ffn.i. for the kept i, then expert/<uid> records.
   EXPECT_EQ(stats.rounds, 3);
@@ -163,11 +178,150 @@ TEST(BeamSearchTest, TheDeadlineBoundsTheSearch) {
                               return o;
                             }());
   const auto start = std::chrono::steady_clock::now();
-  auto chosen = BeamSearch(directory, {"ffn", {4}, 2, 2}, {std::vector<float>(4, 0.0f)}, 1, {},
-                           start + 300ms);
+  auto chosen = BeamSearch(directory, {"ffn", {4}, 2, 2}, {std::vector<float>(4, 0.0f)}, 1,
+                           EndpointFilter{}, start + 300ms);
   EXPECT_LT(std::chrono::steady_clock::now() - start, 2s);
   ASSERT_EQ(chosen.size(), 1u);
   EXPECT_TRUE(chosen[0].empty());
+}
+
+// An `expert/<uid>` record as a publisher would store it.
+dht::Record ExpertRecord(const std::string& uid, const Identity& publisher,
+                         const std::string& endpoint, int64_t expiry_ms, std::string subkey = "") {
+  dht::Record r;
+  r.key = "expert/" + uid;
+  r.subkey = subkey.empty() ? publisher.peer_id() : subkey;
+  r.value = "{\"endpoint\":\"" + endpoint + "\"}";
+  r.expiration_ms = expiry_ms;
+  r.publisher = publisher.public_key();
+  return r;
+}
+
+dht::Record PrefixRecord(const std::string& key, const std::string& subkey,
+                         const Identity& publisher) {
+  dht::Record r;
+  r.key = key;
+  r.subkey = subkey;
+  r.value = "{}";
+  r.expiration_ms = RealClock::Instance().NowUnixMs() + 60'000;
+  r.publisher = publisher.public_key();
+  return r;
+}
+
+ExpertDirectory::FetchFn FetchFrom(std::map<std::string, std::vector<dht::Record>> keys) {
+  return [keys](std::vector<std::string> wanted, std::chrono::milliseconds,
+                std::function<void(ExpertDirectory::KeyResults)> done) {
+    ExpertDirectory::KeyResults results;
+    for (const std::string& key : wanted) {
+      auto it = keys.find(key);
+      results.push_back({key, it == keys.end() ? NotFoundError("none") : Status::Ok(),
+                         it == keys.end() ? std::vector<dht::Record>{} : it->second, 1, 1});
+    }
+    done(std::move(results));
+  };
+}
+
+TEST(ReplicaTest, ReplicasOfKeepsEveryPublisherAndDropsForeignSubkeys) {
+  Identity honest = Identity::Generate(), stranger = Identity::Generate();
+  const int64_t expiry = RealClock::Instance().NowUnixMs() + 45'000;
+  std::vector<Replica> replicas = ReplicasOf({
+      ExpertRecord("ffn.1", honest, "http://honest", expiry),
+      ExpertRecord("ffn.1", stranger, "http://stranger", expiry + 555'000),
+      // The stranger claims the honest server's subkey: not its own, so ignored.
+      ExpertRecord("ffn.1", stranger, "http://stranger2", expiry, honest.peer_id()),
+  });
+  ASSERT_EQ(replicas.size(), 2u);
+  EXPECT_EQ(replicas[0].endpoint, "http://honest");
+  EXPECT_EQ(replicas[0].peer_id, honest.peer_id());
+  EXPECT_EQ(replicas[0].publisher, honest.public_key());
+  EXPECT_EQ(replicas[1].endpoint, "http://stranger");
+}
+
+TEST(ReplicaTest, TheSearchChoosesByCostNeverByExpiry) {
+  Identity honest = Identity::Generate(), stranger = Identity::Generate();
+  const int64_t now = RealClock::Instance().NowUnixMs();
+  ExpertDirectory directory(FetchFrom({
+      {"prefix/ffn.", {PrefixRecord("prefix/ffn.", "0", honest)}},
+      {"expert/ffn.0",
+       {ExpertRecord("ffn.0", honest, "http://honest", now + 45'000),
+        ExpertRecord("ffn.0", stranger, "http://stranger", now + 600'000)}},
+  }));
+  ReplicaPolicy policy;
+  policy.cost = [&](const Replica& r) { return r.peer_id == honest.peer_id() ? 0.01 : 0.5; };
+  auto chosen = BeamSearch(directory, {"ffn", {1}, 1, 1}, {{1.0f}}, 1, policy,
+                           std::chrono::steady_clock::now() + 5s);
+  ASSERT_EQ(chosen[0].size(), 1u);
+  EXPECT_EQ(chosen[0][0].endpoint, "http://honest");
+  EXPECT_EQ(chosen[0][0].peer_id, honest.peer_id());
+  // When the honest one is unusable, the other replica serves.
+  policy.check = [&](const Replica& r) {
+    return r.peer_id == honest.peer_id() ? Usability::kUnusable : Usability::kUsable;
+  };
+  chosen = BeamSearch(directory, {"ffn", {1}, 1, 1}, {{1.0f}}, 1, policy,
+                      std::chrono::steady_clock::now() + 5s);
+  ASSERT_EQ(chosen[0].size(), 1u);
+  EXPECT_EQ(chosen[0][0].endpoint, "http://stranger");
+}
+
+TEST(ReplicaTest, PendingReplicasAreResolvedInOneBatchPerRound) {
+  std::vector<Identity> servers;
+  std::map<std::string, std::vector<dht::Record>> keys;
+  const int64_t expiry = RealClock::Instance().NowUnixMs() + 45'000;
+  for (int i = 0; i < 4; ++i) {
+    servers.push_back(Identity::Generate());
+    keys["prefix/ffn."].push_back(PrefixRecord("prefix/ffn.", std::to_string(i), servers[i]));
+    keys["expert/ffn." + std::to_string(i)].push_back(ExpertRecord(
+        "ffn." + std::to_string(i), servers[i], "http://e" + std::to_string(i), expiry));
+  }
+  ExpertDirectory directory(FetchFrom(keys));
+  std::set<std::string> proven, lying = {servers[2].peer_id()};
+  int resolves = 0;
+  size_t resolved = 0;
+  ReplicaPolicy policy;
+  policy.check = [&](const Replica& r) {
+    if (lying.count(r.peer_id)) return Usability::kUnusable;
+    return proven.count(r.peer_id) ? Usability::kUsable : Usability::kPending;
+  };
+  policy.resolve = [&](const std::vector<Replica>& replicas, Deadline) {
+    ++resolves;
+    resolved += replicas.size();
+    for (const Replica& r : replicas) proven.insert(r.peer_id);
+  };
+  auto chosen = BeamSearch(directory, {"ffn", {4}, 4, 4}, {{0.4f, 0.3f, 0.2f, 0.1f}}, 1, policy,
+                           std::chrono::steady_clock::now() + 5s);
+  EXPECT_EQ(resolves, 1);
+  EXPECT_EQ(resolved, 3u);
+  ASSERT_EQ(chosen[0].size(), 3u);
+  EXPECT_EQ(chosen[0][0].uid, "ffn.0");
+  EXPECT_EQ(chosen[0][1].uid, "ffn.1");
+  EXPECT_EQ(chosen[0][2].uid, "ffn.3");
+}
+
+TEST(ReplicaTest, PrefixRecordsAreMergedAndFilteredByPublisher) {
+  Identity honest = Identity::Generate(), stranger = Identity::Generate();
+  const int64_t expiry = RealClock::Instance().NowUnixMs() + 45'000;
+  // The stranger's prefix record names a coordinate nobody serves; the row stays visible.
+  ExpertDirectory directory(FetchFrom({
+      {"prefix/ffn.",
+       {PrefixRecord("prefix/ffn.", "0", stranger), PrefixRecord("prefix/ffn.", "1", honest)}},
+      {"expert/ffn.1", {ExpertRecord("ffn.1", honest, "http://honest", expiry)}},
+  }));
+  auto chosen = BeamSearch(directory, {"ffn", {2}, 2, 2}, {{1.0f, 0.0f}}, 1, ReplicaPolicy{},
+                           std::chrono::steady_clock::now() + 5s);
+  ASSERT_EQ(chosen[0].size(), 1u);
+  EXPECT_EQ(chosen[0][0].uid, "ffn.1");
+  // With a publisher filter, only the honest key's prefixes count.
+  ReplicaPolicy listed;
+  int asked_about_stranger = 0;
+  listed.publisher_allowed = [&](const PublicKey& k) {
+    asked_about_stranger += k == stranger.public_key();
+    return k == honest.public_key();
+  };
+  chosen = BeamSearch(directory, {"ffn", {2}, 2, 2}, {{1.0f, 0.0f}}, 1, listed,
+                      std::chrono::steady_clock::now() + 5s);
+  ASSERT_EQ(chosen[0].size(), 1u);
+  EXPECT_EQ(chosen[0][0].uid, "ffn.1");
+  EXPECT_GE(asked_about_stranger, 1);
 }
 
 }  // namespace

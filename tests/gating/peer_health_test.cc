@@ -156,5 +156,36 @@ TEST(PeerHealthTest, AFailedProbeBansAgain) {
   EXPECT_GT(health.Get(peer).banned_until - SteadyClock::now(), 1s);
 }
 
+TEST(PeerHealthTest, BansFollowThePeersKeyNotItsEndpoint) {
+  PeerHealth health(Options());
+  const std::string key = std::string(64, 'a');
+  const std::string first = "http://127.0.0.1:9", second = "http://127.0.0.1:10";
+  health.Bind(first, key);
+  EXPECT_EQ(health.Resolve(first), key);
+  EXPECT_EQ(health.Resolve(second), second);
+  health.RecordFailure(first, PeerFailure::kUnreachable);
+  EXPECT_FALSE(health.Usable(key));
+  EXPECT_EQ(health.Get(key).bans, 1);
+  // The same key, announced at a new endpoint: still banned there.
+  health.Bind(second, key);
+  EXPECT_FALSE(health.Usable(second));
+  EXPECT_EQ(health.Get(second).bans, 1);
+  EXPECT_EQ(health.BannedNow(), 1);
+  // Another key at the first endpoint (a new server there) starts clean.
+  health.Bind(first, std::string(64, 'b'));
+  EXPECT_TRUE(health.Usable(first));
+}
+
+TEST(PeerHealthTest, BindingMovesWhatTheEndpointLearnedToTheKey) {
+  PeerHealth health(Options());
+  const std::string endpoint = "http://127.0.0.1:9", key = std::string(64, 'c');
+  health.RecordFailure(endpoint, PeerFailure::kUnreachable);
+  ASSERT_FALSE(health.Usable(endpoint));
+  health.Bind(endpoint, key);
+  EXPECT_FALSE(health.Usable(key));
+  EXPECT_EQ(health.Get(key).bans, 1);
+  EXPECT_EQ(health.Snapshot().count(endpoint), 0u);
+}
+
 }  // namespace
 }  // namespace dmoe::gating

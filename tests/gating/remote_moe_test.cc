@@ -228,6 +228,12 @@ TEST_F(Swarm4x4, RemoteExpertForwardAndBackwardMatchTheLocalExpert) {
   EXPECT_LT((x.grad() - x_ref.grad()).abs().max().item<double>(), 1e-5);
 }
 
+// The publisher of every expert of DeadSwarm.
+const Identity& DeadPeer() {
+  static const Identity id = Identity::Generate();
+  return id;
+}
+
 // A directory whose every expert is announced at a port nobody listens on.
 std::shared_ptr<Swarm> DeadSwarm(SwarmOptions options = {}) {
   return std::make_shared<Swarm>(
@@ -243,10 +249,11 @@ std::shared_ptr<Swarm> DeadSwarm(SwarmOptions options = {}) {
             rec.subkey = std::move(subkey);
             rec.value = std::move(value);
             rec.expiration_ms = expiry;
+            rec.publisher = DeadPeer().public_key();
             r.records.push_back(rec);
           };
           if (key.rfind("expert/", 0) == 0) {
-            record("peer", R"({"endpoint":"http://127.0.0.1:1","step":0,"load":0})");
+            record(DeadPeer().peer_id(), R"({"endpoint":"http://127.0.0.1:1","step":0,"load":0})");
           } else {
             for (int c = 0; c < 2; ++c) record(std::to_string(c), "{}");
           }
@@ -266,7 +273,10 @@ TEST(RemoteMoeDeadSwarm, AllExpertsDeadGivesZerosAndACountOrAClearError) {
   EXPECT_TRUE(at::equal(y, at::zeros_like(y)));
   EXPECT_EQ(lenient->stats().zero_output_samples, 5);
   EXPECT_EQ(lenient->stats().answered, 0);
-  EXPECT_GE(lenient->stats().failed, 1);
+  // The endpoint never answered the challenge that must precede calls: no call went out, and
+  // its publisher is banned as unreachable.
+  EXPECT_EQ(lenient->stats().requests, 0);
+  EXPECT_EQ(swarm->health().Get(DeadPeer().peer_id()).bans, 1);
   y.sum().backward();  // no NaN anywhere, nothing to send
   EXPECT_TRUE(at::isfinite(x.grad()).all().item<bool>());
   EXPECT_TRUE(at::isfinite(lenient->gates()[0]->weight.grad()).all().item<bool>());
@@ -282,24 +292,27 @@ TEST(RemoteMoeDeadSwarm, AllExpertsDeadGivesZerosAndACountOrAClearError) {
   EXPECT_EQ(strict->stats().zero_output_samples, 5);
 }
 
-// A dead peer is banned at once; when the ban runs out it is probed over real HTTP (GET
-// /v1/health), the probe fails, and it stays out for twice as long without costing a round.
+// A dead peer is banned at once; when the ban runs out it is probed over real HTTP (a new
+// challenge on GET /v1/health), the probe fails, and it stays out for twice as long without
+// costing a round. The ban is the publisher key's.
 TEST(RemoteMoeDeadSwarm, ABannedPeerIsProbedWhenItsBanEndsAndStaysOutWhileDead) {
   SwarmOptions options;
   options.health.ban_base = 1s;  // the second ban (2 s) outlasts any stall before the check
   options.health.ban_max = 10s;
   auto swarm = DeadSwarm(options);
-  const std::string dead = "http://127.0.0.1:1";
+  const std::string dead = DeadPeer().peer_id();
+  const Replica replica{"http://127.0.0.1:1", dead, DeadPeer().public_key()};
   RemoteMixtureOfExperts moe(
       RemoteMixtureOfExpertsOptions(8, {2, 2}).k_best(2).allow_zero_outputs(true), swarm);
   moe(at::randn({3, 8}));
   ASSERT_EQ(swarm->health().Get(dead).bans, 1);
-  EXPECT_FALSE(swarm->Usable(dead));
+  EXPECT_EQ(swarm->Check(replica), Usability::kUnusable);
   EXPECT_EQ(swarm->health().Get(dead).probes, 0) << "no probe before the ban runs out";
 
   ASSERT_TRUE(testing::PollUntil(
       [&] {
-        EXPECT_FALSE(swarm->Usable(dead));  // banned, then on probation, then banned again
+        // banned, then on probation, then banned again
+        EXPECT_EQ(swarm->Check(replica), Usability::kUnusable);
         return swarm->health().Get(dead).bans == 2;
       },
       10s));

@@ -6,12 +6,14 @@
 
 #include <gtest/gtest.h>
 
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
 #include "core/clock.h"
 #include "core/identity.h"
 #include "core/request_auth.h"
+#include "net/http_client.h"
 #include "tensor/safetensors.h"
 #include "tests/integration/server_test_util.h"
 #include "tests/testing/temp_dir.h"
@@ -25,11 +27,13 @@ constexpr char kUid[] = "ffn.5";
 constexpr char kBackwardPath[] = "/v1/experts/ffn.5/backward";
 constexpr int kDim = 16;
 
-net::Headers Signed(const Identity& identity, const std::string& method, const std::string& path,
-                    const std::vector<uint8_t>& body, int64_t now_ms) {
-  RequestSignature sig = SignRequest(identity, method, path, body, now_ms);
+net::Headers SignedFor(const std::string& server_peer_id, const Identity& identity,
+                       const std::string& method, const std::string& path,
+                       const std::vector<uint8_t>& body, int64_t now_ms) {
+  RequestSignature sig = SignRequest(identity, server_peer_id, method, path, body, now_ms);
   return {{kKeyHeader, sig.key_hex},
           {kTimestampHeader, sig.timestamp_ms},
+          {kNonceHeader, sig.nonce_hex},
           {kSignatureHeader, sig.signature_hex}};
 }
 
@@ -71,6 +75,15 @@ class ServerAuthTest : public ::testing::Test {
     ASSERT_TRUE(server.ok()) << server.status().ToString();
     server_ = std::move(server).value();
     client_.emplace(server_.endpoint);
+    Result<net::Response> health = net::Fetch("GET", server_.endpoint + "/v1/health");
+    ASSERT_TRUE(health.ok()) << health.status().ToString();
+    peer_id_ = nlohmann::json::parse(health->body_view())["peer_id"].get<std::string>();
+  }
+
+  // Signed for this server (dmoe-req-v2 names its peer id).
+  net::Headers Signed(const Identity& identity, const std::string& method, const std::string& path,
+                      const std::vector<uint8_t>& body, int64_t now_ms) {
+    return SignedFor(peer_id_, identity, method, path, body, now_ms);
   }
 
   std::vector<uint8_t> BackwardBody(uint64_t seed) {
@@ -88,6 +101,7 @@ class ServerAuthTest : public ::testing::Test {
   testing::TempDir dir_{"dmoe-server-auth"};
   std::optional<Identity> trainer_, stranger_;
   ServerProcess server_;
+  std::string peer_id_;
   std::optional<ServerClient> client_;
 };
 

@@ -232,12 +232,17 @@ TEST_F(TrainE2eTest, TrainsThroughTheSwarmAndTheRouterServesTheModel) {
       {{"w", safetensors::DType::kF32, {1}, {reinterpret_cast<const uint8_t*>(x.data()), 4}}},
       {{"spec", kSpec}, {"version", std::to_string(versions[0])}});
   ASSERT_TRUE(state.ok());
-  RequestSignature sig =
-      SignRequest(trainer_, "PUT", "/v1/models/fmnist", *state, RealClock::Instance().NowUnixMs());
+  auto router_health = Call("GET", router.endpoint + "/v1/health", "", {});
+  ASSERT_TRUE(router_health.ok());
+  const std::string router_peer_id =
+      nlohmann::json::parse(router_health->body_view())["peer_id"].get<std::string>();
+  RequestSignature sig = SignRequest(trainer_, router_peer_id, "PUT", "/v1/models/fmnist", *state,
+                                     RealClock::Instance().NowUnixMs());
   auto older =
       Call("PUT", router.endpoint + "/v1/models/fmnist", "application/x-safetensors", *state,
            {{kKeyHeader, sig.key_hex},
             {kTimestampHeader, sig.timestamp_ms},
+            {kNonceHeader, sig.nonce_hex},
             {kSignatureHeader, sig.signature_hex}});
   ASSERT_TRUE(older.ok());
   EXPECT_EQ(older->status, 400) << older->body_view();
