@@ -10,10 +10,12 @@
 #include <map>
 
 #include "core/clock.h"
+#include "core/identity.h"
 #include "dht/announcement.h"
 #include "expert_server/server.h"
 #include "gating/remote_moe.h"
 #include "tests/hostile/rogue_server.h"
+#include "tests/testing/temp_dir.h"
 
 namespace dmoe::hostile {
 namespace {
@@ -21,22 +23,30 @@ namespace {
 using namespace std::chrono_literals;
 constexpr int64_t kDim = 16;
 
-// expert/ffn.0 at `honest`, expert/ffn.1 at `rogue`, and the grid row that lists both.
-gating::ExpertDirectory::FetchFn Directory(const std::string& honest, const std::string& rogue) {
+// expert/ffn.0 at `honest`, expert/ffn.1 at `rogue`, and the grid row that lists both, each
+// published under the key its endpoint proves (docs/protocol.md section 4).
+gating::ExpertDirectory::FetchFn Directory(const std::string& honest, const PublicKey& honest_key,
+                                           const std::string& rogue, const PublicKey& rogue_key) {
+  const std::string honest_id = PeerIdOf(honest_key);
+  const std::string rogue_id = PeerIdOf(rogue_key);
   std::map<std::string, std::vector<dht::Record>> keys;
   const int64_t expiry = RealClock::Instance().NowUnixMs() + 600'000;
-  auto put = [&](const std::string& key, const std::string& subkey, const std::string& value) {
+  auto put = [&](const std::string& key, const std::string& subkey, const std::string& value,
+                 const PublicKey& publisher) {
     dht::Record r;
+    r.publisher = publisher;
     r.key = key;
     r.subkey = subkey;
     r.value = value;
     r.expiration_ms = expiry;
     keys[key].push_back(r);
   };
-  put("prefix/ffn.", "0", dht::PrefixEntry{"ffn.0", "honest"}.ToJson());
-  put("prefix/ffn.", "1", dht::PrefixEntry{"ffn.1", "rogue"}.ToJson());
-  put("expert/ffn.0", "honest", dht::ExpertAnnouncement{honest, 0, 0, "ffn", kDim}.ToJson());
-  put("expert/ffn.1", "rogue", dht::ExpertAnnouncement{rogue, 0, 0, "ffn", kDim}.ToJson());
+  put("prefix/ffn.", "0", dht::PrefixEntry{"ffn.0", honest_id}.ToJson(), honest_key);
+  put("prefix/ffn.", "1", dht::PrefixEntry{"ffn.1", rogue_id}.ToJson(), rogue_key);
+  put("expert/ffn.0", honest_id, dht::ExpertAnnouncement{honest, 0, 0, "ffn", kDim}.ToJson(),
+      honest_key);
+  put("expert/ffn.1", rogue_id, dht::ExpertAnnouncement{rogue, 0, 0, "ffn", kDim}.ToJson(),
+      rogue_key);
   return [keys](std::vector<std::string> wanted, std::chrono::milliseconds,
                 std::function<void(gating::ExpertDirectory::KeyResults)> done) {
     gating::ExpertDirectory::KeyResults results;
@@ -56,7 +66,13 @@ gating::ExpertDirectory::FetchFn Directory(const std::string& honest, const std:
 class PoisonGatingTest : public ::testing::TestWithParam<RogueAnswer> {
  protected:
   static void SetUpTestSuite() {
+    // Its key is known to the test, which publishes its records.
+    dir_ = new testing::TempDir();
+    Result<Identity> identity = LoadOrCreateIdentity(dir_->Sub("identity"));
+    ASSERT_TRUE(identity.ok()) << identity.status().ToString();
+    honest_key_ = identity->public_key();
     expert_server::ExpertServerOptions o;
+    o.identity_path = dir_->Sub("identity");
     o.uids = {"ffn.0"};
     o.expert.hidden_dim = kDim;
     o.expert.seed = 3;
@@ -70,9 +86,15 @@ class PoisonGatingTest : public ::testing::TestWithParam<RogueAnswer> {
     if (honest_) honest_->Stop();
     delete honest_;
     honest_ = nullptr;
+    delete dir_;
+    dir_ = nullptr;
   }
+  static testing::TempDir* dir_;
+  static PublicKey honest_key_;
   static expert_server::ExpertServer* honest_;
 };
+testing::TempDir* PoisonGatingTest::dir_ = nullptr;
+PublicKey PoisonGatingTest::honest_key_{};
 expert_server::ExpertServer* PoisonGatingTest::honest_ = nullptr;
 
 TEST_P(PoisonGatingTest, RefusedAnswersLeaveTheOutputHonestAndCountAgainstTheRogue) {
@@ -80,8 +102,10 @@ TEST_P(PoisonGatingTest, RefusedAnswersLeaveTheOutputHonestAndCountAgainstTheRog
   ASSERT_TRUE(rogue.ok()) << rogue.status().ToString();
   gating::SwarmOptions swarm_options;
   swarm_options.health.ban_base = 60'000ms;  // once banned, the rogue stays out for the test
-  auto swarm = std::make_shared<gating::Swarm>(Directory(honest_->endpoint(), (*rogue)->endpoint()),
-                                               swarm_options);
+  auto swarm = std::make_shared<gating::Swarm>(
+      Directory(honest_->endpoint(), honest_key_, (*rogue)->endpoint(),
+                (*rogue)->identity().public_key()),
+      swarm_options);
   gating::RemoteMixtureOfExperts moe(gating::RemoteMixtureOfExpertsOptions(kDim, {2})
                                          .k_best(2)
                                          .k_min(1)

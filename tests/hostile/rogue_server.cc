@@ -7,7 +7,11 @@
 #include <optional>
 #include <random>
 #include <span>
+#include <string_view>
 
+#include <nlohmann/json.hpp>
+
+#include "core/request_auth.h"
 #include "core/uid.h"
 #include "dht/announcement.h"
 #include "dht/dht.h"
@@ -108,8 +112,18 @@ Result<std::unique_ptr<RogueServer>> RogueServer::Start(RogueServerOptions optio
   http_options.host = "127.0.0.1";
   http_options.threads = 1;
   s->http_ = std::make_unique<net::HttpServer>(http_options);
-  s->http_->Handle("GET", "/v1/health", [](net::Request, net::Responder respond) {
-    respond(net::Response::Json(200, R"({"status":"ok"})"));
+  // It proves the key it announces with (docs/protocol.md section 4), so clients do call it: the
+  // poison must be caught in its answers, not by the endpoint proof.
+  RogueServer* self = s.get();
+  s->http_->Handle("GET", "/v1/health", [self](net::Request req, net::Responder respond) {
+    nlohmann::json body = {{"status", "ok"}, {"peer_id", self->identity_.peer_id()}};
+    constexpr std::string_view kChallenge = "challenge=";
+    const std::string_view query = req.query;
+    if (query.substr(0, kChallenge.size()) == kChallenge) {
+      body["public_key"] = self->identity_.public_key_hex();
+      body["proof"] = SignProof(self->identity_, query.substr(kChallenge.size()));
+    }
+    respond(net::Response::Json(200, body.dump()));
   });
   const RogueAnswer kind = s->options_.answer;
   const int64_t d = s->options_.hidden_dim;
