@@ -66,8 +66,8 @@ void Lookup::OnNodes(const NodeId& id, const std::vector<WireContact>& nodes) {
   for (const WireContact& n : nodes) AddCandidate(n, depth);
 }
 
-std::optional<std::string> Lookup::OnRecords(const NodeId& id, const std::vector<Record>& records,
-                                             bool more) {
+std::optional<Lookup::Cursor> Lookup::OnRecords(const NodeId& id,
+                                                const std::vector<Record>& records, bool more) {
   Candidate* c = FindCandidate(id);
   if (c == nullptr || c->state == State::kResponded || c->state == State::kFailed) {
     return std::nullopt;
@@ -80,7 +80,7 @@ std::optional<std::string> Lookup::OnRecords(const NodeId& id, const std::vector
   }
   if (more && !records.empty()) {
     c->state = State::kInFlight;
-    c->cursor = records.back().subkey;
+    c->cursor = Cursor{records.back().subkey, records.back().publisher};
     return c->cursor;
   }
   c->state = State::kResponded;
@@ -132,15 +132,11 @@ std::vector<WireContact> Lookup::ClosestResponded() const {
 }
 
 void Lookup::MergeRecord(const Record& record) {
-  auto [it, inserted] = records_.emplace(record.subkey, record);
+  // Per (subkey, publisher): a stranger's record of a subkey never replaces another publisher's,
+  // whatever its expiration; the reader sees both and decides (PROTOCOL section 6).
+  auto [it, inserted] = records_.emplace(Cursor{record.subkey, record.publisher}, record);
   if (inserted) return;
-  Record& existing = it->second;
-  if (existing.publisher == record.publisher) {
-    if (DecideReplace(existing, record) == ReplaceDecision::kReplace) existing = record;
-  } else if (record.expiration_ms > existing.expiration_ms) {
-    // Two valid publishers for one subkey: the older claim has expired somewhere; keep the fresher.
-    existing = record;
-  }
+  if (DecideReplace(it->second, record) == ReplaceDecision::kReplace) it->second = record;
 }
 
 int Lookup::Rounds() const {

@@ -19,6 +19,7 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "dht/message.h"
@@ -39,12 +40,15 @@ class Lookup {
     size_t max_candidates = 1024;  // farther candidates are forgotten
   };
 
+  // Where a paginated VALUE answer continues: after this (subkey, publisher).
+  using Cursor = std::pair<std::string, PublicKey>;
+
   struct Candidate {
     WireContact contact;
     State state = State::kNew;
     int depth = 1;
     bool has_records = false;
-    std::optional<std::string> cursor;  // set while a paginated VALUE answer is being fetched
+    std::optional<Cursor> cursor;  // set while a paginated VALUE answer is being fetched
   };
 
   Lookup(Kind kind, const NodeId& target, std::string key, const NodeId& self, Options options);
@@ -64,8 +68,7 @@ class Lookup {
   void OnNodes(const NodeId& id, const std::vector<WireContact>& nodes);
   // `id` answered with (already verified) records. Returns the cursor to ask it again with when the
   // answer was paginated (`more`), else nullopt; the candidate stays in flight while paginating.
-  std::optional<std::string> OnRecords(const NodeId& id, const std::vector<Record>& records,
-                                       bool more);
+  std::optional<Cursor> OnRecords(const NodeId& id, const std::vector<Record>& records, bool more);
   void OnStalled(const NodeId& id);
   void OnFailed(const NodeId& id);
 
@@ -74,8 +77,9 @@ class Lookup {
   // The window's candidates that answered, closest first (the k closest live nodes at the end of a
   // FIND_NODE lookup).
   std::vector<WireContact> ClosestResponded() const;
-  // Merged records by subkey (the newest per subkey wins).
-  const std::map<std::string, Record>& records() const { return records_; }
+  // Merged records by (subkey, publisher): records of one subkey from different publishers are
+  // kept side by side; of one publisher's, the higher seq (or the later expiration) wins.
+  const std::map<Cursor, Record>& records() const { return records_; }
   void MergeRecord(const Record& record);
   size_t record_holders() const { return record_holders_; }
   size_t responded() const { return responded_; }
@@ -94,7 +98,7 @@ class Lookup {
   Options options_;
   std::vector<Candidate> candidates_;  // sorted by distance to target_
   std::set<NodeId> known_;
-  std::map<std::string, Record> records_;
+  std::map<Cursor, Record> records_;
   size_t record_holders_ = 0;
   size_t responded_ = 0;
   size_t failed_ = 0;

@@ -54,6 +54,9 @@ json ToJson(const Message& m) {
     case MessageType::kFindValue:
       j["k"] = m.key;
       if (m.cursor) j["u"] = *m.cursor;
+      if (m.cursor && m.cursor_publisher) {
+        j["U"] = Bin(m.cursor_publisher->data(), m.cursor_publisher->size());
+      }
       break;
     case MessageType::kValue:
       j["k"] = m.key;
@@ -213,6 +216,11 @@ bool DecodeInto(const json& j, Message& m, std::string& why) {
         std::string cursor;
         if (!rd.String("u", cursor, kMaxDatagramBytes)) return done(false);
         m.cursor = std::move(cursor);
+        if (const json* up = rd.Find("U")) {
+          PublicKey publisher{};
+          if (!rd.Fixed(*up, "U", publisher)) return done(false);
+          m.cursor_publisher = publisher;
+        }
       }
       return true;
     }

@@ -11,12 +11,14 @@
 //   PING / PONG            nothing more
 //   FIND_NODE              "g" target id (bin 32)
 //   NODES                  "N" [[id (bin 32), address (bin 6|18)], ...]
-//   FIND_VALUE             "k" key, optional "u" cursor: only subkeys strictly after it are wanted
+//   FIND_VALUE             "k" key, optional "u" cursor: only subkeys strictly after it are wanted;
+//                          with "U" (bin 32) beside it, records strictly after (u, U) in
+//                          (subkey, publisher) order
 //   VALUE                  "k" key, and either "r" records [[subkey, value (bin), expiration_ms,
-//   publisher
-//                          (bin 32), seq, signature (bin 64)], ...] sorted by subkey, with "m" true
-//                          when more follow (ask again with the last subkey as cursor), or "N"
-//                          closer nodes when the node holds no record of the key
+//                          publisher (bin 32), seq, signature (bin 64)], ...] sorted by (subkey,
+//                          publisher), with "m" true when more follow (ask again with the last
+//                          record's subkey and publisher as "u" and "U"), or "N" closer nodes when
+//                          the node holds no record of the key
 //   STORE                  "k" key, "r" one record
 //   STORE_ACK / ERROR      "e" status code (core/status.h Code as an integer), "E" message
 // Decoding never throws and never trusts a length: any deviation is kInvalidArgument with the
@@ -73,14 +75,15 @@ struct Message {
   bool client = false;
   std::optional<Address> announced;  // "a"
 
-  NodeId target{};                    // FIND_NODE
-  std::string key;                    // FIND_VALUE, VALUE, STORE
-  std::optional<std::string> cursor;  // FIND_VALUE
-  std::vector<WireContact> nodes;     // NODES, VALUE without records
-  std::vector<Record> records;        // VALUE, STORE (exactly one); key is copied from "k"
-  bool more = false;                  // VALUE
-  Code code = Code::kOk;              // STORE_ACK, ERROR
-  std::string error;                  // STORE_ACK, ERROR
+  NodeId target{};                            // FIND_NODE
+  std::string key;                            // FIND_VALUE, VALUE, STORE
+  std::optional<std::string> cursor;          // FIND_VALUE "u"
+  std::optional<PublicKey> cursor_publisher;  // FIND_VALUE "U", only with "u"
+  std::vector<WireContact> nodes;             // NODES, VALUE without records
+  std::vector<Record> records;                // VALUE, STORE (exactly one); key is copied from "k"
+  bool more = false;                          // VALUE
+  Code code = Code::kOk;                      // STORE_ACK, ERROR
+  std::string error;                          // STORE_ACK, ERROR
 };
 
 // kPayloadTooLarge when the encoding exceeds kMaxDatagramBytes.

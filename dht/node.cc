@@ -180,7 +180,7 @@ void Node::HandleRequest(const Address& from, const Message& m, size_t datagram_
     case MessageType::kFindValue: {
       Message answer = NewMessage(MessageType::kValue, m.txid);
       answer.key = m.key;
-      FillValueAnswer(answer, m.key, m.cursor);
+      FillValueAnswer(answer, m.key, m.cursor, m.cursor_publisher);
       if (answer.records.empty() && !m.cursor) {
         for (const Contact& c : table_.Closest(KeyIdOf(m.key), options_.k + 1)) {
           if (c.id == sender_id || answer.nodes.size() >= options_.k) continue;
@@ -192,7 +192,7 @@ void Node::HandleRequest(const Address& from, const Message& m, size_t datagram_
     }
     case MessageType::kStore: {
       const Record& record = m.records.front();
-      RejectReason reason = store_.Put(record, clock_.NowUnixMs(), verified_);
+      RejectReason reason = store_.Put(record, clock_.NowUnixMs(), verified_, from.HostString());
       Message ack = NewMessage(MessageType::kStoreAck, m.txid);
       if (reason != RejectReason::kNone) {
         ++stats_.store_rejected[static_cast<size_t>(reason)];
@@ -209,8 +209,10 @@ void Node::HandleRequest(const Address& from, const Message& m, size_t datagram_
 }
 
 void Node::FillValueAnswer(Message& answer, const std::string& key,
-                           const std::optional<std::string>& cursor) {
-  std::vector<const Record*> records = store_.Get(key, clock_.NowUnixMs(), cursor);
+                           const std::optional<std::string>& cursor,
+                           const std::optional<PublicKey>& cursor_publisher) {
+  std::vector<const Record*> records =
+      store_.Get(key, clock_.NowUnixMs(), cursor, cursor_publisher);
   if (records.empty()) return;
   // Pack whole records while the datagram has room; the client asks again from the last subkey.
   answer.more = true;

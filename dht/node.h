@@ -112,7 +112,9 @@ struct KeyResult {
   // OK with at least one record; kNotFound when the lookup finished without any; kUnavailable when
   // no peer is known or none answered; kDeadlineExceeded when the deadline came first with nothing.
   Status status;
-  std::vector<Record> records;  // unexpired, signatures verified, by subkey
+  // Unexpired, signatures verified, sorted by (subkey, publisher). One subkey may have several
+  // records, one per publisher: the DHT never decides between publishers (PROTOCOL section 6).
+  std::vector<Record> records;
   int rounds = 0;
   int rpcs = 0;
 };
@@ -216,7 +218,8 @@ class Node {
   void NoteAnnounced(const NodeId& id, const Address& announced, size_t trigger_bytes);
   void Ping(const Contact& contact);
   void FillValueAnswer(Message& answer, const std::string& key,
-                       const std::optional<std::string>& cursor);
+                       const std::optional<std::string>& cursor,
+                       const std::optional<PublicKey>& cursor_publisher);
   bool AcceptAnswerRecord(const Record& r, const std::string& key);
 
   // node_ops.cc: lookups, get, put, bootstrap, maintenance.
@@ -224,7 +227,7 @@ class Node {
                        int64_t deadline_us, std::function<void(LookupRun&)> on_done);
   void AdvanceLookup(uint64_t lookup_id);
   void QueryCandidate(uint64_t lookup_id, const WireContact& contact,
-                      std::optional<std::string> cursor);
+                      std::optional<Lookup::Cursor> cursor);
   void FinishLookup(uint64_t lookup_id);
   void FinishKey(const std::shared_ptr<Batch>& batch, size_t index, LookupRun* run);
   void StoreOn(const std::vector<WireContact>& targets, const Record& record, PutCallback done);

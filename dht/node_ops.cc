@@ -38,7 +38,7 @@ void Node::AdvanceLookup(uint64_t lookup_id) {
 }
 
 void Node::QueryCandidate(uint64_t lookup_id, const WireContact& contact,
-                          std::optional<std::string> cursor) {
+                          std::optional<Lookup::Cursor> cursor) {
   auto it = lookups_.find(lookup_id);
   if (it == lookups_.end()) return;
   LookupRun& run = *it->second;
@@ -51,7 +51,10 @@ void Node::QueryCandidate(uint64_t lookup_id, const WireContact& contact,
   } else {
     m = NewMessage(MessageType::kFindValue, 0);
     m.key = lookup.key();
-    m.cursor = std::move(cursor);
+    if (cursor) {
+      m.cursor = std::move(cursor->first);
+      m.cursor_publisher = cursor->second;
+    }
   }
   ++run.rpcs;
   NodeId peer = contact.id;
@@ -69,7 +72,7 @@ void Node::QueryCandidate(uint64_t lookup_id, const WireContact& contact,
         if (AcceptAnswerRecord(r, lk.key())) valid.push_back(r);
       }
       if (!valid.empty() || paginating) {
-        std::optional<std::string> next = lk.OnRecords(contact.id, valid, reply->more);
+        std::optional<Lookup::Cursor> next = lk.OnRecords(contact.id, valid, reply->more);
         if (next) QueryCandidate(lookup_id, contact, std::move(next));
       } else {
         lk.OnNodes(contact.id, reply->nodes);
@@ -155,7 +158,7 @@ void Node::FinishKey(const std::shared_ptr<Batch>& batch, size_t index, LookupRu
     lookup.MergeRecord(it->second);
   }
   result.records.clear();
-  for (const auto& [subkey, record] : lookup.records()) {
+  for (const auto& [slot, record] : lookup.records()) {
     if (record.expiration_ms > now_ms) result.records.push_back(record);
   }
   result.rounds = lookup.Rounds();
