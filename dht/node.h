@@ -22,6 +22,7 @@
 
 #include <array>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
@@ -77,6 +78,14 @@ struct NodeOptions {
   // another address while this many are in flight leaves the table as it is; the sender's next
   // request tries again.
   size_t max_pending_verifications = 64;
+  // Proven identities (PROTOCOL section 6): (id, address) pairs that answered a signed challenge,
+  // remembered so each pair is proven once; and tokens other nodes gave this one, by address.
+  size_t proven_cache_size = 8192;
+  size_t token_cache_size = 8192;
+  // A token this node hands out is valid for this long (one epoch) to two (the next one).
+  int64_t token_epoch_ms = 5 * 60'000;
+  // Sybil placement limits of the routing table and, per /24 or /64, of each lookup's candidates.
+  SybilLimits sybil;
   uint64_t seed = 0;  // rng seed for transaction ids and refresh targets; 0 = random
 };
 
@@ -101,6 +110,14 @@ struct NodeStats {
   uint64_t verifications_sent = 0;
   uint64_t verifications_passed = 0;
   uint64_t verifications_skipped = 0;
+  // Signed challenges ("q"/"p"): asked of others, and answers that proved the key or did not.
+  uint64_t proofs_requested = 0;
+  uint64_t proofs_passed = 0;
+  uint64_t proofs_failed = 0;
+  // Answers to a source without a valid token that were cut to the request's size, and those not
+  // sent at all because even the smallest form was larger.
+  uint64_t answers_truncated = 0;
+  uint64_t answers_withheld = 0;
   std::array<uint64_t, static_cast<size_t>(RejectReason::kCount)> store_rejected{};
 
   uint64_t rejected(RejectReason r) const { return store_rejected[static_cast<size_t>(r)]; }
@@ -168,6 +185,9 @@ class Node {
   const Identity& identity() const { return identity_; }
   const NodeStats& stats() const { return stats_; }
   const RoutingTable& routing_table() const { return table_; }
+  bool Proven(const NodeId& id, const Address& address) const {
+    return proven_.Contains(id, address);
+  }
   const RecordStore& store() const { return store_; }
   const NodeOptions& options() const { return options_; }
   size_t pending_rpcs() const { return rpcs_.size(); }
@@ -187,6 +207,7 @@ class Node {
     // A PING to an announced address: sent once, and its failure or a wrong key says nothing about
     // the contact `expected` may already be in the table at another address.
     bool verification = false;
+    bool prove = false;  // the request asked for a proof ("q")
     ReplyFn on_reply;
     std::function<void()> on_stall;
   };
@@ -209,13 +230,27 @@ class Node {
   void HandleReply(const Address& from, const Message& m);
   bool RateLimited(const Address& from);
   void Reply(const Address& to, Message m);
+  // Answers `request` (of `request_bytes`, from `from`) with `answer`: signs the proof when asked,
+  // hands out a token, and keeps the answer within the request's size unless `validated` (the
+  // request carried a valid token for `from`).
+  void Answer(const Address& from, const Message& request, size_t request_bytes, bool validated,
+              Message answer);
+  // Sets the challenge, token and padding of a request to `to`.
+  void PrepareRequest(const Address& to, const std::optional<NodeId>& expected, Message& m) const;
+  Token MakeToken(const Address& address, int64_t epoch) const;
+  bool TokenValid(const Token& token, const Address& address) const;
+  void RememberToken(const Address& address, const Token& token);
   Message NewMessage(MessageType type, uint64_t txid) const;
   void SendRequest(const Address& to, const std::optional<NodeId>& expected, Message m,
-                   ReplyFn on_reply, std::function<void()> on_stall, bool verification = false);
+                   ReplyFn on_reply, std::function<void()> on_stall, bool verification = false,
+                   bool prepared = false);
   void FireRpcTimer(uint64_t txid, int64_t now_us);
   int64_t SoftTimeoutUs() const;
   void NoteAlive(const NodeId& id, const Address& from, bool client);
-  void NoteAnnounced(const NodeId& id, const Address& announced, size_t trigger_bytes);
+  // A request from `id` that wants it in the table at `address`: enters at once when the pair is
+  // proven, else a challenge PING goes there (bounded: see PROTOCOL section 6). `bounded`: the PING
+  // must be no larger than the request (`trigger_bytes`).
+  void Challenge(const NodeId& id, const Address& address, size_t trigger_bytes, bool bounded);
   void Ping(const Contact& contact);
   void FillValueAnswer(Message& answer, const std::string& key,
                        const std::optional<std::string>& cursor,
@@ -244,6 +279,10 @@ class Node {
   RoutingTable table_;
   RecordStore store_;
   VerifiedCache verified_;
+  ProvenCache proven_;
+  std::array<uint8_t, 32> token_secret_{};
+  std::map<Address, Token> tokens_;  // tokens others gave this node, by their address
+  std::deque<Address> token_order_;
   NodeStats stats_;
 
   std::unordered_map<uint64_t, Rpc> rpcs_;

@@ -2,6 +2,8 @@
 // that lie about routing.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 #include "dht/message.h"
 #include "dht/node.h"
 #include "dht/sim_network.h"
@@ -26,13 +28,18 @@ class Prober {
   explicit Prober(SimNetwork& net) : net_(net) {
     index_ = net.AddEndpoint([this](const Address&, std::span<const uint8_t> bytes) {
       auto m = DecodeMessage(bytes);
-      if (m.ok()) answers.push_back(*m);
+      if (!m.ok()) return;
+      if (m->token) token = m->token;  // proves the prober receives here: full-size answers
+      answers.push_back(*m);
     });
   }
   void Send(size_t to, Message m) {
     if (m.network.empty()) m.network = "sim";
     m.sender = identity.public_key();
     m.txid = ++txid_;
+    if (use_token && token) m.token = token;
+    // Without a token, the answer is no larger than the request: leave room for it and a token.
+    if (!m.token && m.padding == 0) m.padding = 64;
     auto bytes = EncodeMessage(m);
     ASSERT_TRUE(bytes.ok());
     SendRaw(to, *bytes);
@@ -52,6 +59,8 @@ class Prober {
   }
   Identity identity = TestIdentity(200);
   std::vector<Message> answers;
+  std::optional<Token> token;
+  bool use_token = true;
 
  private:
   SimNetwork& net_;
@@ -131,8 +140,11 @@ TEST(SecurityTest, MalformedDatagramsAreDroppedAndCounted) {
   EXPECT_EQ(stats.dropped_oversized, 1u);
   EXPECT_TRUE(p.answers.empty());
   p.Send(node, ping);  // and the node still works
-  ASSERT_EQ(p.answers.size(), 1u);
-  EXPECT_EQ(p.answers[0].type, MessageType::kPong);
+  // Its PONG, and its challenge to the unproven sender (a PING asking for a proof).
+  ASSERT_EQ(p.answers.size(), 2u);
+  EXPECT_EQ(std::count_if(p.answers.begin(), p.answers.end(),
+                          [](const Message& m) { return m.type == MessageType::kPong; }),
+            1);
 }
 
 TEST(SecurityTest, FloodFromOneAddressIsRateLimited) {
