@@ -11,6 +11,15 @@
 //
 // Done when: (FIND_VALUE) `quorum` candidates answered with records and no pagination is pending;
 // or every candidate of the window answered; or nothing is left to ask and nothing is stalled.
+//
+// Disjoint paths (S/Kademlia): with `paths` = d > 1 the initial candidates are dealt round-robin
+// to d paths, a candidate learned from an answer belongs to the path of the node that named it,
+// and a node already known to one path is never asked by another. Each path keeps its own window
+// (ceil(k / d) candidates) and its own alpha requests in flight, and the lookup is done when every
+// path is (or, for FIND_VALUE, at quorum). So hostile nodes that answer only with each other
+// capture at most the paths that reached them, and a key is censored only if every path meets them
+// first. Sybil placement: with `max_per_subnet` > 0, at most that many candidates of one /24 (/64)
+// are kept (private and loopback addresses exempt unless `limit_private`).
 #ifndef DMOE_DHT_LOOKUP_H_
 #define DMOE_DHT_LOOKUP_H_
 
@@ -38,6 +47,9 @@ class Lookup {
     size_t alpha = 3;
     size_t quorum = 1;             // FIND_VALUE: record holders needed to stop early
     size_t max_candidates = 1024;  // farther candidates are forgotten
+    size_t paths = 1;              // disjoint paths, at least 1
+    size_t max_per_subnet = 0;     // 0 = no limit
+    bool limit_private = false;
   };
 
   // Where a paginated VALUE answer continues: after this (subkey, publisher).
@@ -47,6 +59,7 @@ class Lookup {
     WireContact contact;
     State state = State::kNew;
     int depth = 1;
+    size_t path = 0;
     bool has_records = false;
     std::optional<Cursor> cursor;  // set while a paginated VALUE answer is being fetched
   };
@@ -57,9 +70,10 @@ class Lookup {
   const NodeId& target() const { return target_; }
   const std::string& key() const { return key_; }
 
-  // Adds a candidate learned at `depth` (1 = from the own routing table). Self and known ids are
-  // ignored.
-  void AddCandidate(const WireContact& contact, int depth);
+  // Adds a candidate learned at `depth` (1 = from the own routing table), on `path` (nullopt: the
+  // next path round-robin). Self and known ids are ignored.
+  void AddCandidate(const WireContact& contact, int depth,
+                    std::optional<size_t> path = std::nullopt);
 
   // Candidates to ask now; each is marked in flight. The caller sends one request to each.
   std::vector<WireContact> NextQueries();
@@ -90,6 +104,10 @@ class Lookup {
 
  private:
   Candidate* FindCandidate(const NodeId& id);
+  bool PathDone(size_t path) const;
+  // Each path's window: k split over the paths (rounded up), so the d paths together ask about as
+  // many nodes as one path of k would.
+  size_t PathWindow() const { return (options_.k + options_.paths - 1) / options_.paths; }
 
   Kind kind_;
   NodeId target_;
@@ -103,6 +121,7 @@ class Lookup {
   size_t responded_ = 0;
   size_t failed_ = 0;
   int value_depth_ = 0;
+  size_t next_path_ = 0;
 };
 
 }  // namespace dmoe::dht

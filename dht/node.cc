@@ -99,15 +99,16 @@ bool Node::RateLimited(const Address& from) {
   return false;
 }
 
-void Node::Reply(const Address& to, Message m) {
+size_t Node::Reply(const Address& to, Message m) {
   Result<std::string> bytes = EncodeMessage(m);
   if (!bytes.ok()) {
     SPDLOG_WARN("dht: could not encode answer: {}", bytes.status().ToString());
-    return;
+    return 0;
   }
   ++stats_.datagrams_out;
   transport_.Send(
       to, std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(bytes->data()), bytes->size()));
+  return bytes->size();
 }
 
 void Node::NoteAlive(const NodeId& id, const Address& from, bool client) {
@@ -168,22 +169,24 @@ void Node::HandleRequest(const Address& from, const Message& m, size_t datagram_
   NodeId sender_id = NodeIdOf(m.sender);
   if (sender_id == id_) return;  // our own datagram looped back
   bool validated = m.token && TokenValid(*m.token, from);
+  // The source may be unreachable for others (behind a forward or a relay): then only the
+  // announced address may enter the table. Either enters only once proven: a signed answer to our
+  // challenge from there, so a sender key copied into a datagram moves nothing.
+  bool announced = m.announced && *m.announced != from;
+  const Address at = announced ? *m.announced : from;
+  bool challenge = false;
   if (!m.client) {
-    // The source may be unreachable for others (behind a forward or a relay): then only the
-    // announced address may enter the table. Either enters only once proven: a signed answer to
-    // our challenge from there, so a sender key copied into a datagram moves nothing.
-    bool announced = m.announced && *m.announced != from;
-    const Address& at = announced ? *m.announced : from;
     const Contact* known = table_.Find(sender_id);
     if (proven_.Contains(sender_id, at) || (known != nullptr && known->address == at)) {
       NoteAlive(sender_id, at, false);
-    } else if (table_.WouldAdd(sender_id, at)) {
-      Challenge(sender_id, at, datagram_bytes, announced || !validated);
+    } else {
+      challenge = table_.WouldAdd(sender_id, at);
     }
   }
+  size_t sent = 0;  // bytes of the answer
   switch (m.type) {
     case MessageType::kPing:
-      Answer(from, m, datagram_bytes, validated, NewMessage(MessageType::kPong, m.txid));
+      sent = Answer(from, m, datagram_bytes, validated, NewMessage(MessageType::kPong, m.txid));
       break;
     case MessageType::kFindNode: {
       Message answer = NewMessage(MessageType::kNodes, m.txid);
@@ -191,7 +194,7 @@ void Node::HandleRequest(const Address& from, const Message& m, size_t datagram_
         if (c.id == sender_id || answer.nodes.size() >= options_.k) continue;
         answer.nodes.push_back(WireContact{c.id, c.address});
       }
-      Answer(from, m, datagram_bytes, validated, std::move(answer));
+      sent = Answer(from, m, datagram_bytes, validated, std::move(answer));
       break;
     }
     case MessageType::kFindValue: {
@@ -204,7 +207,7 @@ void Node::HandleRequest(const Address& from, const Message& m, size_t datagram_
           answer.nodes.push_back(WireContact{c.id, c.address});
         }
       }
-      Answer(from, m, datagram_bytes, validated, std::move(answer));
+      sent = Answer(from, m, datagram_bytes, validated, std::move(answer));
       break;
     }
     case MessageType::kStore: {
@@ -217,11 +220,21 @@ void Node::HandleRequest(const Address& from, const Message& m, size_t datagram_
         ack.code = s.code();
         ack.error = s.message().substr(0, 512);
       }
-      Answer(from, m, datagram_bytes, validated, std::move(ack));
+      sent = Answer(from, m, datagram_bytes, validated, std::move(ack));
       break;
     }
     default:
       break;
+  }
+  if (challenge) {
+    // To an unvalidated source the answer and the challenge together stay within the request's
+    // size (a spoofed request draws no more bytes than it carries); a challenge to an announced
+    // address, a different host, is bounded by the request's size on its own.
+    size_t budget = announced               ? datagram_bytes
+                    : validated             ? kMaxDatagramBytes
+                    : datagram_bytes > sent ? datagram_bytes - sent
+                                            : 0;
+    Challenge(sender_id, at, budget, announced || !validated);
   }
 }
 
@@ -288,8 +301,8 @@ void Node::PrepareRequest(const Address& to, const std::optional<NodeId>& expect
   }
 }
 
-void Node::Answer(const Address& from, const Message& request, size_t request_bytes, bool validated,
-                  Message answer) {
+size_t Node::Answer(const Address& from, const Message& request, size_t request_bytes,
+                    bool validated, Message answer) {
   if (request.prove) {
     answer.proof = identity_.Sign(std::string_view(ProofBytes(request.txid, request.sender)));
   }
@@ -317,13 +330,13 @@ void Node::Answer(const Address& from, const Message& request, size_t request_by
         answer.proof.reset();
       } else {
         ++stats_.answers_withheld;
-        return;
+        return 0;
       }
       size = EncodedSize(answer);
     }
     if (cut) ++stats_.answers_truncated;
   }
-  Reply(from, std::move(answer));
+  return Reply(from, std::move(answer));
 }
 
 void Node::FillValueAnswer(Message& answer, const std::string& key,

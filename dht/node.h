@@ -84,8 +84,11 @@ struct NodeOptions {
   size_t token_cache_size = 8192;
   // A token this node hands out is valid for this long (one epoch) to two (the next one).
   int64_t token_epoch_ms = 5 * 60'000;
-  // Sybil placement limits of the routing table and, per /24 or /64, of each lookup's candidates.
+  // Sybil placement limits of the routing table; each lookup keeps at most
+  // sybil.per_subnet_per_bucket candidates per /24 (/64) too.
   SybilLimits sybil;
+  // Gets (FIND_VALUE lookups) run over this many disjoint paths (S/Kademlia, dht/lookup.h).
+  size_t disjoint_paths = 3;
   uint64_t seed = 0;  // rng seed for transaction ids and refresh targets; 0 = random
 };
 
@@ -229,12 +232,13 @@ class Node {
   void HandleRequest(const Address& from, const Message& m, size_t datagram_bytes);
   void HandleReply(const Address& from, const Message& m);
   bool RateLimited(const Address& from);
-  void Reply(const Address& to, Message m);
+  size_t Reply(const Address& to, Message m);  // the bytes sent
   // Answers `request` (of `request_bytes`, from `from`) with `answer`: signs the proof when asked,
   // hands out a token, and keeps the answer within the request's size unless `validated` (the
   // request carried a valid token for `from`).
-  void Answer(const Address& from, const Message& request, size_t request_bytes, bool validated,
-              Message answer);
+  // Returns the bytes sent (0: withheld).
+  size_t Answer(const Address& from, const Message& request, size_t request_bytes, bool validated,
+                Message answer);
   // Sets the challenge, token and padding of a request to `to`.
   void PrepareRequest(const Address& to, const std::optional<NodeId>& expected, Message& m) const;
   Token MakeToken(const Address& address, int64_t epoch) const;

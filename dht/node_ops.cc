@@ -15,6 +15,12 @@ uint64_t Node::StartLookup(Lookup::Kind kind, const NodeId& target, std::string 
   lo.k = options_.k;
   lo.alpha = options_.alpha;
   lo.quorum = options_.get_quorum;
+  // Gets run over disjoint paths, so nodes that answer only with each other cannot censor a key;
+  // FIND_NODE (which picks where a put stores) keeps one path with a window of k, to find the
+  // true k closest.
+  lo.paths = kind == Lookup::Kind::kFindValue ? options_.disjoint_paths : 1;
+  lo.max_per_subnet = options_.sybil.per_subnet_per_bucket;
+  lo.limit_private = options_.sybil.on_private;
   run->lookup = std::make_unique<Lookup>(kind, target, std::move(key), id_, lo);
   run->on_done = std::move(on_done);
   run->start_us = clock_.NowMonotonicUs();
