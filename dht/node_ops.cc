@@ -135,10 +135,11 @@ void Node::GetMany(std::vector<std::string> keys, int64_t timeout_ms, GetCallbac
       }
       continue;
     }
-    std::vector<const Record*> local = store_.Get(keys[i], now_ms, std::nullopt);
-    if (!local.empty() || table_.size() == 0) {
-      // A node holding the key is one of its k closest: its copy answers like a remote one would.
-      // A node with no peers answers from what it has.
+    if (table_.size() == 0) {
+      // A node with no peers answers from what it has. (A node with peers looks up even when it
+      // holds records of the key: anyone may have stored an old record here, so its own copy is
+      // merged with the others', not trusted alone.)
+      std::vector<const Record*> local = store_.Get(keys[i], now_ms, std::nullopt);
       auto lookup = std::make_unique<Lookup>(Lookup::Kind::kFindValue, KeyIdOf(keys[i]), keys[i],
                                              id_, Lookup::Options{});
       for (const Record* r : local) lookup->MergeRecord(*r);
@@ -158,11 +159,13 @@ void Node::FinishKey(const std::shared_ptr<Batch>& batch, size_t index, LookupRu
   KeyResult& result = batch->results[index];
   Lookup& lookup = *run->lookup;
   int64_t now_ms = clock_.NowUnixMs();
-  // Own records are always part of the answer: the publisher knows them best.
+  // Own records are always part of the answer: the publisher knows them best. So are the records
+  // this node holds for others, merged like any node's answer.
   for (auto it = own_records_.lower_bound({result.key, std::string()});
        it != own_records_.end() && it->first.first == result.key; ++it) {
     lookup.MergeRecord(it->second);
   }
+  for (const Record* r : store_.Get(result.key, now_ms, std::nullopt)) lookup.MergeRecord(*r);
   result.records.clear();
   for (const auto& [slot, record] : lookup.records()) {
     if (record.expiration_ms > now_ms) result.records.push_back(record);
