@@ -7,16 +7,16 @@
 // thread (or strand). Callbacks passed to GetMany/Put/Bootstrap run on that thread, after the call
 // that completed them has finished its own work, so they may call back into the Node.
 //
-// Trust model (see also dht/dht.h): records are signed, so a node can lie only about routing. A
-// reply is accepted only from the address the request went to and with the request's random 64-bit
-// transaction id, and its sender key must hash to the node id the request was meant for, so an
-// off-path attacker cannot inject answers and a node cannot answer for an id that is not its own.
-// Contacts learned from others' answers enter only lookups, never the routing table, until they
-// answer us themselves. A request whose announced address ("a") differs from its source puts
-// nothing in the table: the node PINGs the announced address once, and only a PONG from there with
-// the same key puts the sender in the table, at that address (PROTOCOL section 6). Datagrams are
-// not signed: that would cost an Ed25519 signature and verification
-// (~70 us) per message for little gain over the above.
+// Trust model (see also dht/dht.h and PROTOCOL section 6): records are signed, so a node can lie
+// only about routing. A reply is accepted only from the address the request went to and with the
+// request's random 64-bit transaction id, and its sender key must hash to the node id the request
+// was meant for, so an off-path attacker cannot inject answers. An (id, address) pair enters the
+// routing table only once proven: the request asked for a proof ("q") and the answer signed the
+// txid and this node's key with the id's key ("p"). A request from an unproven sender enters
+// nothing; it draws a challenge PING to the sender (or to its announced address, "a"), within the
+// request's byte budget when the source has no valid token. Datagrams are otherwise not signed:
+// proofs are asked only of pairs that could enter the table and cached, so each pair costs one
+// signature and one verification.
 #ifndef DMOE_DHT_NODE_H_
 #define DMOE_DHT_NODE_H_
 
