@@ -268,8 +268,7 @@ void Node::PrepareRequest(const Address& to, const std::optional<NodeId>& expect
                           Message& m) const {
   // A proof costs the answerer a signature and this node a verification: ask for one only when
   // the answer could put the contact in the table (bootstrap pings, whose id is unknown, always).
-  m.prove = !expected || (!proven_.Contains(*expected, to) && !options_.client &&
-                          table_.WouldAdd(*expected, to));
+  m.prove = !expected || (!proven_.Contains(*expected, to) && table_.WouldAdd(*expected, to));
   m.padding = 0;
   m.token.reset();
   auto token = tokens_.find(to);
