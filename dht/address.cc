@@ -1,5 +1,7 @@
 #include "dht/address.h"
 
+#include <algorithm>
+
 #include <arpa/inet.h>
 
 #include <charconv>
@@ -78,6 +80,24 @@ std::string Address::ToWire() const {
   out.push_back(static_cast<char>(port >> 8));
   out.push_back(static_cast<char>(port & 0xff));
   return out;
+}
+
+bool Address::IsLocalOrPrivate() const {
+  if (!v6) {
+    uint8_t a = ip[0], b = ip[1];
+    return a == 127 || a == 10 || a == 0 || (a == 172 && (b & 0xf0) == 16) ||
+           (a == 192 && b == 168) || (a == 169 && b == 254);
+  }
+  bool zero_to_15 = true;
+  for (size_t i = 0; i < 15; ++i) zero_to_15 &= ip[i] == 0;
+  if (zero_to_15 && (ip[15] == 0 || ip[15] == 1)) return true;  // :: and ::1
+  return (ip[0] & 0xfe) == 0xfc || (ip[0] == 0xfe && (ip[1] & 0xc0) == 0x80);
+}
+
+bool Address::SameSubnet(const Address& other) const {
+  if (v6 != other.v6) return false;
+  size_t n = v6 ? 8 : 3;
+  return std::equal(ip.begin(), ip.begin() + static_cast<std::ptrdiff_t>(n), other.ip.begin());
 }
 
 }  // namespace dmoe::dht

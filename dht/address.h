@@ -32,6 +32,12 @@ struct Address {
   // Host part only ("1.2.3.4" or "::1"); used as the per-source rate-limit key.
   std::string HostString() const;
   std::string ToWire() const;
+  // Loopback, private (10/8, 172.16/12, 192.168/16, fc00::/7), link-local or unspecified: the
+  // addresses exempt from the Sybil placement limits by default (a LAN or local swarm).
+  bool IsLocalOrPrivate() const;
+  // Whether both lie in one /24 (IPv4) or /64 (IPv6), the unit of the Sybil placement limits.
+  bool SameSubnet(const Address& other) const;
+  bool SameHost(const Address& other) const { return v6 == other.v6 && ip == other.ip; }
 
   friend auto operator<=>(const Address&, const Address&) = default;
   friend bool operator==(const Address&, const Address&) = default;

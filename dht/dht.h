@@ -6,7 +6,8 @@
 //                   [](std::vector<KeyResult> results) { ... });
 //
 // Records (PROTOCOL section 6, layout in dht/record.h) are (key, subkey) -> value, signed by their
-// publisher and expiring at most 10 minutes ahead; a publisher owns its subkeys until they expire.
+// publisher and expiring at most 10 minutes ahead; records of one subkey from different publishers
+// are kept side by side, and a get returns them all (the reader decides whom to believe).
 // The node re-stores its own records on a period until they expire, so an announcement lives
 // exactly as long as its publisher keeps putting it: staleness is expiry.
 //
@@ -21,15 +22,19 @@
 // or alter them. Datagrams themselves are not signed (an Ed25519 signature plus verification would
 // cost ~70 us per message): instead a reply is matched to its request by a random 64-bit
 // transaction id and the source address, and the sender's public key must hash to the node id the
-// request was sent to. Nodes learned from other nodes' answers are used in lookups but enter the
-// routing table only after they answer themselves; lookups keep every candidate and route around
-// contacts that stall, so bogus "closer nodes" slow a lookup by a soft timeout rather than stopping
-// it.
+// request was sent to. A node id enters the routing table, at an address, only after a signed
+// answer to a challenge from there (the requester's random txid, signed with the key the id derives
+// from; cached per (id, address)), so a datagram carrying someone else's key moves nothing. Answers
+// to a source without a valid token are no larger than its request (no reflection amplification),
+// buckets and lookups keep at most 2 contacts per /24, gets run over 3 disjoint paths, and stores
+// keep per-publisher and per-source quotas (PROTOCOL section 6). Lookups keep every candidate and
+// route around contacts that stall, so bogus "closer nodes" slow a lookup by a soft timeout rather
+// than stopping it.
 //
 // Announced addresses. A node behind a port forward or a relay receives at an address other than
 // the one its datagrams come from; with `public_address` it sends that address as "a" on every
 // request. A receiver answers the request at its source as usual but keeps the source out of its
-// routing table: it PINGs the announced address, and only a PONG from there carrying the same key
+// routing table: it PINGs the announced address, and only a PONG from there proving the same key
 // puts the sender in the table, at the announced address. So a datagram naming someone else's
 // address cannot move that address to another id, and since each such request causes at most one
 // PING, no larger than the request, not retransmitted, with one in flight per address and at most

@@ -6,7 +6,9 @@ namespace dmoe::dht {
 
 Lookup::Lookup(Kind kind, const NodeId& target, std::string key, const NodeId& self,
                Options options)
-    : kind_(kind), target_(target), key_(std::move(key)), self_(self), options_(options) {}
+    : kind_(kind), target_(target), key_(std::move(key)), self_(self), options_(options) {
+  options_.paths = std::max<size_t>(options_.paths, 1);
+}
 
 Lookup::Candidate* Lookup::FindCandidate(const NodeId& id) {
   for (Candidate& c : candidates_) {
@@ -15,8 +17,15 @@ Lookup::Candidate* Lookup::FindCandidate(const NodeId& id) {
   return nullptr;
 }
 
-void Lookup::AddCandidate(const WireContact& contact, int depth) {
-  if (contact.id == self_ || !known_.insert(contact.id).second) return;
+void Lookup::AddCandidate(const WireContact& contact, int depth, std::optional<size_t> path) {
+  if (contact.id == self_ || known_.count(contact.id) != 0) return;
+  if (options_.max_per_subnet > 0 &&
+      (options_.limit_private || !contact.address.IsLocalOrPrivate())) {
+    size_t same = 0;
+    for (const Candidate& c : candidates_) same += c.contact.address.SameSubnet(contact.address);
+    if (same >= options_.max_per_subnet) return;
+  }
+  known_.insert(contact.id);
   auto pos = std::lower_bound(
       candidates_.begin(), candidates_.end(), contact.id,
       [&](const Candidate& c, const NodeId& id) { return Closer(target_, c.contact.id, id); });
@@ -24,6 +33,7 @@ void Lookup::AddCandidate(const WireContact& contact, int depth) {
   Candidate c;
   c.contact = contact;
   c.depth = depth;
+  c.path = path ? *path % options_.paths : next_path_++ % options_.paths;
   candidates_.insert(pos, std::move(c));
   if (candidates_.size() > options_.max_candidates) {
     // Only never-asked candidates are forgotten, so answers always find their candidate.
@@ -40,17 +50,21 @@ void Lookup::AddCandidate(const WireContact& contact, int depth) {
 std::vector<WireContact> Lookup::NextQueries() {
   std::vector<WireContact> out;
   if (Done()) return out;
-  size_t in_flight = 0;
-  for (const Candidate& c : candidates_) in_flight += c.state == State::kInFlight;
-  size_t window = 0;
-  for (Candidate& c : candidates_) {
-    if (in_flight >= options_.alpha || window >= options_.k) break;
-    if (c.state == State::kFailed || c.state == State::kStalled) continue;
-    ++window;
-    if (c.state == State::kNew) {
-      c.state = State::kInFlight;
-      ++in_flight;
-      out.push_back(c.contact);
+  size_t path_window = PathWindow();
+  for (size_t path = 0; path < options_.paths; ++path) {
+    size_t in_flight = 0;
+    for (const Candidate& c : candidates_)
+      in_flight += c.path == path && c.state == State::kInFlight;
+    size_t window = 0;
+    for (Candidate& c : candidates_) {
+      if (in_flight >= options_.alpha || window >= path_window) break;
+      if (c.path != path || c.state == State::kFailed || c.state == State::kStalled) continue;
+      ++window;
+      if (c.state == State::kNew) {
+        c.state = State::kInFlight;
+        ++in_flight;
+        out.push_back(c.contact);
+      }
     }
   }
   return out;
@@ -62,12 +76,13 @@ void Lookup::OnNodes(const NodeId& id, const std::vector<WireContact>& nodes) {
   c->state = State::kResponded;
   c->cursor.reset();
   int depth = c->depth + 1;
+  size_t path = c->path;
   ++responded_;
-  for (const WireContact& n : nodes) AddCandidate(n, depth);
+  for (const WireContact& n : nodes) AddCandidate(n, depth, path);
 }
 
-std::optional<std::string> Lookup::OnRecords(const NodeId& id, const std::vector<Record>& records,
-                                             bool more) {
+std::optional<Lookup::Cursor> Lookup::OnRecords(const NodeId& id,
+                                                const std::vector<Record>& records, bool more) {
   Candidate* c = FindCandidate(id);
   if (c == nullptr || c->state == State::kResponded || c->state == State::kFailed) {
     return std::nullopt;
@@ -80,7 +95,7 @@ std::optional<std::string> Lookup::OnRecords(const NodeId& id, const std::vector
   }
   if (more && !records.empty()) {
     c->state = State::kInFlight;
-    c->cursor = records.back().subkey;
+    c->cursor = Cursor{records.back().subkey, records.back().publisher};
     return c->cursor;
   }
   c->state = State::kResponded;
@@ -102,24 +117,30 @@ void Lookup::OnFailed(const NodeId& id) {
   ++failed_;
 }
 
-bool Lookup::Done() const {
-  bool paginating = false;
+bool Lookup::PathDone(size_t path) const {
   bool stalled = false;
-  for (const Candidate& c : candidates_) {
-    paginating |= c.cursor.has_value();
-    stalled |= c.state == State::kStalled;
-  }
-  if (kind_ == Kind::kFindValue && record_holders_ >= options_.quorum && !paginating) return true;
   size_t window = 0;
   for (const Candidate& c : candidates_) {
-    if (window >= options_.k) break;
+    if (c.path != path) continue;
+    if (c.cursor.has_value()) return false;
+    stalled |= c.state == State::kStalled;
+    if (window >= PathWindow()) continue;
     if (c.state == State::kFailed || c.state == State::kStalled) continue;
     ++window;
     if (c.state != State::kResponded) return false;
   }
-  if (paginating) return false;
   // The whole window answered. An empty window with stalled requests may still hear back.
   return window > 0 || !stalled;
+}
+
+bool Lookup::Done() const {
+  bool paginating = false;
+  for (const Candidate& c : candidates_) paginating |= c.cursor.has_value();
+  if (kind_ == Kind::kFindValue && record_holders_ >= options_.quorum && !paginating) return true;
+  for (size_t path = 0; path < options_.paths; ++path) {
+    if (!PathDone(path)) return false;
+  }
+  return true;
 }
 
 std::vector<WireContact> Lookup::ClosestResponded() const {
@@ -132,15 +153,11 @@ std::vector<WireContact> Lookup::ClosestResponded() const {
 }
 
 void Lookup::MergeRecord(const Record& record) {
-  auto [it, inserted] = records_.emplace(record.subkey, record);
+  // Per (subkey, publisher): a stranger's record of a subkey never replaces another publisher's,
+  // whatever its expiration; the reader sees both and decides (PROTOCOL section 6).
+  auto [it, inserted] = records_.emplace(Cursor{record.subkey, record.publisher}, record);
   if (inserted) return;
-  Record& existing = it->second;
-  if (existing.publisher == record.publisher) {
-    if (DecideReplace(existing, record) == ReplaceDecision::kReplace) existing = record;
-  } else if (record.expiration_ms > existing.expiration_ms) {
-    // Two valid publishers for one subkey: the older claim has expired somewhere; keep the fresher.
-    existing = record;
-  }
+  if (DecideReplace(it->second, record) == ReplaceDecision::kReplace) it->second = record;
 }
 
 int Lookup::Rounds() const {

@@ -29,6 +29,10 @@ json ToJson(const Message& m) {
   j["s"] = Bin(m.sender.data(), m.sender.size());
   if (m.client) j["c"] = true;
   if (m.announced) j["a"] = Bin(m.announced->ToWire());
+  if (m.prove) j["q"] = true;
+  if (m.proof) j["p"] = Bin(m.proof->data(), m.proof->size());
+  if (m.token) j["o"] = Bin(m.token->data(), m.token->size());
+  if (m.padding > 0) j["z"] = json::binary(std::vector<uint8_t>(m.padding, 0));
   auto nodes = [&] {
     json arr = json::array();
     for (const WireContact& c : m.nodes) {
@@ -54,6 +58,9 @@ json ToJson(const Message& m) {
     case MessageType::kFindValue:
       j["k"] = m.key;
       if (m.cursor) j["u"] = *m.cursor;
+      if (m.cursor && m.cursor_publisher) {
+        j["U"] = Bin(m.cursor_publisher->data(), m.cursor_publisher->size());
+      }
       break;
     case MessageType::kValue:
       j["k"] = m.key;
@@ -196,6 +203,24 @@ bool DecodeInto(const json& j, Message& m, std::string& why) {
     if (announced->port == 0) return done(rd.Fail("field 'a' has port 0"));
     m.announced = *announced;
   }
+  if (const json* q = rd.Find("q")) {
+    if (!q->is_boolean()) return done(rd.Fail("field 'q' is not a boolean"));
+    m.prove = q->get<bool>();
+  }
+  if (const json* p = rd.Find("p")) {
+    Signature proof{};
+    if (!rd.Fixed(*p, "p", proof)) return done(false);
+    m.proof = proof;
+  }
+  if (const json* o = rd.Find("o")) {
+    Token token{};
+    if (!rd.Fixed(*o, "o", token)) return done(false);
+    m.token = token;
+  }
+  if (const json* z = rd.Find("z")) {
+    if (!z->is_binary()) return done(rd.Fail("field 'z' is not binary"));
+    m.padding = z->get_binary().size();
+  }
   switch (m.type) {
     case MessageType::kPing:
     case MessageType::kPong:
@@ -213,6 +238,11 @@ bool DecodeInto(const json& j, Message& m, std::string& why) {
         std::string cursor;
         if (!rd.String("u", cursor, kMaxDatagramBytes)) return done(false);
         m.cursor = std::move(cursor);
+        if (const json* up = rd.Find("U")) {
+          PublicKey publisher{};
+          if (!rd.Fixed(*up, "U", publisher)) return done(false);
+          m.cursor_publisher = publisher;
+        }
       }
       return true;
     }
@@ -249,6 +279,13 @@ bool DecodeInto(const json& j, Message& m, std::string& why) {
 }
 
 }  // namespace
+
+std::string ProofBytes(uint64_t txid, const PublicKey& requester) {
+  std::string out(kProofDomain);
+  for (int i = 7; i >= 0; --i) out.push_back(static_cast<char>((txid >> (8 * i)) & 0xff));
+  out.append(reinterpret_cast<const char*>(requester.data()), requester.size());
+  return out;
+}
 
 size_t EncodedRecordSize(const Record& record) {
   std::vector<uint8_t> out;

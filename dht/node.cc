@@ -17,8 +17,10 @@ Node::Node(const Identity& identity, Transport& transport, const Clock& clock, N
       clock_(clock),
       options_(std::move(options)),
       rng_(options_.seed != 0 ? options_.seed : std::random_device{}()),
-      table_(id_, options_.k),
-      store_(options_.store) {
+      table_(id_, options_.k, options_.sybil),
+      store_(options_.store),
+      proven_(options_.proven_cache_size) {
+  for (auto& b : token_secret_) b = static_cast<uint8_t>(rng_());
   int64_t now = clock_.NowMonotonicUs();
   next_maintenance_us_ = now + 1'000'000;
   next_sweep_us_ = now + options_.sweep_interval_ms * 1000;
@@ -66,7 +68,10 @@ void Node::OnDatagram(const Address& from, std::span<const uint8_t> bytes) {
       Message err = NewMessage(MessageType::kError, m.txid);
       err.code = Code::kResourceExhausted;
       err.error = "too many requests from " + from.HostString();
-      Reply(from, std::move(err));
+      // No proof for a flooder: signing is the expensive part.
+      Message request = m;
+      request.prove = false;
+      Answer(from, request, bytes.size(), m.token && TokenValid(*m.token, from), std::move(err));
     } else {
       HandleRequest(from, m, bytes.size());
     }
@@ -94,15 +99,16 @@ bool Node::RateLimited(const Address& from) {
   return false;
 }
 
-void Node::Reply(const Address& to, Message m) {
+size_t Node::Reply(const Address& to, Message m) {
   Result<std::string> bytes = EncodeMessage(m);
   if (!bytes.ok()) {
     SPDLOG_WARN("dht: could not encode answer: {}", bytes.status().ToString());
-    return;
+    return 0;
   }
   ++stats_.datagrams_out;
   transport_.Send(
       to, std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(bytes->data()), bytes->size()));
+  return bytes->size();
 }
 
 void Node::NoteAlive(const NodeId& id, const Address& from, bool client) {
@@ -123,50 +129,64 @@ void Node::Ping(const Contact& contact) {
       nullptr);
 }
 
-void Node::NoteAnnounced(const NodeId& id, const Address& announced, size_t trigger_bytes) {
-  const Contact* known = table_.Find(id);
-  if (known != nullptr && known->address == announced) {
-    // Verified earlier at that address: the request refreshes the contact without moving it.
-    NoteAlive(id, announced, false);
-    return;
-  }
-  if (verifying_.count(announced) != 0 || verifying_.size() >= options_.max_pending_verifications) {
+void Node::Challenge(const NodeId& id, const Address& address, size_t trigger_bytes, bool bounded) {
+  if (verifying_.count(address) != 0 || verifying_.size() >= options_.max_pending_verifications) {
     ++stats_.verifications_skipped;
     return;
   }
-  // A reflection bound: the PING is never larger than the request that caused it (its txid is
-  // sized as the largest one here, since the real one is drawn in SendRequest).
+  // The PING is sized with the largest txid, since the real one is drawn in SendRequest.
   Message ping = NewMessage(MessageType::kPing, std::numeric_limits<uint64_t>::max());
-  if (EncodedSize(ping) > trigger_bytes) ping.announced.reset();
-  if (EncodedSize(ping) > trigger_bytes) {
-    ++stats_.verifications_skipped;
-    return;
+  PrepareRequest(address, id, ping);
+  if (bounded) {
+    // A reflection bound: never larger than the request that caused it. Leave out the own "a"
+    // first, then padding (the answer may then lose its token, or its proof: the sender's next
+    // request, with the token, tries again).
+    if (EncodedSize(ping) > trigger_bytes) ping.announced.reset();
+    size_t size = EncodedSize(ping);
+    if (size > trigger_bytes && ping.padding > 0) {
+      ping.padding -= std::min(ping.padding, size - trigger_bytes);
+      if (EncodedSize(ping) > trigger_bytes && ping.padding > 0) ping.padding = 0;
+    }
+    if (EncodedSize(ping) > trigger_bytes) ping.token.reset();
+    if (EncodedSize(ping) > trigger_bytes) {
+      ++stats_.verifications_skipped;
+      return;
+    }
   }
-  verifying_.emplace(announced, id);
+  verifying_.emplace(address, id);
   ++stats_.verifications_sent;
   SendRequest(
-      announced, id, std::move(ping),
-      [this, announced](const Message* reply) {
-        verifying_.erase(announced);
-        // HandleReply checked the key and put the sender in the table at `announced`.
-        if (reply != nullptr && reply->type == MessageType::kPong) ++stats_.verifications_passed;
+      address, id, std::move(ping),
+      [this, address, id](const Message*) {
+        verifying_.erase(address);
+        // HandleReply checked the proof and put the sender in the table at `address`.
+        if (proven_.Contains(id, address)) ++stats_.verifications_passed;
       },
-      nullptr, /*verification=*/true);
+      nullptr, /*verification=*/true, /*prepared=*/true);
 }
 
 void Node::HandleRequest(const Address& from, const Message& m, size_t datagram_bytes) {
   NodeId sender_id = NodeIdOf(m.sender);
   if (sender_id == id_) return;  // our own datagram looped back
-  if (m.announced && *m.announced != from) {
-    // The source may be unreachable for others (behind a forward or a relay): answer it, but let
-    // only the announced address enter the table, once a PONG from there proves the key.
-    if (!m.client) NoteAnnounced(sender_id, *m.announced, datagram_bytes);
-  } else {
-    NoteAlive(sender_id, from, m.client);
+  bool validated = m.token && TokenValid(*m.token, from);
+  // The source may be unreachable for others (behind a forward or a relay): then only the
+  // announced address may enter the table. Either enters only once proven: a signed answer to our
+  // challenge from there, so a sender key copied into a datagram moves nothing.
+  bool announced = m.announced && *m.announced != from;
+  const Address at = announced ? *m.announced : from;
+  bool challenge = false;
+  if (!m.client) {
+    const Contact* known = table_.Find(sender_id);
+    if (proven_.Contains(sender_id, at) || (known != nullptr && known->address == at)) {
+      NoteAlive(sender_id, at, false);
+    } else {
+      challenge = table_.WouldAdd(sender_id, at);
+    }
   }
+  size_t sent = 0;  // bytes of the answer
   switch (m.type) {
     case MessageType::kPing:
-      Reply(from, NewMessage(MessageType::kPong, m.txid));
+      sent = Answer(from, m, datagram_bytes, validated, NewMessage(MessageType::kPong, m.txid));
       break;
     case MessageType::kFindNode: {
       Message answer = NewMessage(MessageType::kNodes, m.txid);
@@ -174,25 +194,25 @@ void Node::HandleRequest(const Address& from, const Message& m, size_t datagram_
         if (c.id == sender_id || answer.nodes.size() >= options_.k) continue;
         answer.nodes.push_back(WireContact{c.id, c.address});
       }
-      Reply(from, std::move(answer));
+      sent = Answer(from, m, datagram_bytes, validated, std::move(answer));
       break;
     }
     case MessageType::kFindValue: {
       Message answer = NewMessage(MessageType::kValue, m.txid);
       answer.key = m.key;
-      FillValueAnswer(answer, m.key, m.cursor);
+      FillValueAnswer(answer, m.key, m.cursor, m.cursor_publisher);
       if (answer.records.empty() && !m.cursor) {
         for (const Contact& c : table_.Closest(KeyIdOf(m.key), options_.k + 1)) {
           if (c.id == sender_id || answer.nodes.size() >= options_.k) continue;
           answer.nodes.push_back(WireContact{c.id, c.address});
         }
       }
-      Reply(from, std::move(answer));
+      sent = Answer(from, m, datagram_bytes, validated, std::move(answer));
       break;
     }
     case MessageType::kStore: {
       const Record& record = m.records.front();
-      RejectReason reason = store_.Put(record, clock_.NowUnixMs(), verified_);
+      RejectReason reason = store_.Put(record, clock_.NowUnixMs(), verified_, from.HostString());
       Message ack = NewMessage(MessageType::kStoreAck, m.txid);
       if (reason != RejectReason::kNone) {
         ++stats_.store_rejected[static_cast<size_t>(reason)];
@@ -200,17 +220,129 @@ void Node::HandleRequest(const Address& from, const Message& m, size_t datagram_
         ack.code = s.code();
         ack.error = s.message().substr(0, 512);
       }
-      Reply(from, std::move(ack));
+      sent = Answer(from, m, datagram_bytes, validated, std::move(ack));
       break;
     }
     default:
       break;
   }
+  if (challenge) {
+    // To an unvalidated source the answer and the challenge together stay within the request's
+    // size (a spoofed request draws no more bytes than it carries); a challenge to an announced
+    // address, a different host, is bounded by the request's size on its own.
+    size_t budget = announced               ? datagram_bytes
+                    : validated             ? kMaxDatagramBytes
+                    : datagram_bytes > sent ? datagram_bytes - sent
+                                            : 0;
+    Challenge(sender_id, at, budget, announced || !validated);
+  }
+}
+
+Token Node::MakeToken(const Address& address, int64_t epoch) const {
+  std::string in(reinterpret_cast<const char*>(token_secret_.data()), token_secret_.size());
+  in.append(address.ToWire());
+  for (int i = 7; i >= 0; --i) in.push_back(static_cast<char>((epoch >> (8 * i)) & 0xff));
+  Hash256 h = Blake2b256(std::string_view(in));
+  Token t{};
+  std::copy_n(h.begin(), t.size(), t.begin());
+  return t;
+}
+
+bool Node::TokenValid(const Token& token, const Address& address) const {
+  int64_t epoch = clock_.NowMonotonicUs() / 1000 / std::max<int64_t>(options_.token_epoch_ms, 1);
+  return token == MakeToken(address, epoch) || token == MakeToken(address, epoch - 1);
+}
+
+void Node::RememberToken(const Address& address, const Token& token) {
+  if (options_.token_cache_size == 0) return;
+  auto [it, inserted] = tokens_.insert_or_assign(address, token);
+  if (!inserted) return;
+  token_order_.push_back(address);
+  while (token_order_.size() > options_.token_cache_size) {
+    tokens_.erase(token_order_.front());
+    token_order_.pop_front();
+  }
+}
+
+void Node::PrepareRequest(const Address& to, const std::optional<NodeId>& expected,
+                          Message& m) const {
+  // A proof costs the answerer a signature and this node a verification: ask for one only when
+  // the answer could put the contact in the table (bootstrap pings, whose id is unknown, always).
+  m.prove = !expected || (!proven_.Contains(*expected, to) && table_.WouldAdd(*expected, to));
+  m.padding = 0;
+  m.token.reset();
+  auto token = tokens_.find(to);
+  if (token != tokens_.end()) m.token = token->second;
+  // A request announcing another address draws a challenge there that must fit in the request's
+  // size: it pays for that room.
+  size_t want = m.announced ? kAnnouncingRequestBytes : 0;
+  // No token from `to` yet: it answers no more bytes than it receives, so pad the request to the
+  // size of the answer wanted (a full datagram for lookups; the proof and a token otherwise).
+  bool small_answer = m.type == MessageType::kPing || m.type == MessageType::kStore;
+  if (!m.token && !small_answer) want = kMaxDatagramBytes;
+  if (!m.token && small_answer) {
+    Message answer = NewMessage(
+        m.type == MessageType::kPing ? MessageType::kPong : MessageType::kStoreAck, m.txid);
+    answer.txid = std::numeric_limits<uint64_t>::max();
+    if (m.prove) answer.proof = Signature{};
+    answer.token = Token{};
+    // + a short refusal message, and a margin; at least the room an announcing request pays for.
+    want = std::max(want, EncodedSize(answer) + 8);
+  }
+  // Sized with the largest txid, since the real one is drawn later.
+  Message sized = m;
+  sized.txid = std::numeric_limits<uint64_t>::max();
+  size_t size = EncodedSize(sized);
+  if (size + 6 < want) {  // "z" and a bin header cost up to 6 bytes
+    sized.padding = want - size - 6;
+    while (sized.padding > 0 && EncodedSize(sized) > want) --sized.padding;
+    m.padding = sized.padding;
+  }
+}
+
+size_t Node::Answer(const Address& from, const Message& request, size_t request_bytes,
+                    bool validated, Message answer) {
+  if (request.prove) {
+    answer.proof = identity_.Sign(std::string_view(ProofBytes(request.txid, request.sender)));
+  }
+  if (!validated)
+    answer.token = MakeToken(
+        from, clock_.NowMonotonicUs() / 1000 / std::max<int64_t>(options_.token_epoch_ms, 1));
+  if (!validated) {
+    // An unproven source may be spoofed: answer it with no more bytes than it sent. Drop records or
+    // nodes from the end, then shorten the message, then the token, then the proof.
+    size_t size = EncodedSize(answer);
+    bool cut = false;
+    while (size > request_bytes) {
+      cut = true;
+      if (!answer.records.empty()) {
+        answer.records.pop_back();
+        answer.more = true;
+      } else if (!answer.nodes.empty()) {
+        answer.nodes.pop_back();
+      } else if (!answer.error.empty()) {
+        answer.error.resize(answer.error.size() -
+                            std::min(answer.error.size(), size - request_bytes));
+      } else if (answer.token) {
+        answer.token.reset();
+      } else if (answer.proof) {
+        answer.proof.reset();
+      } else {
+        ++stats_.answers_withheld;
+        return 0;
+      }
+      size = EncodedSize(answer);
+    }
+    if (cut) ++stats_.answers_truncated;
+  }
+  return Reply(from, std::move(answer));
 }
 
 void Node::FillValueAnswer(Message& answer, const std::string& key,
-                           const std::optional<std::string>& cursor) {
-  std::vector<const Record*> records = store_.Get(key, clock_.NowUnixMs(), cursor);
+                           const std::optional<std::string>& cursor,
+                           const std::optional<PublicKey>& cursor_publisher) {
+  std::vector<const Record*> records =
+      store_.Get(key, clock_.NowUnixMs(), cursor, cursor_publisher);
   if (records.empty()) return;
   // Pack whole records while the datagram has room; the client asks again from the last subkey.
   answer.more = true;
@@ -229,7 +361,9 @@ void Node::FillValueAnswer(Message& answer, const std::string& key,
 }
 
 void Node::SendRequest(const Address& to, const std::optional<NodeId>& expected, Message m,
-                       ReplyFn on_reply, std::function<void()> on_stall, bool verification) {
+                       ReplyFn on_reply, std::function<void()> on_stall, bool verification,
+                       bool prepared) {
+  if (!prepared) PrepareRequest(to, expected, m);
   uint64_t txid;
   do {
     txid = rng_();
@@ -252,6 +386,8 @@ void Node::SendRequest(const Address& to, const std::optional<NodeId>& expected,
   // A verification PING goes out once, so that one request in causes at most one datagram out.
   rpc.retransmits_left = verification ? 0 : options_.retransmits;
   rpc.verification = verification;
+  rpc.prove = m.prove;
+  if (m.prove) ++stats_.proofs_requested;
   rpc.on_reply = std::move(on_reply);
   rpc.on_stall = std::move(on_stall);
   ++stats_.rpcs_sent;
@@ -300,7 +436,22 @@ void Node::HandleReply(const Address& from, const Message& m) {
       srtt_us_ = 0.875 * srtt_us_ + 0.125 * sample;
     }
   }
-  if (m.type != MessageType::kError) NoteAlive(sender_id, from, m.client);
+  if (m.token) RememberToken(from, *m.token);
+  if (rpc.prove) {
+    if (m.proof &&
+        VerifySignature(m.sender, std::string_view(ProofBytes(m.txid, identity_.public_key())),
+                        *m.proof)) {
+      ++stats_.proofs_passed;
+      proven_.Insert(sender_id, from);
+    } else {
+      ++stats_.proofs_failed;
+    }
+  }
+  // Only a proven (id, address) pair enters the table: an answer proves the address receives, a
+  // signed challenge the key.
+  if (m.type != MessageType::kError && proven_.Contains(sender_id, from)) {
+    NoteAlive(sender_id, from, m.client);
+  }
   rpc.on_reply(&m);
 }
 

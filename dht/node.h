@@ -7,21 +7,22 @@
 // thread (or strand). Callbacks passed to GetMany/Put/Bootstrap run on that thread, after the call
 // that completed them has finished its own work, so they may call back into the Node.
 //
-// Trust model (see also dht/dht.h): records are signed, so a node can lie only about routing. A
-// reply is accepted only from the address the request went to and with the request's random 64-bit
-// transaction id, and its sender key must hash to the node id the request was meant for, so an
-// off-path attacker cannot inject answers and a node cannot answer for an id that is not its own.
-// Contacts learned from others' answers enter only lookups, never the routing table, until they
-// answer us themselves. A request whose announced address ("a") differs from its source puts
-// nothing in the table: the node PINGs the announced address once, and only a PONG from there with
-// the same key puts the sender in the table, at that address (PROTOCOL section 6). Datagrams are
-// not signed: that would cost an Ed25519 signature and verification
-// (~70 us) per message for little gain over the above.
+// Trust model (see also dht/dht.h and PROTOCOL section 6): records are signed, so a node can lie
+// only about routing. A reply is accepted only from the address the request went to and with the
+// request's random 64-bit transaction id, and its sender key must hash to the node id the request
+// was meant for, so an off-path attacker cannot inject answers. An (id, address) pair enters the
+// routing table only once proven: the request asked for a proof ("q") and the answer signed the
+// txid and this node's key with the id's key ("p"). A request from an unproven sender enters
+// nothing; it draws a challenge PING to the sender (or to its announced address, "a"), within the
+// request's byte budget when the source has no valid token. Datagrams are otherwise not signed:
+// proofs are asked only of pairs that could enter the table and cached, so each pair costs one
+// signature and one verification.
 #ifndef DMOE_DHT_NODE_H_
 #define DMOE_DHT_NODE_H_
 
 #include <array>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
@@ -77,6 +78,17 @@ struct NodeOptions {
   // another address while this many are in flight leaves the table as it is; the sender's next
   // request tries again.
   size_t max_pending_verifications = 64;
+  // Proven identities (PROTOCOL section 6): (id, address) pairs that answered a signed challenge,
+  // remembered so each pair is proven once; and tokens other nodes gave this one, by address.
+  size_t proven_cache_size = 8192;
+  size_t token_cache_size = 8192;
+  // A token this node hands out is valid for this long (one epoch) to two (the next one).
+  int64_t token_epoch_ms = 5 * 60'000;
+  // Sybil placement limits of the routing table; each lookup keeps at most
+  // sybil.per_subnet_per_bucket candidates per /24 (/64) too.
+  SybilLimits sybil;
+  // Gets (FIND_VALUE lookups) run over this many disjoint paths (S/Kademlia, dht/lookup.h).
+  size_t disjoint_paths = 3;
   uint64_t seed = 0;  // rng seed for transaction ids and refresh targets; 0 = random
 };
 
@@ -101,6 +113,14 @@ struct NodeStats {
   uint64_t verifications_sent = 0;
   uint64_t verifications_passed = 0;
   uint64_t verifications_skipped = 0;
+  // Signed challenges ("q"/"p"): asked of others, and answers that proved the key or did not.
+  uint64_t proofs_requested = 0;
+  uint64_t proofs_passed = 0;
+  uint64_t proofs_failed = 0;
+  // Answers to a source without a valid token that were cut to the request's size, and those not
+  // sent at all because even the smallest form was larger.
+  uint64_t answers_truncated = 0;
+  uint64_t answers_withheld = 0;
   std::array<uint64_t, static_cast<size_t>(RejectReason::kCount)> store_rejected{};
 
   uint64_t rejected(RejectReason r) const { return store_rejected[static_cast<size_t>(r)]; }
@@ -112,7 +132,9 @@ struct KeyResult {
   // OK with at least one record; kNotFound when the lookup finished without any; kUnavailable when
   // no peer is known or none answered; kDeadlineExceeded when the deadline came first with nothing.
   Status status;
-  std::vector<Record> records;  // unexpired, signatures verified, by subkey
+  // Unexpired, signatures verified, sorted by (subkey, publisher). One subkey may have several
+  // records, one per publisher: the DHT never decides between publishers (PROTOCOL section 6).
+  std::vector<Record> records;
   int rounds = 0;
   int rpcs = 0;
 };
@@ -166,6 +188,9 @@ class Node {
   const Identity& identity() const { return identity_; }
   const NodeStats& stats() const { return stats_; }
   const RoutingTable& routing_table() const { return table_; }
+  bool Proven(const NodeId& id, const Address& address) const {
+    return proven_.Contains(id, address);
+  }
   const RecordStore& store() const { return store_; }
   const NodeOptions& options() const { return options_; }
   size_t pending_rpcs() const { return rpcs_.size(); }
@@ -185,6 +210,7 @@ class Node {
     // A PING to an announced address: sent once, and its failure or a wrong key says nothing about
     // the contact `expected` may already be in the table at another address.
     bool verification = false;
+    bool prove = false;  // the request asked for a proof ("q")
     ReplyFn on_reply;
     std::function<void()> on_stall;
   };
@@ -206,17 +232,33 @@ class Node {
   void HandleRequest(const Address& from, const Message& m, size_t datagram_bytes);
   void HandleReply(const Address& from, const Message& m);
   bool RateLimited(const Address& from);
-  void Reply(const Address& to, Message m);
+  size_t Reply(const Address& to, Message m);  // the bytes sent
+  // Answers `request` (of `request_bytes`, from `from`) with `answer`: signs the proof when asked,
+  // hands out a token, and keeps the answer within the request's size unless `validated` (the
+  // request carried a valid token for `from`).
+  // Returns the bytes sent (0: withheld).
+  size_t Answer(const Address& from, const Message& request, size_t request_bytes, bool validated,
+                Message answer);
+  // Sets the challenge, token and padding of a request to `to`.
+  void PrepareRequest(const Address& to, const std::optional<NodeId>& expected, Message& m) const;
+  Token MakeToken(const Address& address, int64_t epoch) const;
+  bool TokenValid(const Token& token, const Address& address) const;
+  void RememberToken(const Address& address, const Token& token);
   Message NewMessage(MessageType type, uint64_t txid) const;
   void SendRequest(const Address& to, const std::optional<NodeId>& expected, Message m,
-                   ReplyFn on_reply, std::function<void()> on_stall, bool verification = false);
+                   ReplyFn on_reply, std::function<void()> on_stall, bool verification = false,
+                   bool prepared = false);
   void FireRpcTimer(uint64_t txid, int64_t now_us);
   int64_t SoftTimeoutUs() const;
   void NoteAlive(const NodeId& id, const Address& from, bool client);
-  void NoteAnnounced(const NodeId& id, const Address& announced, size_t trigger_bytes);
+  // A request from `id` that wants it in the table at `address`: enters at once when the pair is
+  // proven, else a challenge PING goes there (bounded: see PROTOCOL section 6). `bounded`: the PING
+  // must be no larger than the request (`trigger_bytes`).
+  void Challenge(const NodeId& id, const Address& address, size_t trigger_bytes, bool bounded);
   void Ping(const Contact& contact);
   void FillValueAnswer(Message& answer, const std::string& key,
-                       const std::optional<std::string>& cursor);
+                       const std::optional<std::string>& cursor,
+                       const std::optional<PublicKey>& cursor_publisher);
   bool AcceptAnswerRecord(const Record& r, const std::string& key);
 
   // node_ops.cc: lookups, get, put, bootstrap, maintenance.
@@ -224,7 +266,7 @@ class Node {
                        int64_t deadline_us, std::function<void(LookupRun&)> on_done);
   void AdvanceLookup(uint64_t lookup_id);
   void QueryCandidate(uint64_t lookup_id, const WireContact& contact,
-                      std::optional<std::string> cursor);
+                      std::optional<Lookup::Cursor> cursor);
   void FinishLookup(uint64_t lookup_id);
   void FinishKey(const std::shared_ptr<Batch>& batch, size_t index, LookupRun* run);
   void StoreOn(const std::vector<WireContact>& targets, const Record& record, PutCallback done);
@@ -241,6 +283,10 @@ class Node {
   RoutingTable table_;
   RecordStore store_;
   VerifiedCache verified_;
+  ProvenCache proven_;
+  std::array<uint8_t, 32> token_secret_{};
+  std::map<Address, Token> tokens_;  // tokens others gave this node, by their address
+  std::deque<Address> token_order_;
   NodeStats stats_;
 
   std::unordered_map<uint64_t, Rpc> rpcs_;

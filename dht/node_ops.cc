@@ -15,6 +15,12 @@ uint64_t Node::StartLookup(Lookup::Kind kind, const NodeId& target, std::string 
   lo.k = options_.k;
   lo.alpha = options_.alpha;
   lo.quorum = options_.get_quorum;
+  // Gets run over disjoint paths, so nodes that answer only with each other cannot censor a key;
+  // FIND_NODE (which picks where a put stores) keeps one path with a window of k, to find the
+  // true k closest.
+  lo.paths = kind == Lookup::Kind::kFindValue ? options_.disjoint_paths : 1;
+  lo.max_per_subnet = options_.sybil.per_subnet_per_bucket;
+  lo.limit_private = options_.sybil.on_private;
   run->lookup = std::make_unique<Lookup>(kind, target, std::move(key), id_, lo);
   run->on_done = std::move(on_done);
   run->start_us = clock_.NowMonotonicUs();
@@ -38,7 +44,7 @@ void Node::AdvanceLookup(uint64_t lookup_id) {
 }
 
 void Node::QueryCandidate(uint64_t lookup_id, const WireContact& contact,
-                          std::optional<std::string> cursor) {
+                          std::optional<Lookup::Cursor> cursor) {
   auto it = lookups_.find(lookup_id);
   if (it == lookups_.end()) return;
   LookupRun& run = *it->second;
@@ -51,7 +57,10 @@ void Node::QueryCandidate(uint64_t lookup_id, const WireContact& contact,
   } else {
     m = NewMessage(MessageType::kFindValue, 0);
     m.key = lookup.key();
-    m.cursor = std::move(cursor);
+    if (cursor) {
+      m.cursor = std::move(cursor->first);
+      m.cursor_publisher = cursor->second;
+    }
   }
   ++run.rpcs;
   NodeId peer = contact.id;
@@ -69,7 +78,7 @@ void Node::QueryCandidate(uint64_t lookup_id, const WireContact& contact,
         if (AcceptAnswerRecord(r, lk.key())) valid.push_back(r);
       }
       if (!valid.empty() || paginating) {
-        std::optional<std::string> next = lk.OnRecords(contact.id, valid, reply->more);
+        std::optional<Lookup::Cursor> next = lk.OnRecords(contact.id, valid, reply->more);
         if (next) QueryCandidate(lookup_id, contact, std::move(next));
       } else {
         lk.OnNodes(contact.id, reply->nodes);
@@ -126,10 +135,11 @@ void Node::GetMany(std::vector<std::string> keys, int64_t timeout_ms, GetCallbac
       }
       continue;
     }
-    std::vector<const Record*> local = store_.Get(keys[i], now_ms, std::nullopt);
-    if (!local.empty() || table_.size() == 0) {
-      // A node holding the key is one of its k closest: its copy answers like a remote one would.
-      // A node with no peers answers from what it has.
+    if (table_.size() == 0) {
+      // A node with no peers answers from what it has. (A node with peers looks up even when it
+      // holds records of the key: anyone may have stored an old record here, so its own copy is
+      // merged with the others', not trusted alone.)
+      std::vector<const Record*> local = store_.Get(keys[i], now_ms, std::nullopt);
       auto lookup = std::make_unique<Lookup>(Lookup::Kind::kFindValue, KeyIdOf(keys[i]), keys[i],
                                              id_, Lookup::Options{});
       for (const Record* r : local) lookup->MergeRecord(*r);
@@ -149,13 +159,15 @@ void Node::FinishKey(const std::shared_ptr<Batch>& batch, size_t index, LookupRu
   KeyResult& result = batch->results[index];
   Lookup& lookup = *run->lookup;
   int64_t now_ms = clock_.NowUnixMs();
-  // Own records are always part of the answer: the publisher knows them best.
+  // Own records are always part of the answer: the publisher knows them best. So are the records
+  // this node holds for others, merged like any node's answer.
   for (auto it = own_records_.lower_bound({result.key, std::string()});
        it != own_records_.end() && it->first.first == result.key; ++it) {
     lookup.MergeRecord(it->second);
   }
+  for (const Record* r : store_.Get(result.key, now_ms, std::nullopt)) lookup.MergeRecord(*r);
   result.records.clear();
-  for (const auto& [subkey, record] : lookup.records()) {
+  for (const auto& [slot, record] : lookup.records()) {
     if (record.expiration_ms > now_ms) result.records.push_back(record);
   }
   result.rounds = lookup.Rounds();

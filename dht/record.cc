@@ -34,12 +34,16 @@ std::string_view RejectReasonName(RejectReason reason) {
       return "value_too_large";
     case RejectReason::kLowerSeq:
       return "lower_seq";
-    case RejectReason::kForeignSubkey:
-      return "foreign_subkey";
+    case RejectReason::kTooManyPublishers:
+      return "too_many_publishers";
     case RejectReason::kTooManySubkeys:
       return "too_many_subkeys";
     case RejectReason::kStoreFull:
       return "store_full";
+    case RejectReason::kPublisherQuota:
+      return "publisher_quota";
+    case RejectReason::kSourceQuota:
+      return "source_quota";
     case RejectReason::kCount:
       break;
   }
@@ -66,13 +70,18 @@ Status RejectStatus(RejectReason reason, const Record& record) {
     case RejectReason::kLowerSeq:
       return InvalidArgumentError(where + ": seq " + std::to_string(record.seq) +
                                   " is not newer than the stored record");
-    case RejectReason::kForeignSubkey:
-      return PermissionDeniedError(where +
-                                   ": subkey belongs to another publisher until it expires");
+    case RejectReason::kTooManyPublishers:
+      return ResourceExhaustedError(where +
+                                    ": subkey has the maximum number of publishers on this node");
     case RejectReason::kTooManySubkeys:
-      return ResourceExhaustedError(where + ": key has the maximum number of subkeys");
+      return ResourceExhaustedError(where + ": key has the maximum number of records");
     case RejectReason::kStoreFull:
       return ResourceExhaustedError(where + ": node store is full");
+    case RejectReason::kPublisherQuota:
+      return ResourceExhaustedError(where + ": publisher holds its quota of records on this node");
+    case RejectReason::kSourceQuota:
+      return ResourceExhaustedError(where +
+                                    ": source address stored its quota of records on this node");
     case RejectReason::kCount:
       break;
   }
@@ -124,7 +133,7 @@ RejectReason CheckRecordShape(const Record& r, int64_t now_ms, const RecordLimit
 }
 
 ReplaceDecision DecideReplace(const Record& existing, const Record& incoming) {
-  if (existing.publisher != incoming.publisher) return ReplaceDecision::kForeignSubkey;
+  if (existing.publisher != incoming.publisher) return ReplaceDecision::kOtherPublisher;
   if (incoming.seq > existing.seq) return ReplaceDecision::kReplace;
   if (incoming.seq == existing.seq) {
     if (incoming.expiration_ms > existing.expiration_ms) return ReplaceDecision::kReplace;

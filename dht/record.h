@@ -18,10 +18,11 @@
 //     and the three together at most max_record_bytes, so the record fits one datagram;
 //   - now < expiration_ms <= now + kMaxTtlMs + kMaxClockSkewMs (10 min + 3 s);
 //   - the signature verifies;
-//   - the subkey is new (or its old record expired), or the stored record has the same publisher
-//   and
-//     a lower seq, or the same seq and an earlier expiration. A subkey belongs to its publisher
-//     until its record expires. Re-sending the identical record is accepted as a no-op (republish).
+//   - the node holds no unexpired record of the same (key, subkey, publisher), or the one it holds
+//     has a lower seq, or the same seq and an earlier expiration. Records of one subkey from
+//     different publishers are kept side by side (at most StoreLimits::max_publishers_per_subkey
+//     of them); no publisher replaces another's record. Re-sending the identical record is
+//     accepted as a no-op (republish).
 #ifndef DMOE_DHT_RECORD_H_
 #define DMOE_DHT_RECORD_H_
 
@@ -70,15 +71,17 @@ enum class RejectReason {
   kBadKey,
   kValueTooLarge,
   kLowerSeq,
-  kForeignSubkey,
+  kTooManyPublishers,  // the subkey has max_publishers_per_subkey other publishers
   kTooManySubkeys,
   kStoreFull,
-  kCount,  // number of reasons, not a reason
+  kPublisherQuota,  // the publisher holds max_records_per_publisher records here
+  kSourceQuota,     // the source address stored max_records_per_source records here
+  kCount,           // number of reasons, not a reason
 };
 
 std::string_view RejectReasonName(RejectReason reason);
-// The Status a STORE answer carries for a refusal (kPermissionDenied for a foreign subkey,
-// kUnauthenticated for a bad signature, kResourceExhausted for full stores, else kInvalidArgument).
+// The Status a STORE answer carries for a refusal (kUnauthenticated for a bad signature,
+// kResourceExhausted for full stores, quotas and too many publishers, else kInvalidArgument).
 Status RejectStatus(RejectReason reason, const Record& record);
 
 // The exact bytes the signature covers (see the file comment).
@@ -94,8 +97,9 @@ bool VerifyRecordSignature(const Record& record);
 RejectReason CheckRecordShape(const Record& record, int64_t now_ms, const RecordLimits& limits);
 
 // Whether `incoming` may replace `existing` (both for the same key and subkey, `existing`
-// unexpired).
-enum class ReplaceDecision { kReplace, kSame, kLowerSeq, kForeignSubkey };
+// unexpired). Records of other publishers never replace each other (kOtherPublisher): they are
+// kept side by side.
+enum class ReplaceDecision { kReplace, kSame, kLowerSeq, kOtherPublisher };
 ReplaceDecision DecideReplace(const Record& existing, const Record& incoming);
 
 // A bounded set of records whose signatures verified, so a record seen again (republish, repeated

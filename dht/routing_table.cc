@@ -4,8 +4,26 @@
 
 namespace dmoe::dht {
 
-RoutingTable::RoutingTable(const NodeId& self, size_t k) : self_(self), k_(k) {
+RoutingTable::RoutingTable(const NodeId& self, size_t k, SybilLimits limits)
+    : self_(self), k_(k), limits_(limits) {
   buckets_.emplace_back();
+}
+
+bool RoutingTable::OverLimits(const Bucket& bucket, const Address& address) const {
+  if (!limits_.Applies(address)) return false;
+  if (limits_.per_subnet_per_bucket > 0) {
+    size_t n = 0;
+    for (const Contact& c : bucket.contacts) n += c.address.SameSubnet(address);
+    if (n >= limits_.per_subnet_per_bucket) return true;
+  }
+  if (limits_.per_host > 0) {
+    size_t n = 0;
+    for (const Bucket& b : buckets_) {
+      for (const Contact& c : b.contacts) n += c.address.SameHost(address);
+    }
+    if (n >= limits_.per_host) return true;
+  }
+  return false;
 }
 
 size_t RoutingTable::BucketIndex(const NodeId& id) const {
@@ -47,6 +65,10 @@ RoutingTable::Update RoutingTable::Seen(const NodeId& id, const Address& address
       update.result = UpdateResult::kUpdated;
       return update;
     }
+    if (OverLimits(bucket, address)) {
+      update.result = UpdateResult::kRefused;
+      return update;
+    }
     if (bucket.contacts.size() < k_) {
       bucket.contacts.push_back(Contact{id, address, now_us, 0, false});
       bucket.last_changed_us = now_us;
@@ -71,6 +93,17 @@ RoutingTable::Update RoutingTable::Seen(const NodeId& id, const Address& address
     }
     return update;
   }
+}
+
+bool RoutingTable::WouldAdd(const NodeId& id, const Address& address) const {
+  if (id == self_) return false;
+  size_t index = BucketIndex(id);
+  const Bucket& bucket = buckets_[index];
+  for (const Contact& c : bucket.contacts) {
+    if (c.id == id) return true;
+  }
+  if (OverLimits(bucket, address)) return false;
+  return bucket.contacts.size() < k_ || (index == buckets_.size() - 1 && buckets_.size() < 256);
 }
 
 bool RoutingTable::Failed(const NodeId& id, int max_failures) {

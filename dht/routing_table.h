@@ -15,6 +15,7 @@
 
 #include <cstdint>
 #include <deque>
+#include <map>
 #include <optional>
 #include <random>
 #include <vector>
@@ -32,11 +33,51 @@ struct Contact {
   bool ping_pending = false;
 };
 
+// Sybil placement limits (as BEP 42 intends): a new contact is refused when its bucket already
+// holds `per_subnet_per_bucket` contacts of its /24 (IPv4) or /64 (IPv6), or the table holds
+// `per_host` contacts at its IP. Local and private addresses are exempt unless `on_private`
+// (a LAN or loopback swarm shares one subnet; the simulated network turns them on). 0 = no limit.
+struct SybilLimits {
+  size_t per_subnet_per_bucket = 2;
+  size_t per_host = 2;
+  bool on_private = false;
+  bool Applies(const Address& a) const { return on_private || !a.IsLocalOrPrivate(); }
+};
+
+// (id, address) pairs that proved the id's key at that address (a signed answer to our challenge,
+// PROTOCOL section 6), so each pair is proven once. Bounded, oldest out first; an id has one
+// proven address at a time.
+class ProvenCache {
+ public:
+  explicit ProvenCache(size_t capacity) : capacity_(capacity) {}
+  bool Contains(const NodeId& id, const Address& address) const {
+    auto it = by_id_.find(id);
+    return it != by_id_.end() && it->second == address;
+  }
+  void Insert(const NodeId& id, const Address& address) {
+    if (capacity_ == 0) return;
+    auto [it, inserted] = by_id_.insert_or_assign(id, address);
+    if (!inserted) return;
+    order_.push_back(id);
+    while (order_.size() > capacity_) {
+      by_id_.erase(order_.front());
+      order_.pop_front();
+    }
+  }
+  size_t size() const { return by_id_.size(); }
+
+ private:
+  size_t capacity_;
+  std::map<NodeId, Address> by_id_;
+  std::deque<NodeId> order_;
+};
+
 class RoutingTable {
  public:
-  RoutingTable(const NodeId& self, size_t k);
+  RoutingTable(const NodeId& self, size_t k, SybilLimits limits = {});
 
-  enum class UpdateResult { kAdded, kUpdated, kCached, kIgnoredSelf };
+  // kRefused: a new contact past the Sybil placement limits.
+  enum class UpdateResult { kAdded, kUpdated, kCached, kIgnoredSelf, kRefused };
   struct Update {
     UpdateResult result = UpdateResult::kIgnoredSelf;
     // Set when the bucket was full: the least-recently-seen contact, which the caller should ping
@@ -52,6 +93,10 @@ class RoutingTable {
   // it has through a burst of loss) until it has failed `max_failures` + 2 times. True when
   // removed.
   bool Failed(const NodeId& id, int max_failures);
+  // Whether Seen(id, address) would put `id` among the live contacts (it is there already, its
+  // bucket has room or can split, and the Sybil limits allow it), not only in the replacement
+  // cache. A node proves only the contacts it would keep.
+  bool WouldAdd(const NodeId& id, const Address& address) const;
   void Remove(const NodeId& id);
 
   // The `n` known contacts closest to `target` by XOR, closest first.
@@ -69,6 +114,7 @@ class RoutingTable {
   size_t bucket_count() const { return buckets_.size(); }
   size_t replacement_count() const;
   const NodeId& self() const { return self_; }
+  const SybilLimits& limits() const { return limits_; }
   size_t k() const { return k_; }
 
  private:
@@ -80,9 +126,11 @@ class RoutingTable {
 
   size_t BucketIndex(const NodeId& id) const;
   void SplitLast();
+  bool OverLimits(const Bucket& bucket, const Address& address) const;
 
   NodeId self_;
   size_t k_;
+  SybilLimits limits_;
   size_t size_ = 0;
   std::vector<Bucket> buckets_;
 };

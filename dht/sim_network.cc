@@ -37,9 +37,10 @@ SimNetwork::SimNetwork(uint64_t seed, int64_t start_unix_ms) : clock_(start_unix
 SimNetwork::~SimNetwork() = default;
 
 Address SimNetwork::NextAddress() {
+  // Each host in its own /24, like strangers on the internet (the Sybil placement limits count
+  // per /24).
   uint32_t h = next_host_++;
-  return Address::V4(10, static_cast<uint8_t>(h >> 16), static_cast<uint8_t>(h >> 8),
-                     static_cast<uint8_t>(h), 4000);
+  return Address::V4(10, static_cast<uint8_t>(h >> 8), static_cast<uint8_t>(h), 1, 4000);
 }
 
 size_t SimNetwork::AddNode(NodeOptions options) {
@@ -52,6 +53,20 @@ size_t SimNetwork::AddNode(const Identity& identity, NodeOptions options) {
   size_t index = nodes_.size();
   auto sim = std::make_unique<SimNode>(this, index);
   sim->address = NextAddress();
+  if (options.seed == 0) options.seed = rng_() | 1;
+  sim->node = std::make_unique<Node>(identity, sim->endpoint, clock_, std::move(options));
+  by_address_[sim->address] = index;
+  nodes_.push_back(std::move(sim));
+  Schedule(index);
+  return index;
+}
+
+size_t SimNetwork::AddNodeAt(const Identity& identity, NodeOptions options, const Address& at,
+                             Handler intercept) {
+  size_t index = nodes_.size();
+  auto sim = std::make_unique<SimNode>(this, index);
+  sim->address = at;
+  sim->handler = std::move(intercept);
   if (options.seed == 0) options.seed = rng_() | 1;
   sim->node = std::make_unique<Node>(identity, sim->endpoint, clock_, std::move(options));
   by_address_[sim->address] = index;
@@ -145,10 +160,10 @@ bool SimNetwork::Step(int64_t limit_us) {
       ++delivered_;
       auto data = std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(e.bytes.data()),
                                            e.bytes.size());
-      if (n.node) {
-        n.node->OnDatagram(e.from, data);
-      } else if (n.handler) {
+      if (n.handler) {
         n.handler(e.from, data);
+      } else if (n.node) {
+        n.node->OnDatagram(e.from, data);
       }
     }
     Schedule(e.target);

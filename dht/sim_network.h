@@ -40,6 +40,11 @@ class SimNetwork {
   // Adds a Node at a fresh address; returns its index. The identity comes from the network's rng.
   size_t AddNode(NodeOptions options);
   size_t AddNode(const Identity& identity, NodeOptions options);
+  // A Node at a chosen address (distinct from every other), for tests that place nodes in
+  // subnets. With `intercept`, the node's datagrams go to `intercept` instead, which may pass
+  // them on to node(index).OnDatagram (a rogue built from a Node, tests/hostile/rogue_dht.h).
+  size_t AddNodeAt(const Identity& identity, NodeOptions options, const Address& at,
+                   Handler intercept = nullptr);
   // An endpoint that is not a Node (a hand-written attacker, a raw prober); `handler` gets its
   // datagrams, and Send from `TransportOf(index)` sends from it.
   size_t AddEndpoint(Handler handler);

@@ -4,6 +4,8 @@
 
 #include <algorithm>
 
+#include "tests/dht/test_util.h"
+
 namespace dmoe::dht {
 namespace {
 
@@ -83,12 +85,31 @@ TEST(LookupTest, FindValueStopsAtQuorumAfterPagination) {
   r.expiration_ms = 10;
   auto cursor = lk.OnRecords(C(1).id, {r}, /*more=*/true);
   ASSERT_TRUE(cursor.has_value());
-  EXPECT_EQ(*cursor, "a");
+  EXPECT_EQ(cursor->first, "a");
+  EXPECT_EQ(cursor->second, r.publisher);
   EXPECT_FALSE(lk.Done());
   r.subkey = "b";
   EXPECT_FALSE(lk.OnRecords(C(1).id, {r}, false).has_value());
   EXPECT_TRUE(lk.Done());
   EXPECT_EQ(lk.records().size(), 2u);
+}
+
+// A stranger's record of a subkey sits beside the honest one, whatever its expiration; only the
+// same publisher's newer record replaces one.
+TEST(LookupTest, RecordsOfOneSubkeyFromTwoPublishersAreKeptSideBySide) {
+  Identity honest = testing::TestIdentity(1);
+  Identity stranger = testing::TestIdentity(2);
+  Lookup lk(Lookup::Kind::kFindValue, NodeId{}, "key", NodeId{}, Lookup::Options{});
+  lk.MergeRecord(SignRecord(honest, "key", "s", "honest", 45'000, 5));
+  lk.MergeRecord(SignRecord(stranger, "key", "s", "stranger", 600'000, 99));
+  lk.MergeRecord(SignRecord(honest, "key", "s", "honest older", 30'000, 4));
+  ASSERT_EQ(lk.records().size(), 2u);
+  std::vector<std::string> values;
+  for (const auto& [slot, r] : lk.records()) values.push_back(r.value);
+  EXPECT_NE(std::find(values.begin(), values.end(), "honest"), values.end());
+  EXPECT_NE(std::find(values.begin(), values.end(), "stranger"), values.end());
+  lk.MergeRecord(SignRecord(honest, "key", "s", "honest newer", 45'000, 6));
+  EXPECT_EQ(lk.records().at({"s", honest.public_key()}).value, "honest newer");
 }
 
 TEST(LookupTest, EmptyLookupIsDone) {

@@ -77,6 +77,52 @@ TEST(MessageTest, AnnouncedAddressRoundTripsInBothFamilies) {
   EXPECT_FALSE(back->announced.has_value());
 }
 
+// The fields of issue 12: proof request "q", proof "p", token "o", padding "z", and the cursor's
+// publisher "U"; each round-trips, and a wrong size or type is refused.
+TEST(MessageTest, ProofTokenPaddingAndCursorPublisherRoundTrip) {
+  Message m = Header(MessageType::kFindValue);
+  m.key = "prefix/ffn.";
+  m.cursor = "3";
+  m.cursor_publisher = PublicKey{};
+  (*m.cursor_publisher)[0] = 7;
+  m.prove = true;
+  m.token = Token{};
+  (*m.token)[15] = 9;
+  m.padding = 300;
+  auto bytes = EncodeMessage(m);
+  ASSERT_TRUE(bytes.ok());
+  auto back = DecodeMessage(Span(*bytes));
+  ASSERT_TRUE(back.ok()) << back.status().ToString();
+  EXPECT_TRUE(back->prove);
+  EXPECT_EQ(back->token, m.token);
+  EXPECT_EQ(back->padding, 300u);
+  EXPECT_EQ(back->cursor_publisher, m.cursor_publisher);
+
+  Message pong = Header(MessageType::kPong);
+  pong.proof = Signature{};
+  (*pong.proof)[63] = 1;
+  bytes = EncodeMessage(pong);
+  ASSERT_TRUE(bytes.ok());
+  back = DecodeMessage(Span(*bytes));
+  ASSERT_TRUE(back.ok());
+  EXPECT_EQ(back->proof, pong.proof);
+  EXPECT_FALSE(back->prove);
+  EXPECT_FALSE(back->token.has_value());
+
+  for (const char* field : {"p", "o", "U"}) {
+    nlohmann::json j = nlohmann::json::from_msgpack(*EncodeMessage(m));
+    j[field] = nlohmann::json::binary(std::vector<uint8_t>(5, 0));
+    std::vector<uint8_t> bad;
+    nlohmann::json::to_msgpack(j, bad);
+    EXPECT_FALSE(DecodeMessage(bad).ok()) << field;
+  }
+  nlohmann::json j = nlohmann::json::from_msgpack(*EncodeMessage(m));
+  j["q"] = 1;
+  std::vector<uint8_t> bad;
+  nlohmann::json::to_msgpack(j, bad);
+  EXPECT_FALSE(DecodeMessage(bad).ok());
+}
+
 TEST(MessageTest, MalformedAnnouncedAddressIsRejected) {
   Message m = Header(MessageType::kPing);
   auto bytes = EncodeMessage(m);

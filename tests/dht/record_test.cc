@@ -53,18 +53,19 @@ TEST(RecordStoreTest, SeqAndOwnershipRules) {
             RejectReason::kLowerSeq);
   EXPECT_EQ(store.Put(SignRecord(alice, "k", "s", "same seq", kNow + 5'000, 5), kNow, cache),
             RejectReason::kLowerSeq);
+  // Bob's record of the same subkey is kept beside alice's: neither replaces the other.
   EXPECT_EQ(store.Put(SignRecord(bob, "k", "s", "mine", kNow + 10'000, 99), kNow, cache),
-            RejectReason::kForeignSubkey);
+            RejectReason::kNone);
   Record later = SignRecord(alice, "k", "s", "later", kNow + 20'000, 5);
   EXPECT_EQ(store.Put(later, kNow, cache), RejectReason::kNone);
   auto got = store.Get("k", kNow, std::nullopt);
-  ASSERT_EQ(got.size(), 1u);
-  EXPECT_EQ(got[0]->value, "later");
-  // Once alice's record expires, the subkey is free for bob.
-  EXPECT_EQ(store.Put(SignRecord(bob, "k", "s", "mine", kNow + 30'000, 1), kNow + 20'000, cache),
-            RejectReason::kNone);
+  ASSERT_EQ(got.size(), 2u);
+  for (const Record* r : got) {
+    EXPECT_EQ(r->value, r->publisher == alice.public_key() ? "later" : "mine");
+  }
+  EXPECT_EQ(store.size(), 2u);
   EXPECT_TRUE(store.Get("k", kNow + 30'000, std::nullopt).empty());  // expired: never returned
-  EXPECT_EQ(store.Sweep(kNow + 30'000), 1u);
+  EXPECT_EQ(store.Sweep(kNow + 30'000), 2u);
   EXPECT_EQ(store.size(), 0u);
 }
 
@@ -91,6 +92,75 @@ TEST(RecordStoreTest, LimitsRefuseTheExcess) {
   Record forged = SignRecord(alice, "d", "0", "v", kNow + 1000, 1);
   forged.value = "tampered";
   EXPECT_EQ(store.Put(forged, kNow, cache), RejectReason::kBadSignature);
+}
+
+// Publishers per subkey are bounded, and a newcomer past the bound is refused without evicting an
+// established record; per-publisher and per-source quotas refuse the excess of one stranger while
+// others still store.
+TEST(RecordStoreTest, PublisherBoundAndQuotas) {
+  StoreLimits limits;
+  limits.max_publishers_per_subkey = 2;
+  limits.max_records_per_publisher = 3;
+  limits.max_records_per_source = 4;
+  RecordStore store(limits);
+  VerifiedCache cache;
+  Identity a = testing::TestIdentity(1), b = testing::TestIdentity(2), c = testing::TestIdentity(3);
+  EXPECT_EQ(store.Put(SignRecord(a, "k", "s", "a", kNow + 1000, 1), kNow, cache, "10.0.0.1"),
+            RejectReason::kNone);
+  EXPECT_EQ(store.Put(SignRecord(b, "k", "s", "b", kNow + 1000, 1), kNow, cache, "10.0.0.2"),
+            RejectReason::kNone);
+  EXPECT_EQ(store.Put(SignRecord(c, "k", "s", "c", kNow + 9000, 1), kNow, cache, "10.0.0.3"),
+            RejectReason::kTooManyPublishers);
+  EXPECT_EQ(store.Get("k", kNow, std::nullopt).size(), 2u);
+  // Once an established record expires, its place is free.
+  EXPECT_EQ(store.Put(SignRecord(c, "k", "s", "c", kNow + 9000, 1), kNow + 1000, cache, "10.0.0.3"),
+            RejectReason::kNone);
+
+  for (int i = 0; i < 2; ++i) {
+    EXPECT_EQ(store.Put(SignRecord(c, "p" + std::to_string(i), "", "v", kNow + 9000, 1),
+                        kNow + 1000, cache, "10.0.0.3"),
+              RejectReason::kNone);
+  }
+  EXPECT_EQ(store.Put(SignRecord(c, "p9", "", "v", kNow + 9000, 1), kNow + 1000, cache, "10.0.0.3"),
+            RejectReason::kPublisherQuota);
+  EXPECT_EQ(store.publisher_count(c.public_key()), 3u);
+  // A replacement by the same publisher is not a new record.
+  EXPECT_EQ(
+      store.Put(SignRecord(c, "p0", "", "v2", kNow + 9000, 2), kNow + 1000, cache, "10.0.0.3"),
+      RejectReason::kNone);
+  // Many publishers behind one source address.
+  for (int i = 0; i < 4; ++i) {
+    Identity pub = testing::TestIdentity(static_cast<uint8_t>(10 + i));
+    RejectReason want = i < 4 - 3 ? RejectReason::kNone : RejectReason::kSourceQuota;
+    EXPECT_EQ(store.Put(SignRecord(pub, "q", std::to_string(i), "v", kNow + 9000, 1), kNow + 1000,
+                        cache, "10.0.0.3"),
+              want)
+        << i;
+  }
+  // Another source and the node's own records are untouched by that source's quota.
+  EXPECT_EQ(store.Put(SignRecord(a, "own", "", "v", kNow + 9000, 1), kNow + 1000, cache),
+            RejectReason::kNone);
+  EXPECT_EQ(
+      store.Put(SignRecord(b, "other", "", "v", kNow + 9000, 1), kNow + 1000, cache, "10.0.0.2"),
+      RejectReason::kNone);
+}
+
+TEST(RecordStoreTest, CursorWithPublisherContinuesWithinASubkey) {
+  RecordStore store(StoreLimits{});
+  VerifiedCache cache;
+  Identity a = testing::TestIdentity(1), b = testing::TestIdentity(2);
+  for (const Identity* id : {&a, &b}) {
+    for (const char* s : {"x", "y"}) {
+      ASSERT_EQ(store.Put(SignRecord(*id, "k", s, "v", kNow + 1000, 1), kNow, cache),
+                RejectReason::kNone);
+    }
+  }
+  auto all = store.Get("k", kNow, std::nullopt);
+  ASSERT_EQ(all.size(), 4u);
+  auto rest = store.Get("k", kNow, all[0]->subkey, all[0]->publisher);
+  ASSERT_EQ(rest.size(), 3u);
+  EXPECT_EQ(*rest[0], *all[1]);
+  EXPECT_EQ(store.Get("k", kNow, std::string("x")).size(), 2u);  // a subkey-only cursor skips x
 }
 
 TEST(RecordStoreTest, CursorListsSubkeysAfterIt) {

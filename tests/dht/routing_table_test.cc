@@ -63,21 +63,21 @@ TEST(RoutingTableTest, SplitsOnlyTheOwnSideAndKeepsAtMostKPerBucket) {
 TEST(RoutingTableTest, FullBucketAsksToPingLeastRecentlySeenThenEvictsOnFailure) {
   std::mt19937_64 rng(4);
   NodeId self = RandomId(rng);
-  RoutingTable table(self, 2);
+  RoutingTable table(self, 2);  // the three contacts are in different /24s: no Sybil limit
   NodeId a = RandomIdWithPrefix(self, 0, rng);
   NodeId b = RandomIdWithPrefix(self, 0, rng);
   NodeId c = RandomIdWithPrefix(self, 0, rng);
   table.Seen(a, Address::V4(1, 1, 1, 1, 1), 0, kStale);
-  table.Seen(b, Address::V4(1, 1, 1, 2, 1), 10, kStale);
+  table.Seen(b, Address::V4(1, 1, 2, 1, 1), 10, kStale);
   // The LRU contact was seen recently: c is cached without a ping.
-  auto u = table.Seen(c, Address::V4(1, 1, 1, 3, 1), 20, kStale);
+  auto u = table.Seen(c, Address::V4(1, 1, 3, 1, 1), 20, kStale);
   EXPECT_EQ(u.result, RoutingTable::UpdateResult::kCached);
   EXPECT_FALSE(u.ping.has_value());
   // Later, the LRU (a) is stale: ping it, once.
-  u = table.Seen(c, Address::V4(1, 1, 1, 3, 1), 2 * kStale, kStale);
+  u = table.Seen(c, Address::V4(1, 1, 3, 1, 1), 2 * kStale, kStale);
   ASSERT_TRUE(u.ping.has_value());
   EXPECT_EQ(u.ping->id, a);
-  EXPECT_FALSE(table.Seen(c, Address::V4(1, 1, 1, 3, 1), 2 * kStale, kStale).ping.has_value());
+  EXPECT_FALSE(table.Seen(c, Address::V4(1, 1, 3, 1, 1), 2 * kStale, kStale).ping.has_value());
   // The ping fails: a leaves and c, the replacement, takes its place.
   EXPECT_TRUE(table.Failed(a, 1));
   EXPECT_EQ(table.Find(a), nullptr);

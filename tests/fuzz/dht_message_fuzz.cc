@@ -42,7 +42,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       auto round = dmoe::dht::DecodeMessage(
           std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(again->data()), again->size()));
       if (!round.ok() || round->type != decoded->type || round->txid != decoded->txid ||
-          round->records != decoded->records) {
+          round->records != decoded->records || round->prove != decoded->prove ||
+          round->proof != decoded->proof || round->token != decoded->token ||
+          round->padding != decoded->padding ||
+          round->cursor_publisher != decoded->cursor_publisher) {
         std::abort();
       }
     }
