@@ -247,13 +247,13 @@ struct WsOptions {
   // Server side (0 = off): answers queued beyond these pause reading (HttpServerOptions::
   // ws_max_queued_bytes); a write that takes longer than write_timeout, or the rest of a message
   // that is slower than the minimum rate or takes longer than message_timeout, closes the
-  // connection, counted in slow_uploads_cut when given.
+  // connection, counted in slow_clients_cut when given.
   uint64_t max_queued_bytes = 0;
   std::chrono::milliseconds write_timeout{0};
   uint64_t min_upload_bytes_per_second = 0;
   std::chrono::milliseconds min_upload_grace{0};
   std::chrono::milliseconds message_timeout{0};
-  std::shared_ptr<std::atomic<uint64_t>> slow_uploads_cut;
+  std::shared_ptr<std::atomic<uint64_t>> slow_clients_cut;
 };
 
 // One WebSocket, either end. Runs on the strand of its tcp_stream; see WsConnection for the

@@ -85,7 +85,7 @@ struct HttpServer::State {
   bool stopped = false;
   std::atomic<uint64_t> refused_connections{0};
   // Shared with WebSocket sessions, which may outlive the server's state.
-  std::shared_ptr<std::atomic<uint64_t>> slow_uploads_cut =
+  std::shared_ptr<std::atomic<uint64_t>> slow_clients_cut =
       std::make_shared<std::atomic<uint64_t>>(0);
   std::atomic<uint64_t> accept_backoffs{0};
 
@@ -142,7 +142,7 @@ struct HttpServer::State {
     o.min_upload_bytes_per_second = options.min_upload_bytes_per_second;
     o.min_upload_grace = options.min_upload_grace;
     o.message_timeout = options.read_timeout;
-    o.slow_uploads_cut = slow_uploads_cut;
+    o.slow_clients_cut = slow_clients_cut;
     return o;
   }
 };
@@ -517,7 +517,7 @@ class HttpSession final : public Closeable, public std::enable_shared_from_this<
   }
 
   void CutSlowBody(const std::string& why) {
-    server_->slow_uploads_cut->fetch_add(1);
+    server_->slow_clients_cut->fetch_add(1);
     beast_error ignored;
     stream_.socket().cancel(ignored);  // The pending read completes aborted and is ignored.
     Write(Response::Error(DeadlineExceededError("request body " + why)), /*close=*/true);
@@ -824,7 +824,7 @@ uint64_t HttpServer::held_request_bytes() const {
 
 uint64_t HttpServer::refused_connections() const { return state_->refused_connections.load(); }
 
-uint64_t HttpServer::slow_uploads_cut() const { return state_->slow_uploads_cut->load(); }
+uint64_t HttpServer::slow_clients_cut() const { return state_->slow_clients_cut->load(); }
 
 uint64_t HttpServer::accept_backoffs() const { return state_->accept_backoffs.load(); }
 

@@ -126,10 +126,11 @@ class HttpServer {
   // message waits for room (both 0 without a limit). Any thread.
   uint64_t held_request_bytes() const;
   size_t requests_waiting() const;
-  // Connections refused past the caps, uploads cut as too slow or too long (HTTP bodies and
-  // WebSocket messages), and accept failures that paused the accept loop, since Start. Any thread.
+  // Since Start: connections refused past the caps; clients cut as too slow (bodies and WebSocket
+  // messages below the minimum rate or past read_timeout, WebSocket answers not taken within
+  // write_timeout); accept failures that paused the accept loop. Any thread.
   uint64_t refused_connections() const;
-  uint64_t slow_uploads_cut() const;
+  uint64_t slow_clients_cut() const;
   uint64_t accept_backoffs() const;
 
   struct State;  // Private to http_server.cc; named here so its sessions can share it.

@@ -225,7 +225,7 @@ void WsSession::OnWatch() {
     if (!slow.empty()) why = "WebSocket message " + slow;
   }
   if (!why.empty()) {
-    if (options_.slow_uploads_cut) options_.slow_uploads_cut->fetch_add(1);
+    if (options_.slow_clients_cut) options_.slow_clients_cut->fetch_add(1);
     cut_ = why;
     // The pending read (or write) completes with an error and calls Finish.
     beast_error ignored;
