@@ -74,13 +74,15 @@ struct HttpServerOptions {
   size_t max_connections_per_ip = 256;
   // WebSocket: a connection with no traffic this long is pinged, then closed if still silent.
   std::chrono::milliseconds ws_idle_timeout{300'000};
-  // Bytes of requests the server holds at once; 0 = no limit. An HTTP body counts from the start
-  // of its reading until its response is written; a WebSocket message from its arrival until
-  // on_message returns or, for a request begun with WsConnection::TryBeginRequest, until its
-  // EndRequest. A body that does not fit, or the rest of a message that does not (its size is known
-  // only once read: the connection's previous message size stands in), is left unread in the
-  // socket until earlier requests end: backpressure on the clients instead of memory in the
-  // server. One request is always let in when nothing is held, whatever its size.
+  // Bytes of requests the server holds at once; 0 = no limit. Only bytes that arrived count: an
+  // HTTP body is read in windows counted before their bytes are read (the first as large as what
+  // has arrived, each next as large as what arrived so far, 4 KiB to 1 MiB), and counts until its
+  // response is written; a WebSocket message likewise from its first bytes until on_message
+  // returns or, for a request begun with WsConnection::TryBeginRequest, until its EndRequest. A
+  // window that does not fit leaves the rest of its body or message unread in the socket until
+  // earlier requests end: backpressure on the clients instead of memory in the server. Bodies being
+  // read go before new ones; when every held byte belongs to such parked bodies, the oldest goes on
+  // past the limit, alone, so a request larger than the whole budget still gets in.
   uint64_t max_held_request_bytes = 0;
   std::string server_name = "dmoe";  // Sent as the Server header.
 };
