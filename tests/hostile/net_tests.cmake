@@ -4,6 +4,7 @@
 add_executable(net_hostile_test
   ${CMAKE_CURRENT_LIST_DIR}/rogue_client.cc
   ${CMAKE_CURRENT_LIST_DIR}/net_resources_test.cc
+  ${CMAKE_CURRENT_LIST_DIR}/net_accept_test.cc
   ${PROJECT_SOURCE_DIR}/tests/integration/server_test_util.cc
   ${PROJECT_SOURCE_DIR}/tests/integration/swarm_util.cc
 )

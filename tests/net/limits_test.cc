@@ -1,12 +1,7 @@
 // The server's fair-resource limits (issue 12): a body that does not arrive holds nothing, slow
 // uploads are cut, connections are capped, and answers a WebSocket client does not read count
 // against it. Misbehaving clients are raw sockets (tests/net/test_util.h).
-#include <fcntl.h>
 #include <gtest/gtest.h>
-#include <netinet/in.h>
-#include <sys/resource.h>
-#include <sys/socket.h>
-#include <unistd.h>
 
 #include <atomic>
 #include <future>
@@ -281,65 +276,6 @@ TEST(NetLimitsTest, UnreadWebSocketAnswersStopReadingThenClose) {
   EXPECT_LT(received.load(), kRequests);
   EXPECT_EQ(server.slow_clients_cut(), 1u);
   EXPECT_TRUE(WaitFor([&] { return server.open_connections() == 0; }));
-}
-
-// Out of descriptors, the accept loop pauses (50 ms, doubling) instead of spinning, and accepts
-// again once descriptors are free. The test process plays both sides: it lowers its own descriptor
-// limit, leaves one free for a client socket, and the server's accept then fails with EMFILE.
-TEST(NetLimitsTest, AcceptBacksOffWhenOutOfDescriptors) {
-  auto server = EchoServer({});
-  rlimit old{};
-  ASSERT_EQ(::getrlimit(RLIMIT_NOFILE, &old), 0);
-  std::vector<int> fillers;
-  auto restore = [&] {
-    for (int fd : fillers) ::close(fd);
-    fillers.clear();
-    ::setrlimit(RLIMIT_NOFILE, &old);
-  };
-  int highest = ::open("/dev/null", O_RDONLY);
-  ASSERT_GE(highest, 0);
-  ::close(highest);
-  rlimit low = old;
-  low.rlim_cur = static_cast<rlim_t>(highest) + 64;
-  ASSERT_EQ(::setrlimit(RLIMIT_NOFILE, &low), 0);
-  for (;;) {
-    int fd = ::open("/dev/null", O_RDONLY);
-    if (fd < 0) break;
-    fillers.push_back(fd);
-  }
-  ASSERT_FALSE(fillers.empty());
-  ::close(fillers.back());  // One descriptor left: for the client's socket.
-  fillers.pop_back();
-  int client = ::socket(AF_INET, SOCK_STREAM, 0);
-  if (client < 0) restore();
-  ASSERT_GE(client, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(server->port());
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  // Completes in the kernel's backlog; the server cannot take it.
-  bool connected = ::connect(client, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0;
-  bool backed_off = connected && WaitFor([&] { return server->accept_backoffs() >= 1; });
-  const auto first = std::chrono::steady_clock::now();
-  // The second and third failures come 50 and 100 ms later: a spin would pile them up at once.
-  bool retried = backed_off && WaitFor([&] { return server->accept_backoffs() >= 3; });
-  const auto spacing = std::chrono::steady_clock::now() - first;
-  restore();  // Descriptors free again: the next retry (within 1 s) accepts.
-  EXPECT_TRUE(connected);
-  EXPECT_TRUE(backed_off);
-  EXPECT_TRUE(retried);
-  EXPECT_GE(spacing, milliseconds(120));
-  const std::string request = "GET /v1/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
-  ASSERT_EQ(::send(client, request.data(), request.size(), MSG_NOSIGNAL),
-            static_cast<ssize_t>(request.size()));
-  std::string answer;
-  char buf[4096];
-  timeval tv{5, 0};
-  ::setsockopt(client, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-  for (ssize_t n; (n = ::recv(client, buf, sizeof(buf), 0)) > 0;) answer.append(buf, n);
-  ::close(client);
-  EXPECT_NE(answer.find("HTTP/1.1 200"), std::string::npos) << answer;
-  EXPECT_EQ(server->accepted_connections(), 1u);
 }
 
 }  // namespace
