@@ -195,6 +195,11 @@ Status Expert::CheckInput(const at::Tensor& x, const std::optional<at::Tensor>& 
   if (x.size(0) < 1 || (rank == 3 && x.size(1) < 1)) {
     return InvalidArgumentError("x has shape " + ShapeString(x) + ": the batch must not be empty");
   }
+  if (rank == 3 && x.size(1) > config_.max_seq_len) {
+    return InvalidArgumentError("x has sequence length " + std::to_string(x.size(1)) +
+                                " but expert " + uid_ + " takes at most " +
+                                std::to_string(config_.max_seq_len) + " tokens (--max-seq-len)");
+  }
   if (!IsWireFloat(x.scalar_type())) {
     return InvalidArgumentError(std::string("x has dtype ") + c10::toString(x.scalar_type()) +
                                 "; allowed: F32, F16, BF16");
@@ -209,6 +214,10 @@ Status Expert::CheckInput(const at::Tensor& x, const std::optional<at::Tensor>& 
     }
   }
   return Status::Ok();
+}
+
+int64_t Expert::QueueCost(const at::Tensor& x) const {
+  return x.dim() == 3 ? x.size(0) * x.size(1) : x.size(0);
 }
 
 Result<at::Tensor> Expert::Forward(const at::Tensor& x, const std::optional<at::Tensor>& mask) {

@@ -30,6 +30,9 @@ struct ExpertConfig {
   // Attention heads for the transformer type; 0 picks max(1, hidden_dim / 64).
   int64_t num_heads = 0;
   uint64_t seed = 0;
+  // Longest sequence (T of [B, T, d]) a sequence expert takes: attention costs [B, H, T, T], so a
+  // longer one is refused kInvalidArgument before any compute. Ignored by [B, d] experts.
+  int64_t max_seq_len = 512;
 };
 
 // A module an expert server can host. Forward maps x [B, d] (input_rank 2) or [B, T, d]
@@ -69,7 +72,7 @@ class Expert {
                                                 const OptimizerOptions& optimizer);
 
   // Checks an input against the expert's schema: rank, width, dtype (F32, F16 or BF16), B >= 1,
-  // mask shape and dtype. kInvalidArgument naming what is wrong.
+  // 1 <= T <= max_seq_len, mask shape and dtype. kInvalidArgument naming what is wrong.
   Status CheckInput(const at::Tensor& x, const std::optional<at::Tensor>& mask) const;
 
   // y for x, in the dtype of x. No gradient is recorded.
@@ -85,6 +88,9 @@ class Expert {
   const ExpertConfig& config() const { return config_; }
   int64_t step() const { return optimizer_->step(); }
   int64_t num_parameters() const;
+  // What a request costs in the runtime's queue: samples (B) for [B, d] experts, tokens (B * T)
+  // for sequence experts.
+  int64_t QueueCost(const at::Tensor& x) const;
   // Parameter names and tensors, as the module names them ("linear1.weight", ...).
   NamedTensors Parameters() const;
 

@@ -178,6 +178,15 @@ int main(int argc, char** argv) {
   app.add_option("--max-held-request-mib", max_held_request_mib,
                  "request bytes held at once until answered; more wait unread in their sockets")
       ->capture_default_str();
+  app.add_option("--max-connections", o.max_connections, "connections open at once (0: no limit)")
+      ->capture_default_str();
+  app.add_option("--max-connections-per-ip", o.max_connections_per_ip,
+                 "connections open at once from one IP address (0: no limit)")
+      ->capture_default_str();
+  app.add_option("--max-seq-len", o.expert.max_seq_len,
+                 "longest sequence a transformer expert takes; longer is invalid_argument")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
   app.add_option("--threads", threads, "compute (intra-op) threads")->capture_default_str();
   app.add_option("--net-threads", o.net_threads, "network threads")->capture_default_str();
   app.add_option("--fail-rate", o.fail_rate,

@@ -47,6 +47,7 @@ void Runtime::Stop() {
       for (auto& p : pool->queue) dropped.push_back(std::move(p));
       pool->queue.clear();
       pool->queued_samples = 0;
+      pool->queued_cost = 0;
     }
   }
   cv_.notify_all();
@@ -73,16 +74,20 @@ Status Runtime::Submit(const std::string& uid, Task task) {
     return InvalidArgumentError("grad_y must have the shape and dtype of x");
   }
   const int64_t samples = task.x.size(0);
+  // Sequence experts count tokens: what a request costs grows with T as well as B.
+  const int64_t cost = pool.expert->QueueCost(task.x);
   std::lock_guard<std::mutex> lock(mu_);
   if (stopping_) return UnavailableError("the server is shutting down");
-  if (pool.queued_samples + samples > options_.max_queue && pool.queued_samples > 0) {
+  if (pool.queued_cost + cost > options_.max_queue && pool.queued_cost > 0) {
     ++stats_.refused_overload;
-    return ResourceExhaustedError("expert " + uid + " has " + std::to_string(pool.queued_samples) +
-                                  " samples queued (limit " + std::to_string(options_.max_queue) +
-                                  "); retry later");
+    const bool tokens = task.x.dim() == 3;
+    return ResourceExhaustedError("expert " + uid + " has " + std::to_string(pool.queued_cost) +
+                                  (tokens ? " tokens" : " samples") + " queued (limit " +
+                                  std::to_string(options_.max_queue) + "); retry later");
   }
-  pool.queue.push_back(Pending{std::move(task), samples, NowUs()});
+  pool.queue.push_back(Pending{std::move(task), samples, NowUs(), cost});
   pool.queued_samples += samples;
+  pool.queued_cost += cost;
   ++pool.arrived_since_answered;
   cv_.notify_one();
   return Status::Ok();
@@ -172,7 +177,7 @@ void Runtime::Loop() {
       continue;
     }
     std::vector<Pending> batch;
-    int64_t samples = 0;
+    int64_t samples = 0, cost = 0;
     while (!pool->queue.empty()) {
       Pending& next = pool->queue.front();
       if (!batch.empty() && (!Compatible(next.task, batch.front().task) ||
@@ -180,10 +185,12 @@ void Runtime::Loop() {
         break;
       }
       samples += next.samples;
+      cost += next.cost;
       batch.push_back(std::move(next));
       pool->queue.pop_front();
     }
     pool->queued_samples -= samples;
+    pool->queued_cost -= cost;
     pool->busy = true;
     ++busy_pools_;
     lock.unlock();
@@ -296,7 +303,7 @@ int64_t Runtime::queued_samples(const std::string& uid) const {
 double Runtime::load() const {
   std::lock_guard<std::mutex> lock(mu_);
   int64_t queued = 0;
-  for (const auto& [uid, pool] : pools_) queued += pool->queued_samples;
+  for (const auto& [uid, pool] : pools_) queued += pool->queued_cost;
   double capacity = static_cast<double>(options_.max_queue) * static_cast<double>(pools_.size());
   return capacity > 0 ? std::min(1.0, static_cast<double>(queued) / capacity) : 0.0;
 }

@@ -33,7 +33,8 @@ struct RuntimeOptions {
   int64_t max_batch_size = 256;
   // How long a partial batch waits for more requests before it runs.
   int64_t batch_timeout_us = 1000;
-  // Samples waiting per expert; past it Submit answers kResourceExhausted.
+  // Samples waiting per expert, counted as tokens (B * T) for sequence experts; past it Submit
+  // answers kResourceExhausted. (A first request is queued whatever its size.)
   int64_t max_queue = 4096;
   // A backward whose step_seen is more than this many steps behind is refused; < 0 disables.
   int64_t max_staleness = -1;
@@ -94,7 +95,7 @@ class Runtime {
   bool Hosts(const std::string& uid) const;
   int64_t step(const std::string& uid) const;
   int64_t queued_samples(const std::string& uid) const;
-  // Queued samples over max_queue, in [0, 1], for the whole server.
+  // Queued samples (tokens for sequence experts) over max_queue, in [0, 1], for the whole server.
   double load() const;
   RuntimeStats stats() const;
   const RuntimeOptions& options() const { return options_; }
@@ -102,13 +103,15 @@ class Runtime {
  private:
   struct Pending {
     Task task;
-    int64_t samples = 0;
+    int64_t samples = 0;  // Rows of x: what batches merge, up to max_batch_size.
     int64_t enqueued_us = 0;
+    int64_t cost = 0;  // Expert::QueueCost: what counts against max_queue.
   };
   struct Pool {
     std::unique_ptr<Expert> expert;
     std::deque<Pending> queue;
     int64_t queued_samples = 0;
+    int64_t queued_cost = 0;  // Samples, or tokens for sequence experts (max_queue).
     std::atomic<int64_t> step{0};
     bool busy = false;
     // The last batch: when its answers went out, how many tasks it answered, and how many tasks

@@ -122,6 +122,8 @@ Status ServerImpl::Init() {
   http_options.threads = options_.net_threads;
   http_options.max_body_bytes = options_.max_body_bytes;
   http_options.max_held_request_bytes = options_.max_held_request_bytes;
+  http_options.max_connections = options_.max_connections;
+  http_options.max_connections_per_ip = options_.max_connections_per_ip;
   http_ = std::make_unique<net::HttpServer>(http_options);
   RegisterRoutes();
   RegisterMemoryMetrics();

@@ -51,6 +51,10 @@ struct ExpertServerOptions {
   // are 4 MiB: enough to keep the runtime busy, while 16 clients' requests held at once would be
   // 32 MiB of the server's peak memory. One request larger than this is still let in alone.
   uint64_t max_held_request_bytes = 4ull << 20;
+  // Connections open at once, in all and per remote IP (0 = no limit); past them 503
+  // (net::HttpServerOptions::max_connections, max_connections_per_ip).
+  size_t max_connections = 4096;
+  size_t max_connections_per_ip = 256;
 
   // Identity file (created when missing); empty = a fresh identity for this run.
   std::string identity_path;

@@ -5,7 +5,10 @@
 
 #include <utility>  // Before Asio/Beast: Boost 1.74 with C++20 needs it.
 
+#include <algorithm>
+#include <atomic>
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <boost/asio/strand.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
@@ -16,9 +19,12 @@
 #include <deque>
 #include <functional>
 #include <limits>
+#include <map>
 #include <memory>
 #include <mutex>
+#include <string>
 #include <unordered_map>
+#include <vector>
 
 #include "core/status.h"
 #include "net/http_message.h"
@@ -128,36 +134,106 @@ Headers ToHeaders(const Fields& fields) {
 }
 
 // The bytes of requests one server holds at once (HttpServerOptions::max_held_request_bytes).
-// Thread-safe. A waiter's callback runs once, from the thread whose Release made room (or never,
-// if no room is made); callbacks must only post to their session's strand.
+// Only bytes that arrived (or the small window a read is about to fill) are counted: a request
+// grows its share in steps as its bytes come in, so a client that declares a large body and sends
+// nothing holds almost nothing. Thread-safe. A waiter's callback runs once, from the thread whose
+// Release (or Acquire) made room, or never if the wait is cancelled; callbacks must only post to
+// their session's strand.
 class ByteBudget {
  public:
   explicit ByteBudget(uint64_t limit) : limit_(limit) {}
 
-  // Counts `bytes` and returns true when they fit, or when nothing is held (a request larger than
-  // the whole budget still gets in, alone). Otherwise returns false and calls `ready` once they
-  // have been counted, after earlier waiters.
-  bool Acquire(uint64_t bytes, std::function<void()> ready);
-  // Counts bytes that are in memory already (a chunked body, or the part of a WebSocket message
-  // beyond what was reserved for it).
+  // A request's place in line (smaller = older); taken once per request, before its first Acquire.
+  uint64_t NextOrder();
+  // Counts `bytes` more for the request `order`, which holds `holding` bytes already (0 for a new
+  // request). True when they fit now: they do when nothing is held (a request larger than the
+  // whole budget still gets in, alone) or when held + bytes is within the limit and nobody waits
+  // before it. Otherwise returns false, sets `*ticket` (for Cancel) and calls `ready` once they
+  // have been counted. A request that holds bytes and waits for more goes before new requests; when
+  // all held bytes belong to such waiting requests (none of them can finish), the oldest is let in
+  // past the limit, so requests that grow in steps never deadlock each other.
+  bool Acquire(uint64_t bytes, uint64_t holding, uint64_t order, std::function<void()> ready,
+               uint64_t* ticket);
+  // Withdraws a wait. True when it was still waiting (its callback will not run); false when it was
+  // admitted already (its callback runs or ran, and the bytes are counted).
+  bool Cancel(uint64_t ticket);
+  // Counts bytes that are in memory already.
   void Charge(uint64_t bytes);
   // Uncounts bytes and wakes the waiters that now fit.
   void Release(uint64_t bytes);
   uint64_t held() const;
   size_t waiting() const;
+  uint64_t limit() const { return limit_; }
 
  private:
   struct Waiter {
     uint64_t bytes;
+    uint64_t holding;
+    uint64_t order;
     std::function<void()> ready;
   };
-  bool FitsLocked(uint64_t bytes) const;
+  bool FitsLocked(uint64_t bytes) const { return held_ == 0 || held_ + bytes <= limit_; }
+  // Admits what fits now (into `admitted`), growing requests first, then new ones in turn.
+  void PumpLocked(std::vector<std::function<void()>>* admitted);
+  void AdmitLocked(std::map<uint64_t, Waiter>::iterator it,
+                   std::vector<std::function<void()>>* admitted);
 
   const uint64_t limit_;
   mutable std::mutex mu_;
   uint64_t held_ = 0;
-  std::deque<Waiter> waiters_;
+  uint64_t parked_ = 0;  // Bytes held by waiting requests that hold some already.
+  size_t growers_ = 0;   // Waiting requests that hold some already.
+  uint64_t next_order_ = 1;
+  uint64_t next_ticket_ = 1;
+  std::map<uint64_t, Waiter> waiters_;  // By ticket: arrival order.
 };
+
+// When a body or a partial WebSocket message is too slow (HttpServerOptions::
+// min_upload_bytes_per_second and read_timeout). Counts only time spent reading: time parked
+// waiting for room in the budget is the server's doing, not the client's.
+class UploadClock {
+ public:
+  void Start(std::chrono::steady_clock::time_point now) {
+    active_ = std::chrono::steady_clock::duration::zero();
+    since_ = now;
+    running_ = true;
+    bytes_ = 0;
+  }
+  void Pause(std::chrono::steady_clock::time_point now) {
+    if (running_) active_ += now - since_;
+    running_ = false;
+  }
+  void Resume(std::chrono::steady_clock::time_point now) {
+    if (!running_) since_ = now;
+    running_ = true;
+  }
+  void Add(uint64_t bytes) { bytes_ += bytes; }
+  uint64_t bytes() const { return bytes_; }
+  std::chrono::steady_clock::duration active(std::chrono::steady_clock::time_point now) const {
+    return active_ + (running_ ? now - since_ : std::chrono::steady_clock::duration::zero());
+  }
+  // Empty while the upload is fast enough and within its deadline; else why it is not.
+  std::string Check(std::chrono::steady_clock::time_point now, uint64_t min_bytes_per_second,
+                    std::chrono::milliseconds grace, std::chrono::milliseconds deadline) const;
+
+ private:
+  std::chrono::steady_clock::duration active_{};
+  std::chrono::steady_clock::time_point since_{};
+  bool running_ = false;
+  uint64_t bytes_ = 0;
+};
+
+// How often a slow upload is looked at.
+inline constexpr std::chrono::milliseconds kUploadCheckPeriod{250};
+// A body or message is read into windows of memory counted in the budget before their bytes are
+// read. The first holds what arrived already; each next one is as large as what arrived so far
+// (at least kMinReadStep, at most kMaxReadStep), so a sender must send to be trusted with more and
+// a request holds at most about twice its arrived bytes.
+inline constexpr uint64_t kMinReadStep = 4 << 10;
+inline constexpr uint64_t kMaxReadStep = 1 << 20;
+inline uint64_t NextReadStep(uint64_t received, uint64_t remaining) {
+  return std::min(remaining, std::clamp<uint64_t>(received, kMinReadStep, kMaxReadStep));
+}
 
 struct WsOptions {
   uint64_t max_message_bytes = 64ull << 20;
@@ -168,6 +244,16 @@ struct WsOptions {
   // until on_message returns or, for a request begun with TryBeginRequest during on_message, until
   // its EndRequest; the next message is not read while the budget is full.
   std::shared_ptr<ByteBudget> budget;
+  // Server side (0 = off): answers queued beyond these pause reading (HttpServerOptions::
+  // ws_max_queued_bytes); a write that takes longer than write_timeout, or the rest of a message
+  // that is slower than the minimum rate or takes longer than message_timeout, closes the
+  // connection, counted in slow_clients_cut when given.
+  uint64_t max_queued_bytes = 0;
+  std::chrono::milliseconds write_timeout{0};
+  uint64_t min_upload_bytes_per_second = 0;
+  std::chrono::milliseconds min_upload_grace{0};
+  std::chrono::milliseconds message_timeout{0};
+  std::shared_ptr<std::atomic<uint64_t>> slow_clients_cut;
 };
 
 // One WebSocket, either end. Runs on the strand of its tcp_stream; see WsConnection for the
@@ -191,6 +277,8 @@ class WsSession final : public WsConnection,
   void Close() override;
   bool is_open() const override { return open_.load(); }
   void Shutdown(bool force) override;
+  // Keeps `slot` (a connection's place under the server's caps) until the connection ends.
+  void HoldSlot(std::shared_ptr<void> slot) { slot_ = std::move(slot); }
 
  protected:
   void OnRequestBegun() override;
@@ -201,13 +289,18 @@ class WsSession final : public WsConnection,
   void Unregister();
   void Opened();
   void ConfigureStream();  // Timeouts, limits and framing, for both ends.
-  // Reads the start of the next message, then (with a budget: after WaitForBudget) ReadRest.
+  // Reads the start of the next message, then ReadRest; waits first while too many answers are
+  // queued (ReadPaused).
   void DoRead();
-  // Parks until the budget has room for the message being read, then ReadRest.
-  void WaitForBudget();
-  // Reads the rest of the current message into read_into_.
+  bool ReadPaused() const;
+  // Reads the rest of the current message into read_into_, a window at a time (Reserve).
   void ReadRest();
+  // With a budget: counts `step` more bytes for the message, parking until it has room.
+  void Reserve(uint64_t step);
   void OnRead(beast_error ec, size_t bytes);
+  // Looks every kUploadCheckPeriod at a partial message's rate and age and at a write's age.
+  void Watch();
+  void OnWatch();
   void DoWrite();
   void OnWrite(beast_error ec, size_t bytes);
   void DoClose();
@@ -232,7 +325,18 @@ class WsSession final : public WsConnection,
   // Bytes read before the budget is asked whether the rest may come.
   static constexpr size_t kMessageStartBytes = 512;
   static constexpr size_t kWriteChunkBytes = 64 << 10;
-  uint64_t reserved_ = 0;            // Strand only: counted in the budget for the message read now.
+  uint64_t reserved_ = 0;      // Strand only: counted in the budget for the message read now.
+  uint64_t order_ = 0;         // Strand only: the message's place in the budget's line.
+  uint64_t ticket_ = 0;        // Strand only: non-zero while parked.
+  UploadClock clock_;          // Strand only: the rest of the message being read.
+  bool reading_rest_ = false;  // Strand only: a message is partly in.
+  bool read_paused_ = false;   // Strand only: no read pending while answers are queued.
+  bool watching_ = false;      // Strand only: watch_timer_ armed.
+  std::string cut_;            // Strand only: why the connection was cut, if it was.
+  std::chrono::steady_clock::time_point write_started_;  // Strand only.
+  asio::steady_timer watch_timer_;
+  std::atomic<uint64_t> queued_bytes_{0};
+  std::shared_ptr<void> slot_;
   uint64_t last_message_bytes_ = 0;  // Strand only: the size of the previous message.
   // The message in on_message, counted in the budget; a request begun meanwhile takes it.
   std::atomic<uint64_t> message_bytes_{0};

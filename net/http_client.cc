@@ -202,12 +202,12 @@ class Call final : public CallBase, public std::enable_shared_from_this<Call> {
     keep_alive_ = header.keep_alive();
     if (head_parser_->is_done()) return Finish();
     auto length = head_parser_->content_length();
-    if (length && *length > client_->options.max_response_body_bytes) {
+    const uint64_t limit = BodyLimit();
+    if (length && *length > limit) {
       keep_alive_ = false;
       return Complete(
           ResourceExhaustedError("response body of " + std::to_string(*length) + " bytes from " +
-                                 key_ + " exceeds the client limit of " +
-                                 std::to_string(client_->options.max_response_body_bytes)));
+                                 key_ + " exceeds the client limit of " + std::to_string(limit)));
     }
     if (length && !head_parser_->chunked()) {
       // The fast path: straight from the socket into the final vector.
@@ -226,13 +226,19 @@ class Call final : public CallBase, public std::enable_shared_from_this<Call> {
                               });
     }
     body_parser_.emplace(std::move(*head_parser_));
-    body_parser_->body_limit(client_->options.max_response_body_bytes);
+    body_parser_->body_limit(limit);
     http::async_read(conn_->stream, conn_->buffer, *body_parser_,
                      [self = shared_from_this()](beast_error ec, size_t) {
                        if (ec) return self->Fail(ec, "reading from " + self->key_);
                        self->response_.body = std::move(self->body_parser_->get().body());
                        self->Finish();
                      });
+  }
+
+  uint64_t BodyLimit() const {
+    const uint64_t mine = options_.max_response_body_bytes;
+    const uint64_t client = client_->options.max_response_body_bytes;
+    return mine > 0 && mine < client ? mine : client;
   }
 
   void Finish() {

@@ -46,6 +46,9 @@ struct HttpClientOptions {
 struct RequestOptions {
   // Deliver any complete HTTP response as a value, whatever its status.
   bool raw_error_responses = false;
+  // This call's response body limit, when lower than the client's (0: the client's). A larger
+  // declared body is refused resource_exhausted before it is read; a chunked one is cut there.
+  uint64_t max_response_body_bytes = 0;
 };
 
 namespace internal {

@@ -18,7 +18,9 @@
 // response is written; no pipelining). Limits: header bytes, body bytes (a declared Content-Length
 // above the limit is answered 413 without reading the body, then the connection is closed; chunked
 // bodies are cut off at the limit the same way), idle time before a request's header is complete,
-// time to read a body, time to write a response.
+// time to read a body and its minimum rate, time to write a response; connections in all and per
+// remote IP. A declared length costs nothing until its bytes arrive: bodies are read into memory
+// (and counted in max_held_request_bytes) in windows that grow with what arrived.
 //
 // Routing: a route is a method and a pattern of '/'-separated segments, each literal or `{name}`
 // (one non-empty segment, available through RequestHead::Param). The first registered route that
@@ -50,20 +52,37 @@ struct HttpServerOptions {
   uint32_t max_header_bytes = 16 << 10;
   // From the end of the previous response (or the accept) until the next request's header is in.
   std::chrono::milliseconds idle_timeout{60'000};
-  // From the end of a request's header until its whole body is in.
+  // The per-request body deadline: a body (or the rest of a WebSocket message, once its first bytes
+  // are in) must arrive within this much time spent reading it. Time a body waits unread for room
+  // in max_held_request_bytes does not count: that wait is the server's, not the client's.
   std::chrono::milliseconds read_timeout{60'000};
+  // The slowest upload kept: from min_upload_grace on, a body (or partial WebSocket message) must
+  // have brought min_upload_bytes_per_second for every second past the grace, else it is cut:
+  // answered 504 deadline_exceeded and closed (a WebSocket is closed). 0 turns the check off.
+  uint64_t min_upload_bytes_per_second = 64 << 10;
+  std::chrono::milliseconds min_upload_grace{1'000};
   std::chrono::milliseconds write_timeout{60'000};
   // WebSocket: messages queued by Send beyond the one being written.
   size_t ws_max_queued_messages = 1024;
+  // WebSocket: answers a client has not read count against it. While more than this many bytes,
+  // or more than ws_max_queued_messages / 2 messages, wait to be written to a connection, its next
+  // request is not read; a write that makes no progress for write_timeout closes it.
+  uint64_t ws_max_queued_bytes = 16ull << 20;
+  // Connections open at once (HTTP and WebSocket), in all and from one remote IP address; 0 = no
+  // limit. A connection past either is answered 503 unavailable with Retry-After and closed.
+  size_t max_connections = 4096;
+  size_t max_connections_per_ip = 256;
   // WebSocket: a connection with no traffic this long is pinged, then closed if still silent.
   std::chrono::milliseconds ws_idle_timeout{300'000};
-  // Bytes of requests the server holds at once; 0 = no limit. An HTTP body counts from the start
-  // of its reading until its response is written; a WebSocket message from its arrival until
-  // on_message returns or, for a request begun with WsConnection::TryBeginRequest, until its
-  // EndRequest. A body that does not fit, or the rest of a message that does not (its size is known
-  // only once read: the connection's previous message size stands in), is left unread in the
-  // socket until earlier requests end: backpressure on the clients instead of memory in the
-  // server. One request is always let in when nothing is held, whatever its size.
+  // Bytes of requests the server holds at once; 0 = no limit. Only bytes that arrived count: an
+  // HTTP body is read in windows counted before their bytes are read (the first as large as what
+  // has arrived, each next as large as what arrived so far, 4 KiB to 1 MiB), and counts until its
+  // response is written; a WebSocket message likewise from its first bytes until on_message
+  // returns or, for a request begun with WsConnection::TryBeginRequest, until its EndRequest. A
+  // window that does not fit leaves the rest of its body or message unread in the socket until
+  // earlier requests end: backpressure on the clients instead of memory in the server. Bodies being
+  // read go before new ones; when every held byte belongs to such parked bodies, the oldest goes on
+  // past the limit, alone, so a request larger than the whole budget still gets in.
   uint64_t max_held_request_bytes = 0;
   std::string server_name = "dmoe";  // Sent as the Server header.
 };
@@ -109,6 +128,12 @@ class HttpServer {
   // message waits for room (both 0 without a limit). Any thread.
   uint64_t held_request_bytes() const;
   size_t requests_waiting() const;
+  // Since Start: connections refused past the caps; clients cut as too slow (bodies and WebSocket
+  // messages below the minimum rate or past read_timeout, WebSocket answers not taken within
+  // write_timeout); accept failures that paused the accept loop. Any thread.
+  uint64_t refused_connections() const;
+  uint64_t slow_clients_cut() const;
+  uint64_t accept_backoffs() const;
 
   struct State;  // Private to http_server.cc; named here so its sessions can share it.
 

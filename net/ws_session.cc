@@ -18,7 +18,8 @@ WsSession::WsSession(beast::tcp_stream&& stream, RequestHead head, WsOptions opt
       ws_(std::move(stream)),
       options_(options),
       handlers_(std::move(handlers)),
-      registry_(registry) {}
+      registry_(registry),
+      watch_timer_(ws_.get_executor()) {}
 
 WsSession::~WsSession() {
   Unregister();
@@ -109,7 +110,26 @@ void WsSession::Opened() {
   if (close_requested_ && !writing_) DoClose();
 }
 
+bool WsSession::ReadPaused() const {
+  // Past the bound, and until the queue is down to half of it.
+  const double share = read_paused_ ? 0.5 : 1.0;
+  if (options_.max_queued_bytes > 0 && static_cast<double>(queued_bytes_.load()) >
+                                           share * static_cast<double>(options_.max_queued_bytes)) {
+    return true;
+  }
+  return options_.max_queued_bytes > 0 &&
+         static_cast<double>(queued_.load()) >
+             share * static_cast<double>(options_.max_queued_messages) / 2;
+}
+
 void WsSession::DoRead() {
+  if (ReadPaused() && !close_requested_) {
+    // A client that does not read its answers gets no more of them: OnWrite reads on once the
+    // queue has drained, and Watch closes a connection whose writes stall.
+    read_paused_ = true;
+    return;
+  }
+  read_paused_ = false;
   read_buffer_.clear();
   read_into_ =
       std::make_shared<ReadBuffer>(read_buffer_, static_cast<size_t>(options_.max_message_bytes));
@@ -118,56 +138,114 @@ void WsSession::DoRead() {
   // hold anything back, since the read would take whatever arrives later). Either way, the buffer
   // for the rest is taken once a message is arriving, not held by an idle connection.
   ws_.async_read_some(*read_into_, kMessageStartBytes,
-                      [self = shared_from_this()](beast_error ec, size_t) {
+                      [self = shared_from_this()](beast_error ec, size_t n) {
+                        if (!ec && self->options_.budget) {
+                          // Its start is in memory: counted, whether or not it fits.
+                          self->options_.budget->Charge(n);
+                          self->reserved_ = n;
+                        }
                         if (ec || self->ws_.is_message_done()) return self->OnRead(ec, 0);
-                        if (self->options_.budget) return self->WaitForBudget();
+                        self->reading_rest_ = true;
+                        self->clock_.Start(std::chrono::steady_clock::now());
+                        self->clock_.Add(n);
+                        if (self->options_.budget) {
+                          self->order_ = self->options_.budget->NextOrder();
+                        }
+                        self->Watch();
                         self->ReadRest();
                       });
 }
 
-void WsSession::WaitForBudget() {
-  // The message's size is known only once it is read; its start is in, so its sender is active,
-  // and the size of the connection's previous message stands in for it until then.
-  const uint64_t estimate = std::max<uint64_t>(last_message_bytes_, read_buffer_.size());
-  auto admitted = [self = shared_from_this(), estimate] {
-    asio::post(self->ws_.get_executor(), [self, estimate] {
+void WsSession::Reserve(uint64_t step) {
+  auto admitted = [self = shared_from_this(), step] {
+    asio::post(self->ws_.get_executor(), [self, step] {
       if (!self->parked_) {  // Shutdown resumed the read already, without the room.
-        self->options_.budget->Release(estimate);
+        self->options_.budget->Release(step);
         return;
       }
       self->parked_ = false;
-      self->reserved_ = estimate;
+      self->ticket_ = 0;
+      self->reserved_ += step;
+      self->clock_.Resume(std::chrono::steady_clock::now());
       self->ReadRest();
     });
   };
-  if (!options_.budget->Acquire(estimate, std::move(admitted))) {
+  if (!options_.budget->Acquire(step, reserved_, order_, std::move(admitted), &ticket_)) {
     parked_ = true;
+    clock_.Pause(std::chrono::steady_clock::now());
     return;
   }
-  reserved_ = estimate;
+  reserved_ += step;
   ReadRest();
 }
 
 void WsSession::ReadRest() {
+  const uint64_t have = read_into_->size();
+  uint64_t limit = options_.max_message_bytes > have ? options_.max_message_bytes - have : 1;
+  if (options_.budget && !close_requested_) {
+    // Bytes are read only into room counted in the budget, and the room grows with what arrived.
+    if (have >= reserved_) return Reserve(NextReadStep(have, limit));
+    limit = reserved_ - have;
+  }
   // Messages on a connection tend to have one size: room for the last one saves regrowing.
   if (read_buffer_.capacity() < last_message_bytes_) {
     Bytes room = BufferPool::Shared().Take(last_message_bytes_);
     room.assign(read_buffer_.begin(), read_buffer_.end());
     read_buffer_.swap(room);  // read_into_ refers to read_buffer_, which keeps its size.
   }
-  // Beast's async_read finishes the current message, appending to what async_read_some read.
-  ws_.async_read(*read_into_, [self = shared_from_this(), buffer = read_into_](
-                                  beast_error ec, size_t n) { self->OnRead(ec, n); });
+  ws_.async_read_some(*read_into_, static_cast<size_t>(limit),
+                      [self = shared_from_this(), buffer = read_into_](beast_error ec, size_t n) {
+                        self->clock_.Add(n);
+                        if (ec || self->ws_.is_message_done()) return self->OnRead(ec, n);
+                        self->ReadRest();
+                      });
+}
+
+void WsSession::Watch() {
+  if (watching_ || finished_) return;
+  watching_ = true;
+  watch_timer_.expires_after(kUploadCheckPeriod);
+  watch_timer_.async_wait([self = shared_from_this()](beast_error ec) {
+    self->watching_ = false;
+    if (!ec) self->OnWatch();
+  });
+}
+
+void WsSession::OnWatch() {
+  if (finished_) return;
+  const auto now = std::chrono::steady_clock::now();
+  std::string why;
+  if (writing_ && options_.write_timeout.count() > 0 &&
+      now - write_started_ > options_.write_timeout) {
+    why = "an answer was not taken by the client within " +
+          std::to_string(options_.write_timeout.count()) + " ms";
+  } else if (reading_rest_ && !parked_) {
+    std::string slow = clock_.Check(now, options_.min_upload_bytes_per_second,
+                                    options_.min_upload_grace, options_.message_timeout);
+    if (!slow.empty()) why = "WebSocket message " + slow;
+  }
+  if (!why.empty()) {
+    if (options_.slow_clients_cut) options_.slow_clients_cut->fetch_add(1);
+    cut_ = why;
+    // The pending read (or write) completes with an error and calls Finish.
+    beast_error ignored;
+    beast::get_lowest_layer(ws_).socket().close(ignored);
+    return;
+  }
+  if (writing_ || reading_rest_) Watch();
 }
 
 void WsSession::OnRead(beast_error ec, size_t) {
+  reading_rest_ = false;
   if (reserved_ > 0 && ec) {
     options_.budget->Release(reserved_);
     reserved_ = 0;
   }
   if (ec) {
     Status status = Status::Ok();
-    if (ec == websocket::error::closed) {
+    if (!cut_.empty()) {
+      status = DeadlineExceededError(cut_);
+    } else if (ec == websocket::error::closed) {
       status = Status::Ok();
     } else if (ec == websocket::error::message_too_big || ec == websocket::error::buffer_overflow) {
       status = PayloadTooLargeError("WebSocket message larger than " +
@@ -181,7 +259,7 @@ void WsSession::OnRead(beast_error ec, size_t) {
   Bytes message = std::move(read_buffer_);
   last_message_bytes_ = message.size();
   if (options_.budget) {
-    // Counts the message in place of what was reserved for it.
+    // Counts the message in place of the room reserved for it.
     if (message.size() > reserved_) options_.budget->Charge(message.size() - reserved_);
     if (message.size() < reserved_) options_.budget->Release(reserved_ - message.size());
     reserved_ = 0;
@@ -225,10 +303,12 @@ Status WsSession::Send(Bytes message) {
     return ResourceExhaustedError("WebSocket send queue is full (" +
                                   std::to_string(options_.max_queued_messages) + " messages)");
   }
+  queued_bytes_.fetch_add(message.size());
   asio::post(ws_.get_executor(),
              [self = shared_from_this(), message = std::move(message)]() mutable {
                if (self->finished_ || self->closing_) {
                  self->queued_.fetch_sub(1);
+                 self->queued_bytes_.fetch_sub(message.size());
                  return;
                }
                self->queue_.push_back(std::move(message));
@@ -243,6 +323,10 @@ void WsSession::DoWrite() {
     return;
   }
   writing_ = true;
+  if (options_.write_timeout.count() > 0) {
+    write_started_ = std::chrono::steady_clock::now();
+    Watch();
+  }
   ws_.async_write(asio::buffer(queue_.front()),
                   [self = shared_from_this()](beast_error ec, size_t n) { self->OnWrite(ec, n); });
 }
@@ -250,14 +334,16 @@ void WsSession::DoWrite() {
 void WsSession::OnWrite(beast_error ec, size_t) {
   writing_ = false;
   if (!queue_.empty()) {
+    queued_bytes_.fetch_sub(queue_.front().size());
     BufferPool::Shared().Give(std::move(queue_.front()));
     queue_.pop_front();
     queued_.fetch_sub(1);
   }
   if (ec) {
-    Finish(StatusFromError(ec, "WebSocket write"));
+    Finish(cut_.empty() ? StatusFromError(ec, "WebSocket write") : DeadlineExceededError(cut_));
     return;
   }
+  if (read_paused_ && !ReadPaused()) DoRead();
   DoWrite();
 }
 
@@ -282,8 +368,13 @@ void WsSession::Shutdown(bool force) {
     if (self->finished_) return;
     if (self->parked_) {
       // A read must be pending to see the close through.
+      if (self->options_.budget->Cancel(self->ticket_)) self->ticket_ = 0;
       self->parked_ = false;
+      self->close_requested_ = true;  // Reads on without counting: the connection is ending.
       self->ReadRest();
+    } else if (self->read_paused_) {
+      self->close_requested_ = true;
+      self->DoRead();
     }
     if (!force) {
       // During the handshake, Opened() sees the request and closes right after it.
@@ -305,9 +396,12 @@ void WsSession::Finish(const Status& status) {
   // The message being written (if any) stays until its write completes: Asio may still read it.
   size_t keep = writing_ ? 1 : 0;
   while (queue_.size() > keep) {
+    queued_bytes_.fetch_sub(queue_.back().size());
     queue_.pop_back();
     queued_.fetch_sub(1);
   }
+  slot_.reset();
+  if (watching_) watch_timer_.cancel();
   beast_error ignored;
   beast::get_lowest_layer(ws_).socket().close(ignored);
   if (handshake_done_) {

@@ -21,6 +21,7 @@ int main(int argc, char** argv) {
   std::string listen = "127.0.0.1:0", log_level = "info";
   int threads = 2;
   double max_body_mib = 64;
+  double max_held_request_mib = static_cast<double>(o.max_held_request_bytes) / (1 << 20);
   app.add_option("--listen", listen, "HTTP HOST:PORT; port 0 picks a free one")
       ->capture_default_str();
   app.add_option("--dht", o.dht_bootstrap, "HOST:PORT of a DHT node to join; repeatable")
@@ -50,6 +51,17 @@ int main(int argc, char** argv) {
   app.add_option("--net-threads", o.net_threads, "network threads")->capture_default_str();
   app.add_option("--max-body-mib", max_body_mib, "request body limit in MiB")
       ->capture_default_str();
+  app.add_option("--max-held-request-mib", max_held_request_mib,
+                 "request bytes held at once; past it bodies wait unread (0: no limit)")
+      ->capture_default_str();
+  app.add_option("--max-connections", o.max_connections, "connections open at once (0: no limit)")
+      ->capture_default_str();
+  app.add_option("--max-connections-per-ip", o.max_connections_per_ip,
+                 "connections open at once from one IP address (0: no limit)")
+      ->capture_default_str();
+  app.add_option("--max-queued-inferences", o.max_queued_inferences,
+                 "inference requests accepted and not yet answered; past it 503")
+      ->capture_default_str();
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error or off")
       ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
@@ -71,6 +83,7 @@ int main(int argc, char** argv) {
     return fail(dmoe::InvalidArgumentError("--listen '" + listen + "': bad port"));
   }
   o.max_body_bytes = static_cast<uint64_t>(max_body_mib * (1 << 20));
+  o.max_held_request_bytes = static_cast<uint64_t>(max_held_request_mib * (1 << 20));
   at::set_num_threads(threads);
 
   auto router = dmoe::router::Router::Start(std::move(o));

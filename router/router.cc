@@ -139,6 +139,9 @@ class RouterImpl : public Router {
     http_options.port = options_.listen_port;
     http_options.threads = options_.net_threads;
     http_options.max_body_bytes = options_.max_body_bytes;
+    http_options.max_held_request_bytes = options_.max_held_request_bytes;
+    http_options.max_connections = options_.max_connections;
+    http_options.max_connections_per_ip = options_.max_connections_per_ip;
     http_ = std::make_unique<net::HttpServer>(http_options);
     RegisterRoutes();
     return http_->Start();
@@ -314,9 +317,33 @@ class RouterImpl : public Router {
     });
   }
 
+  // A place in the bounded inference queue, given back when the request's work is done.
+  class InferenceSlot {
+   public:
+    explicit InferenceSlot(std::atomic<int>* queued) : queued_(queued) {}
+    ~InferenceSlot() { queued_->fetch_sub(1); }
+    InferenceSlot(const InferenceSlot&) = delete;
+    InferenceSlot& operator=(const InferenceSlot&) = delete;
+
+   private:
+    std::atomic<int>* queued_;
+  };
+
   void Infer(net::Request req, net::Responder respond) {
     const int64_t start_us = RealClock::Instance().NowMonotonicUs();
-    compute_->Post([this, req = std::move(req), respond, start_us]() mutable {
+    if (inferences_queued_.fetch_add(1) >= options_.max_queued_inferences) {
+      inferences_queued_.fetch_sub(1);
+      metrics_
+          .GetCounter("dmoe_router_infer_refused_total",
+                      "Inference requests refused because the queue was full.")
+          .Increment();
+      return respond(
+          Answer("infer", net::Response::Error(UnavailableError(
+                              "the router has " + std::to_string(options_.max_queued_inferences) +
+                              " inference requests queued; retry later or at another router"))));
+    }
+    auto slot = std::make_shared<InferenceSlot>(&inferences_queued_);
+    compute_->Post([this, req = std::move(req), respond, start_us, slot]() mutable {
       auto finish = [&](net::Response r) {
         double ms = (RealClock::Instance().NowMonotonicUs() - start_us) / 1000.0;
         series_.Record(RealClock::Instance().NowUnixMs(), ms, r.status == 200);
@@ -382,8 +409,9 @@ class RouterImpl : public Router {
     http_->Handle("GET", "/", [](net::Request, net::Responder respond) {
       respond(net::Response::Text(200, "text/html; charset=utf-8", DashboardHtml()));
     });
-    // The router's peer id (what trainers sign publications for, dmoe-req-v2), proven by a
-    // signature over a client's challenge when one is given.
+    // Liveness for load balancers and tests, answered on the network thread, never queued; and the
+    // router's peer id (what trainers sign publications for, dmoe-req-v2), proven by a signature
+    // over a client's challenge when one is given.
     http_->Handle("GET", "/v1/health", [this](net::Request req, net::Responder respond) {
       nlohmann::json body = {{"status", "ok"},
                              {"peer_id", identity_->peer_id()},
@@ -443,6 +471,7 @@ class RouterImpl : public Router {
   std::unique_ptr<dht::Dht> dht_;
   std::unique_ptr<SwarmView> swarm_;
   std::unique_ptr<Inference> inference_;
+  std::atomic<int> inferences_queued_{0};  // Outlives compute_, whose tasks hold slots.
   std::unique_ptr<net::IoContext> compute_;
   std::unique_ptr<net::HttpServer> http_;
   Metrics metrics_;

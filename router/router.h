@@ -26,8 +26,17 @@ struct RouterOptions {
   uint16_t listen_port = 0;
   int net_threads = 2;
   uint64_t max_body_bytes = 64ull << 20;
+  // Bytes of requests held at once, from their arrival until answered (net::HttpServerOptions::
+  // max_held_request_bytes); past it bodies wait unread in their sockets.
+  uint64_t max_held_request_bytes = 16ull << 20;
+  // Connections open at once, in all and per remote IP (0 = no limit); past them 503.
+  size_t max_connections = 4096;
+  size_t max_connections_per_ip = 256;
   // Inference threads: each runs one request's forward at a time.
   int inference_threads = 2;
+  // Inference requests accepted and not yet answered (computing or waiting for a thread); past it
+  // a request is answered 503 unavailable with Retry-After at once.
+  int max_queued_inferences = 64;
 
   std::vector<std::string> dht_bootstrap;
   std::string dht_listen = "0.0.0.0:0";

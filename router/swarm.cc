@@ -101,6 +101,12 @@ std::vector<SwarmExpert> SwarmView::Walk() {
   return found;
 }
 
+namespace {
+// A health answer is a small JSON object; a server that sends more is not believed, and cannot
+// make the router read (or hold) a large body.
+constexpr uint64_t kHealthMaxBodyBytes = 64 << 10;
+}  // namespace
+
 void SwarmView::RefreshOnce() {
   std::vector<SwarmExpert> found = Walk();
   // One health check per server, all at once.
@@ -110,13 +116,14 @@ void SwarmView::RefreshOnce() {
     auto promise = std::make_shared<std::promise<double>>();
     checks[e.endpoint] = promise;
     const int64_t start = clock_.NowMonotonicUs();
-    http_.Request("GET", e.endpoint + "/v1/health", {}, {},
-                  std::chrono::steady_clock::now() + options_.health_timeout,
-                  [this, promise, start](Result<net::Response> r) {
-                    promise->set_value(r.ok() && r->status == 200
-                                           ? (clock_.NowMonotonicUs() - start) / 1000.0
-                                           : -1.0);
-                  });
+    http_.Request(
+        "GET", e.endpoint + "/v1/health", {}, {},
+        std::chrono::steady_clock::now() + options_.health_timeout,
+        [this, promise, start](Result<net::Response> r) {
+          promise->set_value(r.ok() && r->status == 200 ? (clock_.NowMonotonicUs() - start) / 1000.0
+                                                        : -1.0);
+        },
+        net::RequestOptions{.max_response_body_bytes = kHealthMaxBodyBytes});
   }
   std::map<std::string, double> latency;
   for (auto& [endpoint, promise] : checks) latency[endpoint] = promise->get_future().get();

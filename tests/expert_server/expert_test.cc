@@ -180,6 +180,26 @@ TEST(ExpertTest, TransformerHonoursTheMask) {
   EXPECT_EQ(e->Forward(x, at::ones({2, 4}, at::kBool)).status().code(), Code::kInvalidArgument);
 }
 
+// Attention costs [B, H, T, T]: a sequence longer than max_seq_len is refused before compute.
+TEST(ExpertTest, TransformerRefusesSequencesPastMaxSeqLen) {
+  ExpertConfig config;
+  config.type = "transformer";
+  config.hidden_dim = 16;
+  config.max_seq_len = 8;
+  auto e = Expert::Create(ExpertRegistry::WithBuiltins(), "tf.0", config, OptimizerOptions{});
+  ASSERT_TRUE(e.ok()) << e.status().ToString();
+  EXPECT_TRUE((*e)->Forward(at::randn({1, 8, 16}), std::nullopt).ok());
+  auto refused = (*e)->Forward(at::randn({1, 9, 16}), std::nullopt);
+  EXPECT_EQ(refused.status().code(), Code::kInvalidArgument);
+  EXPECT_NE(refused.status().message().find("at most 8 tokens"), std::string::npos)
+      << refused.status().ToString();
+  EXPECT_EQ(
+      (*e)->Backward(at::randn({1, 9, 16}), at::randn({1, 9, 16}), std::nullopt).status().code(),
+      Code::kInvalidArgument);
+  EXPECT_EQ((*e)->step(), 0);
+  EXPECT_EQ((*e)->QueueCost(at::randn({3, 5, 16})), 15);
+}
+
 class ScaleModule : public ExpertModule {
  public:
   explicit ScaleModule(int64_t d) : w_(register_parameter("w", at::ones({d}))) {}

@@ -160,6 +160,32 @@ TEST(RuntimeTest, RefusesPastTheQueueLimitWithoutCallingDone) {
   EXPECT_EQ(answers[2].future.wait_for(std::chrono::milliseconds(0)), std::future_status::timeout);
 }
 
+// A transformer expert's queue counts tokens (B * T), not samples.
+TEST(RuntimeTest, SequenceExpertQueueCountsTokens) {
+  ExpertConfig config;
+  config.type = "transformer";
+  config.hidden_dim = kDim;
+  auto expert = Expert::Create(ExpertRegistry::WithBuiltins(), "tf.0", config, OptimizerOptions{});
+  ASSERT_TRUE(expert.ok()) << expert.status().ToString();
+  std::vector<std::unique_ptr<Expert>> experts;
+  experts.push_back(std::move(expert).value());
+  RuntimeOptions options;
+  options.max_queue = 40;
+  Runtime rt(std::move(experts), options);
+  std::vector<Answer> answers(3);
+  // 2 samples of 10 tokens each: 20 tokens, twice fits 40.
+  ASSERT_TRUE(rt.Submit("tf.0", ForwardTask(at::randn({2, 10, kDim}), answers[0])).ok());
+  ASSERT_TRUE(rt.Submit("tf.0", ForwardTask(at::randn({2, 10, kDim}), answers[1])).ok());
+  Status s = rt.Submit("tf.0", ForwardTask(at::randn({1, 2, kDim}), answers[2]));
+  EXPECT_EQ(s.code(), Code::kResourceExhausted);
+  EXPECT_NE(s.message().find("40 tokens queued"), std::string::npos) << s.ToString();
+  EXPECT_DOUBLE_EQ(rt.load(), 1.0);
+  EXPECT_EQ(rt.queued_samples("tf.0"), 4);
+  rt.Start();
+  EXPECT_TRUE(answers[0].Get().ok());
+  EXPECT_TRUE(answers[1].Get().ok());
+}
+
 TEST(RuntimeTest, RefusesUnknownUidAndBadSchemaSynchronously) {
   auto rt = MakeRuntime(RuntimeOptions{});
   Answer a, b;

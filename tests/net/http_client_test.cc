@@ -76,6 +76,29 @@ TEST(HttpClientTest, ErrorBodyMapsBackToTheSameStatus) {
   EXPECT_EQ(Fetch("GET", Base(server) + "/plain").status().code(), Code::kUnavailable);
 }
 
+// A call's own body limit, below the client's: a declared length past it is refused before the body
+// is read, and a body within it comes through.
+TEST(HttpClientTest, PerRequestBodyLimit) {
+  HttpServer server({});
+  server.Handle("GET", "/big", [](Request, Responder respond) {
+    respond(Response::Binary(200, "application/octet-stream", Bytes(100 << 10, 1)));
+  });
+  server.Handle("GET", "/small", [](Request, Responder respond) {
+    respond(Response::Json(200, R"({"status":"ok"})"));
+  });
+  ASSERT_TRUE(server.Start().ok());
+  RequestOptions limited{.max_response_body_bytes = 64 << 10};
+  auto big = Fetch("GET", Base(server) + "/big", {}, {}, seconds(5), limited);
+  EXPECT_EQ(big.status().code(), Code::kResourceExhausted) << big.status().ToString();
+  EXPECT_NE(big.status().message().find("65536"), std::string::npos) << big.status().ToString();
+  auto small = Fetch("GET", Base(server) + "/small", {}, {}, seconds(5), limited);
+  ASSERT_TRUE(small.ok()) << small.status().ToString();
+  EXPECT_EQ(small->body_view(), R"({"status":"ok"})");
+  auto unlimited = Fetch("GET", Base(server) + "/big", {}, {}, seconds(5));
+  ASSERT_TRUE(unlimited.ok()) << unlimited.status().ToString();
+  EXPECT_EQ(unlimited->body.size(), 100u << 10);
+}
+
 TEST(HttpClientTest, CancelEndsTheCallPromptly) {
   testing::SilentListener silent;
   HttpClient client;
