@@ -318,15 +318,22 @@ class RouterImpl : public Router {
   }
 
   // A place in the bounded inference queue, given back when the request's work is done.
+  // The gauge shows operators (and tests) how full the queue is.
   class InferenceSlot {
    public:
-    explicit InferenceSlot(std::atomic<int>* queued) : queued_(queued) {}
-    ~InferenceSlot() { queued_->fetch_sub(1); }
+    InferenceSlot(std::atomic<int>* queued, Gauge* gauge) : queued_(queued), gauge_(gauge) {
+      gauge_->Add(1);
+    }
+    ~InferenceSlot() {
+      gauge_->Add(-1);
+      queued_->fetch_sub(1);
+    }
     InferenceSlot(const InferenceSlot&) = delete;
     InferenceSlot& operator=(const InferenceSlot&) = delete;
 
    private:
     std::atomic<int>* queued_;
+    Gauge* gauge_;
   };
 
   void Infer(net::Request req, net::Responder respond) {
@@ -342,7 +349,11 @@ class RouterImpl : public Router {
                               "the router has " + std::to_string(options_.max_queued_inferences) +
                               " inference requests queued; retry later or at another router"))));
     }
-    auto slot = std::make_shared<InferenceSlot>(&inferences_queued_);
+    auto slot = std::make_shared<InferenceSlot>(
+        &inferences_queued_,
+        &metrics_.GetGauge("dmoe_router_inferences_queued",
+                           "Inference requests queued or being computed (at most "
+                           "--max-queued-inferences)."));
     compute_->Post([this, req = std::move(req), respond, start_us, slot]() mutable {
       auto finish = [&](net::Response r) {
         double ms = (RealClock::Instance().NowMonotonicUs() - start_us) / 1000.0;
