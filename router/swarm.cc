@@ -4,6 +4,7 @@
 
 #include <future>
 
+#include "core/identity.h"
 #include "core/uid.h"
 #include "dht/announcement.h"
 
@@ -83,6 +84,9 @@ std::vector<SwarmExpert> SwarmView::Walk() {
   size_t i = 0;
   for (const std::string& uid : uids) {
     for (const dht::Record& rec : results[i].records) {
+      // A record's subkey names its publisher; one that names another peer is a stranger's
+      // forgery of that peer's entry (docs/protocol.md section 6) and is not shown.
+      if (rec.subkey != PeerIdOf(rec.publisher)) continue;
       Result<dht::ExpertAnnouncement> a = dht::ExpertAnnouncement::Parse(rec.value);
       if (!a.ok()) continue;
       SwarmExpert e;
