@@ -84,7 +84,8 @@ RejectReason RecordStore::Put(const Record& record, int64_t now_ms, VerifiedCach
   bool over_source =
       !source.empty() && source_count(std::string(source)) >= limits_.max_records_per_source;
   bool over_total = count_ >= limits_.max_records;
-  if ((over_publisher || over_source || over_total) && now_ms - last_full_sweep_ms_ >= 1000) {
+  if ((over_publisher || over_source || over_total) &&
+      (last_full_sweep_ms_ == INT64_MIN || now_ms - last_full_sweep_ms_ >= 1000)) {
     // Expired records may be holding the quota. At most one full sweep a second, so a flood of
     // refused stores costs a map lookup each, not a pass over the store.
     last_full_sweep_ms_ = now_ms;

@@ -79,7 +79,7 @@ class RecordStore {
   std::map<PublicKey, size_t> by_publisher_;
   std::map<std::string, size_t> by_source_;
   size_t count_ = 0;
-  int64_t last_full_sweep_ms_ = INT64_MIN;
+  int64_t last_full_sweep_ms_ = INT64_MIN;  // none yet
 };
 
 }  // namespace dmoe::dht
