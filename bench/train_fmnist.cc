@@ -44,9 +44,9 @@
 #include <vector>
 
 #include "bench/bench_util.h"
-#include "gating/fashion_mnist.h"
-#include "gating/model_spec.h"
+#include "gating/model.h"
 #include "gating/trainer.h"
+#include "model/model_spec.h"
 #include "tests/testing/process.h"
 
 using namespace std::chrono_literals;
@@ -132,12 +132,12 @@ struct ParamCounts {
   int64_t dense() const { return local + dense_block; }
 };
 
-ParamCounts CountParams(const gating::ModelSpec& spec) {
+ParamCounts CountParams(const model::ModelSpec& spec) {
   ParamCounts c;
-  for (const gating::LayerSpec& l : spec.layers) {
-    if (l.type == "linear") c.local += LinearParams(l.in_features, l.out);
-    if (l.type == "layer_norm") c.local += 2 * l.in_features;
-    if (l.type == "moe" || l.type == "residual_moe") {
+  for (const model::LayerSpec& l : spec.layers) {
+    if (l.type == model::LayerType::kLinear) c.local += LinearParams(l.in_features, l.out);
+    if (l.type == model::LayerType::kLayerNorm) c.local += 2 * l.in_features;
+    if (model::IsMoe(l.type)) {
       const int64_t d = l.in_features;
       int64_t experts = 1;
       for (int64_t g : l.moe.grid) {
@@ -172,29 +172,25 @@ std::optional<Split> LoadSplit(bool train) {
 // The dense baseline
 
 // The spec's network with each moe layer replaced by one wide ffn block. The shared layers are
-// created in the spec's order after torch::manual_seed(seed), and the gating projections a
-// DmoeModel would create there are drawn too (and dropped), so the shared layers start from the
-// same values as the trainer's.
+// built by DmoeModel's own builder (gating::LocalLayer) in the spec's order after
+// torch::manual_seed(seed), and the gating projections a DmoeModel would create there are drawn
+// too (and dropped), so the shared layers start from the same values as the trainer's.
 class DenseModel : public torch::nn::Module {
  public:
-  DenseModel(const gating::ModelSpec& spec, uint64_t seed) : spec_(spec) {
+  DenseModel(const model::ModelSpec& spec, uint64_t seed) : spec_(spec) {
     torch::manual_seed(seed);
     for (size_t i = 0; i < spec_.layers.size(); ++i) {
-      const gating::LayerSpec& l = spec_.layers[i];
-      const std::string name = "layer" + std::to_string(i);
-      if (l.type == "linear") {
-        linears_.emplace(i, register_module(name, torch::nn::Linear(l.in_features, l.out)));
-      } else if (l.type == "layer_norm") {
-        norms_.emplace(i, register_module(name, torch::nn::LayerNorm(
-                                                    torch::nn::LayerNormOptions({l.in_features}))));
-      } else if (l.type == "moe" || l.type == "residual_moe") {
+      const model::LayerSpec& l = spec_.layers[i];
+      if (!model::IsMoe(l.type)) {
+        local_.emplace(i, gating::LocalLayer(*this, i, l));
+      } else {
         for (int64_t g : l.moe.grid) torch::nn::Linear(l.in_features, g);  // RNG parity only
       }
     }
     torch::manual_seed(seed + 1);
     for (size_t i = 0; i < spec_.layers.size(); ++i) {
-      const gating::LayerSpec& l = spec_.layers[i];
-      if (l.type != "moe" && l.type != "residual_moe") continue;
+      const model::LayerSpec& l = spec_.layers[i];
+      if (!model::IsMoe(l.type)) continue;
       const int64_t d = l.in_features, hidden = 4 * d * l.moe.k_best;
       const std::string name = "layer" + std::to_string(i);
       Block b{
@@ -207,22 +203,14 @@ class DenseModel : public torch::nn::Module {
 
   at::Tensor forward(at::Tensor x) {
     for (size_t i = 0; i < spec_.layers.size(); ++i) {
-      const std::string& type = spec_.layers[i].type;
-      if (type == "linear") {
-        x = linears_.at(i)->forward(x);
-      } else if (type == "layer_norm") {
-        x = norms_.at(i)->forward(x);
-      } else if (type == "relu") {
-        x = at::relu(x);
-      } else if (type == "gelu") {
-        x = at::gelu(x);
-      } else if (type == "dropout") {
-        x = at::dropout(x, spec_.layers[i].p, is_training());
-      } else {
-        Block& b = blocks_.at(i);
-        at::Tensor y = b.norm(x + b.linear2(at::gelu(b.linear1(x))));
-        x = type == "residual_moe" ? x + y : y;
+      auto local = local_.find(i);
+      if (local != local_.end()) {
+        x = local->second.forward(x, is_training());
+        continue;
       }
+      Block& b = blocks_.at(i);
+      x = gating::MoeLayerOutput(spec_.layers[i].type, x,
+                                 b.norm(x + b.linear2(at::gelu(b.linear1(x)))));
     }
     return x;
   }
@@ -233,9 +221,8 @@ class DenseModel : public torch::nn::Module {
     torch::nn::Linear linear2;
     torch::nn::LayerNorm norm;
   };
-  gating::ModelSpec spec_;
-  std::map<size_t, torch::nn::Linear> linears_;
-  std::map<size_t, torch::nn::LayerNorm> norms_;
+  model::ModelSpec spec_;
+  std::map<size_t, gating::LocalLayer> local_;
   std::map<size_t, Block> blocks_;
 };
 
@@ -254,7 +241,7 @@ double Evaluate(DenseModel& model, const Split& data, int64_t limit) {
   return n ? static_cast<double>(correct) / static_cast<double>(n) : 0;
 }
 
-RunResult RunDense(const Config& cfg, const gating::ModelSpec& spec, const ParamCounts& counts) {
+RunResult RunDense(const Config& cfg, const model::ModelSpec& spec, const ParamCounts& counts) {
   RunResult r;
   r.model = "dense";
   r.params_active = counts.dense();
@@ -273,6 +260,9 @@ RunResult RunDense(const Config& cfg, const gating::ModelSpec& spec, const Param
     return r;
   }
   torch::optim::Adam optimizer(model.parameters(), torch::optim::AdamOptions(cfg.lr));
+  // ParseArgs allowed constant and cosine only.
+  const gating::LrSchedule schedule =
+      cfg.lr_schedule == "cosine" ? gating::LrSchedule::kCosine : gating::LrSchedule::kConstant;
   const auto deadline = start + std::chrono::duration_cast<SteadyClock::duration>(
                                     std::chrono::duration<double>(cfg.minutes * 60));
   const int64_t n = train->x.size(0), per_epoch = n / cfg.batch_size;
@@ -297,7 +287,7 @@ RunResult RunDense(const Config& cfg, const gating::ModelSpec& spec, const Param
     loss.backward();
     for (auto& group : optimizer.param_groups()) {
       static_cast<torch::optim::AdamOptions&>(group.options())
-          .lr(gating::ScheduledLr(cfg.lr, cfg.lr_schedule, r.steps, cfg.steps));
+          .lr(gating::ScheduledLr(cfg.lr, schedule, r.steps, cfg.steps));
     }
     optimizer.step();
     ++r.steps;
@@ -333,7 +323,7 @@ struct Swarm {
   }
 };
 
-RunResult RunDmoe(const Config& cfg, const gating::ModelSpec& spec, const ParamCounts& counts,
+RunResult RunDmoe(const Config& cfg, const model::ModelSpec& spec, const ParamCounts& counts,
                   double fail_rate) {
   RunResult r;
   char name[64];
@@ -342,9 +332,9 @@ RunResult RunDmoe(const Config& cfg, const gating::ModelSpec& spec, const ParamC
   r.model = name;
   r.fail_rate = fail_rate;
   r.params_active = counts.dmoe_active();
-  const gating::LayerSpec* moe = nullptr;
+  const model::LayerSpec* moe = nullptr;
   for (const auto& l : spec.layers)
-    if (l.type == "moe" || l.type == "residual_moe") moe = moe ? moe : &l;
+    if (model::IsMoe(l.type)) moe = moe ? moe : &l;
   if (!moe || moe->moe.grid.size() != 2 || moe->moe.grid[1] != kServers) {
     r.error = "the spec needs one moe layer with a [G, 4] grid (one grid column per server)";
     return r;
@@ -555,7 +545,7 @@ int main(int argc, char** argv) {
   std::ifstream spec_file(cfg.spec_path);
   std::stringstream spec_text;
   spec_text << spec_file.rdbuf();
-  auto spec = gating::ParseModelSpec(spec_text.str());
+  auto spec = model::ParseModelSpec(spec_text.str());
   if (!spec_file || !spec.ok()) {
     std::fprintf(stderr, "train_fmnist: cannot use spec %s: %s\n", cfg.spec_path.c_str(),
                  spec.ok() ? "unreadable" : spec.status().ToString().c_str());

@@ -11,7 +11,7 @@
 #include <sstream>
 
 #include "cli/commands.h"
-#include "gating/fashion_mnist.h"
+#include "data/fashion_mnist.h"
 #include "net/http_client.h"
 #include "tensor/safetensors.h"
 
@@ -46,7 +46,7 @@ int RunInfer(const std::string& router, const std::string& model, const std::str
     out << r->body_view() << "\n";
     return kExitOk;
   }
-  Result<gating::ImageDataset> test = gating::LoadFashionMnist(false);
+  Result<data::ImageDataset> test = data::LoadFashionMnist(false);
   if (!test.ok()) return Fail(err, test.status());
   const int64_t n = std::min<int64_t>(fashion_mnist_count, test->count);
   const int64_t pixels = test->rows * test->cols;

@@ -5,53 +5,71 @@
 #include <torch/nn/modules/normalization.h>
 #include <torch/utils.h>
 
+#include <stdexcept>
+
 namespace dmoe::gating {
 
-DmoeModelImpl::DmoeModelImpl(ModelSpec spec, ModelContext context) : spec_(std::move(spec)) {
+LocalLayer::LocalLayer(torch::nn::Module& owner, size_t index, const model::LayerSpec& layer)
+    : type_(layer.type), p_(layer.p) {
+  const std::string name = "layer" + std::to_string(index);
+  if (type_ == model::LayerType::kLinear) {
+    linear_ = owner.register_module(name, torch::nn::Linear(layer.in_features, layer.out));
+  } else if (type_ == model::LayerType::kLayerNorm) {
+    norm_ = owner.register_module(
+        name, torch::nn::LayerNorm(torch::nn::LayerNormOptions({layer.in_features})));
+  }
+}
+
+at::Tensor LocalLayer::forward(const at::Tensor& x, bool training) {
+  switch (type_) {
+    case model::LayerType::kLinear:
+      return linear_->forward(x);
+    case model::LayerType::kLayerNorm:
+      return norm_->forward(x);
+    case model::LayerType::kRelu:
+      return at::relu(x);
+    case model::LayerType::kGelu:
+      return at::gelu(x);
+    case model::LayerType::kDropout:
+      return at::dropout(x, p_, training);
+    case model::LayerType::kMoe:
+    case model::LayerType::kResidualMoe:
+      break;
+  }
+  throw std::logic_error("LocalLayer: a moe layer does not run locally");
+}
+
+DmoeModelImpl::DmoeModelImpl(model::ModelSpec spec, ModelContext context) : spec_(std::move(spec)) {
   for (size_t i = 0; i < spec_.layers.size(); ++i) {
-    const LayerSpec& l = spec_.layers[i];
-    const std::string name = "layer" + std::to_string(i);
-    if (l.type == "linear") {
-      linears_.emplace(i, register_module(name, torch::nn::Linear(l.in_features, l.out)));
-    } else if (l.type == "layer_norm") {
-      norms_.emplace(i, register_module(name, torch::nn::LayerNorm(
-                                                  torch::nn::LayerNormOptions({l.in_features}))));
-    } else if (l.type == "moe" || l.type == "residual_moe") {
-      const MoeLayerSpec& m = l.moe;
-      RemoteMixtureOfExpertsOptions o(l.in_features, m.grid);
-      o.uid_prefix(m.uid_prefix)
-          .k_best(static_cast<int>(m.k_best))
-          .k_min(static_cast<int>(m.k_min))
-          .forward_timeout(std::chrono::milliseconds(m.forward_timeout_ms))
-          .timeout_after_k_min(std::chrono::milliseconds(m.timeout_after_k_min_ms))
-          .backward_k_min(static_cast<int>(m.backward_k_min))
-          .backward_timeout(std::chrono::milliseconds(m.backward_timeout_ms))
-          .wire_dtype(context.wire_dtype)
-          .balance_loss_weight(context.balance_loss_weight)
-          .allow_zero_outputs(context.allow_zero_outputs);
-      RemoteMixtureOfExperts moe = register_module(name, RemoteMixtureOfExperts(o, context.swarm));
-      moes_.push_back(moe);
+    const model::LayerSpec& l = spec_.layers[i];
+    if (!model::IsMoe(l.type)) {
+      local_.emplace(i, LocalLayer(*this, i, l));
+      continue;
     }
+    const model::MoeLayerSpec& m = l.moe;
+    RemoteMixtureOfExpertsOptions o(l.in_features, m.grid);
+    o.uid_prefix(m.uid_prefix)
+        .k_best(static_cast<int>(m.k_best))
+        .k_min(static_cast<int>(m.k_min))
+        .forward_timeout(std::chrono::milliseconds(m.forward_timeout_ms))
+        .timeout_after_k_min(std::chrono::milliseconds(m.timeout_after_k_min_ms))
+        .backward_k_min(static_cast<int>(m.backward_k_min))
+        .backward_timeout(std::chrono::milliseconds(m.backward_timeout_ms))
+        .wire_dtype(context.wire_dtype)
+        .balance_loss_weight(context.balance_loss_weight)
+        .allow_zero_outputs(context.allow_zero_outputs);
+    moes_.emplace(
+        i, register_module("layer" + std::to_string(i), RemoteMixtureOfExperts(o, context.swarm)));
   }
 }
 
 at::Tensor DmoeModelImpl::forward(at::Tensor x) {
-  size_t moe_index = 0;
   for (size_t i = 0; i < spec_.layers.size(); ++i) {
-    const std::string& type = spec_.layers[i].type;
-    if (type == "linear") {
-      x = linears_.at(i)->forward(x);
-    } else if (type == "layer_norm") {
-      x = norms_.at(i)->forward(x);
-    } else if (type == "relu") {
-      x = at::relu(x);
-    } else if (type == "gelu") {
-      x = at::gelu(x);
-    } else if (type == "dropout") {
-      x = at::dropout(x, spec_.layers[i].p, is_training());
+    auto local = local_.find(i);
+    if (local != local_.end()) {
+      x = local->second.forward(x, is_training());
     } else {
-      at::Tensor y = moes_[moe_index++]->forward(x);
-      x = type == "residual_moe" ? x + y : y;
+      x = MoeLayerOutput(spec_.layers[i].type, x, moes_.at(i)->forward(x));
     }
   }
   return x;
@@ -59,7 +77,7 @@ at::Tensor DmoeModelImpl::forward(at::Tensor x) {
 
 at::Tensor DmoeModelImpl::balance_loss() const {
   at::Tensor total = at::zeros({}, at::kFloat);
-  for (const auto& m : moes_) {
+  for (const auto& [index, m] : moes_) {
     if (m->balance_loss().defined()) total = total + m->balance_loss();
   }
   return total;
@@ -67,7 +85,7 @@ at::Tensor DmoeModelImpl::balance_loss() const {
 
 MoeStats DmoeModelImpl::moe_stats() const {
   MoeStats sum;
-  for (const auto& m : moes_) {
+  for (const auto& [index, m] : moes_) {
     MoeStats s = m->stats();
     sum.forward_passes += s.forward_passes;
     sum.samples += s.samples;
@@ -90,7 +108,7 @@ MoeStats DmoeModelImpl::moe_stats() const {
 std::vector<std::vector<std::string>> DmoeModelImpl::last_experts() const {
   std::vector<std::vector<std::string>> out;
   if (moes_.empty()) return out;
-  const Routing& r = moes_.back()->last_routing();
+  const Routing& r = moes_.rbegin()->second->last_routing();
   if (!r.answered.defined()) return out;
   at::Tensor answered = r.answered.to(at::kBool).contiguous();
   for (size_t token = 0; token < r.chosen.size(); ++token) {

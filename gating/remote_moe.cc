@@ -8,6 +8,7 @@
 #include <stdexcept>
 
 #include "gating/dispatch.h"
+#include "gating/not_enough_experts.h"
 
 namespace dmoe::gating {
 namespace {
@@ -148,7 +149,7 @@ at::Tensor RemoteMixtureOfExpertsImpl::forward(const at::Tensor& x) {
   counters_->answers += answers_per_row.sum().item<int64_t>();
   counters_->zero_output_samples += zero_rows;
   if (short_rows > 0 && !options_.allow_zero_outputs()) {
-    throw std::runtime_error(
+    throw NotEnoughExpertsError(
         "RemoteMixtureOfExperts: " + std::to_string(short_rows) + " of " + std::to_string(n) +
         " tokens got fewer than k_min=" + std::to_string(options_.k_min()) + " expert answers (" +
         std::to_string(zero_rows) + " got none; " + std::to_string(state->calls.size()) +

@@ -17,8 +17,9 @@
 // answered. A token with no answer gets zeros. Backward sends grad_y only to the experts that
 // answered, with step_seen.
 //
-// Errors: forward throws std::runtime_error when some token got fewer than k_min answers and
-// allow_zero_outputs is false, or when x has the wrong shape. A module is used from one thread at
+// Errors: forward throws NotEnoughExpertsError (gating/not_enough_experts.h) when some token got
+// fewer than k_min answers and allow_zero_outputs is false, std::runtime_error when x has the
+// wrong shape. A module is used from one thread at
 // a time, as torch modules are.
 #ifndef DMOE_GATING_REMOTE_MOE_H_
 #define DMOE_GATING_REMOTE_MOE_H_

@@ -1,18 +1,83 @@
 // dmoe-train: trains a model spec on Fashion-MNIST through the swarm and publishes it to the router
 // (DESIGN.md; PROTOCOL.md 5). Progress lines go to stdout, logs to stderr. SIGINT/SIGTERM
 // checkpoint and exit 0; the same command resumes.
+//
+// The process's one wiring place: Train below builds the clock, the DHT node (its own io thread),
+// the swarm (its callers' io threads) and the identity once, after the trainer's inputs were read,
+// and passes them to RunTrainer; libtorch's compute threads are set in main. Nothing in the
+// trainer creates or looks up a process-wide instance.
 #include <ATen/Parallel.h>
 #include <spdlog/spdlog.h>
 
 #include <CLI/CLI.hpp>
 #include <atomic>
+#include <exception>
 #include <iostream>
+#include <map>
+#include <memory>
+#include <string>
 #include <thread>
+#include <vector>
 
+#include "core/clock.h"
+#include "core/identity.h"
 #include "core/logging.h"
 #include "core/openmp_env.h"
+#include "core/request_auth.h"
 #include "core/signals.h"
+#include "data/data_source.h"
+#include "dht/dht.h"
+#include "gating/remote_call.h"
 #include "gating/trainer.h"
+#include "tensor/safetensors.h"
+
+namespace dmoe::gating {
+namespace {
+
+// The flags that wire the process rather than configure the training.
+struct WiringFlags {
+  std::vector<std::string> dht_bootstrap;
+  std::string dht_network = "dmoe";
+  std::string identity_path;  // signs expert backward and model publication; empty = unsigned
+  // --server-keys: when set, only experts announced by the keys in this file are used.
+  std::string server_keys_path;
+};
+
+// Reads the trainer's inputs, wires the process and trains.
+Result<TrainerResult> Train(const TrainerOptions& o, const WiringFlags& flags,
+                            const std::atomic<bool>& stop) {
+  // Before the DHT: a bad flag or file fails at once, not after a bootstrap timeout.
+  DMOE_ASSIGN_OR_RETURN(TrainerInputs inputs, PrepareTrainer(o));
+
+  const Clock& clock = RealClock::Instance();
+  std::unique_ptr<dht::Dht> dht;  // outlives the swarm, which holds it
+  TrainerWiring wiring;
+  wiring.clock = &clock;
+  if (!flags.identity_path.empty()) {
+    DMOE_ASSIGN_OR_RETURN(wiring.identity, LoadOrCreateIdentity(flags.identity_path));
+  }
+  SwarmOptions swarm_options;
+  if (!flags.server_keys_path.empty()) {
+    DMOE_ASSIGN_OR_RETURN(swarm_options.server_keys,
+                          RequestVerifier::LoadKeyFile(flags.server_keys_path));
+  }
+  swarm_options.caller.identity = wiring.identity;
+  dht::DhtOptions dht_options;
+  dht_options.bootstrap = flags.dht_bootstrap;
+  dht_options.node.client = true;
+  dht_options.node.network = flags.dht_network;
+  DMOE_ASSIGN_OR_RETURN(dht, dht::Dht::Start(std::move(dht_options)));
+  DMOE_RETURN_IF_ERROR(dht->WaitBootstrapped(std::chrono::seconds(10)));
+  wiring.swarm = std::make_shared<Swarm>(dht.get(), swarm_options);
+
+  Result<TrainerResult> result = RunTrainer(o, inputs, wiring, std::cout, &stop);
+  wiring.swarm.reset();
+  dht->Stop();
+  return result;
+}
+
+}  // namespace
+}  // namespace dmoe::gating
 
 int main(int argc, char** argv) {
   dmoe::UsePassiveOpenMpWaitPolicy(argv);
@@ -21,20 +86,26 @@ int main(int argc, char** argv) {
   dmoe::BlockTerminationSignals();
   CLI::App app{"dmoe-train: train a dmoe model through the swarm"};
   dmoe::gating::TrainerOptions o;
+  dmoe::gating::WiringFlags wiring;
   std::string log_level = "info";
   int threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   app.add_option("--model", o.spec_path, "model spec JSON file (PROTOCOL section 5)")->required();
-  app.add_option("--dht", o.dht_bootstrap, "HOST:PORT of a DHT node; repeatable")
+  app.add_option("--dht", wiring.dht_bootstrap, "HOST:PORT of a DHT node; repeatable")
       ->take_all()
       ->required();
-  app.add_option("--network", o.dht_network, "DHT network name")->capture_default_str();
+  app.add_option("--network", wiring.dht_network, "DHT network name")->capture_default_str();
   app.add_option("--router", o.router_url,
                  "router URL to publish the model to, e.g. http://127.0.0.1:8000");
-  app.add_option("--identity", o.identity_path, "identity file: signs backward and publication");
-  app.add_option("--server-keys", o.server_keys_path,
+  app.add_option("--identity", wiring.identity_path,
+                 "identity file: signs backward and publication");
+  app.add_option("--server-keys", wiring.server_keys_path,
                  "file of hex public keys, one a line: use only experts these keys announce");
   app.add_option("--db", o.db_dir, "RocksDB directory for the trainer's own checkpoint (resume)");
-  app.add_option("--data", o.data, "training data")->capture_default_str();
+  // Enumerated flags are parsed here, once, into their enums.
+  app.add_option("--data", o.data, "training data")
+      ->transform(CLI::CheckedTransformer(std::map<std::string, dmoe::data::DataSource>{
+          {"fashion-mnist", dmoe::data::DataSource::kFashionMnist}}))
+      ->default_str("fashion-mnist");
   app.add_option("--data-dir", o.data_dir,
                  "directory of the IDX files (default: Debian's package)");
   app.add_option("--steps", o.steps, "optimizer steps")->capture_default_str();
@@ -42,8 +113,10 @@ int main(int argc, char** argv) {
   app.add_option("--lr", o.lr, "Adam learning rate of the local layers")->capture_default_str();
   app.add_option("--lr-schedule", o.lr_schedule,
                  "constant, or cosine: from --lr down to 0 at --steps (local layers)")
-      ->check(CLI::IsMember({"constant", "cosine"}))
-      ->capture_default_str();
+      ->transform(CLI::CheckedTransformer(std::map<std::string, dmoe::gating::LrSchedule>{
+          {"constant", dmoe::gating::LrSchedule::kConstant},
+          {"cosine", dmoe::gating::LrSchedule::kCosine}}))
+      ->default_str("constant");
   app.add_option("--seed", o.seed, "seed of initialization and data order")->capture_default_str();
   app.add_option("--eval-every", o.eval_every,
                  "steps between test evaluations; 0 = only at the end")
@@ -55,7 +128,11 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--log-every", o.log_every, "steps between progress lines")->capture_default_str();
   app.add_option("--wire-dtype", o.wire_dtype, "F32, F16 or BF16 on the wire")
-      ->capture_default_str();
+      ->transform(CLI::CheckedTransformer(std::map<std::string, dmoe::safetensors::DType>{
+          {"F32", dmoe::safetensors::DType::kF32},
+          {"F16", dmoe::safetensors::DType::kF16},
+          {"BF16", dmoe::safetensors::DType::kBF16}}))
+      ->default_str("F32");
   app.add_option("--balance-loss-weight", o.balance_loss_weight,
                  "weight of the load-balancing loss")
       ->capture_default_str();
@@ -87,7 +164,15 @@ int main(int argc, char** argv) {
     spdlog::info("signal {}: checkpointing and stopping after this step", sig);
     stop = true;
   });
-  auto result = dmoe::gating::RunTrainer(o, std::cout, &stop);
+  auto result = [&]() -> dmoe::Result<dmoe::gating::TrainerResult> {
+    try {
+      return dmoe::gating::Train(o, wiring, stop);
+    } catch (const std::exception& e) {
+      // The process edge: an exception the trainer does not expect (a bug in it or in
+      // libtorch) becomes a Status, and the exit code every other error has.
+      return dmoe::InternalError(std::string("unexpected exception: ") + e.what());
+    }
+  }();
   watcher.Stop();  // training ended by itself or by the signal: no signal is sent to wake it
   if (!result.ok()) {
     std::cerr << "dmoe-train: " << result.status().ToString() << "\n";

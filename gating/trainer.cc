@@ -14,7 +14,9 @@
 #include <chrono>
 #include <cmath>
 #include <condition_variable>
+#include <exception>
 #include <fstream>
+#include <future>
 #include <iomanip>
 #include <list>
 #include <map>
@@ -22,15 +24,14 @@
 #include <nlohmann/json.hpp>
 #include <random>
 #include <sstream>
-#include <thread>
 
 #include "core/clock.h"
 #include "core/identity.h"
 #include "core/lr_schedule.h"
 #include "core/request_auth.h"
-#include "dht/dht.h"
-#include "gating/fashion_mnist.h"
+#include "data/fashion_mnist.h"
 #include "gating/model.h"
+#include "gating/not_enough_experts.h"
 #include "net/http_client.h"
 #include "storage/kv_store.h"
 #include "tensor/torch_tensor.h"
@@ -40,13 +41,30 @@ namespace {
 
 constexpr char kStateFamily[] = "node_state";
 
-Result<safetensors::DType> WireDtype(const std::string& name) {
-  DMOE_ASSIGN_OR_RETURN(safetensors::DType d, safetensors::ParseDType(name));
-  if (d != safetensors::DType::kF32 && d != safetensors::DType::kF16 &&
-      d != safetensors::DType::kBF16) {
+// Checks what no flag parser can: the flags' ranges, and that they fit each other.
+Status CheckOptions(const TrainerOptions& o) {
+  if (o.steps < 0 || o.batch_size < 1 || o.eval_every < 0 || o.publish_every < 0 ||
+      o.log_every < 1) {
+    return InvalidArgumentError(
+        "steps, eval/publish intervals must be >= 0; batch size and log interval >= 1");
+  }
+  if (o.in_flight < 1 || o.in_flight > kMaxInFlight) {
+    return InvalidArgumentError("--in-flight must be in [1, " + std::to_string(kMaxInFlight) +
+                                "], got " + std::to_string(o.in_flight));
+  }
+  if (o.wire_dtype != safetensors::DType::kF32 && o.wire_dtype != safetensors::DType::kF16 &&
+      o.wire_dtype != safetensors::DType::kBF16) {
     return InvalidArgumentError("--wire-dtype must be F32, F16 or BF16");
   }
-  return d;
+  return Status::Ok();
+}
+
+Result<std::string> ReadFile(const std::string& path, const std::string& what) {
+  std::ifstream file(path);
+  if (!file) return NotFoundError("cannot read " + what + " " + path);
+  std::stringstream buf;
+  buf << file.rdbuf();
+  return buf.str();
 }
 
 // Accuracy on the first `limit` samples, forward only. Chunks the swarm cannot answer count as
@@ -61,7 +79,7 @@ double Evaluate(DmoeModel& model, const TensorSplit& data, int64_t limit) {
     try {
       at::Tensor logits = model->forward(data.x.narrow(0, start, len));
       correct += logits.argmax(1).eq(data.y.narrow(0, start, len)).sum().item<int64_t>();
-    } catch (const std::exception& e) {
+    } catch (const NotEnoughExpertsError& e) {
       spdlog::warn("evaluation chunk at {} failed: {}", start, e.what());
     }
   }
@@ -98,8 +116,8 @@ Result<std::string> RouterPeerId(const std::string& router_url) {
   return PeerIdOf(*key);
 }
 
-Status Publish(const TrainerOptions& o, DmoeModel& model, const std::string& spec_json,
-               const std::optional<Identity>& identity, int64_t version, int64_t step) {
+Status Publish(const TrainerOptions& o, const TrainerWiring& wiring, DmoeModel& model,
+               const std::string& spec_json, int64_t version, int64_t step) {
   DMOE_ASSIGN_OR_RETURN(
       std::vector<uint8_t> blob,
       tensor::EncodeFromTorch(Named(model->StateDict()), {{"spec", spec_json},
@@ -107,10 +125,10 @@ Status Publish(const TrainerOptions& o, DmoeModel& model, const std::string& spe
                                                           {"step", std::to_string(step)}}));
   const std::string path = "/v1/models/" + model->spec().name;
   net::Headers headers{{"Content-Type", "application/x-safetensors"}};
-  if (identity) {
+  if (wiring.identity) {
     DMOE_ASSIGN_OR_RETURN(std::string router_peer_id, RouterPeerId(o.router_url));
-    RequestSignature sig = SignRequest(*identity, router_peer_id, "PUT", path, blob,
-                                       RealClock::Instance().NowUnixMs());
+    RequestSignature sig =
+        SignRequest(*wiring.identity, router_peer_id, "PUT", path, blob, wiring.clock->NowUnixMs());
     headers.Set(kKeyHeader, sig.key_hex);
     headers.Set(kTimestampHeader, sig.timestamp_ms);
     headers.Set(kNonceHeader, sig.nonce_hex);
@@ -166,7 +184,7 @@ Status SaveCheckpoint(storage::KvStore& kv, const std::string& name, DmoeModel& 
     torch::serialize::OutputArchive archive;
     optimizer.save(archive);
     archive.save_to(optim);
-  } catch (const std::exception& e) {
+  } catch (const c10::Error& e) {
     return InternalError(std::string("cannot serialize the optimizer: ") + e.what());
   }
   nlohmann::json meta = {{"step", c.step}, {"version", c.version}};
@@ -185,8 +203,11 @@ Result<Checkpoint> LoadCheckpoint(storage::KvStore& kv, const std::string& name,
   DMOE_ASSIGN_OR_RETURN(std::string params, kv.Get(kStateFamily, prefix + "params"));
   DMOE_ASSIGN_OR_RETURN(std::string optim, kv.Get(kStateFamily, prefix + "optim"));
   nlohmann::json meta = nlohmann::json::parse(meta_text, nullptr, false);
-  if (meta.is_discarded() || !meta.contains("step"))
+  if (meta.is_discarded() || !meta.is_object() || !meta.contains("step") ||
+      !meta["step"].is_number_integer() ||
+      (meta.contains("version") && !meta["version"].is_number_integer())) {
     return InternalError("trainer checkpoint meta is corrupt");
+  }
   DMOE_ASSIGN_OR_RETURN(
       tensor::TorchPayload payload,
       tensor::DecodeToTorch({reinterpret_cast<const uint8_t*>(params.data()), params.size()}));
@@ -201,7 +222,7 @@ Result<Checkpoint> LoadCheckpoint(storage::KvStore& kv, const std::string& name,
     torch::serialize::InputArchive archive;
     archive.load_from(in);
     optimizer.load(archive);
-  } catch (const std::exception& e) {
+  } catch (const c10::Error& e) {
     return InternalError(std::string("cannot restore the optimizer: ") + e.what());
   }
   return Checkpoint{meta["step"].get<int64_t>(), meta.value("version", int64_t{0})};
@@ -210,8 +231,8 @@ Result<Checkpoint> LoadCheckpoint(storage::KvStore& kv, const std::string& name,
 }  // namespace
 
 Result<TensorSplit> LoadFashionMnistTensors(bool train, const std::string& dir) {
-  DMOE_ASSIGN_OR_RETURN(ImageDataset d,
-                        dir.empty() ? LoadFashionMnist(train) : LoadFashionMnist(train, dir));
+  DMOE_ASSIGN_OR_RETURN(data::ImageDataset d, dir.empty() ? data::LoadFashionMnist(train)
+                                                          : data::LoadFashionMnist(train, dir));
   const int64_t pixels = d.rows * d.cols;
   TensorSplit s;
   s.x = at::from_blob(d.pixels.data(), {d.count, pixels}, at::kByte).to(at::kFloat).div_(255.0);
@@ -227,64 +248,66 @@ std::vector<int64_t> EpochOrder(uint64_t seed, int64_t epoch, int64_t n) {
   return order;
 }
 
-double ScheduledLr(double lr, const std::string& schedule, int64_t step, int64_t steps) {
-  return schedule == "cosine" ? CosineDecay(lr, step, steps) : lr;
+double ScheduledLr(double lr, LrSchedule schedule, int64_t step, int64_t steps) {
+  return schedule == LrSchedule::kCosine ? CosineDecay(lr, step, steps) : lr;
 }
 
 namespace {
 
 // The steps of one training run, several in flight at once (TrainerOptions::in_flight). The
 // shared ("master") parameters and their Adam state live in `master_`; each worker thread owns a
-// replica of the model whose parameters it copies from the master when it starts a step, runs the
+// replica of the model whose parameters it copies from the master when it claims a step, runs the
 // step's forward and backward on (waiting for the swarm there, without holding any lock), and
-// whose gradients it then applies to the master under `mu_`. Milestones (progress line,
-// evaluation, publication, checkpoint) happen as the applied-step count reaches them, in the
+// whose gradients it then applies to the master under `mu_`, in step order. Milestones (progress
+// line, evaluation, publication, checkpoint) happen as the applied-step count reaches them, in the
 // worker that applied that step.
+//
+// A worker that leaves by an exception (a bug: the swarm's failures are NotEnoughExpertsError and
+// handled) aborts the loop: the others stop claiming and waiting, and Run rethrows it.
 class TrainingLoop {
  public:
-  TrainingLoop(const TrainerOptions& o, std::ostream& out, const std::atomic<bool>* stop,
-               const ModelSpec& spec, const std::string& spec_json, const ModelContext& context,
-               DmoeModel master, torch::optim::Adam& optimizer, const TensorSplit& train,
-               const TensorSplit& test, const std::optional<Identity>& identity,
-               storage::KvStore* kv, Checkpoint state)
+  // `master` is trained with `optimizer`, from `state` (a resumed checkpoint or zero). Everything
+  // passed by reference must outlive the loop.
+  TrainingLoop(const TrainerOptions& o, const TrainerInputs& inputs, const TrainerWiring& wiring,
+               const ModelContext& context, DmoeModel master, torch::optim::Adam& optimizer,
+               storage::KvStore* kv, Checkpoint state, std::ostream& out,
+               const std::atomic<bool>* stop)
       : o_(o),
+        inputs_(inputs),
+        wiring_(wiring),
         out_(out),
         stop_(stop),
-        spec_(spec),
-        spec_json_(spec_json),
         master_(std::move(master)),
         optimizer_(optimizer),
-        train_(train),
-        test_(test),
-        identity_(identity),
         kv_(kv),
         state_(state),
         next_step_(state.step),
-        eval_model_(spec, context) {
-    for (int i = 0; i < o.in_flight; ++i) replicas_.emplace_back(spec, context);
+        eval_model_(inputs.spec, context) {
+    for (int i = 0; i < o.in_flight; ++i) replicas_.emplace_back(inputs.spec, context);
     master_params_ = master_->parameters();
     accumulated_.resize(master_params_.size());
     updates_ = state_.step / group_;
-    window_clock_ = std::chrono::steady_clock::now();
+    window_start_us_ = wiring_.clock->NowMonotonicUs();
   }
 
   Result<TrainerResult> Run() {
     master_->train();
-    std::vector<std::thread> workers;
+    // std::async hands a worker's exception to get(): every worker has stopped before one is
+    // rethrown.
+    std::vector<std::future<void>> workers;
     for (auto& replica : replicas_) {
-      workers.emplace_back([this, &replica] { Work(replica); });
+      workers.push_back(std::async(std::launch::async, [this, &replica] { Work(replica); }));
     }
-    for (auto& t : workers) t.join();
+    for (auto& w : workers) w.wait();
+    for (auto& w : workers) w.get();
 
     TrainerResult result;
     result.steps_done = state_.step;
     result.max_staleness = max_staleness_;
     // Also when stopped early (SIGINT/SIGTERM): the accuracy of what is published last.
     if (state_.step >= o_.steps || (state_.step > 0 && last_eval_step_ != state_.step)) {
-      result.final_test_accuracy = Evaluate(master_, test_, o_.eval_samples);
-      out_ << "eval step " << state_.step << " test_accuracy " << std::fixed << std::setprecision(4)
-           << result.final_test_accuracy << "\n"
-           << std::defaultfloat << std::flush;
+      result.final_test_accuracy = Evaluate(master_, inputs_.test, o_.eval_samples);
+      PrintEval(state_.step, result.final_test_accuracy);
     }
     PublishLocked(state_.step);
     CheckpointLocked();
@@ -293,9 +316,39 @@ class TrainingLoop {
   }
 
  private:
+  // A step claimed by a worker: its batch, and the updates applied when it read the master.
+  struct Claim {
+    int64_t step = 0;
+    int64_t read_at = 0;
+    at::Tensor x, y;
+  };
+  // What a step's forward and backward came to.
+  struct Outcome {
+    enum Kind { kTrained, kNonfinite, kSkipped } kind = kSkipped;
+    double loss = 0;
+    int64_t correct = 0;
+  };
+
+  // Leaves the loop by an exception: a bug, propagated from Run.
+  class AbortOnUnwind {
+   public:
+    explicit AbortOnUnwind(TrainingLoop& loop) : loop_(loop) {}
+    ~AbortOnUnwind() {
+      if (std::uncaught_exceptions() <= exceptions_) return;
+      std::lock_guard<std::mutex> lock(loop_.mu_);
+      loop_.aborted_ = true;
+      loop_.turn_.notify_all();
+    }
+
+   private:
+    TrainingLoop& loop_;
+    const int exceptions_ = std::uncaught_exceptions();
+  };
+
   // One worker: claims the next step, trains it on `replica`, applies it; until the steps are
   // done or a stop is asked for (steps in flight then finish).
   void Work(DmoeModel& replica) {
+    AbortOnUnwind abort_on_unwind(*this);
     // With several steps in flight the parallelism is across workers: each computes on one
     // thread (OpenMP's thread count is per calling thread), so N workers do not start N teams.
     // libtorch sets a thread's count once, lazily, at its first parallel op: do that first.
@@ -305,79 +358,109 @@ class TrainingLoop {
     }
     replica->train();
     std::vector<at::Tensor> params = replica->parameters();
-    while (true) {
-      int64_t step = 0, read_at = 0;
-      at::Tensor x, y;
-      {
-        std::lock_guard<std::mutex> lock(mu_);
-        // A stop takes effect at a group boundary, so no optimizer step is left half accumulated.
-        if (next_step_ >= o_.steps || (stop_ && stop_->load() && next_step_ % group_ == 0)) return;
-        step = next_step_++;
-        read_at = updates_;
-        torch::NoGradGuard no_grad;
-        for (size_t i = 0; i < params.size(); ++i) params[i].copy_(master_params_[i]);
-        PredictAhead(params, step / group_ - updates_);
-        at::Tensor idx = BatchIndex(step);
-        x = train_.x.index_select(0, idx);
-        y = train_.y.index_select(0, idx);
+    while (std::optional<Claim> claim = ClaimStep(params)) {
+      const Outcome outcome = Compute(replica, params, *claim);
+      if (!ApplyInTurn(params, *claim, outcome)) return;
+    }
+  }
+
+  // The next step and its batch, with `params` set to the master's (predicted ahead); none when
+  // the run is over, stopped or aborted.
+  std::optional<Claim> ClaimStep(std::vector<at::Tensor>& params) {
+    std::lock_guard<std::mutex> lock(mu_);
+    // A stop takes effect at a group boundary, so no optimizer step is left half accumulated.
+    if (aborted_ || next_step_ >= o_.steps ||
+        (stop_ && stop_->load() && next_step_ % group_ == 0)) {
+      return std::nullopt;
+    }
+    Claim c;
+    c.step = next_step_++;
+    c.read_at = updates_;
+    torch::NoGradGuard no_grad;
+    for (size_t i = 0; i < params.size(); ++i) params[i].copy_(master_params_[i]);
+    PredictAhead(params, c.step / group_ - updates_);
+    at::Tensor idx = BatchIndex(c.step);
+    c.x = inputs_.train.x.index_select(0, idx);
+    c.y = inputs_.train.y.index_select(0, idx);
+    return c;
+  }
+
+  // The step's forward and backward on `replica`, without a lock: the swarm's round trips happen
+  // here. Its gradient is left in `params`' grads.
+  Outcome Compute(DmoeModel& replica, const std::vector<at::Tensor>& params, const Claim& c) {
+    Outcome r;
+    try {
+      replica->zero_grad();
+      at::Tensor logits = replica->forward(c.x);
+      at::Tensor loss = at::cross_entropy_loss(logits, c.y);
+      at::Tensor total = loss + replica->balance_loss();
+      r.loss = loss.item<double>();
+      // Never step on a non-finite loss: its gradient would turn every local weight into NaN,
+      // and its backward would hand the experts NaN gradients. The step is skipped and counted.
+      if (!std::isfinite(r.loss) || !std::isfinite(total.item<double>())) {
+        r.kind = Outcome::kNonfinite;
+        spdlog::warn("step {} skipped: the loss is not finite ({})", c.step + 1, r.loss);
+        return r;
       }
-      bool ok = false, nonfinite = false;
-      double loss_value = 0;
-      int64_t correct = 0;
-      try {
-        replica->zero_grad();
-        at::Tensor logits = replica->forward(x);
-        at::Tensor loss = at::cross_entropy_loss(logits, y);
-        at::Tensor total = loss + replica->balance_loss();
-        loss_value = loss.item<double>();
-        // Never step on a non-finite loss: its gradient would turn every local weight into NaN,
-        // and its backward would hand the experts NaN gradients. The step is skipped and counted.
-        if (!std::isfinite(loss_value) || !std::isfinite(total.item<double>())) {
-          nonfinite = true;
-          spdlog::warn("step {} skipped: the loss is not finite ({})", step + 1, loss_value);
-        } else {
-          total.backward();
-          correct = logits.argmax(1).eq(y).sum().item<int64_t>();
-          nonfinite = !AllFinite(params, /*grads=*/true);
-          if (nonfinite) spdlog::warn("step {} skipped: a local gradient is not finite", step + 1);
-          ok = !nonfinite;
-        }
-      } catch (const std::exception& ex) {
-        // Not enough experts answered: skip this batch, the swarm may recover.
-        spdlog::warn("step {} skipped: {}", step + 1, ex.what());
+      total.backward();
+      r.correct = logits.argmax(1).eq(c.y).sum().item<int64_t>();
+      if (!AllFinite(params, /*grads=*/true)) {
+        r.kind = Outcome::kNonfinite;
+        spdlog::warn("step {} skipped: a local gradient is not finite", c.step + 1);
+        return r;
       }
-      std::unique_lock<std::mutex> lock(mu_);
-      // Steps are applied in their order, so the update of step s lands after exactly the updates
-      // before it: at most ceil(in_flight / group) - 1 of them were not applied when s read.
-      turn_.wait(lock, [this, step] { return state_.step == step; });
-      if (ok) {
-        max_staleness_ = std::max(max_staleness_, updates_ - read_at);
-        for (size_t i = 0; i < params.size(); ++i) {
-          const at::Tensor& g = params[i].grad();
-          if (!g.defined()) continue;
-          if (accumulated_[i].defined()) {
-            accumulated_[i].add_(g);
-          } else {
-            accumulated_[i] = g.clone();
-          }
-        }
-        ++accumulated_count_;
-        window_loss_ += loss_value;
-        window_correct_ += correct;
+      r.kind = Outcome::kTrained;
+    } catch (const NotEnoughExpertsError& e) {
+      // Skip this batch: the swarm may recover.
+      spdlog::warn("step {} skipped: {}", c.step + 1, e.what());
+      r.kind = Outcome::kSkipped;
+    }
+    return r;
+  }
+
+  // Waits for the step's turn, then adds its gradient to the group's (an optimizer step at the
+  // group's end) and reaches the milestones of its count. False when the loop was aborted.
+  bool ApplyInTurn(const std::vector<at::Tensor>& params, const Claim& c, const Outcome& r) {
+    std::unique_lock<std::mutex> lock(mu_);
+    // Steps are applied in their order, so the update of step s lands after exactly the updates
+    // before it: at most ceil(in_flight / group) - 1 of them were not applied when s read.
+    turn_.wait(lock, [this, &c] { return aborted_ || state_.step == c.step; });
+    if (aborted_) return false;
+    switch (r.kind) {
+      case Outcome::kTrained:
+        max_staleness_ = std::max(max_staleness_, updates_ - c.read_at);
+        Accumulate(params);
+        window_loss_ += r.loss;
+        window_correct_ += r.correct;
         window_samples_ += o_.batch_size;
         ++window_steps_;
-      } else if (nonfinite) {
+        break;
+      case Outcome::kNonfinite:
         ++nonfinite_steps_;
-      } else {
+        break;
+      case Outcome::kSkipped:
         ++failed_steps_;
-      }
-      ++state_.step;
-      if (state_.step % group_ == 0 || state_.step == o_.steps) {
-        ApplyAccumulated();
-      }
-      turn_.notify_all();
-      Milestones();
+        break;
     }
+    ++state_.step;
+    if (state_.step % group_ == 0 || state_.step == o_.steps) ApplyAccumulated();
+    turn_.notify_all();
+    Milestones(lock);
+    return true;
+  }
+
+  // Adds the gradients of `params` to the group's sum. Under mu_.
+  void Accumulate(const std::vector<at::Tensor>& params) {
+    for (size_t i = 0; i < params.size(); ++i) {
+      const at::Tensor& g = params[i].grad();
+      if (!g.defined()) continue;
+      if (accumulated_[i].defined()) {
+        accumulated_[i].add_(g);
+      } else {
+        accumulated_[i] = g.clone();
+      }
+    }
+    ++accumulated_count_;
   }
 
   // One optimizer step with the mean gradient of the steps accumulated since the last. Under mu_.
@@ -424,7 +507,7 @@ class TrainingLoop {
   // The sample indices of batch `step`: epoch order (seeded by seed and epoch) from the step's
   // offset, so a resumed trainer continues exactly where it stopped. Called under mu_.
   at::Tensor BatchIndex(int64_t step) {
-    const int64_t n = train_.x.size(0);
+    const int64_t n = inputs_.train.x.size(0);
     const int64_t per_epoch = n / o_.batch_size;
     const int64_t e = step / per_epoch;
     auto it = orders_.find(e);
@@ -436,51 +519,57 @@ class TrainingLoop {
     return at::from_blob(it->second.data() + offset, {o_.batch_size}, at::kLong).clone();
   }
 
-  // After a step was applied; called under mu_.
-  void Milestones() {
+  // After a step was applied; `lock` holds mu_ (released while evaluating).
+  void Milestones(std::unique_lock<std::mutex>& lock) {
     const int64_t step = state_.step;
-    if (step % o_.log_every == 0 || step == o_.steps) {
-      const double seconds =
-          std::chrono::duration<double>(std::chrono::steady_clock::now() - window_clock_).count();
-      MoeStats now = ReplicaStats();
-      const double answers = static_cast<double>(now.answers - window_start_.answers);
-      const double routed = static_cast<double>(now.samples - window_start_.samples);
-      out_ << "step " << step << "/" << o_.steps << std::fixed << std::setprecision(4) << " loss "
-           << (window_steps_ ? window_loss_ / window_steps_ : 0.0) << " train_acc "
-           << (window_samples_ ? static_cast<double>(window_correct_) / window_samples_ : 0.0)
-           << std::setprecision(1) << " samples/s "
-           << (seconds > 0 ? window_samples_ / seconds : 0.0) << std::setprecision(2)
-           << " experts/sample " << (routed > 0 ? answers / routed : 0.0) << " zero_output_samples "
-           << (now.zero_output_samples - window_start_.zero_output_samples) << " skipped_steps "
-           << failed_steps_ << " nonfinite_steps " << nonfinite_steps_ << std::setprecision(6)
-           << " lr " << lr_now_ << " in_flight " << o_.in_flight << " max_staleness "
-           << max_staleness_ << "\n"
-           << std::defaultfloat << std::flush;
-      window_loss_ = 0;
-      window_correct_ = window_samples_ = window_steps_ = 0;
-      window_start_ = now;
-      window_clock_ = std::chrono::steady_clock::now();
-    }
+    if (step % o_.log_every == 0 || step == o_.steps) PrintProgress(step);
     if (o_.eval_every > 0 && step % o_.eval_every == 0 && step < o_.steps) {
       // On a copy of the parameters of this step, so the other workers go on meanwhile.
       Status copied = eval_model_->LoadStateDict(master_->StateDict());
       if (!copied.ok()) spdlog::error("evaluation copy failed: {}", copied.ToString());
       last_eval_step_ = step;
-      mu_.unlock();
+      lock.unlock();
       double acc = 0;
       {
         std::lock_guard<std::mutex> eval_lock(eval_mu_);
-        acc = Evaluate(eval_model_, test_, o_.eval_samples);
+        acc = Evaluate(eval_model_, inputs_.test, o_.eval_samples);
       }
-      mu_.lock();
-      out_ << "eval step " << step << " test_accuracy " << std::fixed << std::setprecision(4) << acc
-           << "\n"
-           << std::defaultfloat << std::flush;
+      lock.lock();
+      PrintEval(step, acc);
     }
     if (o_.publish_every > 0 && step % o_.publish_every == 0 && step < o_.steps) {
       PublishLocked(step);
       CheckpointLocked();
     }
+  }
+
+  // The progress line of the window that ends at `step`. Under mu_.
+  void PrintProgress(int64_t step) {
+    const int64_t now_us = wiring_.clock->NowMonotonicUs();
+    const double seconds = static_cast<double>(now_us - window_start_us_) / 1e6;
+    MoeStats now = ReplicaStats();
+    const double answers = static_cast<double>(now.answers - window_stats_.answers);
+    const double routed = static_cast<double>(now.samples - window_stats_.samples);
+    out_ << "step " << step << "/" << o_.steps << std::fixed << std::setprecision(4) << " loss "
+         << (window_steps_ ? window_loss_ / window_steps_ : 0.0) << " train_acc "
+         << (window_samples_ ? static_cast<double>(window_correct_) / window_samples_ : 0.0)
+         << std::setprecision(1) << " samples/s " << (seconds > 0 ? window_samples_ / seconds : 0.0)
+         << std::setprecision(2) << " experts/sample " << (routed > 0 ? answers / routed : 0.0)
+         << " zero_output_samples " << (now.zero_output_samples - window_stats_.zero_output_samples)
+         << " skipped_steps " << failed_steps_ << " nonfinite_steps " << nonfinite_steps_
+         << std::setprecision(6) << " lr " << lr_now_ << " in_flight " << o_.in_flight
+         << " max_staleness " << max_staleness_ << "\n"
+         << std::defaultfloat << std::flush;
+    window_loss_ = 0;
+    window_correct_ = window_samples_ = window_steps_ = 0;
+    window_stats_ = now;
+    window_start_us_ = wiring_.clock->NowMonotonicUs();
+  }
+
+  void PrintEval(int64_t step, double accuracy) {
+    out_ << "eval step " << step << " test_accuracy " << std::fixed << std::setprecision(4)
+         << accuracy << "\n"
+         << std::defaultfloat << std::flush;
   }
 
   MoeStats ReplicaStats() const {
@@ -500,12 +589,13 @@ class TrainingLoop {
       spdlog::error("not publishing step {}: a local weight is not finite", step);
       return;
     }
-    const int64_t version = std::max(state_.version + 1, RealClock::Instance().NowUnixMs());
-    Status s = Publish(o_, master_, spec_json_, identity_, version, step);
+    const int64_t version = std::max(state_.version + 1, wiring_.clock->NowUnixMs());
+    Status s = Publish(o_, wiring_, master_, inputs_.spec_json, version, step);
     if (s.ok()) {
       state_.version = version;
       published_version_ = version;
-      out_ << "published " << spec_.name << " version " << version << " at step " << step << "\n"
+      out_ << "published " << inputs_.spec.name << " version " << version << " at step " << step
+           << "\n"
            << std::flush;
     } else {
       spdlog::warn("publishing to {} failed: {}", o_.router_url, s.ToString());
@@ -521,24 +611,22 @@ class TrainingLoop {
           state_.step);
       return;
     }
-    Status s = SaveCheckpoint(*kv_, spec_.name, master_, optimizer_, state_);
+    Status s = SaveCheckpoint(*kv_, inputs_.spec.name, master_, optimizer_, state_);
     if (!s.ok()) spdlog::error("trainer checkpoint failed: {}", s.ToString());
   }
 
   const TrainerOptions& o_;
+  const TrainerInputs& inputs_;
+  const TrainerWiring& wiring_;
   std::ostream& out_;
   const std::atomic<bool>* stop_;
-  const ModelSpec& spec_;
-  const std::string& spec_json_;
   DmoeModel master_;
   torch::optim::Adam& optimizer_;
-  const TensorSplit& train_;
-  const TensorSplit& test_;
-  const std::optional<Identity>& identity_;
   storage::KvStore* kv_;
 
   std::mutex mu_;  // guards everything below, the master's parameters and the optimizer
-  std::condition_variable turn_;  // a step was applied: the next one may apply
+  std::condition_variable turn_;  // a step was applied (or the loop aborted): the next may apply
+  bool aborted_ = false;          // a worker left by an exception
   Checkpoint state_;              // state_.step: steps applied (or skipped)
   int64_t next_step_;             // the next step to claim; > state_.step while steps are in flight
   std::vector<at::Tensor> master_params_;
@@ -555,101 +643,78 @@ class TrainingLoop {
   int64_t last_eval_step_ = -1;
   int64_t published_version_ = 0;
   double lr_now_ = 0;
+  // The progress window: sums since the last progress line, and when it started.
   double window_loss_ = 0;
   int64_t window_correct_ = 0, window_samples_ = 0, window_steps_ = 0;
-  MoeStats window_start_;
-  std::chrono::steady_clock::time_point window_clock_;
+  MoeStats window_stats_;
+  int64_t window_start_us_ = 0;
 
   std::mutex eval_mu_;  // one evaluation at a time, on eval_model_
   DmoeModel eval_model_;
   std::list<DmoeModel> replicas_;  // one per worker; a list, so references stay valid
 };
 
+// Resumes `model` and `optimizer` from the checkpoint in `kv`, printing where; the zero state
+// when there is none.
+Result<Checkpoint> Resume(storage::KvStore& kv, const TrainerOptions& o, const TrainerInputs& in,
+                          DmoeModel& model, torch::optim::Adam& optimizer, std::ostream& out) {
+  Result<Checkpoint> resumed = LoadCheckpoint(kv, in.spec.name, model, optimizer);
+  if (!resumed.ok()) {
+    if (resumed.status().code() == Code::kNotFound) return Checkpoint{};
+    return resumed.status();
+  }
+  // The data position follows from the step (EpochOrder); the Adam step counts the updates its
+  // moments hold, so a resumed trainer shows all three.
+  const int64_t per_epoch = in.train.x.size(0) / o.batch_size;
+  out << "resumed from step " << resumed->step << "\n"
+      << "resumed optimizer_steps " << AdamSteps(optimizer) << " data_epoch "
+      << resumed->step / per_epoch << " data_offset " << (resumed->step % per_epoch) * o.batch_size
+      << "\n"
+      << std::flush;
+  return resumed;
+}
+
 }  // namespace
 
-Result<TrainerResult> RunTrainer(const TrainerOptions& o, std::ostream& out,
-                                 const std::atomic<bool>* stop) {
-  if (o.data != "fashion-mnist") return InvalidArgumentError("--data must be fashion-mnist");
-  if (o.lr_schedule != "constant" && o.lr_schedule != "cosine") {
-    return InvalidArgumentError("--lr-schedule must be constant or cosine, got '" + o.lr_schedule +
-                                "'");
+Result<TrainerInputs> PrepareTrainer(const TrainerOptions& o) {
+  DMOE_RETURN_IF_ERROR(CheckOptions(o));
+  TrainerInputs in;
+  DMOE_ASSIGN_OR_RETURN(in.spec_json, ReadFile(o.spec_path, "model spec"));
+  DMOE_ASSIGN_OR_RETURN(in.spec, model::ParseModelSpec(in.spec_json));
+  switch (o.data) {
+    case data::DataSource::kFashionMnist:
+      DMOE_ASSIGN_OR_RETURN(in.train, LoadFashionMnistTensors(true, o.data_dir));
+      DMOE_ASSIGN_OR_RETURN(in.test, LoadFashionMnistTensors(false, o.data_dir));
+      break;
   }
-  if (o.steps < 0 || o.batch_size < 1 || o.eval_every < 0 || o.publish_every < 0 ||
-      o.log_every < 1) {
-    return InvalidArgumentError(
-        "steps, eval/publish intervals must be >= 0; batch size and log interval >= 1");
-  }
-  if (o.in_flight < 1 || o.in_flight > kMaxInFlight) {
-    return InvalidArgumentError("--in-flight must be in [1, " + std::to_string(kMaxInFlight) +
-                                "], got " + std::to_string(o.in_flight));
-  }
-  std::ifstream spec_file(o.spec_path);
-  if (!spec_file) return NotFoundError("cannot read model spec " + o.spec_path);
-  std::stringstream spec_buf;
-  spec_buf << spec_file.rdbuf();
-  const std::string spec_json = spec_buf.str();
-  DMOE_ASSIGN_OR_RETURN(ModelSpec spec, ParseModelSpec(spec_json));
-  DMOE_ASSIGN_OR_RETURN(TensorSplit train, LoadFashionMnistTensors(true, o.data_dir));
-  DMOE_ASSIGN_OR_RETURN(TensorSplit test, LoadFashionMnistTensors(false, o.data_dir));
-  if (o.batch_size > train.x.size(0)) {
+  if (o.batch_size > in.train.x.size(0)) {
     return InvalidArgumentError("--batch-size " + std::to_string(o.batch_size) + " exceeds the " +
-                                std::to_string(train.x.size(0)) + " training images");
+                                std::to_string(in.train.x.size(0)) + " training images");
   }
-  if (train.x.size(1) != spec.input_dim) {
-    return InvalidArgumentError("the spec's input_dim is " + std::to_string(spec.input_dim) +
+  if (in.train.x.size(1) != in.spec.input_dim) {
+    return InvalidArgumentError("the spec's input_dim is " + std::to_string(in.spec.input_dim) +
                                 " but Fashion-MNIST images have " +
-                                std::to_string(train.x.size(1)) + " pixels");
+                                std::to_string(in.train.x.size(1)) + " pixels");
   }
-  DMOE_ASSIGN_OR_RETURN(safetensors::DType wire, WireDtype(o.wire_dtype));
+  return in;
+}
 
-  std::optional<Identity> identity;
-  if (!o.identity_path.empty()) {
-    DMOE_ASSIGN_OR_RETURN(identity, LoadOrCreateIdentity(o.identity_path));
-  }
-  SwarmOptions swarm_options;
-  if (!o.server_keys_path.empty()) {
-    DMOE_ASSIGN_OR_RETURN(swarm_options.server_keys,
-                          RequestVerifier::LoadKeyFile(o.server_keys_path));
-  }
-  dht::DhtOptions dht_options;
-  dht_options.bootstrap = o.dht_bootstrap;
-  dht_options.node.client = true;
-  dht_options.node.network = o.dht_network;
-  DMOE_ASSIGN_OR_RETURN(std::unique_ptr<dht::Dht> dht, dht::Dht::Start(std::move(dht_options)));
-  DMOE_RETURN_IF_ERROR(dht->WaitBootstrapped(std::chrono::seconds(10)));
-  swarm_options.caller.identity = identity;
-  auto swarm = std::make_shared<Swarm>(dht.get(), swarm_options);
-
+Result<TrainerResult> RunTrainer(const TrainerOptions& o, const TrainerInputs& inputs,
+                                 const TrainerWiring& wiring, std::ostream& out,
+                                 const std::atomic<bool>* stop) {
   torch::manual_seed(o.seed);
-  const ModelContext context{swarm, wire, o.balance_loss_weight, o.allow_zero_outputs};
-  DmoeModel model(spec, context);
+  const ModelContext context{wiring.swarm, o.wire_dtype, o.balance_loss_weight,
+                             o.allow_zero_outputs};
+  DmoeModel model(inputs.spec, context);
   torch::optim::Adam optimizer(model->parameters(), torch::optim::AdamOptions(o.lr));
-
   std::unique_ptr<storage::KvStore> kv;
   Checkpoint state;
   if (!o.db_dir.empty()) {
     DMOE_ASSIGN_OR_RETURN(kv, storage::KvStore::Open(o.db_dir));
-    Result<Checkpoint> resumed = LoadCheckpoint(*kv, spec.name, model, optimizer);
-    if (resumed.ok()) {
-      state = *resumed;
-      // The data position follows from the step (EpochOrder); the Adam step counts the updates
-      // its moments hold, so a resumed trainer shows all three.
-      const int64_t per_epoch = train.x.size(0) / o.batch_size;
-      out << "resumed from step " << state.step << "\n"
-          << "resumed optimizer_steps " << AdamSteps(optimizer) << " data_epoch "
-          << state.step / per_epoch << " data_offset " << (state.step % per_epoch) * o.batch_size
-          << "\n"
-          << std::flush;
-    } else if (resumed.status().code() != Code::kNotFound) {
-      return resumed.status();
-    }
+    DMOE_ASSIGN_OR_RETURN(state, Resume(*kv, o, inputs, model, optimizer, out));
   }
-
-  Result<TrainerResult> result = TrainingLoop(o, out, stop, spec, spec_json, context, model,
-                                              optimizer, train, test, identity, kv.get(), state)
-                                     .Run();
-  dht->Stop();
-  return result;
+  return TrainingLoop(o, inputs, wiring, context, model, optimizer, kv.get(), state, out, stop)
+      .Run();
 }
 
 }  // namespace dmoe::gating

@@ -2,21 +2,41 @@
 // (through RemoteMixtureOfExperts) on Fashion-MNIST, shows progress, evaluates, publishes the local
 // parameters to the router, and checkpoints its own state so a restarted trainer resumes.
 // Several trainers may run at once on the same experts.
+//
+// A run has two halves. PrepareTrainer checks the options and reads the spec and the data, so a
+// bad flag or file fails fast, before the process joins the swarm. dmoe-train's main then wires
+// what the whole process shares (clock, DHT node, swarm, identity: TrainerWiring) and RunTrainer
+// trains with it; the trainer creates none of these itself.
 #ifndef DMOE_GATING_TRAINER_H_
 #define DMOE_GATING_TRAINER_H_
+
+#include <ATen/core/Tensor.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <memory>
+#include <optional>
 #include <ostream>
 #include <string>
 #include <vector>
 
-#include <ATen/core/Tensor.h>
-
+#include "core/clock.h"
+#include "core/identity.h"
 #include "core/status.h"
+#include "data/data_source.h"
+#include "model/model_spec.h"
+#include "tensor/safetensors.h"
 
 namespace dmoe::gating {
+
+class Swarm;
+
+// The learning rate of the local layers over a run (the experts follow their servers' settings).
+enum class LrSchedule {
+  kConstant,  // lr at every step
+  kCosine,    // lr * (1 + cos(pi * step / steps)) / 2: from lr at step 0 to 0 at `steps`
+};
 
 // The default keeps the accuracy of a synchronous trainer (within ~0.5-1.7 points after 1500
 // Fashion-MNIST steps) while overlapping four steps' round trips; behind 100 ms links a trainer
@@ -35,27 +55,21 @@ inline int64_t GroupSize(int in_flight) {
 
 struct TrainerOptions {
   std::string spec_path;
-  std::vector<std::string> dht_bootstrap;
-  std::string dht_network = "dmoe";
-  std::string router_url;     // empty = do not publish
-  std::string identity_path;  // signs expert backward and model publication; empty = unsigned
-  // --server-keys: when set, only experts announced by the keys in this file are used.
-  std::string server_keys_path;
-  std::string db_dir;  // trainer checkpoint; empty = none
-  std::string data = "fashion-mnist";
+  std::string router_url;  // empty = do not publish
+  std::string db_dir;      // trainer checkpoint; empty = none
+  data::DataSource data = data::DataSource::kFashionMnist;
   std::string data_dir;  // default: Debian's package directory
   int64_t steps = 300;
   int64_t batch_size = 64;
   double lr = 1e-3;
-  // "constant", or "cosine": lr * (1 + cos(pi * step / steps)) / 2, from lr at step 0 to 0 at
-  // `steps` (the local layers' Adam only; experts follow their servers' own settings).
-  std::string lr_schedule = "constant";
+  LrSchedule lr_schedule = LrSchedule::kConstant;  // of the local layers' Adam
   uint64_t seed = 0;
   int64_t eval_every = 100;
   int64_t eval_samples = 10000;  // of the test split
   int64_t publish_every = 50;
   int64_t log_every = 10;
-  std::string wire_dtype = "F32";
+  // The dtype of tensors sent to the experts and back: F32, F16 or BF16.
+  safetensors::DType wire_dtype = safetensors::DType::kF32;
   double balance_loss_weight = 0.01;
   // A sample none of whose experts answered gets zeros from its moe layer (counted in the progress
   // line) instead of failing the whole step; with residual_moe that is a plain skip connection.
@@ -90,16 +104,46 @@ struct TensorSplit {
 // `dir` empty = Debian's package directory.
 Result<TensorSplit> LoadFashionMnistTensors(bool train, const std::string& dir = "");
 
-// The learning rate of step `step` (0-based) of `steps` under `schedule` (see TrainerOptions).
-double ScheduledLr(double lr, const std::string& schedule, int64_t step, int64_t steps);
+// The learning rate of step `step` (0-based) of `steps` under `schedule`. steps <= 0: `lr`.
+double ScheduledLr(double lr, LrSchedule schedule, int64_t step, int64_t steps);
 
 // The sample order of one epoch: a permutation seeded by (seed, epoch), so a resumed trainer
 // continues exactly where it stopped and a baseline can train on the same order.
 std::vector<int64_t> EpochOrder(uint64_t seed, int64_t epoch, int64_t n);
 
-// Runs until `steps` are done or `*stop` becomes true (then checkpoints and returns). Progress
-// lines go to `out`.
-Result<TrainerResult> RunTrainer(const TrainerOptions& options, std::ostream& out,
+// What a run reads before it joins the swarm.
+struct TrainerInputs {
+  model::ModelSpec spec;
+  std::string spec_json;  // the spec file as read: publications carry it
+  TensorSplit train;
+  TensorSplit test;
+};
+
+// Checks `options` (kInvalidArgument naming the flag), reads and parses the spec (kNotFound when
+// unreadable, kInvalidArgument when malformed) and loads both splits of the data (kNotFound
+// naming the package to install), and checks that they fit each other. Blocks on file reads only.
+Result<TrainerInputs> PrepareTrainer(const TrainerOptions& options);
+
+// What the process wires once and the trainer uses; all must outlive RunTrainer.
+struct TrainerWiring {
+  // Publication versions, request timestamps and the progress lines' rates. Not null.
+  const Clock* clock = nullptr;
+  // The experts, through the process's DHT node; shared by every layer and worker. Not null.
+  std::shared_ptr<Swarm> swarm;
+  // Signs model publications (the swarm's caller signs expert backward); none = unsigned.
+  std::optional<Identity> identity;
+};
+
+// Trains `inputs` per `options` until `steps` are done or `*stop` becomes true (then finishes the
+// steps in flight, checkpoints and returns). Progress lines go to `out`. Blocks the calling thread;
+// runs options.in_flight worker threads of its own and joins them before it returns.
+//
+// Errors: a Status for what the run cannot do (checkpoint store, a corrupt or poisoned
+// checkpoint). A step whose experts do not answer (NotEnoughExpertsError) is skipped and counted,
+// never an error. Any other exception from torch (a bug) stops every worker and propagates from
+// here; dmoe-train turns it into a Status at its edge.
+Result<TrainerResult> RunTrainer(const TrainerOptions& options, const TrainerInputs& inputs,
+                                 const TrainerWiring& wiring, std::ostream& out,
                                  const std::atomic<bool>* stop);
 
 }  // namespace dmoe::gating

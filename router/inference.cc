@@ -4,8 +4,8 @@
 #include <torch/utils.h>
 
 #include "gating/model.h"
-#include "gating/model_spec.h"
 #include "gating/remote_call.h"
+#include "model/model_spec.h"
 #include "tensor/torch_tensor.h"
 
 namespace dmoe::router {
@@ -25,12 +25,12 @@ Inference::Inference(dht::Dht& dht, std::optional<std::set<PublicKey>> server_ke
 Inference::~Inference() = default;
 
 std::vector<std::string> Inference::GridPrefixesOf(const std::string& spec_json) {
-  Result<gating::ModelSpec> spec = gating::ParseModelSpec(spec_json);
+  Result<model::ModelSpec> spec = model::ParseModelSpec(spec_json);
   return spec.ok() ? spec->GridPrefixes() : std::vector<std::string>{};
 }
 
 Result<int64_t> Inference::InputDimOf(const std::string& spec_json) {
-  DMOE_ASSIGN_OR_RETURN(gating::ModelSpec spec, gating::ParseModelSpec(spec_json));
+  DMOE_ASSIGN_OR_RETURN(model::ModelSpec spec, model::ParseModelSpec(spec_json));
   return spec.input_dim;
 }
 
@@ -39,15 +39,15 @@ namespace {
 // The parameters gating::DmoeModel registers for the spec, in double so that no width overflows:
 // linear in*out + out, layer_norm 2*in (weight and bias), moe and residual_moe one gate linear per
 // grid dimension, in*g + g.
-double CountParameters(const gating::ModelSpec& spec) {
+double CountParameters(const model::ModelSpec& spec) {
   double n = 0;
-  for (const gating::LayerSpec& l : spec.layers) {
+  for (const model::LayerSpec& l : spec.layers) {
     const double in = static_cast<double>(l.in_features);
-    if (l.type == "linear") {
+    if (l.type == model::LayerType::kLinear) {
       n += in * static_cast<double>(l.out) + static_cast<double>(l.out);
-    } else if (l.type == "layer_norm") {
+    } else if (l.type == model::LayerType::kLayerNorm) {
       n += 2 * in;
-    } else if (l.type == "moe" || l.type == "residual_moe") {
+    } else if (model::IsMoe(l.type)) {
       for (int64_t g : l.moe.grid) n += (in + 1) * static_cast<double>(g);
     }
   }
@@ -69,7 +69,7 @@ Status CheckFinite(const std::map<std::string, at::Tensor>& tensors) {
 
 Status Inference::ValidateModel(const std::string& name, const std::string& spec_json,
                                 std::span<const uint8_t> state_blob) {
-  DMOE_ASSIGN_OR_RETURN(gating::ModelSpec spec, gating::ParseModelSpec(spec_json));
+  DMOE_ASSIGN_OR_RETURN(model::ModelSpec spec, model::ParseModelSpec(spec_json));
   if (spec.name != name) {
     return InvalidArgumentError("the spec names the model '" + spec.name +
                                 "' but it is published as '" + name + "'");
@@ -98,7 +98,7 @@ Result<std::shared_ptr<Inference::Loaded>> Inference::Load(const storage::Model&
   std::lock_guard<std::mutex> lock(mu_);
   auto it = loaded_.find(m.info.name);
   if (it != loaded_.end() && it->second->version == m.info.version) return it->second;
-  DMOE_ASSIGN_OR_RETURN(gating::ModelSpec spec, gating::ParseModelSpec(m.info.spec_json));
+  DMOE_ASSIGN_OR_RETURN(model::ModelSpec spec, model::ParseModelSpec(m.info.spec_json));
   DMOE_ASSIGN_OR_RETURN(tensor::TorchPayload payload, tensor::DecodeToTorch(m.state));
   auto loaded = std::make_shared<Loaded>();
   loaded->version = m.info.version;

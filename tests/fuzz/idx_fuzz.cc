@@ -2,10 +2,10 @@
 #include <cstdint>
 #include <cstdlib>
 
-#include "gating/fashion_mnist.h"
+#include "data/fashion_mnist.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  auto parsed = dmoe::gating::ParseIdx({data, size});
+  auto parsed = dmoe::data::ParseIdx({data, size});
   if (parsed.ok()) {
     uint64_t total = 1;
     for (int64_t d : parsed->dims) total *= static_cast<uint64_t>(d);

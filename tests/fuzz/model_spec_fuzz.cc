@@ -6,13 +6,13 @@
 #include <string_view>
 
 #include "dht/announcement.h"
-#include "gating/model_spec.h"
+#include "model/model_spec.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   std::string_view text(reinterpret_cast<const char*>(data), size);
-  dmoe::Result<dmoe::gating::ModelSpec> spec = dmoe::gating::ParseModelSpec(text);
+  dmoe::Result<dmoe::model::ModelSpec> spec = dmoe::model::ParseModelSpec(text);
   if (spec.ok()) {
-    dmoe::Result<dmoe::gating::ModelSpec> again = dmoe::gating::ParseModelSpec(spec->ToJson());
+    dmoe::Result<dmoe::model::ModelSpec> again = dmoe::model::ParseModelSpec(spec->ToJson());
     if (!again.ok() || again->ToJson() != spec->ToJson()) std::abort();
   } else if (spec.status().code() != dmoe::Code::kInvalidArgument) {
     std::abort();

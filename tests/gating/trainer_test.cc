@@ -1,5 +1,6 @@
 // The trainer's pure parts: the learning-rate schedule and the epoch order a resumed trainer and
-// the dense baseline rely on.
+// the dense baseline rely on; its checks before it joins a swarm; and the model's layers and typed
+// error it relies on.
 #include "gating/trainer.h"
 
 #include <ATen/ATen.h>
@@ -7,31 +8,42 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
+#include <functional>
+#include <memory>
 #include <numeric>
+#include <string>
 #include <vector>
 
 #include "gating/model.h"
+#include "gating/not_enough_experts.h"
+#include "gating/remote_call.h"
+#include "model/model_spec.h"
+#include "tests/testing/temp_dir.h"
 
 namespace dmoe::gating {
 namespace {
 
 TEST(TrainerTest, CosineScheduleFallsFromLrToZeroAndConstantStays) {
-  EXPECT_DOUBLE_EQ(ScheduledLr(1e-3, "cosine", 0, 1000), 1e-3);
-  EXPECT_NEAR(ScheduledLr(1e-3, "cosine", 500, 1000), 0.5e-3, 1e-15);
-  EXPECT_NEAR(ScheduledLr(1e-3, "cosine", 250, 1000), 1e-3 * (1 + std::sqrt(0.5)) / 2, 1e-15);
-  EXPECT_NEAR(ScheduledLr(1e-3, "cosine", 1000, 1000), 0.0, 1e-18);
-  EXPECT_NEAR(ScheduledLr(1e-3, "cosine", 5000, 1000), 0.0, 1e-18) << "clamped past the end";
+  EXPECT_DOUBLE_EQ(ScheduledLr(1e-3, LrSchedule::kCosine, 0, 1000), 1e-3);
+  EXPECT_NEAR(ScheduledLr(1e-3, LrSchedule::kCosine, 500, 1000), 0.5e-3, 1e-15);
+  EXPECT_NEAR(ScheduledLr(1e-3, LrSchedule::kCosine, 250, 1000), 1e-3 * (1 + std::sqrt(0.5)) / 2,
+              1e-15);
+  EXPECT_NEAR(ScheduledLr(1e-3, LrSchedule::kCosine, 1000, 1000), 0.0, 1e-18);
+  EXPECT_NEAR(ScheduledLr(1e-3, LrSchedule::kCosine, 5000, 1000), 0.0, 1e-18)
+      << "clamped past the end";
   double previous = 1;
   for (int64_t step = 0; step <= 1000; step += 50) {
-    const double lr = ScheduledLr(1.0, "cosine", step, 1000);
+    const double lr = ScheduledLr(1.0, LrSchedule::kCosine, step, 1000);
     EXPECT_LE(lr, previous) << "step " << step;
     previous = lr;
   }
   for (int64_t step : {0, 10, 999, 5000}) {
-    EXPECT_DOUBLE_EQ(ScheduledLr(2e-3, "constant", step, 1000), 2e-3);
+    EXPECT_DOUBLE_EQ(ScheduledLr(2e-3, LrSchedule::kConstant, step, 1000), 2e-3);
   }
-  EXPECT_DOUBLE_EQ(ScheduledLr(2e-3, "cosine", 3, 0), 2e-3) << "no step budget: no schedule";
+  EXPECT_DOUBLE_EQ(ScheduledLr(2e-3, LrSchedule::kCosine, 3, 0), 2e-3)
+      << "no step budget: no schedule";
 }
 
 TEST(TrainerTest, EpochOrderIsAPermutationFixedBySeedAndEpoch) {
@@ -48,7 +60,7 @@ TEST(TrainerTest, EpochOrderIsAPermutationFixedBySeedAndEpoch) {
 // The spec's dropout layer: active while training (zeroes about p of the elements, scales the rest
 // by 1 / (1 - p)), the identity in evaluation, as the router runs the model.
 TEST(TrainerTest, DropoutLayerActsOnlyWhileTraining) {
-  Result<ModelSpec> spec = ParseModelSpec(
+  Result<model::ModelSpec> spec = model::ParseModelSpec(
       R"({"name":"m","input_dim":64,"layers":[{"type":"dropout","p":0.5},{"type":"relu"}]})");
   ASSERT_TRUE(spec.ok()) << spec.status().ToString();
   DmoeModel model(*spec, ModelContext{});
@@ -62,6 +74,68 @@ TEST(TrainerTest, DropoutLayerActsOnlyWhileTraining) {
   EXPECT_NEAR(zeroed, 0.5, 0.05);
   at::Tensor kept = y != 0;
   EXPECT_TRUE(at::allclose(y.masked_select(kept), x.masked_select(kept) * 2.0));
+}
+
+// LocalLayer is what DmoeModel builds its local layers with, so another network built from the same
+// spec with it (the dense baseline) has the same parameter names and, from the same seed, values.
+TEST(TrainerTest, LocalLayersMatchTheModelsNamesAndInitialization) {
+  Result<model::ModelSpec> spec = model::ParseModelSpec(
+      R"({"name":"m","input_dim":6,"layers":[{"type":"linear","out":4},{"type":"gelu"},
+          {"type":"layer_norm"},{"type":"linear","out":3}]})");
+  ASSERT_TRUE(spec.ok()) << spec.status().ToString();
+  at::manual_seed(3);
+  DmoeModel model(*spec, ModelContext{});
+  at::manual_seed(3);
+  torch::nn::Module other;
+  std::vector<LocalLayer> layers;
+  for (size_t i = 0; i < spec->layers.size(); ++i) layers.emplace_back(other, i, spec->layers[i]);
+  std::map<std::string, at::Tensor> mine = model->StateDict();
+  std::map<std::string, at::Tensor> theirs;
+  for (const auto& item : other.named_parameters()) theirs[item.key()] = item.value();
+  ASSERT_EQ(mine.size(), 6u);
+  ASSERT_EQ(theirs.size(), mine.size());
+  for (const auto& [name, t] : mine) {
+    ASSERT_TRUE(theirs.count(name)) << name;
+    EXPECT_TRUE(at::equal(theirs[name], t)) << name;
+  }
+  at::Tensor x = at::rand({5, 6}), y = x;
+  for (LocalLayer& l : layers) y = l.forward(y, /*training=*/true);
+  EXPECT_TRUE(at::allclose(model->forward(x), y));
+}
+
+// A moe layer whose experts cannot be found throws the typed error the trainer and evaluation
+// catch (and nothing else), unless zero outputs are allowed.
+TEST(TrainerTest, AMoeLayerWithoutExpertsThrowsNotEnoughExperts) {
+  Result<model::ModelSpec> spec = model::ParseModelSpec(
+      R"({"name":"m","input_dim":4,"layers":[{"type":"moe","uid_prefix":"ffn","grid":[2],
+          "k_best":1,"k_min":1,"forward_timeout_ms":200}]})");
+  ASSERT_TRUE(spec.ok()) << spec.status().ToString();
+  auto offline = std::make_shared<Swarm>(
+      [](std::vector<std::string>, std::chrono::milliseconds,
+         std::function<void(ExpertDirectory::KeyResults)> done) { done({}); });
+  DmoeModel strict(*spec, ModelContext{offline, safetensors::DType::kF32, 0.01, false});
+  EXPECT_THROW(strict->forward(at::rand({3, 4})), NotEnoughExpertsError);
+  DmoeModel lenient(*spec, ModelContext{offline, safetensors::DType::kF32, 0.01, true});
+  EXPECT_TRUE(at::equal(lenient->forward(at::rand({3, 4})), at::zeros({3, 4})));
+}
+
+// PrepareTrainer refuses what it can before the process joins a swarm.
+TEST(TrainerTest, PrepareRefusesBadOptionsAndSpecsBeforeJoining) {
+  testing::TempDir dir("dmoe-trainer-test");
+  TrainerOptions o;
+  o.spec_path = dir.Sub("missing.json");
+  EXPECT_EQ(PrepareTrainer(o).status().code(), Code::kNotFound);
+  o.spec_path = dir.WriteFile("bad.json", R"({"name":"m","input_dim":4,"layers":[{"type":"x"}]})");
+  EXPECT_EQ(PrepareTrainer(o).status().code(), Code::kInvalidArgument);
+  o.in_flight = kMaxInFlight + 1;
+  Result<TrainerInputs> too_many = PrepareTrainer(o);
+  EXPECT_EQ(too_many.status().code(), Code::kInvalidArgument);
+  EXPECT_NE(too_many.status().message().find("--in-flight"), std::string::npos);
+  o.in_flight = 1;
+  o.wire_dtype = safetensors::DType::kI64;
+  Result<TrainerInputs> dtype = PrepareTrainer(o);
+  EXPECT_EQ(dtype.status().code(), Code::kInvalidArgument);
+  EXPECT_NE(dtype.status().message().find("--wire-dtype"), std::string::npos);
 }
 
 }  // namespace

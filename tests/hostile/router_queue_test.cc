@@ -14,8 +14,8 @@
 
 #include "dht/dht.h"
 #include "gating/model.h"
-#include "gating/model_spec.h"
 #include "gating/remote_call.h"
+#include "model/model_spec.h"
 #include "net/http_client.h"
 #include "router/router.h"
 #include "tensor/torch_tensor.h"
@@ -83,7 +83,7 @@ TEST(RouterQueueTest, AFullInferenceQueueAnswers503AtOnceAndFreesWhenWorkEnds) {
   std::unique_ptr<router::Router> router = std::move(started).value();
 
   // Publish the model's local parameters (the gating projection), built from the same spec.
-  auto spec = gating::ParseModelSpec(kSpec);
+  auto spec = model::ParseModelSpec(kSpec);
   ASSERT_TRUE(spec.ok()) << spec.status().ToString();
   auto offline = std::make_shared<gating::Swarm>(
       [](std::vector<std::string>, std::chrono::milliseconds,

@@ -11,7 +11,7 @@
 
 #include "core/identity.h"
 #include "core/request_auth.h"
-#include "gating/fashion_mnist.h"
+#include "data/fashion_mnist.h"
 #include "net/http_client.h"
 #include "tensor/safetensors.h"
 #include "tests/integration/server_test_util.h"
@@ -166,7 +166,7 @@ TEST_F(TrainE2eTest, TrainsThroughTheSwarmAndTheRouterServesTheModel) {
   EXPECT_EQ(mj["models"][0]["publisher"], trainer_.public_key_hex());
 
   // Classify 500 test images through the router (safetensors in, safetensors out).
-  auto test = gating::LoadFashionMnist(false);
+  auto test = data::LoadFashionMnist(false);
   ASSERT_TRUE(test.ok());
   const int64_t n = 500;
   std::vector<float> x(n * 784);

@@ -1,6 +1,7 @@
 // The model spec of PROTOCOL section 5: the JSON from which the trainer and the router build the
 // same network. Parsing is torch-free and strict: every refusal is kInvalidArgument naming the
-// layer and the field.
+// layer and the field. Layer types are parsed here, once, into LayerType; nothing downstream
+// compares type strings.
 //
 //   {"name": "fmnist", "input_dim": 784, "layers": [
 //     {"type": "linear", "out": 256}, {"type": "relu"},
@@ -8,8 +9,10 @@
 //      "forward_timeout_ms": 3000, "timeout_after_k_min_ms": 200,
 //      "backward_k_min": 1, "backward_timeout_ms": 3000},
 //     {"type": "layer_norm"}, {"type": "linear", "out": 10}]}
-#ifndef DMOE_GATING_MODEL_SPEC_H_
-#define DMOE_GATING_MODEL_SPEC_H_
+//
+// A ModelSpec is a plain value: copy it, share it read-only between threads.
+#ifndef DMOE_MODEL_MODEL_SPEC_H_
+#define DMOE_MODEL_MODEL_SPEC_H_
 
 #include <cstdint>
 #include <string>
@@ -18,7 +21,17 @@
 
 #include "core/status.h"
 
-namespace dmoe::gating {
+namespace dmoe::model {
+
+enum class LayerType { kLinear, kRelu, kGelu, kLayerNorm, kDropout, kMoe, kResidualMoe };
+
+// The spec's spelling of `type`: "linear", "relu", ..., "residual_moe".
+std::string_view LayerTypeName(LayerType type);
+// Whether the layer's work is done by remote experts (moe and residual_moe): every other type runs
+// where the model runs.
+inline bool IsMoe(LayerType type) {
+  return type == LayerType::kMoe || type == LayerType::kResidualMoe;
+}
 
 struct MoeLayerSpec {
   std::string uid_prefix;     // "ffn"
@@ -32,7 +45,7 @@ struct MoeLayerSpec {
 };
 
 struct LayerSpec {
-  std::string type;          // linear, relu, gelu, layer_norm, dropout, moe, residual_moe
+  LayerType type = LayerType::kLinear;
   int64_t out = 0;           // linear only
   double p = 0;              // dropout only: the probability of zeroing an element in training
   MoeLayerSpec moe;          // moe and residual_moe only
@@ -48,11 +61,13 @@ struct ModelSpec {
   int64_t output_dim() const { return layers.empty() ? input_dim : layers.back().out_features; }
   // "ffn." for every moe layer, in order, without repeats.
   std::vector<std::string> GridPrefixes() const;
+  // The spec as JSON that ParseModelSpec reads back to an equal spec.
   std::string ToJson() const;
 };
 
+// Parses and checks a spec, and fills in each layer's widths.
 Result<ModelSpec> ParseModelSpec(std::string_view json);
 
-}  // namespace dmoe::gating
+}  // namespace dmoe::model
 
-#endif  // DMOE_GATING_MODEL_SPEC_H_
+#endif  // DMOE_MODEL_MODEL_SPEC_H_

@@ -1,10 +1,10 @@
-#include "gating/fashion_mnist.h"
+#include "data/fashion_mnist.h"
 
 #include <zlib.h>
 
 #include <filesystem>
 
-namespace dmoe::gating {
+namespace dmoe::data {
 
 Result<IdxArray> ParseIdx(std::span<const uint8_t> b) {
   if (b.size() < 4) return InvalidArgumentError("IDX: shorter than its 4-byte magic");
@@ -85,4 +85,4 @@ Result<ImageDataset> LoadFashionMnist(bool train, const std::string& dir) {
   return d;
 }
 
-}  // namespace dmoe::gating
+}  // namespace dmoe::data

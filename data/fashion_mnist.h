@@ -1,7 +1,8 @@
 // Fashion-MNIST from Debian's dataset-fashion-mnist package: gzip'd IDX files, read without any
 // download. Torch-free; the trainer turns pixels into floats (byte / 255, row-major, PROTOCOL 5).
-#ifndef DMOE_GATING_FASHION_MNIST_H_
-#define DMOE_GATING_FASHION_MNIST_H_
+// Every function here is a pure read: safe to call from any thread, nothing is cached.
+#ifndef DMOE_DATA_FASHION_MNIST_H_
+#define DMOE_DATA_FASHION_MNIST_H_
 
 #include <cstdint>
 #include <span>
@@ -10,7 +11,7 @@
 
 #include "core/status.h"
 
-namespace dmoe::gating {
+namespace dmoe::data {
 
 inline constexpr char kFashionMnistDir[] = "/usr/share/datasets/fashion-mnist";
 
@@ -38,6 +39,6 @@ struct ImageDataset {
 // when the files are missing.
 Result<ImageDataset> LoadFashionMnist(bool train, const std::string& dir = kFashionMnistDir);
 
-}  // namespace dmoe::gating
+}  // namespace dmoe::data
 
-#endif  // DMOE_GATING_FASHION_MNIST_H_
+#endif  // DMOE_DATA_FASHION_MNIST_H_

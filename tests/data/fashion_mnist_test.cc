@@ -1,10 +1,10 @@
-#include "gating/fashion_mnist.h"
+#include "data/fashion_mnist.h"
 
 #include <gtest/gtest.h>
 
 #include <numeric>
 
-namespace dmoe::gating {
+namespace dmoe::data {
 namespace {
 
 TEST(FashionMnistTest, LoadsBothSplitsFromTheDebianPackage) {
@@ -54,4 +54,4 @@ TEST(FashionMnistTest, ParseIdxRefusesMalformedBuffers) {
 }
 
 }  // namespace
-}  // namespace dmoe::gating
+}  // namespace dmoe::data

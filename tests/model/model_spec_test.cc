@@ -1,8 +1,8 @@
-#include "gating/model_spec.h"
+#include "model/model_spec.h"
 
 #include <gtest/gtest.h>
 
-namespace dmoe::gating {
+namespace dmoe::model {
 namespace {
 
 constexpr char kSpec[] = R"({"name": "fmnist", "input_dim": 784, "layers": [
@@ -18,6 +18,10 @@ TEST(ModelSpecTest, ParsesTheProtocolExampleAndTracksWidths) {
   EXPECT_EQ(spec->name, "fmnist");
   EXPECT_EQ(spec->input_dim, 784);
   ASSERT_EQ(spec->layers.size(), 6u);
+  const std::vector<LayerType> types = {LayerType::kLinear,      LayerType::kRelu,
+                                        LayerType::kResidualMoe, LayerType::kLayerNorm,
+                                        LayerType::kGelu,        LayerType::kLinear};
+  for (size_t i = 0; i < types.size(); ++i) EXPECT_EQ(spec->layers[i].type, types[i]) << i;
   EXPECT_EQ(spec->layers[0].in_features, 784);
   EXPECT_EQ(spec->layers[0].out_features, 64);
   const MoeLayerSpec& moe = spec->layers[2].moe;
@@ -39,7 +43,7 @@ TEST(ModelSpecTest, DropoutKeepsTheWidthAndRoundTripsItsP) {
   auto spec = ParseModelSpec(
       R"({"name":"m","input_dim":8,"layers":[{"type":"dropout","p":0.25},{"type":"linear","out":3}]})");
   ASSERT_TRUE(spec.ok()) << spec.status().ToString();
-  EXPECT_EQ(spec->layers[0].type, "dropout");
+  EXPECT_EQ(spec->layers[0].type, LayerType::kDropout);
   EXPECT_DOUBLE_EQ(spec->layers[0].p, 0.25);
   EXPECT_EQ(spec->layers[0].out_features, 8);
   Result<ModelSpec> again = ParseModelSpec(spec->ToJson());
@@ -101,4 +105,4 @@ TEST(ModelSpecTest, RefusalsNameTheLayerAndField) {
 }
 
 }  // namespace
-}  // namespace dmoe::gating
+}  // namespace dmoe::model
