@@ -13,10 +13,10 @@
 #include <atomic>
 #include <exception>
 #include <iostream>
-#include <map>
 #include <memory>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "core/clock.h"
@@ -42,6 +42,31 @@ struct WiringFlags {
   // --server-keys: when set, only experts announced by the keys in this file are used.
   std::string server_keys_path;
 };
+
+// Adds a flag that takes one of `names` (in help order) and stores the enum it names. The value is
+// checked and converted here, once; nothing downstream sees the string.
+template <typename Enum>
+CLI::Option* AddEnumOption(CLI::App& app, const std::string& flag, Enum& value,
+                           const std::vector<std::pair<std::string, Enum>>& names,
+                           const std::string& help) {
+  std::vector<std::string> allowed;
+  std::string default_name;
+  for (const auto& [name, e] : names) {
+    allowed.push_back(name);
+    if (e == value) default_name = name;
+  }
+  return app
+      .add_option_function<std::string>(
+          flag,
+          [&value, names](const std::string& given) {
+            for (const auto& [name, e] : names) {
+              if (name == given) value = e;
+            }
+          },
+          help)
+      ->check(CLI::IsMember(allowed))
+      ->default_str(default_name);
+}
 
 // Reads the trainer's inputs, wires the process and trains.
 Result<TrainerResult> Train(const TrainerOptions& o, const WiringFlags& flags,
@@ -101,22 +126,18 @@ int main(int argc, char** argv) {
   app.add_option("--server-keys", wiring.server_keys_path,
                  "file of hex public keys, one a line: use only experts these keys announce");
   app.add_option("--db", o.db_dir, "RocksDB directory for the trainer's own checkpoint (resume)");
-  // Enumerated flags are parsed here, once, into their enums.
-  app.add_option("--data", o.data, "training data")
-      ->transform(CLI::CheckedTransformer(std::map<std::string, dmoe::data::DataSource>{
-          {"fashion-mnist", dmoe::data::DataSource::kFashionMnist}}))
-      ->default_str("fashion-mnist");
+  dmoe::gating::AddEnumOption(app, "--data", o.data,
+                              {{"fashion-mnist", dmoe::data::DataSource::kFashionMnist}},
+                              "training data");
   app.add_option("--data-dir", o.data_dir,
                  "directory of the IDX files (default: Debian's package)");
   app.add_option("--steps", o.steps, "optimizer steps")->capture_default_str();
   app.add_option("--batch-size", o.batch_size, "samples per step")->capture_default_str();
   app.add_option("--lr", o.lr, "Adam learning rate of the local layers")->capture_default_str();
-  app.add_option("--lr-schedule", o.lr_schedule,
-                 "constant, or cosine: from --lr down to 0 at --steps (local layers)")
-      ->transform(CLI::CheckedTransformer(std::map<std::string, dmoe::gating::LrSchedule>{
-          {"constant", dmoe::gating::LrSchedule::kConstant},
-          {"cosine", dmoe::gating::LrSchedule::kCosine}}))
-      ->default_str("constant");
+  dmoe::gating::AddEnumOption(app, "--lr-schedule", o.lr_schedule,
+                              {{"constant", dmoe::gating::LrSchedule::kConstant},
+                               {"cosine", dmoe::gating::LrSchedule::kCosine}},
+                              "constant, or cosine: from --lr down to 0 at --steps (local layers)");
   app.add_option("--seed", o.seed, "seed of initialization and data order")->capture_default_str();
   app.add_option("--eval-every", o.eval_every,
                  "steps between test evaluations; 0 = only at the end")
@@ -127,12 +148,11 @@ int main(int argc, char** argv) {
                  "steps between publications; 0 = only at the end")
       ->capture_default_str();
   app.add_option("--log-every", o.log_every, "steps between progress lines")->capture_default_str();
-  app.add_option("--wire-dtype", o.wire_dtype, "F32, F16 or BF16 on the wire")
-      ->transform(CLI::CheckedTransformer(std::map<std::string, dmoe::safetensors::DType>{
-          {"F32", dmoe::safetensors::DType::kF32},
-          {"F16", dmoe::safetensors::DType::kF16},
-          {"BF16", dmoe::safetensors::DType::kBF16}}))
-      ->default_str("F32");
+  dmoe::gating::AddEnumOption(app, "--wire-dtype", o.wire_dtype,
+                              {{"F32", dmoe::safetensors::DType::kF32},
+                               {"F16", dmoe::safetensors::DType::kF16},
+                               {"BF16", dmoe::safetensors::DType::kBF16}},
+                              "F32, F16 or BF16 on the wire");
   app.add_option("--balance-loss-weight", o.balance_loss_weight,
                  "weight of the load-balancing loss")
       ->capture_default_str();
