@@ -17,19 +17,19 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
-#include <filesystem>
-#include <fstream>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <random>
 #include <string>
 #include <vector>
 
+#include "bench/harness.h"
 #include "dht/dht.h"
 #include "dht/sim_network.h"
 
 namespace {
 
+using dmoe::bench::Percentile;
 using dmoe::dht::KeyResult;
 using dmoe::dht::NodeOptions;
 using dmoe::dht::SimNetwork;
@@ -38,13 +38,6 @@ int64_t ThreadCpuUs() {
   timespec ts;
   clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
   return static_cast<int64_t>(ts.tv_sec) * 1'000'000 + ts.tv_nsec / 1000;
-}
-
-double Percentile(std::vector<double> v, double p) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  size_t i = static_cast<size_t>(std::ceil(p * static_cast<double>(v.size()))) - 1;
-  return v[std::min(i, v.size() - 1)];
 }
 
 struct SimRow {
@@ -230,15 +223,7 @@ std::vector<UdpRow> RunUdp(int n, int gets) {
 
 int main(int argc, char** argv) {
   bool smoke = false;
-  for (int i = 1; i < argc; ++i) {
-    std::string arg = argv[i];
-    if (arg == "--smoke") {
-      smoke = true;
-    } else {
-      std::fprintf(stderr, "usage: %s [--smoke]\n", argv[0]);
-      return 2;
-    }
-  }
+  if (!dmoe::bench::ParseFlags(argc, argv, "[--smoke]", {}, &smoke)) return 2;
   std::vector<int> sizes = smoke ? std::vector<int>{64} : std::vector<int>{64, 256, 1024};
   std::vector<int> delays = smoke ? std::vector<int>{10} : std::vector<int>{0, 10, 50};
   std::vector<int> churns = smoke ? std::vector<int>{0, 30} : std::vector<int>{0, 10, 30};
@@ -301,23 +286,10 @@ int main(int argc, char** argv) {
   std::printf("goals (100%% static, >=99%% churn, p50 rounds <= log2(N)/3+1, UDP p50): %s\n",
               goals_met ? "met" : "NOT all met");
 
-  const char* env_out = std::getenv("DMOE_BENCH_OUT");
-  const std::filesystem::path out_dir =
-      env_out != nullptr && *env_out != '\0' ? env_out : "bench/results";
-  std::error_code error;
-  std::filesystem::create_directories(out_dir, error);
-  const std::filesystem::path out_path = out_dir / "dht.json";
-  std::ofstream out(out_path);
   const nlohmann::json report = {{"benchmark", "dht"},
                                  {"smoke", smoke},
                                  {"simulated", sim},
                                  {"real_udp", udp},
                                  {"goals_met", goals_met}};
-  out << report.dump(2) << "\n";
-  if (!out) {
-    std::fprintf(stderr, "dht: cannot write %s\n", out_path.c_str());
-    return 1;
-  }
-  std::printf("wrote %s\n", out_path.c_str());
-  return 0;
+  return dmoe::bench::Report("dht", report) ? 0 : 1;
 }

@@ -2,8 +2,8 @@
 // on 4 dmoe-server processes, k=4, batch 64) against the same mixture computed in this process
 // with identical experts, in the same run; then the same with 1 of 4 servers SIGSTOPped.
 // Goals: ratio <= 1.25 healthy; stopped: step <= timeout_after_k_min + 1.25 x healthy.
-// Binaries are found next to this one (../expert_server/dmoe-server, ../dht/dmoe-dht) unless
-// DMOE_SERVER_BINARY / DMOE_DHT_BINARY say otherwise. `--smoke` runs few steps.
+// Binaries come from the build (tests/testing/processes.h) unless DMOE_SERVER_BINARY /
+// DMOE_DHT_BINARY say otherwise. `--smoke` runs few steps.
 #include <ATen/ATen.h>
 #include <signal.h>
 #include <unistd.h>
@@ -11,19 +11,18 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
-#include <filesystem>
-#include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <string>
 #include <vector>
 
+#include "bench/harness.h"
 #include "dht/dht.h"
 #include "expert_server/expert.h"
 #include "expert_server/optimizer.h"
 #include "gating/gating.h"
-#include "tests/testing/process.h"
+#include "tests/testing/processes.h"
 
 using namespace std::chrono_literals;
 using namespace dmoe;
@@ -33,16 +32,6 @@ namespace {
 
 constexpr int64_t kDim = 256, kBatch = 64;
 constexpr int kK = 4;
-
-std::string Binary(const char* env, const std::string& relative) {
-  if (const char* v = std::getenv(env)) return v;
-  return (std::filesystem::read_symlink("/proc/self/exe").parent_path() / relative).string();
-}
-
-std::string After(const std::string& line, const std::string& prefix) {
-  std::string rest = line.substr(line.find(prefix) + prefix.size());
-  return rest.substr(0, rest.find(' '));
-}
 
 // The local twin of the remote mixture: same experts (parameters with autograd), same gating.
 struct LocalMixture {
@@ -103,29 +92,22 @@ struct LocalMixture {
 }  // namespace
 
 int main(int argc, char** argv) {
-  const bool smoke = argc > 1 && std::string(argv[1]) == "--smoke";
+  bool smoke = false;
+  if (!bench::ParseFlags(argc, argv, "[--smoke]", {}, &smoke)) return 2;
   const int steps = smoke ? 5 : 30;
   at::set_num_threads(1);
-  auto dht_process = testing::Process::Spawn({Binary("DMOE_DHT_BINARY", "../dht/dmoe-dht"),
-                                              "--listen", "127.0.0.1:0", "--log-level", "warn"});
+  auto dht_process = testing::StartDht({}, 30s);
   if (!dht_process.ok())
     return std::fprintf(stderr, "%s\n", dht_process.status().ToString().c_str()), 1;
-  auto dht_line = (*dht_process)->WaitForLine("listening on udp://", 30s);
-  if (!dht_line) return std::fprintf(stderr, "dmoe-dht did not start\n"), 1;
-  const std::string dht_address = After(*dht_line, "udp://");
-  std::vector<std::unique_ptr<testing::Process>> servers;
+  const std::string dht_address = dht_process->address;
+  std::vector<std::vector<std::string>> flags;
   for (int s = 0; s < 4; ++s) {
-    auto p = testing::Process::Spawn(
-        {Binary("DMOE_SERVER_BINARY", "../expert_server/dmoe-server"), "--experts",
-         "ffn.[0:4]." + std::to_string(s), "--hidden-dim", std::to_string(kDim), "--seed", "7",
-         "--listen", "127.0.0.1:0", "--dht", dht_address, "--dht-listen", "127.0.0.1:0",
-         "--announce-every", "2", "--threads", "1", "--log-level", "warn"});
-    if (!p.ok()) return std::fprintf(stderr, "%s\n", p.status().ToString().c_str()), 1;
-    servers.push_back(std::move(p).value());
+    flags.push_back({"--experts", "ffn.[0:4]." + std::to_string(s), "--hidden-dim",
+                     std::to_string(kDim), "--seed", "7", "--dht", dht_address, "--dht-listen",
+                     "127.0.0.1:0", "--announce-every", "2", "--threads", "1"});
   }
-  for (auto& p : servers)
-    if (!p->WaitForLine("listening on ", 120s))
-      return std::fprintf(stderr, "server did not start\n"), 1;
+  auto servers = testing::StartServers(flags, 120s);
+  if (!servers.ok()) return std::fprintf(stderr, "%s\n", servers.status().ToString().c_str()), 1;
 
   dht::DhtOptions options;
   options.listen = "127.0.0.1:0";
@@ -214,9 +196,9 @@ int main(int argc, char** argv) {
   const Timing local_t = time_steps(local_step);
   const Timing trained_t = time_steps(local_trained_step);
   const Timing remote_t = time_steps(remote_step);
-  servers[0]->Signal(SIGSTOP);
+  (*servers)[0].process->Signal(SIGSTOP);
   const Timing stopped_t = time_steps(remote_step);
-  servers[0]->Signal(SIGCONT);
+  (*servers)[0].process->Signal(SIGCONT);
   const double local_ms = local_t.step_ms, remote_ms = remote_t.step_ms,
                stopped_ms = stopped_t.step_ms;
   const double ratio = remote_ms / local_ms;
@@ -248,9 +230,6 @@ int main(int argc, char** argv) {
       stopped_t.first_ms);
   std::printf("  answers per token %.2f, banned peers now %d\n", moe->stats().AnswersPerSample(),
               moe->stats().banned_peers);
-  const char* out_dir = std::getenv("DMOE_BENCH_OUT");
-  std::filesystem::path dir = out_dir ? out_dir : "bench/results";
-  std::filesystem::create_directories(dir);
   nlohmann::json j = {{"local_ms", local_ms},
                       {"remote_ms", remote_ms},
                       {"ratio", ratio},
@@ -265,7 +244,8 @@ int main(int argc, char** argv) {
                       {"remote_backward_ms", remote_t.backward_ms},
                       {"steps", steps},
                       {"timeout_after_k_min_ms", after_k_min.count()}};
-  std::ofstream(dir / "moe_layer.json") << j.dump(2) << "\n";
+  Result<std::string> path = bench::WriteResult("moe_layer", j);
+  if (!path.ok()) std::fprintf(stderr, "moe_layer: %s\n", path.status().message().c_str());
   client->Stop();
   return 0;
 }

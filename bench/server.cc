@@ -31,7 +31,6 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <filesystem>
 #include <fstream>
 #include <future>
 #include <map>
@@ -44,13 +43,14 @@
 #include <thread>
 #include <vector>
 
+#include "bench/harness.h"
 #include "expert_server/expert.h"
 #include "expert_server/process_memory.h"
 #include "expert_server/runtime.h"
 #include "net/buffer_pool.h"
 #include "net/http_client.h"
 #include "tensor/safetensors.h"
-#include "tests/testing/process.h"
+#include "tests/testing/processes.h"
 
 namespace {
 
@@ -58,6 +58,7 @@ using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
 using dmoe::Result;
 using dmoe::Status;
+using dmoe::bench::Percentile;
 namespace es = dmoe::expert_server;
 namespace st = dmoe::safetensors;
 
@@ -304,12 +305,6 @@ struct CellResult {
   }
 };
 
-double Percentile(std::vector<double> v, double q) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  return v[static_cast<size_t>(q * static_cast<double>(v.size() - 1) + 0.5)];
-}
-
 // Runs `clients` threads that loop over iterations (forward, or forward then backward) for one
 // slice: `warmup_s`, then a measured window of `window_s`. Only iterations that complete inside
 // the window count, so clients that start or finish late do not bias the rate.
@@ -437,44 +432,46 @@ int main(int argc, char** argv) {
   // The in-process runtime allocates as dmoe-server does.
   es::ConfigureProcessMemory();
   Config config;
-  for (int i = 1; i < argc; ++i) {
-    std::string arg = argv[i];
-    if (arg == "--smoke") {
-      config.smoke = true;
-      config.d = 64;
-      config.batches = {16};
-      config.clients = {1};
-      config.seconds = 0.4;
-      config.warmup = 0.1;
-      config.rounds = 1;
-      config.latency_calls = 30;
-    } else if (arg == "--seconds" && i + 1 < argc) {
-      config.seconds = std::atof(argv[++i]);
-    } else if (arg == "--server-arg" && i + 1 < argc) {
-      config.server_args.push_back(argv[++i]);
-    } else if (arg == "--batches" && i + 1 < argc) {
-      config.batches.clear();
-      for (int64_t v : ParseList(argv[++i])) config.batches.push_back(v);
-    } else if (arg == "--ops" && i + 1 < argc) {
-      const std::string ops = argv[++i];
-      config.forward = ops == "forward" || ops == "both";
-      config.forward_backward = ops == "forward+backward" || ops == "both";
-      if (!config.forward && !config.forward_backward) {
-        std::fprintf(stderr, "--ops takes forward, forward+backward or both, got '%s'\n",
-                     ops.c_str());
-        return 2;
-      }
-    } else if (arg == "--clients" && i + 1 < argc) {
-      config.clients.clear();
-      for (int64_t v : ParseList(argv[++i])) config.clients.push_back(static_cast<int>(v));
-    } else {
-      std::fprintf(stderr,
-                   "usage: %s [--smoke] [--seconds S] [--batches 16,256] [--clients 1,4,16] "
-                   "[--ops forward|forward+backward|both] [--server-arg FLAG]...\n",
-                   argv[0]);
-      return 2;
-    }
-  }
+  const std::vector<dmoe::bench::ValueFlag> flags = {
+      {"--seconds", dmoe::bench::DoubleFlag(&config.seconds)},
+      {"--server-arg",
+       [&](const std::string& v) {
+         config.server_args.push_back(v);
+         return true;
+       }},
+      {"--batches",
+       [&](const std::string& v) {
+         config.batches = ParseList(v);
+         return true;
+       }},
+      {"--clients",
+       [&](const std::string& v) {
+         config.clients.clear();
+         for (int64_t c : ParseList(v)) config.clients.push_back(static_cast<int>(c));
+         return true;
+       }},
+      {"--ops", [&](const std::string& ops) {
+         config.forward = ops == "forward" || ops == "both";
+         config.forward_backward = ops == "forward+backward" || ops == "both";
+         if (config.forward || config.forward_backward) return true;
+         std::fprintf(stderr, "--ops takes forward, forward+backward or both, got '%s'\n",
+                      ops.c_str());
+         return false;
+       }}};
+  const bool parsed =
+      dmoe::bench::ParseFlags(argc, argv,
+                              "[--smoke] [--seconds S] [--batches 16,256] [--clients 1,4,16] "
+                              "[--ops forward|forward+backward|both] [--server-arg FLAG]...",
+                              flags, &config.smoke, [&] {
+                                config.d = 64;
+                                config.batches = {16};
+                                config.clients = {1};
+                                config.seconds = 0.4;
+                                config.warmup = 0.1;
+                                config.rounds = 1;
+                                config.latency_calls = 30;
+                              });
+  if (!parsed) return 2;
   if (config.batches.empty() || config.clients.empty()) {
     std::fprintf(stderr, "--batches and --clients need at least one positive value\n");
     return 2;
@@ -484,32 +481,17 @@ int main(int argc, char** argv) {
 
   // The remote expert: a real dmoe-server with the same seed-independent setup as the in-process
   // one (weights differ, cost does not).
-  std::vector<std::string> server_argv = {DMOE_SERVER_BINARY,
-                                          "--listen",
-                                          "127.0.0.1:0",
-                                          "--experts",
-                                          kUid,
-                                          "--hidden-dim",
-                                          std::to_string(config.d),
-                                          "--lr",
-                                          std::to_string(kLr),
-                                          "--threads",
-                                          std::to_string(threads),
-                                          "--log-level",
-                                          "warn"};
-  server_argv.insert(server_argv.end(), config.server_args.begin(), config.server_args.end());
-  auto spawned = dmoe::testing::Process::Spawn(server_argv);
-  if (!spawned.ok()) {
-    std::fprintf(stderr, "%s\n", spawned.status().ToString().c_str());
+  std::vector<std::string> server_flags = {
+      "--experts",         kUid,        "--hidden-dim",         std::to_string(config.d), "--lr",
+      std::to_string(kLr), "--threads", std::to_string(threads)};
+  server_flags.insert(server_flags.end(), config.server_args.begin(), config.server_args.end());
+  auto started = dmoe::testing::StartServer(server_flags, 120s);
+  if (!started.ok()) {
+    std::fprintf(stderr, "dmoe-server did not start: %s\n", started.status().ToString().c_str());
     return 1;
   }
-  std::unique_ptr<dmoe::testing::Process> server = std::move(spawned).value();
-  std::optional<std::string> line = server->WaitForLine("listening on ", 120s);
-  if (!line.has_value()) {
-    std::fprintf(stderr, "dmoe-server did not start:\n%s\n", server->stderr_text().c_str());
-    return 1;
-  }
-  const std::string endpoint = line->substr(std::strlen("listening on "));
+  std::unique_ptr<dmoe::testing::Process> server = std::move(started->process);
+  const std::string endpoint = started->endpoint;
   std::unique_ptr<es::Runtime> runtime = MakeRuntime(config);
 
   int64_t params = 0;
@@ -678,12 +660,6 @@ int main(int argc, char** argv) {
         {"ratio_forward_b256_8_16_clients", 0.97},
         {"added_p50_ms_b16", 0.5},
         {"rss", "1.5 x weights+optimizer + 200 MB"}}}};
-  const char* dir_env = std::getenv("DMOE_BENCH_OUT");
-  const std::string dir = dir_env != nullptr && *dir_env != '\0' ? dir_env : "bench/results";
-  std::error_code ec;
-  std::filesystem::create_directories(dir, ec);
-  const std::string path = dir + "/server.json";
-  std::ofstream(path) << out.dump(2) << "\n";
-  std::printf("wrote %s\n", path.c_str());
-  return failed ? 1 : 0;
+  const bool written = dmoe::bench::Report("server", out);
+  return failed || !written ? 1 : 0;
 }

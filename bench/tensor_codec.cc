@@ -14,8 +14,6 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <filesystem>
-#include <fstream>
 #include <memory>
 #include <span>
 #include <string>
@@ -24,6 +22,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "bench/harness.h"
 #include "tensor/safetensors.h"
 
 namespace {
@@ -120,15 +119,7 @@ Row Measure(size_t tensor_bytes, int iterations) {
 
 int main(int argc, char** argv) {
   bool smoke = false;
-  for (int i = 1; i < argc; ++i) {
-    const std::string_view arg = argv[i];
-    if (arg == "--smoke") {
-      smoke = true;
-    } else {
-      std::fprintf(stderr, "usage: %s [--smoke]\n", argv[0]);
-      return 2;
-    }
-  }
+  if (!dmoe::bench::ParseFlags(argc, argv, "[--smoke]", {}, &smoke)) return 2;
 
   constexpr size_t kMiB = size_t{1} << 20;
   std::vector<Row> rows = {Measure(1 * kMiB, smoke ? 3 : 301), Measure(64 * kMiB, smoke ? 3 : 31)};
@@ -159,24 +150,11 @@ int main(int argc, char** argv) {
   }
   std::printf("goal decode >= 0.8x memcpy: %s\n", goal_met ? "met" : "NOT met");
 
-  const char* env_out = std::getenv("DMOE_BENCH_OUT");
-  const std::filesystem::path out_dir =
-      env_out != nullptr && *env_out != '\0' ? env_out : "bench/results";
-  std::error_code error;
-  std::filesystem::create_directories(out_dir, error);
-  const std::filesystem::path out_path = out_dir / "tensor_codec.json";
-  std::ofstream out(out_path);
   const nlohmann::json report = {{"benchmark", "tensor_codec"},
                                  {"smoke", smoke},
                                  {"unit", "GB/s (1e9 bytes per second), median"},
                                  {"goal", "decode >= 0.8x memcpy"},
                                  {"goal_met", goal_met},
                                  {"results", results}};
-  out << report.dump(2) << "\n";
-  if (!out) {
-    std::fprintf(stderr, "tensor_codec: cannot write %s\n", out_path.c_str());
-    return 1;
-  }
-  std::printf("wrote %s\n", out_path.c_str());
-  return 0;
+  return dmoe::bench::Report("tensor_codec", report) ? 0 : 1;
 }

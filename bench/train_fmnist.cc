@@ -30,7 +30,6 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
-#include <filesystem>
 #include <fstream>
 #include <map>
 #include <memory>
@@ -43,11 +42,11 @@
 #include <thread>
 #include <vector>
 
-#include "bench/bench_util.h"
+#include "bench/harness.h"
 #include "gating/model.h"
 #include "gating/trainer.h"
 #include "model/model_spec.h"
-#include "tests/testing/process.h"
+#include "tests/testing/processes.h"
 
 using namespace std::chrono_literals;
 using namespace dmoe;
@@ -110,7 +109,6 @@ struct RunResult {
 };
 
 using bench::After;
-using bench::Binary;
 using bench::Seconds;
 
 // ---------------------------------------------------------------------------------------------
@@ -340,52 +338,42 @@ RunResult RunDmoe(const Config& cfg, const model::ModelSpec& spec, const ParamCo
     return r;
   }
   Swarm swarm;
-  auto dht = testing::Process::Spawn({Binary("DMOE_DHT_BINARY", DMOE_DHT_BINARY), "--listen",
-                                      "127.0.0.1:0", "--log-level", "warn"});
+  auto dht = testing::StartDht({}, 30s);
   if (!dht.ok()) {
     r.error = dht.status().ToString();
     return r;
   }
-  swarm.dht = std::move(dht).value();
-  auto dht_line = swarm.dht->WaitForLine("listening on udp://", 30s);
-  if (!dht_line) {
-    r.error = "dmoe-dht did not start: " + swarm.dht->stderr_text();
-    return r;
-  }
-  const std::string dht_address = After(*dht_line, "udp://");
+  swarm.dht = std::move(dht->process);
+  const std::string dht_address = dht->address;
   char lr[32], fail[32];
   std::snprintf(lr, sizeof lr, "%g", cfg.lr);
   std::snprintf(fail, sizeof fail, "%g", fail_rate);
   const std::string prefix = moe->moe.uid_prefix;
+  std::vector<std::vector<std::string>> flags;
   for (int s = 0; s < kServers; ++s) {
-    auto p = testing::Process::Spawn(
-        {Binary("DMOE_SERVER_BINARY", DMOE_SERVER_BINARY), "--experts",
-         prefix + ".[0:" + std::to_string(moe->moe.grid[0]) + "]." + std::to_string(s),
-         "--expert-type", "ffn", "--hidden-dim", std::to_string(moe->in_features), "--seed", "7",
-         "--lr", lr,
-         // The experts follow the trainer's schedule: with cosine, each decays over the step
-         // budget (one expert step per trainer step when every expert gets samples, as at
-         // batch 256 with k 4 of 16).
-         "--lr-decay-steps",
-         cfg.lr_schedule == "cosine" ? std::to_string(cfg.steps) : std::string("0"), "--fail-rate",
-         fail, "--listen", "127.0.0.1:0", "--dht", dht_address, "--dht-listen", "127.0.0.1:0",
-         "--announce-every", "5", "--threads", "1", "--log-level", "error"});
-    if (!p.ok()) {
-      r.error = p.status().ToString();
-      return r;
-    }
-    swarm.servers.push_back(std::move(p).value());
+    flags.push_back({"--experts",
+                     prefix + ".[0:" + std::to_string(moe->moe.grid[0]) + "]." + std::to_string(s),
+                     "--expert-type", "ffn", "--hidden-dim", std::to_string(moe->in_features),
+                     "--seed", "7", "--lr", lr,
+                     // The experts follow the trainer's schedule: with cosine, each decays over the
+                     // step budget (one expert step per trainer step when every expert gets
+                     // samples, as at batch 256 with k 4 of 16).
+                     "--lr-decay-steps",
+                     cfg.lr_schedule == "cosine" ? std::to_string(cfg.steps) : std::string("0"),
+                     "--fail-rate", fail, "--dht", dht_address, "--dht-listen", "127.0.0.1:0",
+                     "--announce-every", "5", "--threads", "1", "--log-level", "error"});
   }
-  for (auto& p : swarm.servers) {
-    if (!p->WaitForLine("listening on ", 120s)) {
-      r.error = "dmoe-server did not start: " + p->stderr_text();
-      return r;
-    }
+  auto servers = testing::StartServers(flags, 120s);
+  if (!servers.ok()) {
+    r.error = servers.status().ToString();
+    return r;
   }
+  for (testing::ServerProcess& server : *servers)
+    swarm.servers.push_back(std::move(server.process));
   // The trainer skips steps whose experts it cannot find yet, so it may start at once: the
   // servers announce before they print "listening on", and beam search waits for the DHT.
   const auto start = SteadyClock::now();
-  auto trainer = testing::Process::Spawn({Binary("DMOE_TRAIN_BINARY", DMOE_TRAIN_BINARY),
+  auto trainer = testing::Process::Spawn({testing::TrainBinary(),
                                           "--model",
                                           cfg.spec_path,
                                           "--dht",
@@ -479,67 +467,54 @@ RunResult RunDmoe(const Config& cfg, const model::ModelSpec& spec, const ParamCo
   return r;
 }
 
+constexpr char kUsage[] =
+    "[--smoke] [--steps N] [--minutes M] [--batch-size B] [--lr LR] "
+    "[--lr-schedule constant|cosine] [--eval-every N] [--spec PATH] "
+    "[--models dmoe,dense,fail10,fail25]";
+
 bool ParseArgs(int argc, char** argv, Config* c) {
   bool steps_set = false, minutes_set = false, eval_set = false;
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    auto value = [&]() -> std::string { return i + 1 < argc ? argv[++i] : ""; };
-    try {
-      if (a == "--smoke") {
-        c->smoke = true;
-      } else if (a == "--steps") {
-        c->steps = std::stoll(value());
-        steps_set = true;
-      } else if (a == "--minutes") {
-        c->minutes = std::stod(value());
-        minutes_set = true;
-      } else if (a == "--batch-size") {
-        c->batch_size = std::stoll(value());
-      } else if (a == "--lr") {
-        c->lr = std::stod(value());
-      } else if (a == "--lr-schedule") {
-        c->lr_schedule = value();
-      } else if (a == "--models") {
-        c->models.clear();
-        std::stringstream list(value());
-        for (std::string m; std::getline(list, m, ',');) {
-          if (m != "dmoe" && m != "dense" && m != "fail10" && m != "fail25") return false;
-          c->models.insert(m);
-        }
-        if (c->models.empty()) return false;
-      } else if (a == "--eval-every") {
-        c->eval_every = std::stoll(value());
-        eval_set = true;
-      } else if (a == "--spec") {
-        c->spec_path = value();
-      } else {
-        return false;
-      }
-    } catch (const std::exception&) {
-      return false;
-    }
-  }
+  auto marking = [](auto setter, bool* set) {
+    return [setter, set](const std::string& v) { return *set = setter(v); };
+  };
+  const std::vector<bench::ValueFlag> flags = {
+      {"--steps", marking(bench::Int64Flag(&c->steps), &steps_set)},
+      {"--minutes", marking(bench::DoubleFlag(&c->minutes), &minutes_set)},
+      {"--batch-size", bench::Int64Flag(&c->batch_size)},
+      {"--lr", bench::DoubleFlag(&c->lr)},
+      {"--lr-schedule", bench::StringFlag(&c->lr_schedule)},
+      {"--models",
+       [c](const std::string& v) {
+         c->models.clear();
+         std::stringstream list(v);
+         for (std::string m; std::getline(list, m, ',');) {
+           if (m != "dmoe" && m != "dense" && m != "fail10" && m != "fail25") return false;
+           c->models.insert(m);
+         }
+         return !c->models.empty();
+       }},
+      {"--eval-every", marking(bench::Int64Flag(&c->eval_every), &eval_set)},
+      {"--spec", bench::StringFlag(&c->spec_path)}};
+  if (!bench::ParseFlags(argc, argv, kUsage, flags, &c->smoke)) return false;
   if (c->smoke) {
     if (!steps_set) c->steps = 20;
     if (!minutes_set) c->minutes = 1;
     if (!eval_set) c->eval_every = 0;
     c->eval_samples = 1000;
   }
-  return c->steps > 0 && c->minutes > 0 && c->batch_size > 0 && c->eval_every >= 0 &&
-         (c->lr_schedule == "constant" || c->lr_schedule == "cosine");
+  if (c->steps > 0 && c->minutes > 0 && c->batch_size > 0 && c->eval_every >= 0 &&
+      (c->lr_schedule == "constant" || c->lr_schedule == "cosine")) {
+    return true;
+  }
+  std::fprintf(stderr, "usage: %s %s\n", argv[0], kUsage);
+  return false;
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
   Config cfg;
-  if (!ParseArgs(argc, argv, &cfg)) {
-    std::fprintf(stderr,
-                 "usage: train_fmnist [--smoke] [--steps N] [--minutes M] [--batch-size B] "
-                 "[--lr LR] [--lr-schedule constant|cosine] [--eval-every N] [--spec PATH] "
-                 "[--models dmoe,dense,fail10,fail25]\n");
-    return 2;
-  }
+  if (!ParseArgs(argc, argv, &cfg)) return 2;
   // Idle OpenMP threads that spin steal the cores 6 processes share; children inherit this.
   setenv("OMP_WAIT_POLICY", "passive", /*overwrite=*/0);
   std::ifstream spec_file(cfg.spec_path);
@@ -669,10 +644,8 @@ int main(int argc, char** argv) {
                         {"dmoe_at_least_dense", goal_dense},
                         {"fail10_within_1_point", goal_fail}}},
                       {"runs", runs_json}};
-  const char* out_dir = std::getenv("DMOE_BENCH_OUT");
-  std::filesystem::path dir = out_dir ? out_dir : "bench/results";
-  std::filesystem::create_directories(dir);
-  std::ofstream(dir / "train_fmnist.json") << j.dump(2) << "\n";
+  Result<std::string> path = bench::WriteResult("train_fmnist", j);
+  if (!path.ok()) std::fprintf(stderr, "train_fmnist: %s\n", path.status().message().c_str());
   bool all_ok = true;
   for (const RunResult& r : runs) all_ok = all_ok && r.ok;
   return all_ok ? 0 : 1;

@@ -35,11 +35,11 @@
 #include <thread>
 #include <vector>
 
-#include "bench/bench_util.h"
+#include "bench/harness.h"
 #include "dht/dht.h"
 #include "tests/testing/link_relay.h"
 #include "tests/testing/ports.h"
-#include "tests/testing/process.h"
+#include "tests/testing/processes.h"
 
 using namespace std::chrono_literals;
 using namespace dmoe;
@@ -65,15 +65,11 @@ struct Config {
 };
 
 using bench::After;
-using bench::Binary;
 using bench::Seconds;
 
-// The q-quantile (nearest rank) of `v`; -1 when empty.
+// The q-quantile of `v` (bench::Percentile); -1 when empty, as wan.json has always said.
 double Quantile(std::vector<double> v, double q) {
-  if (v.empty()) return -1;
-  std::sort(v.begin(), v.end());
-  const size_t rank = static_cast<size_t>(q * static_cast<double>(v.size() - 1) + 0.5);
-  return v[std::min(rank, v.size() - 1)];
+  return v.empty() ? -1 : bench::Percentile(std::move(v), q);
 }
 
 // "load average: 1.00, 0.90, 0.80" as uptime prints it, from /proc/loadavg.
@@ -129,13 +125,12 @@ std::string StartSwarm(Swarm* swarm) {
   const uint16_t dht_port = testing::FreeLoopbackPort(testing::PortKind::kUdp);
   swarm->dht_address = swarm->Relay(testing::LinkProtocol::kUdp, dht_port, &error);
   if (dht_port == 0 || swarm->dht_address.empty()) return "no DHT relay: " + error;
-  auto dht = testing::Process::Spawn({Binary("DMOE_DHT_BINARY", DMOE_DHT_BINARY), "--listen",
-                                      "127.0.0.1:" + std::to_string(dht_port), "--public-endpoint",
-                                      swarm->dht_address, "--log-level", "warn"});
+  auto dht = testing::StartDht({"--listen", "127.0.0.1:" + std::to_string(dht_port),
+                                "--public-endpoint", swarm->dht_address},
+                               30s);
   if (!dht.ok()) return dht.status().ToString();
-  swarm->dht = std::move(dht).value();
-  if (!swarm->dht->WaitForLine("listening on udp://", 30s))
-    return "dmoe-dht did not start: " + swarm->dht->stderr_text();
+  swarm->dht = std::move(dht->process);
+  std::vector<std::vector<std::string>> flags;
   for (int s = 0; s < kServers; ++s) {
     const uint16_t http_port = testing::FreeLoopbackPort(testing::PortKind::kTcp),
                    udp_port = testing::FreeLoopbackPort(testing::PortKind::kUdp);
@@ -143,33 +138,31 @@ std::string StartSwarm(Swarm* swarm) {
     const std::string udp = swarm->Relay(testing::LinkProtocol::kUdp, udp_port, &error);
     if (http_port == 0 || udp_port == 0 || http.empty() || udp.empty())
       return "no server relay: " + error;
-    auto p = testing::Process::Spawn({Binary("DMOE_SERVER_BINARY", DMOE_SERVER_BINARY),
-                                      "--experts",
-                                      "ffn." + std::to_string(s) + ".[0:4]",
-                                      "--expert-type",
-                                      "ffn",
-                                      "--hidden-dim",
-                                      "128",
-                                      "--threads",
-                                      "1",
-                                      "--listen",
-                                      "127.0.0.1:" + std::to_string(http_port),
-                                      "--public-endpoint",
-                                      http,
-                                      "--dht",
-                                      swarm->dht_address,
-                                      "--dht-listen",
-                                      "127.0.0.1:" + std::to_string(udp_port),
-                                      "--dht-public-endpoint",
-                                      udp,
-                                      "--log-level",
-                                      "error"});
-    if (!p.ok()) return p.status().ToString();
-    swarm->servers.push_back(std::move(p).value());
+    flags.push_back({"--experts",
+                     "ffn." + std::to_string(s) + ".[0:4]",
+                     "--expert-type",
+                     "ffn",
+                     "--hidden-dim",
+                     "128",
+                     "--threads",
+                     "1",
+                     "--listen",
+                     "127.0.0.1:" + std::to_string(http_port),
+                     "--public-endpoint",
+                     http,
+                     "--dht",
+                     swarm->dht_address,
+                     "--dht-listen",
+                     "127.0.0.1:" + std::to_string(udp_port),
+                     "--dht-public-endpoint",
+                     udp,
+                     "--log-level",
+                     "error"});
   }
-  for (auto& p : swarm->servers) {
-    if (!p->WaitForLine("listening on ", 120s))
-      return "dmoe-server did not start: " + p->stderr_text();
+  auto servers = testing::StartServers(flags, 120s);
+  if (!servers.ok()) return servers.status().ToString();
+  for (testing::ServerProcess& server : *servers) {
+    swarm->servers.push_back(std::move(server.process));
   }
   return "";
 }
@@ -200,7 +193,7 @@ TrainRun RunTrainer(const Config& cfg, const std::string& dht, int in_flight, in
     r.log_every = static_cast<int>(std::clamp(steps / 10.0, 1.0, 20.0));
   }
   const auto start = SteadyClock::now();
-  auto trainer = testing::Process::Spawn({Binary("DMOE_TRAIN_BINARY", DMOE_TRAIN_BINARY),
+  auto trainer = testing::Process::Spawn({testing::TrainBinary(),
                                           "--model",
                                           DMOE_SOURCE_DIR "/examples/fmnist.json",
                                           "--dht",
@@ -321,38 +314,29 @@ struct DelayResult {
   DhtTiming gets;
 };
 
+constexpr char kUsage[] =
+    "[--smoke] [--seconds S] [--pipelined N] [--jitter-ms J] [--gets G] [--accuracy-steps N]";
+
 bool ParseArgs(int argc, char** argv, Config* c) {
   bool seconds_set = false;
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    auto value = [&]() -> std::string { return i + 1 < argc ? argv[++i] : ""; };
-    try {
-      if (a == "--smoke") {
-        c->smoke = true;
-      } else if (a == "--seconds") {
-        c->seconds = std::stod(value());
-        seconds_set = true;
-      } else if (a == "--pipelined") {
-        c->pipelined = std::stoi(value());
-      } else if (a == "--jitter-ms") {
-        c->jitter_ms = std::stoi(value());
-      } else if (a == "--gets") {
-        c->gets = std::stoi(value());
-      } else if (a == "--accuracy-steps") {
-        c->accuracy_steps = std::stoll(value());
-      } else {
-        return false;
-      }
-    } catch (const std::exception&) {
-      return false;
-    }
-  }
+  const std::vector<bench::ValueFlag> flags = {
+      {"--seconds",
+       [&](const std::string& v) { return seconds_set = bench::DoubleFlag(&c->seconds)(v); }},
+      {"--pipelined", bench::IntFlag(&c->pipelined)},
+      {"--jitter-ms", bench::IntFlag(&c->jitter_ms)},
+      {"--gets", bench::IntFlag(&c->gets)},
+      {"--accuracy-steps", bench::Int64Flag(&c->accuracy_steps)}};
+  if (!bench::ParseFlags(argc, argv, kUsage, flags, &c->smoke)) return false;
   if (c->smoke) {
     c->delays_ms = {0, 25};
     if (!seconds_set) c->seconds = 4;
   }
-  return c->seconds > 0 && c->pipelined >= 1 && c->pipelined <= 256 && c->jitter_ms >= 0 &&
-         c->gets >= 1 && c->accuracy_steps >= 0;
+  if (c->seconds > 0 && c->pipelined >= 1 && c->pipelined <= 256 && c->jitter_ms >= 0 &&
+      c->gets >= 1 && c->accuracy_steps >= 0) {
+    return true;
+  }
+  std::fprintf(stderr, "usage: %s %s\n", argv[0], kUsage);
+  return false;
 }
 
 void PrintTable(const std::vector<DelayResult>& results) {
@@ -415,7 +399,7 @@ double TrainToCompletion(int in_flight, int64_t steps, std::string* error) {
   Swarm swarm;
   *error = StartSwarm(&swarm);
   if (!error->empty()) return -1;
-  testing::RunResult run = testing::Run({Binary("DMOE_TRAIN_BINARY", DMOE_TRAIN_BINARY),
+  testing::RunResult run = testing::Run({testing::TrainBinary(),
                                          "--model",
                                          DMOE_SOURCE_DIR "/examples/fmnist.json",
                                          "--dht",
@@ -453,12 +437,7 @@ double TrainToCompletion(int in_flight, int64_t steps, std::string* error) {
 
 int main(int argc, char** argv) {
   Config cfg;
-  if (!ParseArgs(argc, argv, &cfg)) {
-    std::fprintf(stderr,
-                 "usage: wan [--smoke] [--seconds S] [--pipelined N] [--jitter-ms J] [--gets G] "
-                 "[--accuracy-steps N]\n");
-    return 2;
-  }
+  if (!ParseArgs(argc, argv, &cfg)) return 2;
   // Idle OpenMP threads that spin steal the cores 6 processes share; children inherit this.
   setenv("OMP_WAIT_POLICY", "passive", /*overwrite=*/0);
   const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
@@ -584,10 +563,12 @@ int main(int argc, char** argv) {
     std::printf("accuracy: pipelined - sync = %+.2f points (goal: >= -1)\n",
                 acc["difference_points"].get<double>());
   }
-  const char* out_dir = std::getenv("DMOE_BENCH_OUT");
-  std::filesystem::path dir = out_dir ? out_dir : "bench/results";
-  std::filesystem::create_directories(dir);
-  std::ofstream(dir / "wan.json") << j.dump(2) << "\n";
-  Plot(dir / "wan.json", dir / "wan.png");
+  Result<std::string> path = bench::WriteResult("wan", j);
+  if (!path.ok()) {
+    std::fprintf(stderr, "wan: %s\n", path.status().message().c_str());
+    return 1;
+  }
+  const std::filesystem::path json_path = *path;
+  Plot(json_path, std::filesystem::path(json_path).replace_extension(".png"));
   return all_ok ? 0 : 1;
 }

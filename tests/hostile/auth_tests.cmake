@@ -6,10 +6,8 @@ add_executable(auth_hostile_test
   ${CMAKE_CURRENT_LIST_DIR}/rogue_auth.cc
   ${CMAKE_CURRENT_LIST_DIR}/auth_replay_test.cc
   ${CMAKE_CURRENT_LIST_DIR}/auth_records_test.cc
-  ${PROJECT_SOURCE_DIR}/tests/integration/server_test_util.cc
-  ${PROJECT_SOURCE_DIR}/tests/integration/swarm_util.cc
 )
-target_link_libraries(auth_hostile_test PRIVATE dmoe::gating dmoe::dht dmoe::net dmoe::testing
+target_link_libraries(auth_hostile_test PRIVATE dmoe_integration_util dmoe::gating dmoe::dht dmoe::net dmoe::testing
   dmoe::safetensors nlohmann_json::nlohmann_json GTest::gtest_main)
 target_compile_definitions(auth_hostile_test PRIVATE
   DMOE_SERVER_BINARY="$<TARGET_FILE:dmoe-server>"

@@ -12,7 +12,7 @@
 #include "tests/hostile/rogue_client.h"
 #include "tests/integration/server_test_util.h"
 #include "tests/integration/swarm_util.h"
-#include "tests/testing/process.h"
+#include "tests/testing/processes.h"
 #include "tests/testing/temp_dir.h"
 
 namespace dmoe::hostile {
@@ -132,15 +132,12 @@ RouterProcess StartRouter(const testing::TempDir& dir) {
   EXPECT_TRUE(dht.ok()) << dht.status().ToString();
   if (!dht.ok()) return r;
   r.dht = std::move(dht).value();
-  auto p = testing::Process::Spawn({DMOE_ROUTER_BINARY, "--listen", "127.0.0.1:0", "--dht",
-                                    r.dht.address, "--db", dir.Sub("router"), "--threads", "1",
-                                    "--log-level", "warn"});
-  EXPECT_TRUE(p.ok()) << p.status().ToString();
-  if (!p.ok()) return r;
-  r.process = std::move(p).value();
-  auto line = r.process->WaitForLine("listening on ", integration::kStartTimeout);
-  EXPECT_TRUE(line.has_value()) << r.process->stderr_text();
-  if (line) r.endpoint = line->substr(std::string("listening on ").size());
+  auto router =
+      testing::StartRouter({"--dht", r.dht.address, "--db", dir.Sub("router"), "--threads", "1"});
+  EXPECT_TRUE(router.ok()) << router.status().ToString();
+  if (!router.ok()) return r;
+  r.process = std::move(router->process);
+  r.endpoint = router->endpoint;
   return r;
 }
 

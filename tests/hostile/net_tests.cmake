@@ -5,11 +5,9 @@ add_executable(net_hostile_test
   ${CMAKE_CURRENT_LIST_DIR}/rogue_client.cc
   ${CMAKE_CURRENT_LIST_DIR}/net_resources_test.cc
   ${CMAKE_CURRENT_LIST_DIR}/net_accept_test.cc
-  ${PROJECT_SOURCE_DIR}/tests/integration/server_test_util.cc
-  ${PROJECT_SOURCE_DIR}/tests/integration/swarm_util.cc
 )
 target_include_directories(net_hostile_test PRIVATE ${PROJECT_SOURCE_DIR})
-target_link_libraries(net_hostile_test PRIVATE dmoe::testing dmoe::net dmoe::storage
+target_link_libraries(net_hostile_test PRIVATE dmoe_integration_util dmoe::testing dmoe::net dmoe::storage
   dmoe::safetensors nlohmann_json::nlohmann_json GTest::gtest_main)
 target_compile_definitions(net_hostile_test PRIVATE
   DMOE_SERVER_BINARY="$<TARGET_FILE:dmoe-server>"

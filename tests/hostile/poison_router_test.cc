@@ -4,97 +4,27 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
-#include <cmath>
-#include <cstring>
 #include <limits>
-#include <nlohmann/json.hpp>
 
-#include "core/clock.h"
 #include "net/http_client.h"
-#include "router/router.h"
-#include "tensor/safetensors.h"
-#include "tests/testing/temp_dir.h"
+#include "tests/router/router_fixture.h"
 
 namespace dmoe::hostile {
 namespace {
 
 using namespace std::chrono_literals;
 
-constexpr char kSpec[] = R"({"name": "tiny", "input_dim": 4, "layers": [
-  {"type": "linear", "out": 3}, {"type": "layer_norm"}]})";
+using router::ErrorCodeOf;
+using router::ErrorMessageOf;
+using router::ModelBlob;
+using router::NowMs;
+using router::TinyState;
+constexpr const char* kSpec = router::kTinySpec;
 
-struct Tensor {
-  std::string name;
-  std::vector<int64_t> shape;
-  std::vector<float> values;
-};
-
-std::vector<Tensor> TinyState(float fill = 0.25f) {
-  return {{"layer0.weight", {3, 4}, std::vector<float>(12, fill)},
-          {"layer0.bias", {3}, std::vector<float>(3, fill)},
-          {"layer1.weight", {3}, std::vector<float>(3, 1.0f)},
-          {"layer1.bias", {3}, std::vector<float>(3, 0.0f)}};
-}
-
-std::vector<uint8_t> ModelBlob(const std::vector<Tensor>& tensors, const std::string& spec,
-                               const std::string& version) {
-  std::vector<std::vector<uint8_t>> bytes;
-  std::vector<safetensors::TensorRef> refs;
-  for (const Tensor& t : tensors) {
-    bytes.emplace_back(t.values.size() * sizeof(float));
-    std::memcpy(bytes.back().data(), t.values.data(), bytes.back().size());
-  }
-  for (size_t i = 0; i < tensors.size(); ++i) {
-    refs.push_back({tensors[i].name, safetensors::DType::kF32, tensors[i].shape, bytes[i]});
-  }
-  return std::move(safetensors::Encode(refs, {{"spec", spec}, {"version", version}})).value();
-}
-
-class PoisonRouterTest : public ::testing::Test {
+// An in-process router open to publication on loopback (tests/router/router_fixture.h).
+class PoisonRouterTest : public router::RouterTest {
  protected:
-  void SetUp() override {
-    router::RouterOptions o;
-    o.db_dir = dir_.Sub("router");
-    o.dht_listen = "127.0.0.1:0";
-    o.inference_threads = 1;
-    o.net_threads = 1;
-    auto r = router::Router::Start(std::move(o));
-    ASSERT_TRUE(r.ok()) << r.status().ToString();
-    router_ = std::move(r).value();
-  }
-  void TearDown() override {
-    if (router_) router_->Stop();
-  }
-
-  net::Response Publish(const std::string& name, std::vector<uint8_t> blob) {
-    auto r = net::Fetch("PUT", router_->endpoint() + "/v1/models/" + name,
-                        {{"Content-Type", "application/x-safetensors"}}, std::move(blob), 30s,
-                        net::RequestOptions{.raw_error_responses = true});
-    EXPECT_TRUE(r.ok()) << r.status().ToString();
-    return r.ok() ? std::move(r).value() : net::Response{};
-  }
-  // The version of `name` the router lists; 0 when it lists none.
-  int64_t ListedVersion(const std::string& name) {
-    auto r = net::Fetch("GET", router_->endpoint() + "/v1/models", {}, {}, 10s);
-    if (!r.ok()) return -1;
-    nlohmann::json j = nlohmann::json::parse(r->body_view(), nullptr, false);
-    for (const auto& m : j["models"]) {
-      if (m["name"] == name) return m["version"].get<int64_t>();
-    }
-    return 0;
-  }
-  static std::string Code(const net::Response& r) {
-    auto j = nlohmann::json::parse(r.body_view(), nullptr, false);
-    return j.is_object() && j.contains("error") ? j["error"]["code"].get<std::string>() : "<none>";
-  }
-  static std::string Message(const net::Response& r) {
-    auto j = nlohmann::json::parse(r.body_view(), nullptr, false);
-    return j.is_object() && j.contains("error") ? j["error"]["message"].get<std::string>() : "";
-  }
-  static int64_t NowMs() { return RealClock::Instance().NowUnixMs(); }
-
-  testing::TempDir dir_{"dmoe-poison-router"};
-  std::unique_ptr<router::Router> router_;
+  void SetUp() override { StartRouter(); }
 };
 
 TEST_F(PoisonRouterTest, NonFiniteWeightsAreRefusedAndTheLastGoodModelStays) {
@@ -102,12 +32,12 @@ TEST_F(PoisonRouterTest, NonFiniteWeightsAreRefusedAndTheLastGoodModelStays) {
   ASSERT_EQ(Publish("tiny", ModelBlob(TinyState(), kSpec, std::to_string(good))).status, 200);
   for (float bad : {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity(),
                     -std::numeric_limits<float>::infinity()}) {
-    std::vector<Tensor> state = TinyState();
+    std::vector<testing::F32Tensor> state = TinyState();
     state[0].values[11] = bad;  // the last element of layer0.weight
     net::Response r = Publish("tiny", ModelBlob(state, kSpec, std::to_string(good + 1)));
     EXPECT_EQ(r.status, 400) << bad << ": " << r.body_view();
-    EXPECT_EQ(Code(r), "invalid_argument");
-    EXPECT_NE(Message(r).find("layer0.weight"), std::string::npos) << Message(r);
+    EXPECT_EQ(ErrorCodeOf(r), "invalid_argument");
+    EXPECT_NE(ErrorMessageOf(r).find("layer0.weight"), std::string::npos) << ErrorMessageOf(r);
   }
   EXPECT_EQ(ListedVersion("tiny"), good);
   // The good model still answers inference (no experts: the spec has no moe layer).
@@ -134,8 +64,8 @@ TEST_F(PoisonRouterTest, OversizedSpecIsRefusedBeforeItIsBuilt) {
     const double seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     EXPECT_EQ(r.status, 400) << r.body_view();
-    EXPECT_EQ(Code(r), "invalid_argument");
-    EXPECT_NE(Message(r).find("parameters"), std::string::npos) << Message(r);
+    EXPECT_EQ(ErrorCodeOf(r), "invalid_argument");
+    EXPECT_NE(ErrorMessageOf(r).find("parameters"), std::string::npos) << ErrorMessageOf(r);
     // Building 78M parameters would take seconds and 300 MB; the check takes microseconds.
     EXPECT_LT(seconds, 2.0);
   }
@@ -149,8 +79,8 @@ TEST_F(PoisonRouterTest, VersionsMoreThanADayAheadAreRefused) {
        {std::to_string(now + day + 60'000), std::to_string(std::numeric_limits<int64_t>::max())}) {
     net::Response r = Publish("tiny", ModelBlob(TinyState(), kSpec, version));
     EXPECT_EQ(r.status, 400) << version << ": " << r.body_view();
-    EXPECT_EQ(Code(r), "invalid_argument");
-    EXPECT_NE(Message(r).find("a day ahead"), std::string::npos) << Message(r);
+    EXPECT_EQ(ErrorCodeOf(r), "invalid_argument");
+    EXPECT_NE(ErrorMessageOf(r).find("a day ahead"), std::string::npos) << ErrorMessageOf(r);
   }
   EXPECT_EQ(ListedVersion("tiny"), 0);
   // The model is not locked: an honest trainer's version (unix ms now) still publishes, and

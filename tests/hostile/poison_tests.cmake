@@ -8,9 +8,8 @@ add_executable(poison_test
   ${CMAKE_CURRENT_LIST_DIR}/poison_router_test.cc
   ${CMAKE_CURRENT_LIST_DIR}/poison_train_test.cc
   ${CMAKE_CURRENT_LIST_DIR}/poison_gating_test.cc
-  ${PROJECT_SOURCE_DIR}/tests/integration/server_test_util.cc
 )
-target_link_libraries(poison_test PRIVATE dmoe::testing dmoe::net dmoe::dht dmoe::storage
+target_link_libraries(poison_test PRIVATE dmoe_integration_util dmoe_router_fixture dmoe::testing dmoe::net dmoe::dht dmoe::storage
   dmoe::router dmoe::gating dmoe::expert_server dmoe::safetensors nlohmann_json::nlohmann_json GTest::gtest_main)
 target_compile_definitions(poison_test PRIVATE
   DMOE_SERVER_BINARY="$<TARGET_FILE:dmoe-server>"

@@ -18,7 +18,7 @@
 #include "tensor/safetensors.h"
 #include "tests/hostile/rogue_server.h"
 #include "tests/integration/server_test_util.h"
-#include "tests/testing/process.h"
+#include "tests/testing/processes.h"
 #include "tests/testing/temp_dir.h"
 
 namespace dmoe::hostile {
@@ -51,13 +51,9 @@ Result<int64_t> NonFiniteValues(std::span<const uint8_t> blob, int64_t* tensors)
 
 TEST(PoisonTrainTest, RoguesBesideAnHonestServerNeverPoisonTrainingOrWhatIsKept) {
   testing::TempDir dir("dmoe-poison-train");
-  auto dht =
-      testing::Process::Spawn({DMOE_DHT_BINARY, "--listen", "127.0.0.1:0", "--log-level", "warn"});
+  auto dht = testing::StartDht();
   ASSERT_TRUE(dht.ok()) << dht.status().ToString();
-  auto line = (*dht)->WaitForLine("listening on udp://", integration::kStartTimeout);
-  ASSERT_TRUE(line.has_value());
-  std::string dht_address = line->substr(std::string("listening on udp://").size());
-  dht_address = dht_address.substr(0, dht_address.find(' '));
+  const std::string dht_address = dht->address;
 
   auto honest = integration::StartServer({"--listen", "127.0.0.1:0", "--experts", "ffn.[0:2].[0:4]",
                                           "--hidden-dim", "64", "--threads", "1", "--dht",
@@ -78,12 +74,9 @@ TEST(PoisonTrainTest, RoguesBesideAnHonestServerNeverPoisonTrainingOrWhatIsKept)
   }
 
   auto router =
-      testing::Process::Spawn({DMOE_ROUTER_BINARY, "--listen", "127.0.0.1:0", "--dht", dht_address,
-                               "--db", dir.Sub("router"), "--threads", "1", "--log-level", "warn"});
+      testing::StartRouter({"--dht", dht_address, "--db", dir.Sub("router"), "--threads", "1"});
   ASSERT_TRUE(router.ok()) << router.status().ToString();
-  auto router_line = (*router)->WaitForLine("listening on ", integration::kStartTimeout);
-  ASSERT_TRUE(router_line.has_value()) << (*router)->stderr_text();
-  const std::string router_url = router_line->substr(std::string("listening on ").size());
+  const std::string router_url = router->endpoint;
 
   const std::string spec = dir.WriteFile("spec.json", kSpec);
   testing::RunResult train = testing::Run({DMOE_TRAIN_BINARY,
@@ -143,7 +136,7 @@ TEST(PoisonTrainTest, RoguesBesideAnHonestServerNeverPoisonTrainingOrWhatIsKept)
   RecordProperty("rogue_requests", counts);
 
   // Nothing non-finite was kept anywhere.
-  ASSERT_EQ((*router)->Stop(SIGTERM, 30s), 0) << (*router)->stderr_text();
+  ASSERT_EQ(router->process->Stop(SIGTERM, 30s), 0) << router->process->stderr_text();
   {
     auto kv = storage::KvStore::Open(dir.Sub("router"));
     ASSERT_TRUE(kv.ok()) << kv.status().ToString();
@@ -193,13 +186,9 @@ TEST(PoisonTrainTest, RoguesBesideAnHonestServerNeverPoisonTrainingOrWhatIsKept)
 // refused at start with a message saying what to do, instead of training NaN forever.
 TEST(PoisonTrainTest, APoisonedTrainerCheckpointIsRefusedAtStart) {
   testing::TempDir dir("dmoe-poison-resume");
-  auto dht =
-      testing::Process::Spawn({DMOE_DHT_BINARY, "--listen", "127.0.0.1:0", "--log-level", "warn"});
+  auto dht = testing::StartDht();
   ASSERT_TRUE(dht.ok()) << dht.status().ToString();
-  auto line = (*dht)->WaitForLine("listening on udp://", integration::kStartTimeout);
-  ASSERT_TRUE(line.has_value());
-  std::string dht_address = line->substr(std::string("listening on udp://").size());
-  dht_address = dht_address.substr(0, dht_address.find(' '));
+  const std::string dht_address = dht->address;
   {
     std::vector<float> weight(10 * 784, 0.01f), bias(10, 0.0f);
     weight[123] = std::numeric_limits<float>::quiet_NaN();

@@ -18,25 +18,21 @@
 #include <map>
 #include <memory>
 #include <mutex>
-#include <regex>
 #include <set>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "dht/dht.h"
-#include "tests/testing/process.h"
+#include "tests/testing/processes.h"
 
 namespace dmoe::dht {
 namespace {
 
 using namespace std::chrono_literals;
 
-struct Proc {
-  std::unique_ptr<testing::Process> process;  // SIGKILLed and reaped when destroyed
-  std::string address;                        // 127.0.0.1:PORT
-  std::string peer_id;
-};
+// A dmoe-dht child: its Process (SIGKILLed and reaped when destroyed), address and peer id.
+using Proc = testing::DhtProcess;
 
 // A UDP relay in front of one loopback port, as a port forward with connection tracking: a
 // datagram from client X to the relay's port goes to the target from a socket of the relay's own
@@ -169,23 +165,13 @@ class DhtUdpTest : public ::testing::Test {
   // Starts dmoe-dht and waits (poll with deadline) for its "listening on" line; the returned
   // reference stays valid until TearDown.
   Proc& Start(const std::vector<std::string>& extra) {
-    std::vector<std::string> args = {DMOE_DHT_BINARY, "--listen",    "127.0.0.1:0", "--network",
-                                     "itest",         "--log-level", "warn"};
-    args.insert(args.end(), extra.begin(), extra.end());
+    std::vector<std::string> flags = {"--network", "itest"};
+    flags.insert(flags.end(), extra.begin(), extra.end());
     procs_.push_back(std::make_unique<Proc>());
-    Proc& p = *procs_.back();
-    auto spawned = testing::Process::Spawn(args);
-    EXPECT_TRUE(spawned.ok()) << spawned.status().ToString();
-    if (!spawned.ok()) return p;
-    p.process = std::move(spawned).value();
-    std::optional<std::string> line = p.process->WaitForLine("listening on ", 10s);
-    std::smatch m;
-    static const std::regex re("listening on udp://([0-9.]+:[0-9]+) peer_id=([0-9a-f]{64})");
-    if (line.has_value() && std::regex_search(*line, m, re)) {
-      p.address = m[1];
-      p.peer_id = m[2];
-    }
-    return p;
+    auto started = testing::StartDht(flags, 10s);
+    EXPECT_TRUE(started.ok()) << started.status().ToString();
+    if (started.ok()) *procs_.back() = std::move(started).value();
+    return *procs_.back();
   }
 
   // A client node that joins through `via`, like `dmoe dht get/put`.

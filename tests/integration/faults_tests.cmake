@@ -3,11 +3,9 @@
 # partitions), with servers killed, stopped and restarted, and a trainer killed and resumed. Reads
 # the servers' checkpoints after each kill through dmoe::storage.
 add_executable(train_faults_test
-  ${CMAKE_CURRENT_LIST_DIR}/server_test_util.cc
-  ${CMAKE_CURRENT_LIST_DIR}/swarm_util.cc
   ${CMAKE_CURRENT_LIST_DIR}/train_faults_test.cc
 )
-target_link_libraries(train_faults_test PRIVATE dmoe::testing dmoe::linkemu dmoe::net
+target_link_libraries(train_faults_test PRIVATE dmoe_integration_util dmoe::testing dmoe::linkemu dmoe::net
   dmoe::storage dmoe::safetensors nlohmann_json::nlohmann_json GTest::gtest_main)
 target_compile_definitions(train_faults_test PRIVATE
   DMOE_SERVER_BINARY="$<TARGET_FILE:dmoe-server>"

@@ -16,7 +16,7 @@
 #include "dht/dht.h"
 #include "expert_server/expert.h"
 #include "gating/gating.h"
-#include "tests/testing/process.h"
+#include "tests/testing/processes.h"
 
 namespace dmoe::gating {
 namespace {
@@ -40,50 +40,25 @@ at::Tensor LocalFfn(const std::string& uid, const at::Tensor& x) {
                         p["norm.weight"], p["norm.bias"], 1e-5);
 }
 
-std::string AfterPrefix(const std::string& line, const std::string& prefix) {
-  std::string rest = line.substr(line.find(prefix) + prefix.size());
-  return rest.substr(0, rest.find(' '));
-}
-
 TEST(GatingExclusionTest, StoppedKilledAndNanServersAreExcludedBannedAndTheStoppedOneReturns) {
-  auto dht_process =
-      testing::Process::Spawn({DMOE_DHT_BINARY, "--listen", "127.0.0.1:0", "--log-level", "warn"});
+  auto dht_process = testing::StartDht();
   ASSERT_TRUE(dht_process.ok()) << dht_process.status().ToString();
-  auto dht_line = (*dht_process)->WaitForLine("listening on udp://", 30s);
-  ASSERT_TRUE(dht_line) << (*dht_process)->stderr_text();
-  const std::string dht_address = AfterPrefix(*dht_line, "udp://");
+  const std::string dht_address = dht_process->address;
 
+  std::vector<std::vector<std::string>> flags;
+  for (int s = 0; s < 4; ++s) {
+    flags.push_back({"--experts", "ffn.[0:4]." + std::to_string(s), "--hidden-dim",
+                     std::to_string(kDim), "--seed", kSeed, "--dht", dht_address, "--dht-listen",
+                     "127.0.0.1:0", "--announce-every", "2", "--threads", "1"});
+    if (s == 2) flags.back().insert(flags.back().end(), {"--nan-rate", "1"});
+  }
+  auto started = testing::StartServers(flags, 90s);
+  ASSERT_TRUE(started.ok()) << started.status().ToString();
   std::vector<std::unique_ptr<testing::Process>> servers;
   std::vector<std::string> endpoints;
-  for (int s = 0; s < 4; ++s) {
-    std::vector<std::string> argv = {DMOE_SERVER_BINARY,
-                                     "--experts",
-                                     "ffn.[0:4]." + std::to_string(s),
-                                     "--hidden-dim",
-                                     std::to_string(kDim),
-                                     "--seed",
-                                     kSeed,
-                                     "--listen",
-                                     "127.0.0.1:0",
-                                     "--dht",
-                                     dht_address,
-                                     "--dht-listen",
-                                     "127.0.0.1:0",
-                                     "--announce-every",
-                                     "2",
-                                     "--threads",
-                                     "1",
-                                     "--log-level",
-                                     "warn"};
-    if (s == 2) argv.insert(argv.end(), {"--nan-rate", "1"});
-    auto p = testing::Process::Spawn(argv);
-    ASSERT_TRUE(p.ok()) << p.status().ToString();
-    servers.push_back(std::move(p).value());
-  }
-  for (auto& p : servers) {
-    auto line = p->WaitForLine("listening on ", 90s);
-    ASSERT_TRUE(line) << p->stderr_text();
-    endpoints.push_back(AfterPrefix(*line, "listening on "));
+  for (testing::ServerProcess& server : *started) {
+    servers.push_back(std::move(server.process));
+    endpoints.push_back(server.endpoint);
   }
 
   dht::DhtOptions options;

@@ -3,11 +3,7 @@
 # RemoteMixtureOfExperts in the test process.
 add_executable(gating_integration_test ${CMAKE_CURRENT_LIST_DIR}/gating_exclusion_test.cc)
 target_link_libraries(gating_integration_test PRIVATE dmoe::gating dmoe::expert_server dmoe::dht
-  dmoe::testing GTest::gtest_main)
-target_compile_definitions(gating_integration_test PRIVATE
-  DMOE_SERVER_BINARY="$<TARGET_FILE:dmoe-server>"
-  DMOE_DHT_BINARY="$<TARGET_FILE:dmoe-dht>")
-add_dependencies(gating_integration_test dmoe-server dmoe-dht)
+  dmoe::processes GTest::gtest_main)
 dmoe_add_warnings(gating_integration_test)
 gtest_discover_tests(gating_integration_test DISCOVERY_TIMEOUT 60
   PROPERTIES LABELS "gating;integration" TIMEOUT 150)

@@ -1,11 +1,9 @@
 # Pipelined training (included by tests/integration/CMakeLists.txt): dmoe-train with several steps
 # in flight against real dmoe-dht and dmoe-server processes on loopback.
 add_executable(train_pipeline_test
-  ${CMAKE_CURRENT_LIST_DIR}/server_test_util.cc
-  ${CMAKE_CURRENT_LIST_DIR}/swarm_util.cc
   ${CMAKE_CURRENT_LIST_DIR}/train_pipeline_test.cc
 )
-target_link_libraries(train_pipeline_test PRIVATE dmoe::testing dmoe::net dmoe::safetensors
+target_link_libraries(train_pipeline_test PRIVATE dmoe_integration_util dmoe::testing dmoe::net dmoe::safetensors
   nlohmann_json::nlohmann_json GTest::gtest_main)
 target_compile_definitions(train_pipeline_test PRIVATE
   DMOE_SERVER_BINARY="$<TARGET_FILE:dmoe-server>"

@@ -37,15 +37,10 @@ using Entries = std::map<std::string, std::string>;
 class ServerDhtTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    Result<std::unique_ptr<testing::Process>> dht = testing::Process::Spawn(
-        {DMOE_DHT_BINARY, "--listen", "127.0.0.1:0", "--network", kNetwork, "--log-level", "warn"});
+    Result<testing::DhtProcess> dht = testing::StartDht({"--network", kNetwork});
     ASSERT_TRUE(dht.ok()) << dht.status().ToString();
-    dht_node_ = std::move(dht).value();
-    std::optional<std::string> line = dht_node_->WaitForLine("listening on udp://", 30s);
-    ASSERT_TRUE(line.has_value()) << dht_node_->stderr_text();
-    // "listening on udp://127.0.0.1:PORT peer_id=..."
-    const size_t begin = std::string("listening on udp://").size();
-    dht_address_ = line->substr(begin, line->find(' ', begin) - begin);
+    dht_node_ = std::move(dht->process);
+    dht_address_ = dht->address;
 
     dht::DhtOptions options;
     options.listen = "127.0.0.1:0";

@@ -3,35 +3,20 @@
 #include <gtest/gtest.h>
 
 #include <condition_variable>
-#include <cstring>
 #include <deque>
 #include <future>
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
-#include "tensor/safetensors.h"
-
 namespace dmoe::integration {
 
 using namespace std::chrono_literals;
 
 Result<ServerProcess> StartServer(const std::vector<std::string>& args) {
-  std::vector<std::string> argv = {DMOE_SERVER_BINARY, "--log-level", "info"};
-  argv.insert(argv.end(), args.begin(), args.end());
-  DMOE_ASSIGN_OR_RETURN(std::unique_ptr<testing::Process> process, testing::Process::Spawn(argv));
-  std::optional<std::string> line = process->WaitForLine("listening on ", kStartTimeout);
-  if (!line.has_value()) {
-    std::optional<int> status = process->Wait(0ms);
-    return UnavailableError("`" + process->command_line() + "` " +
-                            (status.has_value() ? "exited (status " + std::to_string(*status) + ")"
-                                                : "printed no 'listening on' line in time") +
-                            "; stderr:\n" + process->stderr_text());
-  }
-  ServerProcess server;
-  server.endpoint = line->substr(std::strlen("listening on "));
-  server.process = std::move(process);
-  return server;
+  std::vector<std::string> flags = {"--log-level", "info"};
+  flags.insert(flags.end(), args.begin(), args.end());
+  return testing::StartServer(flags);
 }
 
 std::vector<std::string> BaseServerArgs(const std::string& experts, int hidden_dim) {
@@ -41,38 +26,6 @@ std::vector<std::string> BaseServerArgs(const std::string& experts, int hidden_d
           "--threads",     "1",
           "--net-threads", "1",
           "--seed",        "7"};
-}
-
-F32Tensor Pattern(const std::string& name, std::vector<int64_t> shape, uint64_t seed, float scale) {
-  int64_t n = 1;
-  for (int64_t d : shape) n *= d;
-  F32Tensor t{name, std::move(shape), {}};
-  t.values.reserve(static_cast<size_t>(n));
-  uint64_t state = seed * 0x9e3779b97f4a7c15ull + 1;
-  for (int64_t i = 0; i < n; ++i) {
-    // splitmix64, top 24 bits as a fraction.
-    uint64_t z = (state += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    z ^= z >> 31;
-    const float unit = static_cast<float>(z >> 40) / static_cast<float>(1 << 24);
-    t.values.push_back(scale * (2.0f * unit - 1.0f));
-  }
-  return t;
-}
-
-std::vector<uint8_t> EncodeF32(const std::vector<F32Tensor>& tensors,
-                               const std::map<std::string, std::string>& metadata) {
-  std::vector<safetensors::TensorRef> refs;
-  for (const F32Tensor& t : tensors) {
-    refs.push_back({t.name,
-                    safetensors::DType::kF32,
-                    t.shape,
-                    {reinterpret_cast<const uint8_t*>(t.values.data()), t.values.size() * 4}});
-  }
-  Result<std::vector<uint8_t>> blob = safetensors::Encode(refs, metadata);
-  EXPECT_TRUE(blob.ok()) << blob.status().ToString();
-  return blob.ok() ? std::move(blob).value() : std::vector<uint8_t>{};
 }
 
 Result<net::Response> ServerClient::Get(const std::string& path) {

@@ -1,4 +1,4 @@
-// Helpers for the multi-process tests of dmoe-server: start a real server and read its endpoint,
+// Helpers for the multi-process tests of dmoe-server: start a real server (testing::StartServer),
 // talk to it over HTTP, and build safetensors bodies without torch.
 #ifndef DMOE_TESTS_INTEGRATION_SERVER_TEST_UTIL_H_
 #define DMOE_TESTS_INTEGRATION_SERVER_TEST_UTIL_H_
@@ -13,42 +13,27 @@
 
 #include "core/status.h"
 #include "net/http_client.h"
-#include "tests/testing/process.h"
+#include "tests/testing/f32_tensors.h"
+#include "tests/testing/processes.h"
 
 namespace dmoe::integration {
 
-// How long a server may take to print its "listening on" line: loading libtorch and initializing
-// experts on a loaded two-core machine.
-inline constexpr std::chrono::seconds kStartTimeout{60};
+// Started through tests/testing/processes.h; these names stay for the integration tests.
+using testing::kStartTimeout;
+using testing::ServerProcess;
 
-// A running dmoe-server (killed and reaped on destruction, by its Process).
-struct ServerProcess {
-  std::unique_ptr<testing::Process> process;
-  std::string endpoint;  // "http://127.0.0.1:PORT", as printed
-};
-
-// Starts dmoe-server with `args` appended to "--log-level info" and waits for its
-// "listening on http://HOST:PORT" line. kUnavailable (with the child's stderr) when it exits or
-// prints nothing in time.
+// Starts dmoe-server with "--log-level info" and `args` and waits for its "listening on" line
+// (testing::StartServer).
 Result<ServerProcess> StartServer(const std::vector<std::string>& args);
 
 // The server's usual flags for these tests: loopback, port 0, one small ffn, one compute thread so
 // that results are reproducible bit for bit.
 std::vector<std::string> BaseServerArgs(const std::string& experts, int hidden_dim = 32);
 
-// One F32 tensor for a request body.
-struct F32Tensor {
-  std::string name;
-  std::vector<int64_t> shape;
-  std::vector<float> values;
-};
-
-// A deterministic pseudo-random tensor in [-scale, scale).
-F32Tensor Pattern(const std::string& name, std::vector<int64_t> shape, uint64_t seed,
-                  float scale = 1.0f);
-// Encodes tensors and metadata as a safetensors blob (aborts the test on a codec error).
-std::vector<uint8_t> EncodeF32(const std::vector<F32Tensor>& tensors,
-                               const std::map<std::string, std::string>& metadata = {});
+// Torch-free request bodies (tests/testing/f32_tensors.h).
+using testing::EncodeF32;
+using testing::F32Tensor;
+using testing::Pattern;
 
 // A small blocking HTTP client for one server: every call has a 30 s deadline, and error answers
 // come back as responses (raw_error_responses), so tests can check status and body.

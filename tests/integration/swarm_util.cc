@@ -1,5 +1,7 @@
 #include "tests/integration/swarm_util.h"
 
+#include <gtest/gtest.h>
+
 #include <algorithm>
 #include <regex>
 #include <sstream>
@@ -12,19 +14,6 @@ const char kFmnistTestSpec[] = R"({"name": "fmnist", "input_dim": 784, "layers":
    "forward_timeout_ms": 5000, "timeout_after_k_min_ms": 300, "backward_k_min": 1,
    "backward_timeout_ms": 5000},
   {"type": "layer_norm"}, {"type": "linear", "out": 10}]})";
-
-Result<DhtProcess> StartDht(const std::vector<std::string>& extra) {
-  std::vector<std::string> argv = {DMOE_DHT_BINARY, "--listen", "127.0.0.1:0", "--log-level",
-                                   "warn"};
-  argv.insert(argv.end(), extra.begin(), extra.end());
-  DMOE_ASSIGN_OR_RETURN(std::unique_ptr<testing::Process> p, testing::Process::Spawn(argv));
-  constexpr char kPrefix[] = "listening on udp://";
-  std::optional<std::string> line = p->WaitForLine(kPrefix, kStartTimeout);
-  if (!line) return UnavailableError("dmoe-dht printed no address: " + p->stderr_text());
-  std::string address = line->substr(sizeof(kPrefix) - 1);
-  address = address.substr(0, address.find(' '));
-  return DhtProcess{std::move(p), address};
-}
 
 std::vector<std::string> SwarmServerArgs(int index, const std::string& dht, const std::string& db) {
   std::vector<std::string> args = {"--listen",
@@ -45,10 +34,19 @@ std::vector<std::string> SwarmServerArgs(int index, const std::string& dht, cons
   return args;
 }
 
+testing::RouterProcess StartSwarmRouter(const std::string& dht, const std::string& db,
+                                        const std::string& keys) {
+  auto r = testing::StartRouter({"--dht", dht, "--db", db, "--trainer-keys", keys, "--watch",
+                                 "ffn.", "--refresh-ms", "500", "--threads", "1"});
+  EXPECT_TRUE(r.ok()) << r.status().ToString();
+  return r.ok() ? std::move(r).value() : testing::RouterProcess{};
+}
+
 std::vector<std::string> TrainArgs(const std::string& spec, const std::string& dht,
                                    const std::vector<std::string>& extra) {
-  std::vector<std::string> argv = {DMOE_TRAIN_BINARY, "--model", spec,          "--dht", dht,
-                                   "--threads",       "1",       "--log-level", "warn"};
+  std::vector<std::string> argv = {
+      testing::TrainBinary(), "--model", spec, "--dht", dht, "--threads", "1",
+      "--log-level",          "warn"};
   argv.insert(argv.end(), extra.begin(), extra.end());
   return argv;
 }

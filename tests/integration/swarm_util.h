@@ -13,7 +13,7 @@
 
 #include "core/status.h"
 #include "tests/integration/server_test_util.h"
-#include "tests/testing/process.h"
+#include "tests/testing/processes.h"
 #include "tests/testing/temp_dir.h"
 
 namespace dmoe::integration {
@@ -21,16 +21,19 @@ namespace dmoe::integration {
 // The spec of the end-to-end tests: 784 -> 64 -> residual moe over ffn.[0:4].[0:4] -> 10.
 extern const char kFmnistTestSpec[];
 
-// A dmoe-dht on 127.0.0.1:0 ("--log-level warn" plus `extra`); `address` is "127.0.0.1:PORT".
-struct DhtProcess {
-  std::unique_ptr<testing::Process> process;
-  std::string address;
-};
-Result<DhtProcess> StartDht(const std::vector<std::string>& extra = {});
+// A dmoe-dht on 127.0.0.1:0 (tests/testing/processes.h); `address` is "127.0.0.1:PORT".
+using testing::DhtProcess;
+using testing::StartDht;
 
 // Flags of server `index` of a test swarm: experts ffn.<index>.[0:4], hidden dim 64, one compute
 // thread, announcing every second with a 3 s TTL, joined to `dht`, with --db `db` when not empty.
 std::vector<std::string> SwarmServerArgs(int index, const std::string& dht, const std::string& db);
+
+// A dmoe-router for a test swarm: joined to `dht`, models in `db`, publications signed by the keys
+// in the file `keys`, watching "ffn." and refreshing its view every 500 ms. After a failed
+// expectation (with the router's stderr) it returns an empty RouterProcess when it does not start.
+testing::RouterProcess StartSwarmRouter(const std::string& dht, const std::string& db,
+                                        const std::string& keys);
 
 // dmoe-train flags for `spec` against `dht` (warn logs, one compute thread), then `extra`.
 std::vector<std::string> TrainArgs(const std::string& spec, const std::string& dht,

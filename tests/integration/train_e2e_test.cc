@@ -15,6 +15,7 @@
 #include "net/http_client.h"
 #include "tensor/safetensors.h"
 #include "tests/integration/server_test_util.h"
+#include "tests/integration/swarm_util.h"
 #include "tests/testing/process.h"
 #include "tests/testing/temp_dir.h"
 
@@ -23,61 +24,28 @@ namespace {
 
 using namespace std::chrono_literals;
 
-constexpr char kSpec[] = R"({"name": "fmnist", "input_dim": 784, "layers": [
-  {"type": "linear", "out": 64}, {"type": "relu"},
-  {"type": "residual_moe", "uid_prefix": "ffn", "grid": [4, 4], "k_best": 4, "k_min": 1,
-   "forward_timeout_ms": 5000, "timeout_after_k_min_ms": 300, "backward_k_min": 1,
-   "backward_timeout_ms": 5000},
-  {"type": "layer_norm"}, {"type": "linear", "out": 10}]})";
+constexpr const char* kSpec = kFmnistTestSpec;
 
+// A dmoe-dht and `servers` dmoe-servers hosting ffn.<i>.[0:4] each (swarm_util.h).
 class Swarm {
  public:
-  explicit Swarm(const testing::TempDir& dir, int servers = 4) : dir_(dir) {
-    auto dht = testing::Process::Spawn(
-        {DMOE_DHT_BINARY, "--listen", "127.0.0.1:0", "--log-level", "warn"});
+  explicit Swarm(const testing::TempDir& dir, int servers = 4) {
+    auto dht = StartDht();
     EXPECT_TRUE(dht.ok()) << dht.status().ToString();
-    dht_ = std::move(dht).value();
-    auto line = dht_->WaitForLine("listening on udp://", kStartTimeout);
-    EXPECT_TRUE(line.has_value());
-    dht_address_ = line->substr(std::string("listening on udp://").size());
-    dht_address_ = dht_address_.substr(0, dht_address_.find(' '));
+    if (dht.ok()) dht_ = std::move(dht).value();
     for (int i = 0; i < servers; ++i) {
-      auto s = StartServer({"--listen", "127.0.0.1:0", "--experts",
-                            "ffn." + std::to_string(i) + ".[0:4]", "--hidden-dim", "64",
-                            "--threads", "1", "--dht", dht_address_, "--announce-every", "1",
-                            "--announce-ttl", "3", "--db", dir.Sub("server" + std::to_string(i))});
+      auto s = StartServer(SwarmServerArgs(i, dht_.address, dir.Sub("server" + std::to_string(i))));
       EXPECT_TRUE(s.ok()) << s.status().ToString();
       if (s.ok()) servers_.push_back(std::move(s).value());
     }
   }
-  const std::string& dht() const { return dht_address_; }
+  const std::string& dht() const { return dht_.address; }
   std::vector<ServerProcess>& servers() { return servers_; }
 
  private:
-  const testing::TempDir& dir_;
-  std::unique_ptr<testing::Process> dht_;
-  std::string dht_address_;
+  DhtProcess dht_;
   std::vector<ServerProcess> servers_;
 };
-
-struct RouterProcess {
-  std::unique_ptr<testing::Process> process;
-  std::string endpoint;
-};
-
-RouterProcess StartRouter(const std::string& dht, const testing::TempDir& dir,
-                          const std::string& keys) {
-  auto p =
-      testing::Process::Spawn({DMOE_ROUTER_BINARY, "--listen", "127.0.0.1:0", "--dht", dht, "--db",
-                               dir.Sub("router"), "--trainer-keys", keys, "--watch", "ffn.",
-                               "--refresh-ms", "500", "--threads", "1", "--log-level", "warn"});
-  EXPECT_TRUE(p.ok()) << p.status().ToString();
-  RouterProcess r{std::move(p).value(), ""};
-  auto line = r.process->WaitForLine("listening on ", kStartTimeout);
-  EXPECT_TRUE(line.has_value()) << r.process->stderr_text();
-  if (line) r.endpoint = line->substr(std::string("listening on ").size());
-  return r;
-}
 
 Result<net::Response> Call(const std::string& method, const std::string& url,
                            const std::string& type, std::vector<uint8_t> body,
@@ -106,7 +74,7 @@ TEST_F(TrainE2eTest, TrainsThroughTheSwarmAndTheRouterServesTheModel) {
   ASSERT_TRUE(trainer_.SaveToFile(dir_.Sub("trainer.key")).ok());
   Swarm swarm(dir_);
   ASSERT_EQ(swarm.servers().size(), 4u);
-  RouterProcess router = StartRouter(swarm.dht(), dir_, keys_);
+  testing::RouterProcess router = StartSwarmRouter(swarm.dht(), dir_.Sub("router"), keys_);
   ASSERT_FALSE(router.endpoint.empty());
 
   testing::RunResult train = testing::Run({DMOE_TRAIN_BINARY,
@@ -315,7 +283,7 @@ TEST_F(TrainE2eTest, DashboardShowsLiveExpertsAndAKilledServerGoingDown) {
     FAIL() << "chromium is missing: scripts/setup installs it";
   Swarm swarm(dir_);
   ASSERT_EQ(swarm.servers().size(), 4u);
-  RouterProcess router = StartRouter(swarm.dht(), dir_, keys_);
+  testing::RouterProcess router = StartSwarmRouter(swarm.dht(), dir_.Sub("router"), keys_);
   std::map<std::string, std::string> seen;
   bool all_alive = testing::PollUntil(
       [&] {

@@ -339,26 +339,6 @@ std::vector<std::string> FaultTrainArgs(const std::string& spec, const std::stri
   return argv;
 }
 
-struct RouterProcess {
-  std::unique_ptr<testing::Process> process;
-  std::string endpoint;
-};
-
-// A dmoe-router that accepts models signed by the keys in `keys`; it finds the servers in the DHT,
-// so it reaches them at their announced (relayed) addresses.
-RouterProcess StartRouter(const std::string& dht, const std::string& db, const std::string& keys) {
-  auto p = testing::Process::Spawn(
-      {DMOE_ROUTER_BINARY, "--listen", "127.0.0.1:0", "--dht", dht, "--db", db, "--trainer-keys",
-       keys, "--watch", "ffn.", "--refresh-ms", "500", "--threads", "1", "--log-level", "warn"});
-  EXPECT_TRUE(p.ok()) << p.status().ToString();
-  if (!p.ok()) return {};
-  RouterProcess r{std::move(p).value(), ""};
-  auto line = r.process->WaitForLine("listening on ", kStartTimeout);
-  EXPECT_TRUE(line.has_value()) << r.process->stderr_text();
-  if (line) r.endpoint = line->substr(std::strlen("listening on "));
-  return r;
-}
-
 class TrainFaultsTest : public ::testing::Test {
  protected:
   testing::TempDir dir_{"dmoe-faults"};
@@ -375,7 +355,7 @@ TEST_F(TrainFaultsTest, TrainsToEightyPercentBehindFiftyMsLinks) {
   Identity trainer = Identity::Generate();
   ASSERT_TRUE(trainer.SaveToFile(dir_.Sub("trainer.key")).ok());
   const std::string keys = dir_.WriteFile("trainers", trainer.public_key_hex() + "\n");
-  RouterProcess router = StartRouter(swarm.dht(), dir_.Sub("router"), keys);
+  testing::RouterProcess router = StartSwarmRouter(swarm.dht(), dir_.Sub("router"), keys);
   ASSERT_FALSE(router.endpoint.empty());
 
   const auto start = Clock::now();

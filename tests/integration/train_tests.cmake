@@ -1,10 +1,9 @@
 # End to end (included by tests/integration/CMakeLists.txt): DHT node, 4 servers, router and
 # dmoe-train as real processes; inference through the router; the dashboard in headless Chromium.
 add_executable(train_e2e_test
-  ${CMAKE_CURRENT_LIST_DIR}/server_test_util.cc
   ${CMAKE_CURRENT_LIST_DIR}/train_e2e_test.cc
 )
-target_link_libraries(train_e2e_test PRIVATE dmoe::testing dmoe::net dmoe::gating dmoe::data dmoe::safetensors
+target_link_libraries(train_e2e_test PRIVATE dmoe_integration_util dmoe::testing dmoe::net dmoe::gating dmoe::data dmoe::safetensors
   nlohmann_json::nlohmann_json GTest::gtest_main)
 target_compile_definitions(train_e2e_test PRIVATE
   DMOE_SERVER_BINARY="$<TARGET_FILE:dmoe-server>"

@@ -354,46 +354,5 @@ TEST(HttpServerTest, RequestBudgetLetsOneOversizedBodyInAlone) {
   EXPECT_TRUE(WaitFor([&] { return server->held_request_bytes() == 0; }));
 }
 
-TEST(HttpServerTest, BigBodyThroughput) {
-  constexpr size_t kSize = 64ull << 20;
-  HttpServerOptions options;
-  options.max_body_bytes = kSize;
-  HttpServer server(options);
-  std::atomic<int64_t> handler_at{0};
-  server.Handle("POST", "/sink", [&](Request req, Responder respond) {
-    handler_at = std::chrono::steady_clock::now().time_since_epoch().count();
-    respond(Response::Text(200, "text/plain", std::to_string(req.body.size())));
-  });
-  server.Handle("GET", "/source", [&](Request, Responder respond) {
-    respond(Response::Binary(200, "application/octet-stream", Bytes(kSize, 0x5a)));
-  });
-  ASSERT_TRUE(server.Start().ok());
-  HttpClient client;
-  // Warm the connection so the numbers measure the body, not the connect.
-  ASSERT_TRUE(client.Fetch("POST", Base(server) + "/sink", {}, {}, seconds(10)).ok());
-  auto mbps = [](std::chrono::steady_clock::duration d) {
-    return static_cast<double>(kSize) / 1e6 / std::chrono::duration<double>(d).count();
-  };
-  for (int round = 0; round < 4; ++round) {
-    Bytes body(kSize, 0x5a);  // Built outside the timed part.
-    auto start = std::chrono::steady_clock::now();
-    auto up = client.Fetch("POST", Base(server) + "/sink", {}, std::move(body), seconds(60));
-    auto mid = std::chrono::steady_clock::now();
-    auto down = client.Fetch("GET", Base(server) + "/source", {}, {}, seconds(60));
-    auto end = std::chrono::steady_clock::now();
-    ASSERT_TRUE(up.ok()) << up.status().ToString();
-    ASSERT_TRUE(down.ok()) << down.status().ToString();
-    EXPECT_EQ(up->body_view(), std::to_string(kSize));
-    EXPECT_EQ(down->body.size(), kSize);
-    auto upload = std::chrono::steady_clock::time_point(
-                      std::chrono::steady_clock::duration(handler_at.load())) -
-                  start;
-    std::printf(
-        "64 MiB POST: %.0f MB/s until the handler has the body; 64 MiB GET: %.0f MB/s "
-        "(including the server building the body)\n",
-        mbps(upload), mbps(end - mid));
-  }
-}
-
 }  // namespace
 }  // namespace dmoe::net
