@@ -49,6 +49,8 @@
 #define DMOE_DHT_DHT_H_
 
 #include <chrono>
+#include <cstddef>
+#include <cstdint>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -57,7 +59,7 @@
 
 #include "core/identity.h"
 #include "core/status.h"
-#include "dht/node.h"
+#include "dht/types.h"
 
 namespace boost::asio {
 class io_context;

@@ -4,16 +4,26 @@
 #include <boost/asio.hpp>
 
 #include <spdlog/spdlog.h>
+#include <algorithm>
+#include <array>
 #include <atomic>
 #include <filesystem>
 #include <future>
 #include <limits>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
 #include <thread>
+#include <vector>
 
 #include "core/clock.h"
 #include "core/host_port.h"
+#include "dht/address.h"
 #include "dht/dht.h"
+#include "dht/node.h"
 #include "dht/persistence.h"
+#include "dht/transport.h"
 #include "storage/kv_store.h"
 
 namespace dmoe::dht {
