@@ -25,6 +25,7 @@
 #include <string>
 #include <vector>
 
+#include "core/clock.h"
 #include "dht/dht.h"
 #include "dht/sim_network.h"
 
@@ -167,6 +168,7 @@ std::vector<UdpRow> RunUdp(int n, int gets) {
   std::vector<std::unique_ptr<dmoe::dht::Dht>> nodes;
   auto start_node = [&](bool client, const std::string& via) -> std::unique_ptr<dmoe::dht::Dht> {
     dmoe::dht::DhtOptions o;
+    o.clock = &dmoe::RealClock::Instance();
     o.listen = "127.0.0.1:0";
     if (!via.empty()) o.bootstrap = {via};
     o.node.network = "bench-udp";

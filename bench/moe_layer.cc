@@ -19,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "core/clock.h"
 #include "dht/dht.h"
 #include "expert_server/expert.h"
 #include "expert_server/optimizer.h"
@@ -128,6 +129,7 @@ int main(int argc, char** argv) {
       return std::fprintf(stderr, "server did not start\n"), 1;
 
   dht::DhtOptions options;
+  options.clock = &RealClock::Instance();
   options.listen = "127.0.0.1:0";
   options.bootstrap = {dht_address};
   options.node.client = true;

@@ -612,6 +612,7 @@ Result<TrainerResult> RunTrainer(const TrainerOptions& o, std::ostream& out,
                           RequestVerifier::LoadKeyFile(o.server_keys_path));
   }
   dht::DhtOptions dht_options;
+  dht_options.clock = &RealClock::Instance();
   dht_options.bootstrap = o.dht_bootstrap;
   dht_options.node.client = true;
   dht_options.node.network = o.dht_network;
