@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "bench/harness.h"
+#include "core/clock.h"
 #include "dht/dht.h"
 #include "dht/sim_network.h"
 
@@ -160,6 +161,7 @@ std::vector<UdpRow> RunUdp(int n, int gets) {
   std::vector<std::unique_ptr<dmoe::dht::Dht>> nodes;
   auto start_node = [&](bool client, const std::string& via) -> std::unique_ptr<dmoe::dht::Dht> {
     dmoe::dht::DhtOptions o;
+    o.clock = &dmoe::RealClock::Instance();
     o.listen = "127.0.0.1:0";
     if (!via.empty()) o.bootstrap = {via};
     o.node.network = "bench-udp";

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "bench/harness.h"
+#include "core/clock.h"
 #include "dht/dht.h"
 #include "expert_server/expert.h"
 #include "expert_server/optimizer.h"
@@ -110,6 +111,7 @@ int main(int argc, char** argv) {
   if (!servers.ok()) return std::fprintf(stderr, "%s\n", servers.status().ToString().c_str()), 1;
 
   dht::DhtOptions options;
+  options.clock = &RealClock::Instance();
   options.listen = "127.0.0.1:0";
   options.bootstrap = {dht_address};
   options.node.client = true;

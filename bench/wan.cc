@@ -36,6 +36,7 @@
 #include <vector>
 
 #include "bench/harness.h"
+#include "core/clock.h"
 #include "dht/dht.h"
 #include "tests/testing/link_relay.h"
 #include "tests/testing/ports.h"
@@ -457,6 +458,7 @@ int main(int argc, char** argv) {
     return 1;
   }
   dht::DhtOptions client_options;
+  client_options.clock = &RealClock::Instance();
   client_options.listen = "127.0.0.1:0";
   client_options.bootstrap = {swarm.dht_address};
   client_options.node.client = true;

@@ -13,6 +13,10 @@ namespace CLI {
 class App;
 }  // namespace CLI
 
+namespace dmoe {
+class Clock;
+}  // namespace dmoe
+
 namespace dmoe::cli {
 
 constexpr int kExitOk = 0;
@@ -24,8 +28,9 @@ void AddInspectCommand(CLI::App& app, int* exit_code);
 // `dmoe dht put --dht HOST:PORT --identity FILE KEY SUBKEY VALUE [--ttl SECONDS]` (exit 0 stored,
 // 2 error) and `dmoe dht get --dht HOST:PORT KEY`, which prints
 // {"key":..,"entries":{SUBKEY:{"value":..,"expires_at_ms":..,"publisher":HEX}}} (exit 0 found,
-// 1 not found, 2 error). Both join the DHT as a short-lived client node.
-void AddDhtCommand(CLI::App& app, int* exit_code);
+// 1 not found, 2 error). Both join the DHT as a short-lived client node reading `clock`, which
+// must outlive the app.
+void AddDhtCommand(CLI::App& app, const Clock& clock, int* exit_code);
 // The body of `dmoe inspect`, with its streams injected for tests.
 int RunInspect(const std::string& path, std::ostream& out, std::ostream& err);
 

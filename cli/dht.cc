@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
+#include "core/clock.h"
 #include "core/hex.h"
 #include "core/identity.h"
 #include "dht/dht.h"
@@ -27,8 +28,10 @@ void AddCommonFlags(CLI::App& cmd, DhtFlags& flags) {
       ->capture_default_str();
 }
 
-Result<std::unique_ptr<dht::Dht>> Join(const DhtFlags& flags, std::optional<Identity> identity) {
+Result<std::unique_ptr<dht::Dht>> Join(const DhtFlags& flags, const Clock& clock,
+                                       std::optional<Identity> identity) {
   dht::DhtOptions options;
+  options.clock = &clock;
   // Bind the family of the node we join through.
   options.listen = flags.dht.find('[') != std::string::npos ? "[::]:0" : "0.0.0.0:0";
   options.bootstrap = {flags.dht};
@@ -46,16 +49,16 @@ int Fail(const Status& s, std::ostream& err) {
   return kExitError;
 }
 
-int RunPut(const DhtFlags& flags, const std::string& identity_path, const std::string& key,
-           const std::string& subkey, const std::string& value, int64_t ttl_s, std::ostream& out,
-           std::ostream& err) {
+int RunPut(const DhtFlags& flags, const Clock& clock, const std::string& identity_path,
+           const std::string& key, const std::string& subkey, const std::string& value,
+           int64_t ttl_s, std::ostream& out, std::ostream& err) {
   auto identity = LoadOrCreateIdentity(identity_path);
   if (!identity.ok()) return Fail(identity.status(), err);
   if (ttl_s <= 0 || ttl_s * 1000 > dht::kMaxTtlMs) {
     return Fail(InvalidArgumentError("--ttl must be 1..600 seconds, got " + std::to_string(ttl_s)),
                 err);
   }
-  auto node = Join(flags, *identity);
+  auto node = Join(flags, clock, *identity);
   if (!node.ok()) return Fail(node.status(), err);
   auto stored = (*node)->PutBlocking(key, subkey, value, std::chrono::seconds(ttl_s));
   (*node)->Stop();
@@ -68,8 +71,9 @@ int RunPut(const DhtFlags& flags, const std::string& identity_path, const std::s
   return kExitOk;
 }
 
-int RunGet(const DhtFlags& flags, const std::string& key, std::ostream& out, std::ostream& err) {
-  auto node = Join(flags, std::nullopt);
+int RunGet(const DhtFlags& flags, const Clock& clock, const std::string& key, std::ostream& out,
+           std::ostream& err) {
+  auto node = Join(flags, clock, std::nullopt);
   if (!node.ok()) return Fail(node.status(), err);
   auto results = (*node)->GetManyBlocking({key}, std::chrono::milliseconds(flags.timeout_ms));
   (*node)->Stop();
@@ -88,7 +92,7 @@ int RunGet(const DhtFlags& flags, const std::string& key, std::ostream& out, std
 
 }  // namespace
 
-void AddDhtCommand(CLI::App& app, int* exit_code) {
+void AddDhtCommand(CLI::App& app, const Clock& clock, int* exit_code) {
   CLI::App* dht = app.add_subcommand("dht", "put and get DHT records");
   dht->require_subcommand(1);
 
@@ -103,9 +107,9 @@ void AddDhtCommand(CLI::App& app, int* exit_code) {
   put->add_option("--ttl", *ttl, "seconds until the record expires (at most 600)")
       ->capture_default_str();
   put->add_option("key subkey value", *put_args, "KEY SUBKEY VALUE")->expected(3)->required();
-  put->callback([=] {
-    *exit_code = RunPut(*put_flags, *identity, (*put_args)[0], (*put_args)[1], (*put_args)[2], *ttl,
-                        std::cout, std::cerr);
+  put->callback([=, &clock] {
+    *exit_code = RunPut(*put_flags, clock, *identity, (*put_args)[0], (*put_args)[1],
+                        (*put_args)[2], *ttl, std::cout, std::cerr);
   });
 
   auto get_flags = std::make_shared<DhtFlags>();
@@ -113,7 +117,8 @@ void AddDhtCommand(CLI::App& app, int* exit_code) {
   CLI::App* get = dht->add_subcommand("get", "print the records of KEY as JSON");
   AddCommonFlags(*get, *get_flags);
   get->add_option("key", *key, "KEY")->required();
-  get->callback([=] { *exit_code = RunGet(*get_flags, *key, std::cout, std::cerr); });
+  get->callback(
+      [=, &clock] { *exit_code = RunGet(*get_flags, clock, *key, std::cout, std::cerr); });
 }
 
 }  // namespace dmoe::cli

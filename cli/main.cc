@@ -3,6 +3,7 @@
 #include <CLI/CLI.hpp>
 
 #include "cli/commands.h"
+#include "core/clock.h"
 
 int main(int argc, char** argv) {
   CLI::App app{"dmoe: command-line client for a dmoe swarm"};
@@ -13,7 +14,7 @@ int main(int argc, char** argv) {
   dmoe::cli::AddKeygenCommand(app, &exit_code);
   dmoe::cli::AddInferCommand(app, &exit_code);
   dmoe::cli::AddExpertsCommand(app, &exit_code);
-  dmoe::cli::AddDhtCommand(app, &exit_code);
+  dmoe::cli::AddDhtCommand(app, dmoe::RealClock::Instance(), &exit_code);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -4,8 +4,10 @@
 
 #include <arpa/inet.h>
 
-#include <charconv>
 #include <cstring>
+#include <string>
+
+#include "core/host_port.h"
 
 namespace dmoe::dht {
 
@@ -20,30 +22,15 @@ Address Address::V4(uint8_t a, uint8_t b, uint8_t c, uint8_t d, uint16_t port) {
 }
 
 Result<Address> Address::Parse(std::string_view text) {
-  auto bad = [&](std::string_view why) {
-    return InvalidArgumentError("address '" + std::string(text) + "': " + std::string(why) +
-                                " (expected numeric IP:PORT or [IPv6]:PORT)");
-  };
-  size_t colon = text.rfind(':');
-  if (colon == std::string_view::npos || colon == 0) return bad("missing port");
-  std::string_view host = text.substr(0, colon);
-  std::string_view port_text = text.substr(colon + 1);
-  unsigned port = 0;
-  auto [ptr, ec] = std::from_chars(port_text.data(), port_text.data() + port_text.size(), port);
-  if (ec != std::errc() || ptr != port_text.data() + port_text.size() || port > 65535 ||
-      port_text.empty()) {
-    return bad("bad port");
-  }
+  DMOE_ASSIGN_OR_RETURN(HostPort host_port, ParseHostPort(text));
   Address addr;
-  addr.port = static_cast<uint16_t>(port);
-  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
-    std::string h(host.substr(1, host.size() - 2));
-    if (inet_pton(AF_INET6, h.c_str(), addr.ip.data()) != 1) return bad("bad IPv6 address");
-    addr.v6 = true;
-    return addr;
+  addr.port = host_port.port;
+  addr.v6 = host_port.host.find(':') != std::string::npos;
+  if (inet_pton(addr.v6 ? AF_INET6 : AF_INET, host_port.host.c_str(), addr.ip.data()) != 1) {
+    return InvalidArgumentError("address '" + std::string(text) +
+                                "': not a numeric IP (names are not resolved here; "
+                                "expected IP:PORT or [IPv6]:PORT)");
   }
-  std::string h(host);
-  if (inet_pton(AF_INET, h.c_str(), addr.ip.data()) != 1) return bad("bad IPv4 address");
   return addr;
 }
 

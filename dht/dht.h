@@ -1,6 +1,7 @@
 // dmoe::dht::Dht: a Kademlia DHT node on UDP, for every process that announces or finds experts.
 //
-//   auto dht = Dht::Start({.listen = "0.0.0.0:0", .bootstrap = {"10.0.0.5:7000"}, ...});
+//   auto dht = Dht::Start({.listen = "0.0.0.0:0", .bootstrap = {"10.0.0.5:7000"}, ...,
+//                          .clock = &clock});
 //   (*dht)->Put("expert/ffn.3.14", peer_id, json, std::chrono::seconds(45), [](Result<int>) {});
 //   (*dht)->GetMany({"prefix/ffn.", "prefix/ffn.3."}, std::chrono::milliseconds(500),
 //                   [](std::vector<KeyResult> results) { ... });
@@ -11,11 +12,27 @@
 // The node re-stores its own records on a period until they expire, so an announcement lives
 // exactly as long as its publisher keeps putting it: staleness is expiry.
 //
-// Threads. The protocol core (dht/node.h) is single-threaded; Dht runs it on a strand of an Asio
-// io_context (its own thread unless `io_context` is given) with one UDP socket and one timer. Every
-// public method is thread-safe and returns at once; callbacks run on the DHT's strand and must not
-// block (post heavy work elsewhere). The *Blocking variants wait for the callback and are for
-// command-line tools and tests: never call them from a DHT callback or an io_context thread.
+// Threads. The protocol core (dht/node.h) is single-threaded; Dht runs it on one strand of an
+// Asio io_context with one UDP socket and two timers:
+//
+//   thread                        what runs there
+//   the DHT strand                the protocol core, every datagram in and out, the node's timer
+//                                 (retransmits, lookup deadlines, republish, refresh, sweeps), the
+//                                 state save (periodic and at Stop), and every callback given to
+//                                 GetMany and Put. It is the Dht's own thread, or, when
+//                                 DhtOptions::io_context is given, whichever of the caller's
+//                                 threads run that io_context (one handler at a time).
+//   the calling thread            Start (resolves names, binds, opens the database), and the
+//                                 waits of WaitBootstrapped, the *Blocking methods, Stats,
+//                                 RoutingTableSize and Stop.
+//
+// Every public method is thread-safe. Callbacks must not block (post heavy work elsewhere). The
+// methods that wait are for wiring, command-line tools and tests: never call them from a DHT
+// callback or from a thread that runs the DHT's io_context.
+//
+// Time. The node reads the clock of DhtOptions::clock for record expiry, timeouts and its timer;
+// the process's wiring passes its clock (a RealClock: the timer is a real Asio timer, so a
+// FakeClock belongs to the core on the simulated network, dht/sim_network.h).
 //
 // Trust. Records carry Ed25519 signatures and are verified by every node that stores them and by
 // every client that receives them, so a malicious node can withhold or delay records but not forge
@@ -49,6 +66,8 @@
 #define DMOE_DHT_DHT_H_
 
 #include <chrono>
+#include <cstddef>
+#include <cstdint>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -57,7 +76,11 @@
 
 #include "core/identity.h"
 #include "core/status.h"
-#include "dht/node.h"
+#include "dht/types.h"
+
+namespace dmoe {
+class Clock;
+}  // namespace dmoe
 
 namespace boost::asio {
 class io_context;
@@ -87,6 +110,9 @@ struct DhtOptions {
   // Start. When set, it overrides node.public_address.
   std::string public_address;
   NodeOptions node;
+  // The clock the node reads (see "Time" above). Required: Start refuses a missing one. Must
+  // outlive the Dht.
+  const Clock* clock = nullptr;
   // Run on this io_context instead of a thread of our own; the caller runs it and keeps it alive
   // past Stop.
   boost::asio::io_context* io_context = nullptr;
@@ -94,45 +120,60 @@ struct DhtOptions {
 
 class Dht {
  public:
-  // Binds the socket, loads saved state and starts joining (bootstrap addresses plus saved
-  // contacts). kInvalidArgument for a bad address, kUnavailable when the port cannot be bound or
-  // the database is locked by another process.
+  // Resolves the addresses, binds the socket, opens the database and loads the saved state, then
+  // starts joining (bootstrap addresses plus saved contacts) on the DHT strand and returns without
+  // waiting for it. Blocks the caller for name resolution and the database. kInvalidArgument for
+  // a bad or unresolvable address or a missing clock, kUnavailable when the port cannot be bound
+  // or the database cannot be created or is locked by another process.
   static Result<std::unique_ptr<Dht>> Start(DhtOptions options);
   // Stops (see Stop).
   virtual ~Dht() = default;
 
-  // The bound address ("127.0.0.1:40123") and the node's peer id (hex BLAKE2b-256 of its key).
+  // Fixed at Start; any thread, without waiting. The bound address ("127.0.0.1:40123"), its port,
+  // the address other nodes reach this node at (DhtOptions::public_address resolved, else the
+  // bound address), and the node's peer id (hex BLAKE2b-256 of its key).
   virtual std::string local_address() const = 0;
   virtual uint16_t port() const = 0;
-  // The address other nodes reach this node at: DhtOptions::public_address resolved, else the
-  // bound address.
   virtual std::string announced_address() const = 0;
   virtual std::string peer_id() const = 0;
 
-  // Runs the lookups of all `keys` concurrently; `done` gets one KeyResult per key, in order,
-  // within `timeout` (a key not finished by then is kDeadlineExceeded unless records were already
-  // found).
+  // Runs the lookups of all `keys` concurrently and returns at once; `done` runs once, on the DHT
+  // strand, with one KeyResult per key, in order, within `timeout`. Per key: OK with the records
+  // found (see KeyResult), kNotFound when nobody holds any, kInvalidArgument for an empty or too
+  // long key, kUnavailable when no peer is known or none answered, kDeadlineExceeded when
+  // `timeout` came first with nothing found. After Stop, `done` is never called.
   virtual void GetMany(std::vector<std::string> keys, std::chrono::milliseconds timeout,
                        std::function<void(std::vector<KeyResult>)> done) = 0;
-  // Publishes (key, subkey) -> value for `ttl` (at most 10 minutes) and keeps re-storing it until
-  // it expires; `done` gets the number of nodes that stored it, or why none did.
+  // Signs and publishes (key, subkey) -> value for `ttl` and returns at once; the node re-stores
+  // it every NodeOptions::republish_interval_ms until it expires. `done` runs once, on the DHT
+  // strand, with the number of remote nodes that stored it; kInvalidArgument for a ttl outside
+  // 1 ms..10 min or a key or subkey of the wrong size, kPayloadTooLarge for a value or record
+  // over the limits (record.h), kUnavailable when no node could be reached (the record is still
+  // kept and republished). After Stop, `done` is never called.
   virtual void Put(std::string key, std::string subkey, std::string value,
                    std::chrono::milliseconds ttl, std::function<void(Result<int>)> done) = 0;
 
-  // OK once the node joined (or when it had nobody to join); kUnavailable when no bootstrap or
-  // saved contact answered; kDeadlineExceeded when `timeout` passed first.
+  // Waits up to `timeout` for the join that Start began. OK once the node joined (or when it had
+  // nobody to join); kUnavailable when no bootstrap or saved contact answered (the node keeps
+  // trying in the background); kDeadlineExceeded when `timeout` passed first. May be called again.
   virtual Status WaitBootstrapped(std::chrono::milliseconds timeout) = 0;
+  // GetMany, waiting for its answer. A node stopped before answering gives kUnavailable for every
+  // key (after at most `timeout` plus 2 s).
   virtual std::vector<KeyResult> GetManyBlocking(std::vector<std::string> keys,
                                                  std::chrono::milliseconds timeout) = 0;
+  // Put, waiting for its answer; kDeadlineExceeded when it has not come within 12 RPC timeouts
+  // plus 2 s (the record is still kept and republished).
   virtual Result<int> PutBlocking(std::string key, std::string subkey, std::string value,
                                   std::chrono::milliseconds ttl) = 0;
 
-  // A snapshot of the node's counters and table size (blocking).
+  // A snapshot of the node's counters, and the number of contacts in its routing table. Waits for
+  // the DHT strand, at most 5 s; a stopped or unresponsive node gives zeros.
   virtual NodeStats Stats() = 0;
   virtual size_t RoutingTableSize() = 0;
 
-  // Saves state, closes the socket and, when the Dht owns its thread, joins it. Pending callbacks
-  // are dropped. Idempotent. Must not be called from a DHT callback.
+  // Saves state, closes the socket and, when the Dht owns its thread, joins it; with a caller's
+  // io_context it waits (at most 5 s) for the strand to close the socket. Pending callbacks are
+  // dropped. Idempotent; any thread but the DHT strand.
   virtual void Stop() = 0;
 };
 

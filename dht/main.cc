@@ -5,15 +5,67 @@
 //
 // Prints "listening on udp://HOST:PORT peer_id=<hex>" on stdout once bound, then, with
 // --public-endpoint, "announcing as udp://HOST:PORT"; logs go to stderr.
+#include <utility>  // before Asio, which misses it under C++20
+
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/io_context.hpp>
+
 #include <spdlog/spdlog.h>
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <iostream>
+#include <string>
+#include <thread>
 
+#include "core/clock.h"
 #include "core/identity.h"
 #include "core/logging.h"
 #include "core/signals.h"
 #include "dht/dht.h"
+
+namespace {
+
+// The process's wiring, in one place: one clock, one io_context run by one thread (the DHT
+// strand's), and the Dht on them. Returns the exit code.
+int Run(dmoe::dht::DhtOptions options) {
+  // Signals are taken synchronously by this thread; every other thread, including the io thread,
+  // inherits the blocked mask.
+  dmoe::BlockTerminationSignals();
+
+  const dmoe::RealClock& clock = dmoe::RealClock::Instance();
+  boost::asio::io_context io;
+  auto work = boost::asio::make_work_guard(io);
+  std::thread io_thread([&io] { io.run(); });
+  auto join_io = [&] {
+    work.reset();
+    io_thread.join();
+  };
+
+  options.clock = &clock;
+  options.io_context = &io;
+  auto dht = dmoe::dht::Dht::Start(std::move(options));
+  if (!dht.ok()) {
+    std::cerr << "dmoe-dht: " << dht.status().ToString() << "\n";
+    join_io();
+    return 2;
+  }
+  std::string host_port = (*dht)->local_address();
+  std::printf("listening on udp://%s peer_id=%s\n", host_port.c_str(), (*dht)->peer_id().c_str());
+  std::string announced = (*dht)->announced_address();
+  if (announced != host_port) std::printf("announcing as udp://%s\n", announced.c_str());
+  std::fflush(stdout);
+  spdlog::info("dmoe-dht listening on udp://{} peer_id={}", host_port, (*dht)->peer_id());
+
+  int sig = dmoe::WaitForTerminationSignal();
+  spdlog::info("dmoe-dht: signal {}, saving state and stopping", sig);
+  (*dht)->Stop();
+  dht->reset();
+  // The io thread finishes once the stopped node's last handlers have run.
+  join_io();
+  return 0;
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   CLI::App app{"dmoe-dht: a node of the dmoe Kademlia DHT"};
@@ -56,24 +108,5 @@ int main(int argc, char** argv) {
     options.identity = *identity;
   }
 
-  // Signals are taken synchronously by this thread; every other thread, including the DHT's,
-  // inherits the blocked mask.
-  dmoe::BlockTerminationSignals();
-
-  auto dht = dmoe::dht::Dht::Start(std::move(options));
-  if (!dht.ok()) {
-    std::cerr << "dmoe-dht: " << dht.status().ToString() << "\n";
-    return 2;
-  }
-  std::string host_port = (*dht)->local_address();
-  std::printf("listening on udp://%s peer_id=%s\n", host_port.c_str(), (*dht)->peer_id().c_str());
-  std::string announced = (*dht)->announced_address();
-  if (announced != host_port) std::printf("announcing as udp://%s\n", announced.c_str());
-  std::fflush(stdout);
-  spdlog::info("dmoe-dht listening on udp://{} peer_id={}", host_port, (*dht)->peer_id());
-
-  int sig = dmoe::WaitForTerminationSignal();
-  spdlog::info("dmoe-dht: signal {}, saving state and stopping", sig);
-  (*dht)->Stop();
-  return 0;
+  return Run(std::move(options));
 }

@@ -22,6 +22,7 @@
 
 #include "dht/address.h"
 #include "dht/node_id.h"
+#include "dht/types.h"
 
 namespace dmoe::dht {
 
@@ -31,17 +32,6 @@ struct Contact {
   int64_t last_seen_us = 0;
   int failures = 0;
   bool ping_pending = false;
-};
-
-// Sybil placement limits (as BEP 42 intends): a new contact is refused when its bucket already
-// holds `per_subnet_per_bucket` contacts of its /24 (IPv4) or /64 (IPv6), or the table holds
-// `per_host` contacts at its IP. Local and private addresses are exempt unless `on_private`
-// (a LAN or loopback swarm shares one subnet; the simulated network turns them on). 0 = no limit.
-struct SybilLimits {
-  size_t per_subnet_per_bucket = 2;
-  size_t per_host = 2;
-  bool on_private = false;
-  bool Applies(const Address& a) const { return on_private || !a.IsLocalOrPrivate(); }
 };
 
 // (id, address) pairs that proved the id's key at that address (a signed answer to our challenge,

@@ -21,21 +21,9 @@
 #include <vector>
 
 #include "dht/record.h"
+#include "dht/types.h"
 
 namespace dmoe::dht {
-
-struct StoreLimits {
-  RecordLimits record;
-  // Records of one key, all subkeys and publishers together.
-  size_t max_subkeys_per_key = 4096;
-  // Publishers side by side under one (key, subkey).
-  size_t max_publishers_per_subkey = 16;
-  size_t max_records = 100000;
-  // Records one publisher key may hold on this node, and records stored from one source address
-  // (host, without the port). Records the node stores itself (its own puts) count for neither.
-  size_t max_records_per_publisher = 2000;
-  size_t max_records_per_source = 10000;
-};
 
 class RecordStore {
  public:

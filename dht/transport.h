@@ -1,5 +1,5 @@
 // The one seam between the DHT protocol core and the network. Two implementations: UdpTransport in
-// the runtime (dht/runtime.cc) and SimNetwork's per-node endpoints (dht/sim_network.h).
+// dht/dht.cc (the Dht on real UDP) and SimNetwork's per-node endpoints (dht/sim_network.h).
 #ifndef DMOE_DHT_TRANSPORT_H_
 #define DMOE_DHT_TRANSPORT_H_
 

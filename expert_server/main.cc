@@ -12,6 +12,7 @@
 #include <random>
 #include <thread>
 
+#include "core/clock.h"
 #include "core/host_port.h"
 #include "core/logging.h"
 #include "core/openmp_env.h"
@@ -57,6 +58,7 @@ Result<std::vector<std::string>> PickFree(std::vector<std::string> candidates, s
   std::vector<std::string> free = candidates;
   if (!bootstrap.empty()) {
     dmoe::dht::DhtOptions options;
+    options.clock = &dmoe::RealClock::Instance();
     options.listen = "0.0.0.0:0";
     options.bootstrap = bootstrap;
     options.node.client = true;

@@ -131,6 +131,7 @@ Status ServerImpl::Init() {
 
   if (!options_.dht_bootstrap.empty()) {
     dht::DhtOptions dht_options;
+    dht_options.clock = &RealClock::Instance();
     dht_options.listen = options_.dht_listen;
     dht_options.public_address = options_.dht_public_endpoint;
     dht_options.bootstrap = options_.dht_bootstrap;

@@ -24,7 +24,7 @@
 
 #include "core/clock.h"
 #include "core/identity.h"
-#include "dht/node.h"
+#include "dht/types.h"
 
 namespace dmoe::dht {
 class Dht;

@@ -88,6 +88,7 @@ Result<TrainerResult> Train(const TrainerOptions& o, const WiringFlags& flags,
   }
   swarm_options.caller.identity = wiring.identity;
   dht::DhtOptions dht_options;
+  dht_options.clock = &clock;
   dht_options.bootstrap = flags.dht_bootstrap;
   dht_options.node.client = true;
   dht_options.node.network = flags.dht_network;

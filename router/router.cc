@@ -112,6 +112,7 @@ class RouterImpl : public Router {
         std::make_unique<storage::ModelStore>(std::shared_ptr<storage::KvStore>(std::move(kv)));
 
     dht::DhtOptions dht_options;
+    dht_options.clock = &RealClock::Instance();
     dht_options.listen = options_.dht_listen;
     dht_options.bootstrap = options_.dht_bootstrap;
     dht_options.node.network = options_.dht_network;

@@ -233,6 +233,14 @@ TEST(AddressTest, ParsesAndPrints) {
   EXPECT_FALSE(Address::Parse("localhost:80").ok());
   EXPECT_FALSE(Address::Parse("1.2.3.4:99999").ok());
   EXPECT_FALSE(Address::Parse("1.2.3.4").ok());
+  // Numeric only, IPv6 in brackets only: every refusal is kInvalidArgument.
+  for (const char* bad : {"localhost:80", "::1:80", "[1.2.3.4]:80", "1.2.3.256:80", "[::1]:x"}) {
+    EXPECT_EQ(Address::Parse(bad).status().code(), Code::kInvalidArgument) << bad;
+  }
+  auto mapped = Address::Parse("[::ffff:10.0.0.1]:7000");
+  ASSERT_TRUE(mapped.ok());
+  EXPECT_TRUE(mapped->v6);
+  EXPECT_EQ(mapped->port, 7000);
   std::string bytes = a->ToWire();
   auto wire = Address::FromWire(
       std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size()));

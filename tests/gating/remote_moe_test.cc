@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "core/clock.h"
 #include "dht/dht.h"
 #include "expert_server/expert.h"
 #include "expert_server/server.h"
@@ -49,6 +50,7 @@ class Swarm4x4 : public ::testing::Test {
   static void SetUpTestSuite() {
     at::manual_seed(1);
     dht::DhtOptions boot_options;
+    boot_options.clock = &RealClock::Instance();
     boot_options.listen = "127.0.0.1:0";
     auto boot = dht::Dht::Start(std::move(boot_options));
     ASSERT_TRUE(boot.ok()) << boot.status().ToString();
@@ -72,6 +74,7 @@ class Swarm4x4 : public ::testing::Test {
       servers_.push_back(std::move(server).value().release());
     }
     dht::DhtOptions client_options;
+    client_options.clock = &RealClock::Instance();
     client_options.listen = "127.0.0.1:0";
     client_options.bootstrap = {boot_->local_address()};
     client_options.node.client = true;

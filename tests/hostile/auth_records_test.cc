@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "core/clock.h"
 #include "core/request_auth.h"
 #include "dht/dht.h"
 #include "gating/gating.h"
@@ -56,6 +57,7 @@ class AuthRecordsTest : public ::testing::Test {
     ASSERT_TRUE(dht.ok()) << dht.status().ToString();
     dht_ = std::move(dht).value();
     dht::DhtOptions options;
+    options.clock = &RealClock::Instance();
     options.listen = "127.0.0.1:0";
     options.bootstrap = {dht_.address};
     options.node.client = true;

@@ -13,6 +13,7 @@
 #include <optional>
 #include <vector>
 
+#include "core/clock.h"
 #include "dht/dht.h"
 #include "dht/message.h"
 
@@ -69,6 +70,7 @@ TEST(DhtUdpHostileTest, SpoofedKeyAndSmallRequestsOnRealSockets) {
   std::vector<std::unique_ptr<Dht>> nodes;
   for (uint8_t i = 0; i < 6; ++i) {
     DhtOptions o;
+    o.clock = &RealClock::Instance();
     o.listen = "127.0.0.1:0";
     o.identity = SeedIdentity(i + 1);
     if (i > 0) o.bootstrap = {nodes[0]->local_address()};

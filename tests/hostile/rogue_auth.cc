@@ -2,6 +2,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/clock.h"
 #include "core/request_auth.h"
 
 namespace dmoe::hostile {
@@ -66,6 +67,7 @@ std::vector<net::RequestHead> RogueEndpoint::upgrades() const {
 Result<std::unique_ptr<Stranger>> Stranger::Start(const std::string& bootstrap) {
   std::unique_ptr<Stranger> stranger(new Stranger());
   dht::DhtOptions options;
+  options.clock = &RealClock::Instance();
   options.listen = "127.0.0.1:0";
   options.bootstrap = {bootstrap};
   options.identity = stranger->identity_;

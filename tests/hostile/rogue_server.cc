@@ -11,6 +11,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/clock.h"
 #include "core/request_auth.h"
 #include "core/uid.h"
 #include "dht/announcement.h"
@@ -140,6 +141,7 @@ Result<std::unique_ptr<RogueServer>> RogueServer::Start(RogueServerOptions optio
 
   if (!s->options_.dht_bootstrap.empty()) {
     dht::DhtOptions dht_options;
+    dht_options.clock = &RealClock::Instance();
     dht_options.listen = "127.0.0.1:0";
     dht_options.bootstrap = {s->options_.dht_bootstrap};
     dht_options.node.network = s->options_.dht_network;

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "core/clock.h"
 #include "dht/dht.h"
 #include "gating/model.h"
 #include "gating/remote_call.h"
@@ -63,6 +64,7 @@ bool RefusedAsQueueFull(const net::Response& r) {
 TEST(RouterQueueTest, AFullInferenceQueueAnswers503AtOnceAndFreesWhenWorkEnds) {
   testing::TempDir dir("dmoe-router-queue");
   dht::DhtOptions dht_options;
+  dht_options.clock = &RealClock::Instance();
   dht_options.listen = "127.0.0.1:0";
   auto bootstrap = dht::Dht::Start(std::move(dht_options));
   ASSERT_TRUE(bootstrap.ok()) << bootstrap.status().ToString();

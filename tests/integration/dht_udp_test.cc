@@ -23,6 +23,7 @@
 #include <thread>
 #include <vector>
 
+#include "core/clock.h"
 #include "dht/dht.h"
 #include "tests/testing/processes.h"
 
@@ -177,6 +178,7 @@ class DhtUdpTest : public ::testing::Test {
   // A client node that joins through `via`, like `dmoe dht get/put`.
   std::unique_ptr<Dht> Client(const std::string& via) {
     DhtOptions o;
+    o.clock = &RealClock::Instance();
     o.listen = "127.0.0.1:0";
     o.bootstrap = {via};
     o.node.network = "itest";
@@ -310,6 +312,17 @@ TEST_F(DhtUdpTest, NodeBehindARelayIsReachedAtItsPublicEndpoint) {
       << (stored.ok() ? std::to_string(*stored) + " nodes stored" : stored.status().ToString());
   EXPECT_TRUE(relay.clients().count(PortOf(client->local_address())) == 1)
       << "the client reached B other than through the relay";
+}
+
+// The clock comes from the process's wiring; a Dht never picks one itself.
+TEST(DhtStartTest, RefusesOptionsWithoutAClock) {
+  DhtOptions o;
+  o.listen = "127.0.0.1:0";
+  auto dht = Dht::Start(std::move(o));
+  ASSERT_FALSE(dht.ok());
+  EXPECT_EQ(dht.status().code(), Code::kInvalidArgument);
+  EXPECT_NE(dht.status().message().find("DhtOptions::clock"), std::string::npos)
+      << dht.status().ToString();
 }
 
 }  // namespace

@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "core/clock.h"
 #include "dht/dht.h"
 #include "expert_server/expert.h"
 #include "gating/gating.h"
@@ -62,6 +63,7 @@ TEST(GatingExclusionTest, StoppedKilledAndNanServersAreExcludedBannedAndTheStopp
   }
 
   dht::DhtOptions options;
+  options.clock = &RealClock::Instance();
   options.listen = "127.0.0.1:0";
   options.bootstrap = {dht_address};
   options.node.client = true;

@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "core/clock.h"
 #include "dht/dht.h"
 #include "tests/integration/server_test_util.h"
 #include "tests/testing/process.h"
@@ -43,6 +44,7 @@ class ServerDhtTest : public ::testing::Test {
     dht_address_ = dht->address;
 
     dht::DhtOptions options;
+    options.clock = &RealClock::Instance();
     options.listen = "127.0.0.1:0";
     options.bootstrap = {dht_address_};
     options.node.network = kNetwork;

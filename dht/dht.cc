@@ -1,19 +1,29 @@
-// Dht on real UDP: the Node core on an Asio strand with one socket and one timer (see dht/dht.h).
+// Dht on real UDP: the Node core on an Asio strand with one socket and two timers (see dht/dht.h).
 #include <utility>  // before Asio, which misses it under C++20
 
 #include <boost/asio.hpp>
 
 #include <spdlog/spdlog.h>
+#include <algorithm>
+#include <array>
 #include <atomic>
 #include <filesystem>
 #include <future>
 #include <limits>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
 #include <thread>
+#include <vector>
 
 #include "core/clock.h"
 #include "core/host_port.h"
+#include "dht/address.h"
 #include "dht/dht.h"
+#include "dht/node.h"
 #include "dht/persistence.h"
+#include "dht/transport.h"
 #include "storage/kv_store.h"
 
 namespace dmoe::dht {
@@ -107,6 +117,9 @@ class DhtImpl final : public Dht, public std::enable_shared_from_this<DhtImpl> {
   ~DhtImpl() override { Stop(); }
 
   Status Init() {
+    if (options_.clock == nullptr) {
+      return InvalidArgumentError("DhtOptions::clock is not set: the process passes its clock");
+    }
     if (!options_.identity) options_.identity = Identity::Generate();
     DMOE_ASSIGN_OR_RETURN(auto listen, Resolve(io_, options_.listen));
     boost::system::error_code ec;
@@ -134,8 +147,7 @@ class DhtImpl final : public Dht, public std::enable_shared_from_this<DhtImpl> {
       DMOE_ASSIGN_OR_RETURN(auto kv, storage::KvStore::Open(options_.db_path));
       options_.kv_store = std::shared_ptr<storage::KvStore>(std::move(kv));
     }
-    node_ = std::make_unique<Node>(*options_.identity, transport_, RealClock::Instance(),
-                                   options_.node);
+    node_ = std::make_unique<Node>(*options_.identity, transport_, *options_.clock, options_.node);
     std::vector<Address> seeds;
     for (const std::string& b : options_.bootstrap) {
       auto eps = Resolve(io_, b);
@@ -314,7 +326,7 @@ class DhtImpl final : public Dht, public std::enable_shared_from_this<DhtImpl> {
     int64_t wake = node_->NextWakeupUs();
     if (wake >= armed_us_) return;
     armed_us_ = wake;
-    int64_t delay = std::max<int64_t>(0, wake - RealClock::Instance().NowMonotonicUs());
+    int64_t delay = std::max<int64_t>(0, wake - options_.clock->NowMonotonicUs());
     timer_.expires_after(std::chrono::microseconds(delay));
     timer_.async_wait([this, self = shared_from_this(), wake](boost::system::error_code ec) {
       if (stopped_ || ec == asio::error::operation_aborted || wake != armed_us_) return;
