@@ -1,9 +1,12 @@
 #include "expert_server/process_memory.h"
 
+#include <ATen/Parallel.h>
 #include <malloc.h>
 
 #include <algorithm>
 #include <climits>
+
+#include "tensor/cpu_allocator.h"
 
 namespace dmoe::expert_server {
 
@@ -13,5 +16,13 @@ void ConfigureProcessMemory(const ProcessMemoryOptions& options) {
   mallopt(M_TRIM_THRESHOLD, clamp(options.malloc_trim_threshold));
   tensor::CachingCpuAllocator::Install(options.tensors);
 }
+
+std::optional<tensor::CpuAllocatorStats> TensorMemoryStats() {
+  const tensor::CachingCpuAllocator* allocator = tensor::CachingCpuAllocator::Installed();
+  if (allocator == nullptr) return std::nullopt;
+  return allocator->stats();
+}
+
+void SetComputeThreads(int threads) { at::set_num_threads(threads); }
 
 }  // namespace dmoe::expert_server
