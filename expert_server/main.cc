@@ -183,7 +183,8 @@ int main(int argc, char** argv) {
       {"adam", dmoe::expert_server::OptimizerKind::kAdam},
       {"sgd", dmoe::expert_server::OptimizerKind::kSgd}};
   app.add_option("--optimizer", o.optimizer.kind, "adam or sgd")
-      ->transform(CLI::CheckedTransformer(optimizer_kinds))
+      ->transform(CLI::CheckedTransformer(optimizer_kinds).description("{adam,sgd}"))
+      ->type_name("TEXT")
       ->default_str("adam");
   app.add_option("--lr", o.optimizer.lr, "learning rate")->capture_default_str();
   app.add_option("--weight-decay", o.optimizer.weight_decay, "decoupled weight decay")

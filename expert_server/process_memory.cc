@@ -1,6 +1,5 @@
 #include "expert_server/process_memory.h"
 
-#include <ATen/Parallel.h>
 #include <malloc.h>
 
 #include <algorithm>
@@ -22,7 +21,5 @@ std::optional<tensor::CpuAllocatorStats> TensorMemoryStats() {
   if (allocator == nullptr) return std::nullopt;
   return allocator->stats();
 }
-
-void SetComputeThreads(int threads) { at::set_num_threads(threads); }
 
 }  // namespace dmoe::expert_server

@@ -39,7 +39,8 @@ void ConfigureProcessMemory(const ProcessMemoryOptions& options = {});
 std::optional<tensor::CpuAllocatorStats> TensorMemoryStats();
 
 // libtorch's intra-op threads for the whole process (at::set_num_threads): how many cores one
-// batch's compute may use. Call once from main(), before the server starts.
+// batch's compute may use. Call once from main(), before the server starts. (Defined in
+// runtime.cc, which compiles against ATen anyway.)
 void SetComputeThreads(int threads);
 
 }  // namespace dmoe::expert_server

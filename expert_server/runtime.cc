@@ -1,6 +1,7 @@
 #include "expert_server/runtime.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 
 #include <atomic>
 #include <chrono>
@@ -8,6 +9,7 @@
 #include <optional>
 
 #include "expert_server/expert.h"
+#include "expert_server/process_memory.h"
 #include "expert_server/task.h"
 
 namespace dmoe::expert_server {
@@ -348,5 +350,9 @@ RuntimeStats Runtime::stats() const {
   std::lock_guard<std::mutex> lock(mu_);
   return stats_;
 }
+
+// Declared in process_memory.h with the rest of the process's set-up; defined here, in a file that
+// compiles against ATen anyway.
+void SetComputeThreads(int threads) { at::set_num_threads(threads); }
 
 }  // namespace dmoe::expert_server
