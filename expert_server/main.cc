@@ -8,7 +8,6 @@
 #include <algorithm>
 #include <cstdio>
 #include <iostream>
-#include <map>
 #include <random>
 #include <thread>
 
@@ -179,13 +178,11 @@ int main(int argc, char** argv) {
                  "file of hex public keys allowed to send backward");
   app.add_flag("--open-training", o.open_training,
                "allow anyone to train when bound to, or announcing, a public address");
-  const std::map<std::string, dmoe::expert_server::OptimizerKind> optimizer_kinds = {
-      {"adam", dmoe::expert_server::OptimizerKind::kAdam},
-      {"sgd", dmoe::expert_server::OptimizerKind::kSgd}};
-  app.add_option("--optimizer", o.optimizer.kind, "adam or sgd")
-      ->transform(CLI::CheckedTransformer(optimizer_kinds).description("{adam,sgd}"))
-      ->type_name("TEXT")
-      ->default_str("adam");
+  // Checked against its names here (numbers are refused) and turned into the enum once, below.
+  std::string optimizer = "adam";
+  app.add_option("--optimizer", optimizer, "adam or sgd")
+      ->check(CLI::IsMember({"adam", "sgd"}))
+      ->capture_default_str();
   app.add_option("--lr", o.optimizer.lr, "learning rate")->capture_default_str();
   app.add_option("--weight-decay", o.optimizer.weight_decay, "decoupled weight decay")
       ->capture_default_str();
@@ -269,6 +266,8 @@ int main(int argc, char** argv) {
   o.max_body_bytes = static_cast<uint64_t>(max_body_mib * (1 << 20));
   o.max_held_request_bytes = static_cast<uint64_t>(max_held_request_mib * (1 << 20));
   o.runtime.batch_timeout_us = static_cast<int64_t>(batch_timeout_ms * 1000);
+  o.optimizer.kind = optimizer == "sgd" ? dmoe::expert_server::OptimizerKind::kSgd
+                                        : dmoe::expert_server::OptimizerKind::kAdam;
   auto uids = ExpandExperts(experts);
   if (!uids.ok()) return Fail(uids.status());
   o.uids = *uids;
