@@ -44,9 +44,11 @@
 #include <vector>
 
 #include "bench/harness.h"
+#include "core/clock.h"
 #include "expert_server/expert.h"
 #include "expert_server/process_memory.h"
 #include "expert_server/runtime.h"
+#include "expert_server/task.h"
 #include "net/buffer_pool.h"
 #include "net/http_client.h"
 #include "tensor/safetensors.h"
@@ -397,8 +399,10 @@ std::unique_ptr<es::Runtime> MakeRuntime(const Config& config) {
   }
   std::vector<std::unique_ptr<es::Expert>> experts;
   experts.push_back(std::move(expert).value());
-  // The server's defaults (RuntimeOptions and dmoe-server's flags agree).
-  auto runtime = std::make_unique<es::Runtime>(std::move(experts), es::RuntimeOptions{});
+  // The server's defaults (RuntimeOptions and dmoe-server's flags agree), on the real clock.
+  es::RuntimeOptions options;
+  options.clock = &dmoe::RealClock::Instance();
+  auto runtime = std::make_unique<es::Runtime>(std::move(experts), options);
   runtime->Start();
   return runtime;
 }

@@ -10,10 +10,10 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 
-#include "core/clock.h"
 #include "core/hex.h"
 #include "core/uid.h"
 #include "expert_server/server_impl.h"
+#include "expert_server/task.h"
 #include "net/buffer_pool.h"
 #include "tensor/safetensors.h"
 #include "tensor/torch_tensor.h"
@@ -109,10 +109,10 @@ void ServerImpl::CountRequest(const std::string& op, Code code, double seconds) 
 
 void ServerImpl::Dispatch(TaskKind kind, const std::string& uid, std::span<const uint8_t> blob,
                           std::map<std::string, std::string> extra_metadata, Reply reply) {
-  const int64_t start_us = RealClock::Instance().NowMonotonicUs();
+  const int64_t start_us = clock_.NowMonotonicUs();
   const std::string op = OpName(kind);
   auto finish = [this, op, start_us, reply](Result<std::vector<uint8_t>> r) {
-    double seconds = (RealClock::Instance().NowMonotonicUs() - start_us) / 1e6;
+    double seconds = (clock_.NowMonotonicUs() - start_us) / 1e6;
     CountRequest(op, r.ok() ? Code::kOk : r.status().code(), seconds);
     reply(std::move(r));
   };
@@ -123,15 +123,14 @@ void ServerImpl::Dispatch(TaskKind kind, const std::string& uid, std::span<const
   if (!decoded.ok()) return fail(decoded.status());
   Task task;
   task.kind = kind;
-  const bool is_transformer = options_.expert.type == "transformer";
   for (const safetensors::TensorView& view : decoded->tensors) {
-    const bool allowed = view.name == "x" || (view.name == "mask" && is_transformer) ||
+    const bool allowed = view.name == "x" || (view.name == "mask" && sequence_experts_) ||
                          (view.name == "grad_y" && kind == TaskKind::kBackward);
     if (!allowed) {
       return fail(InvalidArgumentError("tensor '" + view.name + "' is not accepted: " + op +
                                        " takes " +
                                        (kind == TaskKind::kForward ? "x" : "x and grad_y") +
-                                       (is_transformer ? " (and optionally mask)" : "")));
+                                       (sequence_experts_ ? " (and optionally mask)" : "")));
     }
     Result<at::Tensor> t = tensor::ToTorch(view);
     if (!t.ok()) return fail(t.status());
@@ -179,10 +178,9 @@ void ServerImpl::Dispatch(TaskKind kind, const std::string& uid, std::span<const
 
 std::string ServerImpl::ExpertInfoJson(const std::string& uid) const {
   const int64_t d = options_.expert.hidden_dim;
-  const bool seq = options_.expert.type == "transformer";
-  nlohmann::json shape = seq ? nlohmann::json{-1, -1, d} : nlohmann::json{-1, d};
+  nlohmann::json shape = sequence_experts_ ? nlohmann::json{-1, -1, d} : nlohmann::json{-1, d};
   nlohmann::json inputs = {{{"name", "x"}, {"shape", shape}, {"dtypes", {"F32", "F16", "BF16"}}}};
-  if (seq)
+  if (sequence_experts_)
     inputs.push_back(
         {{"name", "mask"}, {"shape", {-1, -1}}, {"dtypes", {"BOOL"}}, {"optional", true}});
   nlohmann::json info = {{"uid", uid},
@@ -191,7 +189,7 @@ std::string ServerImpl::ExpertInfoJson(const std::string& uid) const {
                          {"inputs", inputs},
                          {"outputs", {{{"name", "y"}, {"shape", shape}}}},
                          {"step", runtime_->step(uid)},
-                         {"params", num_params_},
+                         {"params", runtime_->num_parameters(uid)},
                          {"dtype", "F32"},
                          {"queued", runtime_->queued_samples(uid)}};
   return info.dump();
@@ -199,18 +197,17 @@ std::string ServerImpl::ExpertInfoJson(const std::string& uid) const {
 
 void ServerImpl::RegisterRoutes() {
   http_->Handle("GET", "/v1/health", [this](net::Request req, net::Responder respond) {
-    nlohmann::json body = {
-        {"status", "ok"},
-        {"peer_id", identity_->peer_id()},
-        {"experts", runtime_->uids().size()},
-        {"uptime_s", (RealClock::Instance().NowUnixMs() - started_ms_) / 1000.0}};
+    nlohmann::json body = {{"status", "ok"},
+                           {"peer_id", identity_->peer_id()},
+                           {"experts", runtime_->uids().size()},
+                           {"uptime_s", (clock_.NowUnixMs() - started_ms_) / 1000.0}};
     // A client's challenge: prove that this endpoint holds the key that announced it.
     if (std::optional<std::string_view> challenge = QueryValue(req.query, "challenge")) {
       if (!IsChallengeHex(*challenge)) {
         return respond(net::Response::Error(InvalidArgumentError(
             "challenge must be " + std::to_string(kChallengeHexChars) + " hex characters")));
       }
-      if (!proof_limiter_.Allow(RealClock::Instance().NowUnixMs())) {
+      if (!proof_limiter_.Allow(clock_.NowUnixMs())) {
         return respond(net::Response::Error(
             ResourceExhaustedError("too many challenges this second; retry later")));
       }

@@ -20,20 +20,9 @@
 
 #include "core/status.h"
 #include "expert_server/optimizer.h"
+#include "expert_server/options.h"
 
 namespace dmoe::expert_server {
-
-// What a factory needs to build one expert module.
-struct ExpertConfig {
-  std::string type = "ffn";
-  int64_t hidden_dim = 1024;
-  // Attention heads for the transformer type; 0 picks max(1, hidden_dim / 64).
-  int64_t num_heads = 0;
-  uint64_t seed = 0;
-  // Longest sequence (T of [B, T, d]) a sequence expert takes: attention costs [B, H, T, T], so a
-  // longer one is refused kInvalidArgument before any compute. Ignored by [B, d] experts.
-  int64_t max_seq_len = 512;
-};
 
 // A module an expert server can host. Forward maps x [B, d] (input_rank 2) or [B, T, d]
 // (input_rank 3, with an optional BOOL mask [B, T], true = a real token) to y of the same shape.

@@ -2,7 +2,6 @@
 // Prints "listening on http://HOST:PORT" (the address it is bound to) on stdout once it serves,
 // then "announcing as http://HOST:PORT" when the DHT gets another one (--public-endpoint,
 // --public-host); logs go to stderr.
-#include <ATen/Parallel.h>
 #include <spdlog/spdlog.h>
 
 #include <CLI/CLI.hpp>
@@ -21,6 +20,7 @@
 #include "dht/dht.h"
 #include "expert_server/process_memory.h"
 #include "expert_server/server.h"
+#include "net/io_context.h"
 
 namespace {
 
@@ -85,6 +85,39 @@ Result<std::vector<std::string>> PickFree(std::vector<std::string> candidates, s
   return free;
 }
 
+// Exit code 2 with the reason on stderr: what every refusal to start answers.
+int Fail(const Status& s) {
+  std::cerr << "dmoe-server: " << s.ToString() << "\n";
+  return 2;
+}
+
+// The process's wiring: its one clock and its network io_context, made here and passed down to the
+// server, which runs until SIGINT or SIGTERM. (The server's DHT node is built by the server: it
+// signs with the server's identity and keeps its state in the server's database.)
+int Serve(dmoe::expert_server::ExpertServerOptions options, int compute_threads) {
+  const dmoe::RealClock clock;
+  dmoe::net::IoContext io(std::max(1, options.net_threads));
+  options.clock = &clock;
+  options.io = &io;
+  dmoe::expert_server::SetComputeThreads(compute_threads);
+
+  auto server = dmoe::expert_server::ExpertServer::Start(std::move(options));
+  if (!server.ok()) return Fail(server.status());
+  const std::string listening = (*server)->listen_endpoint();
+  const std::string announced = (*server)->endpoint();
+  std::printf("listening on %s\n", listening.c_str());
+  if (announced != listening) std::printf("announcing as %s\n", announced.c_str());
+  std::fflush(stdout);
+  spdlog::info("listening on {} ({} compute threads), announcing {}", listening, compute_threads,
+               announced);
+
+  int sig = dmoe::WaitForTerminationSignal();
+  spdlog::info("signal {}: finishing requests, writing a final checkpoint, stopping", sig);
+  (*server)->Stop();
+  spdlog::info("stopped");
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -146,7 +179,11 @@ int main(int argc, char** argv) {
                  "file of hex public keys allowed to send backward");
   app.add_flag("--open-training", o.open_training,
                "allow anyone to train when bound to, or announcing, a public address");
-  app.add_option("--optimizer", o.optimizer.kind, "adam or sgd")->capture_default_str();
+  // Checked against its names here (numbers are refused) and turned into the enum once, below.
+  std::string optimizer = "adam";
+  app.add_option("--optimizer", optimizer, "adam or sgd")
+      ->check(CLI::IsMember({"adam", "sgd"}))
+      ->capture_default_str();
   app.add_option("--lr", o.optimizer.lr, "learning rate")->capture_default_str();
   app.add_option("--weight-decay", o.optimizer.weight_decay, "decoupled weight decay")
       ->capture_default_str();
@@ -201,11 +238,7 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
 
-  auto fail = [](const Status& s) {
-    std::cerr << "dmoe-server: " << s.ToString() << "\n";
-    return 2;
-  };
-  if (Status s = dmoe::SetUpLogging("dmoe-server", log_level); !s.ok()) return fail(s);
+  if (Status s = dmoe::SetUpLogging("dmoe-server", log_level); !s.ok()) return Fail(s);
   // Each address flag is checked here, so that its error names the flag.
   auto parse = [](const char* flag, const std::string& text,
                   dmoe::PortRule rule) -> Result<dmoe::HostPort> {
@@ -214,49 +247,35 @@ int main(int argc, char** argv) {
     return parsed;
   };
   auto host_port = parse("--listen", listen, dmoe::PortRule::kAnyPort);
-  if (!host_port.ok()) return fail(host_port.status());
+  if (!host_port.ok()) return Fail(host_port.status());
   o.listen_host = host_port->host;
   o.listen_port = host_port->port;
   if (!o.public_endpoint.empty() && !o.public_host.empty()) {
-    return fail(dmoe::InvalidArgumentError(
+    return Fail(dmoe::InvalidArgumentError(
         "--public-endpoint and --public-host are both given: --public-endpoint HOST:PORT names the "
         "host too, give one of them"));
   }
   if (!o.public_endpoint.empty()) {
     auto parsed = parse("--public-endpoint", o.public_endpoint, dmoe::PortRule::kNonZeroPort);
-    if (!parsed.ok()) return fail(parsed.status());
+    if (!parsed.ok()) return Fail(parsed.status());
   }
   if (!o.dht_public_endpoint.empty()) {
     auto parsed =
         parse("--dht-public-endpoint", o.dht_public_endpoint, dmoe::PortRule::kNonZeroPort);
-    if (!parsed.ok()) return fail(parsed.status());
+    if (!parsed.ok()) return Fail(parsed.status());
   }
   o.max_body_bytes = static_cast<uint64_t>(max_body_mib * (1 << 20));
   o.max_held_request_bytes = static_cast<uint64_t>(max_held_request_mib * (1 << 20));
   o.runtime.batch_timeout_us = static_cast<int64_t>(batch_timeout_ms * 1000);
+  o.optimizer.kind = optimizer == "sgd" ? dmoe::expert_server::OptimizerKind::kSgd
+                                        : dmoe::expert_server::OptimizerKind::kAdam;
   auto uids = ExpandExperts(experts);
-  if (!uids.ok()) return fail(uids.status());
+  if (!uids.ok()) return Fail(uids.status());
   o.uids = *uids;
   if (num_experts > 0) {
     auto picked = PickFree(*uids, num_experts, o.dht_bootstrap, o.dht_network);
-    if (!picked.ok()) return fail(picked.status());
+    if (!picked.ok()) return Fail(picked.status());
     o.uids = *picked;
   }
-  at::set_num_threads(threads);
-
-  auto server = dmoe::expert_server::ExpertServer::Start(std::move(o));
-  if (!server.ok()) return fail(server.status());
-  const std::string listening = (*server)->listen_endpoint();
-  const std::string announced = (*server)->endpoint();
-  std::printf("listening on %s\n", listening.c_str());
-  if (announced != listening) std::printf("announcing as %s\n", announced.c_str());
-  std::fflush(stdout);
-  spdlog::info("listening on {} ({} compute threads), announcing {}", listening, threads,
-               announced);
-
-  int sig = dmoe::WaitForTerminationSignal();
-  spdlog::info("signal {}: finishing requests, writing a final checkpoint, stopping", sig);
-  (*server)->Stop();
-  spdlog::info("stopped");
-  return 0;
+  return Serve(std::move(o), threads);
 }

@@ -13,9 +13,6 @@
 namespace dmoe::expert_server {
 
 Status ValidateOptimizerOptions(const OptimizerOptions& o) {
-  if (o.kind != "adam" && o.kind != "sgd") {
-    return InvalidArgumentError("optimizer '" + o.kind + "' is unknown (allowed: adam, sgd)");
-  }
   if (!(o.lr > 0) || !std::isfinite(o.lr)) {
     return InvalidArgumentError("learning rate must be a positive number, got " +
                                 std::to_string(o.lr));
@@ -36,7 +33,7 @@ Optimizer::Optimizer(std::vector<std::pair<std::string, at::Tensor>> params,
     : options_(std::move(options)) {
   for (auto& [name, p] : params) {
     Slot slot{name, p, at::zeros_like(p), {}};
-    if (options_.kind == "adam") slot.v = at::zeros_like(p);
+    if (options_.kind == OptimizerKind::kAdam) slot.v = at::zeros_like(p);
     slots_.push_back(std::move(slot));
   }
   MeasureExtent();
@@ -214,7 +211,7 @@ bool Optimizer::UpdateCannotOverflow(double g, double lr, double decay) const {
   constexpr double kSafe = 1e37;
   const double b1 = options_.beta1;
   double m = 0, p = 0;
-  if (options_.kind == "adam") {
+  if (options_.kind == OptimizerKind::kAdam) {
     m = b1 * extent_.m + (1 - b1) * g;
     const double v = options_.beta2 * extent_.v + (1 - options_.beta2) * g * g;
     const double bias1 = 1.0 - std::pow(b1, static_cast<double>(step_ + 1));
@@ -257,7 +254,7 @@ Status Optimizer::Step() {
   for (const Slot& s : slots_) {
     every_slot_stepped = every_slot_stepped && s.param.grad().defined();
     all_fused = all_fused && (!s.param.grad().defined() ||
-                              (options_.kind == "adam" && PlainFloat(s.param) &&
+                              (options_.kind == OptimizerKind::kAdam && PlainFloat(s.param) &&
                                PlainFloat(s.param.grad()) && PlainFloat(s.m) && PlainFloat(s.v)));
   }
   std::vector<Slot> backup;
@@ -272,7 +269,7 @@ Status Optimizer::Step() {
   for (Slot& s : slots_) {
     if (!s.param.grad().defined()) continue;
     at::Tensor g = s.param.grad();
-    if (options_.kind == "adam") {
+    if (options_.kind == OptimizerKind::kAdam) {
       double bias1 = 1.0 - std::pow(options_.beta1, static_cast<double>(step_));
       double bias2 = 1.0 - std::pow(options_.beta2, static_cast<double>(step_));
       if (PlainFloat(s.param) && PlainFloat(g) && PlainFloat(s.m) && PlainFloat(s.v)) {

@@ -12,23 +12,9 @@
 #include <vector>
 
 #include "core/status.h"
+#include "expert_server/options.h"
 
 namespace dmoe::expert_server {
-
-struct OptimizerOptions {
-  std::string kind = "adam";  // "adam" or "sgd"
-  double lr = 1e-3;
-  double beta1 = 0.9;  // Adam; for SGD, the momentum (0 = plain SGD)
-  double beta2 = 0.999;
-  double eps = 1e-8;
-  double weight_decay = 0.0;  // decoupled: p -= lr * weight_decay * p
-  // The gradient's global L2 norm is scaled down to this before the update; 0 = no clipping. On by
-  // default (dmoe-server --clip-grad-norm): a peer's gradient of 1e38 then moves the weights no
-  // more than an honest one. Adam is nearly scale-free, so an honest run hardly notices.
-  double clip_grad_norm = 1.0;
-  int64_t warmup_steps = 0;  // lr ramps linearly from lr/warmup to lr over these steps
-  int64_t decay_steps = 0;   // then cosine decay from lr to 0 over these steps; 0 = none
-};
 
 Status ValidateOptimizerOptions(const OptimizerOptions& options);
 

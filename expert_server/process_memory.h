@@ -1,11 +1,12 @@
-// Process-wide memory setup for programs that run the expert runtime: dmoe-server, and
-// bench/server for its in-process runtime (so that both sides of its comparison allocate alike).
+// Process-wide set-up for programs that run the expert runtime: dmoe-server, and bench/server for
+// its in-process runtime (so that both sides of its comparison allocate alike). Torch-free to
+// include: the programs that call it need not compile against libtorch.
 //
-// Why, measured with bench/server (ffn d=1024, Adam, batches of 16 and 256, 1-16 clients over
-// HTTP and WebSocket): with glibc's defaults the server's peak RSS was 520-670 MiB for 96 MiB of
-// weights and optimizer state. libtorch and its ~290 shared libraries take ~160 MiB of it whatever
-// we do (110-120 MiB of mapped code and data, ~41 MiB of heap for its operator registry); the rest
-// was glibc keeping memory nobody used any more:
+// Memory. Why, measured with bench/server (ffn d=1024, Adam, batches of 16 and 256, 1-16 clients
+// over HTTP and WebSocket): with glibc's defaults the server's peak RSS was 520-670 MiB for 96 MiB
+// of weights and optimizer state. libtorch and its ~290 shared libraries take ~160 MiB of it
+// whatever we do (110-120 MiB of mapped code and data, ~41 MiB of heap for its operator registry);
+// the rest was glibc keeping memory nobody used any more:
 //   - Tensors: each thread allocates from its own arena, a tensor freed by another thread returns
 //     to the arena it came from, and each arena keeps its own high-water mark. Fixed by
 //     tensor::CachingCpuAllocator: one bounded cache of tensor blocks for all threads.
@@ -22,23 +23,25 @@
 #ifndef DMOE_EXPERT_SERVER_PROCESS_MEMORY_H_
 #define DMOE_EXPERT_SERVER_PROCESS_MEMORY_H_
 
-#include <cstddef>
+#include <optional>
 
-#include "tensor/cpu_allocator.h"
+#include "expert_server/options.h"
+#include "tensor/cpu_allocator_options.h"
 
 namespace dmoe::expert_server {
-
-struct ProcessMemoryOptions {
-  tensor::CpuAllocatorOptions tensors;
-  // glibc: allocations of at least this size get their own mapping (M_MMAP_THRESHOLD).
-  size_t malloc_mmap_threshold = 1 << 20;
-  // glibc: free memory an arena keeps at its top (M_TRIM_THRESHOLD).
-  size_t malloc_trim_threshold = 1 << 20;
-};
 
 // Applies `options` to the whole process: glibc's thresholds, and CachingCpuAllocator as
 // libtorch's CPU allocator. Call once, first thing in main(), before threads or tensors exist.
 void ConfigureProcessMemory(const ProcessMemoryOptions& options = {});
+
+// The counters of the tensor allocator ConfigureProcessMemory installed; nullopt when the process
+// did not call it. Any thread.
+std::optional<tensor::CpuAllocatorStats> TensorMemoryStats();
+
+// libtorch's intra-op threads for the whole process (at::set_num_threads): how many cores one
+// batch's compute may use. Call once from main(), before the server starts. (Defined in
+// runtime.cc, which compiles against ATen anyway.)
+void SetComputeThreads(int threads);
 
 }  // namespace dmoe::expert_server
 

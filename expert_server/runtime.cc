@@ -1,11 +1,41 @@
 #include "expert_server/runtime.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 
+#include <atomic>
 #include <chrono>
 #include <future>
+#include <optional>
+
+#include "expert_server/expert.h"
+#include "expert_server/process_memory.h"
+#include "expert_server/task.h"
 
 namespace dmoe::expert_server {
+
+struct Runtime::Pending {
+  Task task;
+  int64_t samples = 0;  // Rows of x: what batches merge, up to max_batch_size.
+  int64_t enqueued_us = 0;
+  int64_t cost = 0;  // Expert::QueueCost: what counts against max_queue.
+};
+
+struct Runtime::Pool {
+  std::unique_ptr<Expert> expert;
+  int64_t num_parameters = 0;
+  std::deque<Pending> queue;
+  int64_t queued_samples = 0;
+  int64_t queued_cost = 0;  // Samples, or tokens for sequence experts (max_queue).
+  std::atomic<int64_t> step{0};
+  bool busy = false;
+  // The last batch: when its answers went out, how many tasks it answered, and how many tasks
+  // arrived since. Guarded by mu_.
+  int64_t answered_at_us = 0;
+  int64_t answered_tasks = 0;
+  int64_t arrived_since_answered = 0;
+};
+
 namespace {
 
 bool Compatible(const Task& a, const Task& b) {
@@ -18,10 +48,11 @@ bool AllFinite(const at::Tensor& t) { return at::isfinite(t).all().item<bool>();
 }  // namespace
 
 Runtime::Runtime(std::vector<std::unique_ptr<Expert>> experts, RuntimeOptions options)
-    : options_(options), clock_(options.clock != nullptr ? options.clock : &RealClock::Instance()) {
+    : options_(options), clock_(*options.clock) {
   for (auto& e : experts) {
     auto pool = std::make_unique<Pool>();
     pool->step = e->step();
+    pool->num_parameters = e->num_parameters();
     std::string uid = e->uid();
     pool->expert = std::move(e);
     pools_.emplace(uid, std::move(pool));
@@ -308,11 +339,20 @@ double Runtime::load() const {
   return capacity > 0 ? std::min(1.0, static_cast<double>(queued) / capacity) : 0.0;
 }
 
-int64_t Runtime::NowUs() const { return clock_->NowMonotonicUs(); }
+int64_t Runtime::num_parameters(const std::string& uid) const {
+  auto it = pools_.find(uid);
+  return it == pools_.end() ? 0 : it->second->num_parameters;
+}
+
+int64_t Runtime::NowUs() const { return clock_.NowMonotonicUs(); }
 
 RuntimeStats Runtime::stats() const {
   std::lock_guard<std::mutex> lock(mu_);
   return stats_;
 }
+
+// Declared in process_memory.h with the rest of the process's set-up; defined here, in a file that
+// compiles against ATen anyway.
+void SetComputeThreads(int threads) { at::set_num_threads(threads); }
 
 }  // namespace dmoe::expert_server

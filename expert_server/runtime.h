@@ -4,12 +4,12 @@
 // Submit is thread-safe and never blocks on compute: network threads call it and get their answer
 // later through the task's `done` callback, which runs on a runtime thread and must only post work
 // elsewhere (e.g. to a connection's strand). Experts are touched only by runtime threads.
+//
+// This header is torch-free: a task's tensors are declared in expert_server/task.h, which a caller
+// of Submit includes.
 #ifndef DMOE_EXPERT_SERVER_RUNTIME_H_
 #define DMOE_EXPERT_SERVER_RUNTIME_H_
 
-#include <ATen/core/Tensor.h>
-
-#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
@@ -17,51 +17,20 @@
 #include <map>
 #include <memory>
 #include <mutex>
-#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "core/clock.h"
 #include "core/status.h"
-#include "expert_server/expert.h"
+#include "expert_server/options.h"
 
 namespace dmoe::expert_server {
 
-struct RuntimeOptions {
-  // Samples merged into one batch at most.
-  int64_t max_batch_size = 256;
-  // How long a partial batch waits for more requests before it runs.
-  int64_t batch_timeout_us = 1000;
-  // Samples waiting per expert, counted as tokens (B * T) for sequence experts; past it Submit
-  // answers kResourceExhausted. (A first request is queued whatever its size.)
-  int64_t max_queue = 4096;
-  // A backward whose step_seen is more than this many steps behind is refused; < 0 disables.
-  int64_t max_staleness = -1;
-  // Runtime threads (intra-op parallelism is set separately, process-wide).
-  int threads = 1;
-  // Called on a runtime thread after each batch with its number of samples (e.g. for metrics).
-  std::function<void(int64_t samples)> on_batch;
-  // What the batch timeout is measured with; nullptr: the real clock. Tests use a FakeClock; the
-  // runtime still waits in real time, re-checking when tasks arrive.
-  const Clock* clock = nullptr;
-};
-
 enum class TaskKind { kForward, kBackward };
 
-struct TaskResult {
-  at::Tensor output;  // y for forward, grad_x for backward
-  int64_t step = 0;   // the expert's optimizer step when it computed
-};
-
-struct Task {
-  TaskKind kind = TaskKind::kForward;
-  at::Tensor x;
-  at::Tensor grad_y;  // backward only
-  std::optional<at::Tensor> mask;
-  std::optional<int64_t> step_seen;  // backward only
-  std::function<void(Result<TaskResult>)> done;
-};
+class Expert;
+struct Task;  // expert_server/task.h
 
 struct RuntimeStats {
   int64_t batches = 0;
@@ -74,6 +43,7 @@ struct RuntimeStats {
 
 class Runtime {
  public:
+  // `options.clock` must be set and outlive the runtime.
   Runtime(std::vector<std::unique_ptr<Expert>> experts, RuntimeOptions options);
   ~Runtime();  // Stops if still running.
 
@@ -95,31 +65,17 @@ class Runtime {
   bool Hosts(const std::string& uid) const;
   int64_t step(const std::string& uid) const;
   int64_t queued_samples(const std::string& uid) const;
+  // Parameters of the expert `uid` (0 for a uid not hosted); fixed at construction.
+  int64_t num_parameters(const std::string& uid) const;
   // Queued samples (tokens for sequence experts) over max_queue, in [0, 1], for the whole server.
   double load() const;
   RuntimeStats stats() const;
   const RuntimeOptions& options() const { return options_; }
 
  private:
-  struct Pending {
-    Task task;
-    int64_t samples = 0;  // Rows of x: what batches merge, up to max_batch_size.
-    int64_t enqueued_us = 0;
-    int64_t cost = 0;  // Expert::QueueCost: what counts against max_queue.
-  };
-  struct Pool {
-    std::unique_ptr<Expert> expert;
-    std::deque<Pending> queue;
-    int64_t queued_samples = 0;
-    int64_t queued_cost = 0;  // Samples, or tokens for sequence experts (max_queue).
-    std::atomic<int64_t> step{0};
-    bool busy = false;
-    // The last batch: when its answers went out, how many tasks it answered, and how many tasks
-    // arrived since. Guarded by mu_.
-    int64_t answered_at_us = 0;
-    int64_t answered_tasks = 0;
-    int64_t arrived_since_answered = 0;
-  };
+  // A queued task, and an expert with its queue (defined in runtime.cc).
+  struct Pending;
+  struct Pool;
 
   void Loop();
   // Takes a batch of compatible tasks from the pool with the oldest head; nullptr when none is due.
@@ -136,7 +92,7 @@ class Runtime {
   int64_t NowUs() const;
 
   const RuntimeOptions options_;
-  const Clock* const clock_;
+  const Clock& clock_;
   std::map<std::string, std::unique_ptr<Pool>> pools_;
   mutable std::mutex mu_;
   std::condition_variable cv_;

@@ -3,22 +3,25 @@
 #include <spdlog/spdlog.h>
 
 #include <chrono>
-#include <nlohmann/json.hpp>
+#include <limits>
 #include <set>
 
-#include "core/clock.h"
 #include "core/uid.h"
 #include "dht/announcement.h"
-#include "expert_server/checkpoint.h"
+#include "expert_server/hosting.h"
+#include "expert_server/maintenance.h"
+#include "expert_server/process_memory.h"
 #include "expert_server/server_impl.h"
 #include "net/buffer_pool.h"
 #include "net/url.h"
 #include "storage/kv_store.h"
-#include "tensor/cpu_allocator.h"
 
 namespace dmoe::expert_server {
 
 Result<std::unique_ptr<ExpertServer>> ExpertServer::Start(ExpertServerOptions options) {
+  if (options.clock == nullptr) {
+    return InvalidArgumentError("ExpertServerOptions::clock is not set: pass the process's clock");
+  }
   auto server = std::make_unique<ServerImpl>(std::move(options));
   Status s = server->Init();
   if (!s.ok()) {
@@ -29,7 +32,10 @@ Result<std::unique_ptr<ExpertServer>> ExpertServer::Start(ExpertServerOptions op
 }
 
 ServerImpl::ServerImpl(ExpertServerOptions options)
-    : options_(std::move(options)), started_ms_(RealClock::Instance().NowUnixMs()) {}
+    : options_(std::move(options)),
+      clock_(*options_.clock),
+      sequence_experts_(options_.expert.type == "transformer"),
+      started_ms_(clock_.NowUnixMs()) {}
 
 ServerImpl::~ServerImpl() { Stop(); }
 
@@ -70,8 +76,7 @@ Status ServerImpl::Init() {
   if (!options_.trainer_keys_path.empty()) {
     DMOE_ASSIGN_OR_RETURN(std::set<PublicKey> keys,
                           RequestVerifier::LoadKeyFile(options_.trainer_keys_path));
-    verifier_ = std::make_unique<RequestVerifier>(std::move(keys), identity_->peer_id(),
-                                                  RealClock::Instance());
+    verifier_ = std::make_unique<RequestVerifier>(std::move(keys), identity_->peer_id(), clock_);
   } else if (!options_.open_training &&
              (!net::IsLoopbackHost(options_.listen_host) || !net::IsLoopbackHost(announced_host))) {
     const std::string& open_host =
@@ -90,29 +95,15 @@ Status ServerImpl::Init() {
     store_ = std::move(store);
   }
 
-  ExpertRegistry registry = ExpertRegistry::WithBuiltins();
-  std::vector<std::unique_ptr<Expert>> experts;
-  for (const std::string& uid : options_.uids) {
-    DMOE_ASSIGN_OR_RETURN(std::unique_ptr<Expert> expert,
-                          Expert::Create(registry, uid, options_.expert, options_.optimizer));
-    if (store_) {
-      Status restored = RestoreLatest(*store_, *expert);
-      if (restored.ok()) {
-        spdlog::info("expert {}: restored checkpoint at step {}", uid, expert->step());
-      } else if (restored.code() != Code::kNotFound) {
-        return Status(restored.code(), "cannot restore " + uid + ": " + restored.message());
-      }
-    }
-    num_params_ = expert->num_parameters();
-    experts.push_back(std::move(expert));
-  }
   RuntimeOptions runtime_options = options_.runtime;
   Histogram& batch_sizes =
       metrics_.GetHistogram("dmoe_batch_size", "Samples per computed batch.", SizeBuckets());
   runtime_options.on_batch = [&batch_sizes](int64_t samples) {
     batch_sizes.Observe(static_cast<double>(samples));
   };
-  runtime_ = std::make_unique<Runtime>(std::move(experts), runtime_options);
+  runtime_options.clock = &clock_;
+  DMOE_ASSIGN_OR_RETURN(runtime_, CreateRuntime(options_.uids, options_.expert, options_.optimizer,
+                                                store_.get(), std::move(runtime_options)));
   runtime_->Start();
   RegisterRuntimeMetrics();
 
@@ -124,7 +115,12 @@ Status ServerImpl::Init() {
   http_options.max_held_request_bytes = options_.max_held_request_bytes;
   http_options.max_connections = options_.max_connections;
   http_options.max_connections_per_ip = options_.max_connections_per_ip;
-  http_ = std::make_unique<net::HttpServer>(http_options);
+  net::IoContext* io = options_.io;
+  if (io == nullptr) {
+    own_io_ = std::make_unique<net::IoContext>(std::max(1, options_.net_threads));
+    io = own_io_.get();
+  }
+  http_ = std::make_unique<net::HttpServer>(http_options, io);
   RegisterRoutes();
   RegisterMemoryMetrics();
   DMOE_RETURN_IF_ERROR(http_->Start());
@@ -197,19 +193,22 @@ void ServerImpl::RegisterMemoryMetrics() {
           return static_cast<double>(reused ? stats.reused : stats.missed);
         });
   }
-  const tensor::CachingCpuAllocator* tensors = tensor::CachingCpuAllocator::Installed();
-  if (tensors == nullptr) return;  // The process did not call ConfigureProcessMemory.
-  metrics_.AddCallbackGauge("dmoe_tensor_memory_bytes",
-                            "Tensor blocks of the caching allocator: held by tensors, or idle.",
-                            {{"state", "live"}},
-                            [tensors] { return static_cast<double>(tensors->stats().live_bytes); });
-  metrics_.AddCallbackGauge("dmoe_tensor_memory_bytes",
-                            "Tensor blocks of the caching allocator: held by tensors, or idle.",
-                            {{"state", "idle"}},
-                            [tensors] { return static_cast<double>(tensors->stats().idle_bytes); });
-  metrics_.AddCallbackGauge(
-      "dmoe_tensor_memory_peak_live_bytes", "The most tensor memory held at once since the start.",
-      {}, [tensors] { return static_cast<double>(tensors->stats().peak_live_bytes); });
+  if (!TensorMemoryStats()) return;  // The process did not call ConfigureProcessMemory.
+  auto tensor_gauge = [this](const char* name, const char* help, Metrics::Labels labels,
+                             int64_t tensor::CpuAllocatorStats::*field) {
+    metrics_.AddCallbackGauge(name, help, std::move(labels), [field] {
+      return static_cast<double>((*TensorMemoryStats()).*field);
+    });
+  };
+  tensor_gauge("dmoe_tensor_memory_bytes",
+               "Tensor blocks of the caching allocator: held by tensors, or idle.",
+               {{"state", "live"}}, &tensor::CpuAllocatorStats::live_bytes);
+  tensor_gauge("dmoe_tensor_memory_bytes",
+               "Tensor blocks of the caching allocator: held by tensors, or idle.",
+               {{"state", "idle"}}, &tensor::CpuAllocatorStats::idle_bytes);
+  tensor_gauge("dmoe_tensor_memory_peak_live_bytes",
+               "The most tensor memory held at once since the start.", {},
+               &tensor::CpuAllocatorStats::peak_live_bytes);
 }
 
 std::string ServerImpl::endpoint() const {
@@ -228,54 +227,60 @@ std::string ServerImpl::listen_endpoint() const {
 Status ServerImpl::CheckpointNow() {
   if (!store_) return UnavailableError("the server runs without --db");
   std::lock_guard<std::mutex> lock(checkpoint_mu_);
-  std::vector<ExpertSnapshot> snapshots;
-  DMOE_RETURN_IF_ERROR(runtime_->RunExclusive([&](std::map<std::string, Expert*>& experts) {
-    for (auto& [uid, expert] : experts) snapshots.push_back(TakeSnapshot(*expert));
-  }));
-  // One expert that cannot be saved (a disk error, or state that is not finite and so is never
-  // written) does not keep the others from their checkpoint.
+  std::vector<std::pair<std::string, Status>> outcomes = CheckpointExperts(*runtime_, *store_);
   Status first_error;
-  for (const ExpertSnapshot& s : snapshots) {
-    Status saved = SaveSnapshot(*store_, s);
+  for (const auto& [uid, saved] : outcomes) {
     if (!saved.ok()) {
       metrics_.GetCounter("dmoe_checkpoint_errors_total", "Checkpoints that failed.").Increment();
-      spdlog::warn("checkpoint of {} failed: {}", s.uid, saved.message());
+      spdlog::warn("checkpoint of {} failed: {}", uid, saved.message());
       if (first_error.ok()) first_error = saved;
     }
   }
   DMOE_RETURN_IF_ERROR(first_error);
   metrics_.GetCounter("dmoe_checkpoints_total", "Checkpoints written (all experts).").Increment();
-  spdlog::debug("checkpointed {} experts", snapshots.size());
+  spdlog::debug("checkpointed {} experts", outcomes.size());
   return Status::Ok();
 }
 
+ExpertServerStats ServerImpl::stats() const {
+  ExpertServerStats out;
+  for (const std::string& uid : runtime_->uids()) out.steps[uid] = runtime_->step(uid);
+  const RuntimeStats runtime = runtime_->stats();
+  out.batches = runtime.batches;
+  out.tasks = runtime.tasks;
+  out.samples = runtime.samples;
+  return out;
+}
+
 void ServerImpl::MaintenanceLoop() {
-  using Clock = std::chrono::steady_clock;
-  auto next_checkpoint = Clock::now() + std::chrono::seconds(options_.checkpoint_every_s);
-  auto next_announce = Clock::now() + std::chrono::seconds(options_.announce_every_s);
+  constexpr int64_t kUsPerS = 1'000'000;
+  // Only the timers of work this server does: a checkpoint time that is never advanced (no
+  // --db) would lie in the past forever and turn the wait into a spin.
+  MaintenanceTimers timers(
+      clock_.NowMonotonicUs(),
+      store_ ? std::optional<int64_t>(options_.checkpoint_every_s * kUsPerS) : std::nullopt,
+      dht_ ? std::optional<int64_t>(options_.announce_every_s * kUsPerS) : std::nullopt);
   Counter& wakeups = metrics_.GetCounter("dmoe_maintenance_wakeups_total",
                                          "Wake-ups of the checkpoint and announcement thread.");
+  auto stopping = [this] { return stopping_; };
   std::unique_lock<std::mutex> lock(mu_);
   while (!stopping_) {
-    // Only the timers of work this server does: a checkpoint time that is never advanced (no
-    // --db) would lie in the past forever and turn the wait into a spin.
-    auto wake = Clock::time_point::max();
-    if (store_) wake = std::min(wake, next_checkpoint);
-    if (dht_) wake = std::min(wake, next_announce);
-    cv_.wait_until(lock, wake, [this] { return stopping_; });
+    const int64_t due_us = timers.next_due_us();
+    if (due_us == std::numeric_limits<int64_t>::max()) {
+      cv_.wait(lock, stopping);
+    } else {
+      const int64_t wait_us = std::max<int64_t>(0, due_us - clock_.NowMonotonicUs());
+      cv_.wait_for(lock, std::chrono::microseconds(wait_us), stopping);
+    }
     if (stopping_) break;
     wakeups.Increment();
     lock.unlock();
-    auto now = Clock::now();
-    if (store_ && now >= next_checkpoint) {
+    const MaintenanceTimers::Due due = timers.TakeDue(clock_.NowMonotonicUs());
+    if (due.checkpoint) {
       Status s = CheckpointNow();
       if (!s.ok()) spdlog::error("checkpoint failed: {}", s.ToString());
-      next_checkpoint = now + std::chrono::seconds(options_.checkpoint_every_s);
     }
-    if (dht_ && now >= next_announce) {
-      Announce();
-      next_announce = now + std::chrono::seconds(options_.announce_every_s);
-    }
+    if (due.announce) Announce();
     lock.lock();
   }
 }
@@ -328,6 +333,7 @@ void ServerImpl::Stop() {
   if (maintenance_.joinable()) maintenance_.join();
   // In-flight requests finish (the runtime still runs), new ones are refused.
   if (http_) http_->Stop(std::chrono::seconds(5));
+  if (own_io_) own_io_->Stop();  // As HttpServer::Stop stops an io_context of its own.
   if (runtime_) {
     runtime_->Stop();
     if (store_) {

@@ -1,37 +1,72 @@
 // ExpertServer: what a contributor runs to donate compute (PROTOCOL section 4). It hosts a set of
 // experts behind HTTP and WebSocket, trains them from the gradients trainers send, checkpoints them
-// to RocksDB, and announces them in the DHT.
+// to RocksDB, and announces them in the DHT. This header is torch-free: a program that starts a
+// server compiles without libtorch.
 //
 //   ExpertServerOptions options;  // uids, expert type, listen address, db, dht, ...
+//   options.clock = &clock;       // the process's clock (required)
+//   options.io = &io;             // the process's net::IoContext (optional)
 //   DMOE_ASSIGN_OR_RETURN(auto server, ExpertServer::Start(std::move(options)));
 //   std::cout << "listening on " << server->listen_endpoint() << "\n";
 //   ...
 //   server->Stop();  // stop accepting, finish in-flight work, final checkpoint, stop announcing
 //
-// Threads: network threads (net) parse requests and post them to the compute runtime; runtime
-// thread(s) compute and encode answers; one storage thread writes checkpoints; the DHT node runs on
-// its own strand. Start and Stop must be called from a thread that is none of these.
+// Threads. Who runs what, from Start until Stop returns:
+//
+//   thread                      count                    runs
+//   --------------------------  -----------------------  ---------------------------------------
+//   network (net::IoContext)    options.io's threads, or accept, parse, check and decode
+//                               net_threads of its own   requests, hand them to the runtime; write
+//                                                        answers; /v1/health, /v1/experts, /metrics
+//   runtime                     runtime.threads (1)      merge requests into batches, forward,
+//                                                        backward and optimizer step, encode
+//                                                        answers, snapshot experts for checkpoints
+//   libtorch intra-op           SetComputeThreads        the tensor ops of one batch, in parallel
+//                               (process_memory.h)
+//   maintenance                 1                        the checkpoint timer (snapshot via the
+//                                                        runtime, then the RocksDB write) and the
+//                                                        announcement timer (DHT puts)
+//   DHT                         1 (its own io_context)   the Kademlia node: lookups, stores,
+//                                                        re-publishing, saving its state to RocksDB
+//   RocksDB                     RocksDB's own            flushes and compactions
+//
+// No network thread ever computes, writes to disk or waits for the runtime; the DHT keeps a thread
+// of its own rather than the network's because it saves its state to RocksDB. Start and Stop block
+// and must be called from a thread that is none of these; the getters may be called from any
+// thread.
 #ifndef DMOE_EXPERT_SERVER_SERVER_H_
 #define DMOE_EXPERT_SERVER_SERVER_H_
 
+#include <cstddef>
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "core/clock.h"
 #include "core/status.h"
-#include "expert_server/expert.h"
-#include "expert_server/optimizer.h"
-#include "expert_server/runtime.h"
+#include "expert_server/options.h"
+
+namespace dmoe::net {
+class IoContext;
+}  // namespace dmoe::net
 
 namespace dmoe::expert_server {
 
 struct ExpertServerOptions {
   // The experts to host (valid uids, PROTOCOL section 1).
   std::vector<std::string> uids;
+  // The process's clock: timestamps, request-signature windows, request latencies, batch timeouts,
+  // checkpoint and announcement periods. Required; must outlive the server.
+  const Clock* clock = nullptr;
+  // The process's network io_context, shared with its other servers and clients; must outlive the
+  // server. nullptr: the server runs one of its own with net_threads threads.
+  net::IoContext* io = nullptr;
+
   ExpertConfig expert;  // type, hidden_dim, seed (each uid derives its own initialization)
   OptimizerOptions optimizer;
-  RuntimeOptions runtime;
+  RuntimeOptions runtime;  // its clock and on_batch are the server's own
 
   std::string listen_host = "127.0.0.1";
   uint16_t listen_port = 0;
@@ -42,7 +77,7 @@ struct ExpertServerOptions {
   // than the one it listens on (a port forward, a relay in front of it). Setting it together with
   // public_host is kInvalidArgument.
   std::string public_endpoint;
-  int net_threads = 2;
+  int net_threads = 2;  // used only without `io`
   uint64_t max_body_bytes = 64ull << 20;
   int ws_max_in_flight = 64;
   // Bytes of requests (HTTP bodies, WebSocket messages) held at once, from their arrival until
@@ -87,26 +122,50 @@ struct ExpertServerOptions {
   double nan_rate = 0.0;
 };
 
+// What the server has done so far, as one snapshot (ExpertServer::stats()).
+struct ExpertServerStats {
+  // Optimizer steps of each hosted expert, by uid.
+  std::map<std::string, int64_t> steps;
+  int64_t batches = 0;  // batches computed
+  int64_t tasks = 0;    // requests answered from those batches (a refusal before compute is none)
+  int64_t samples = 0;  // samples (rows of x) computed
+};
+
 class ExpertServer {
  public:
-  // Loads or initializes every expert, binds, starts the runtime, the checkpoint thread and the
-  // announcer. kInvalidArgument for bad options (e.g. open training on a public address without
-  // --open-training), kUnavailable when the port or the database is taken.
+  // Loads or initializes every expert (resuming each from its newest checkpoint in db_dir), binds,
+  // starts the runtime, the maintenance thread and, with dht_bootstrap, the DHT node, waiting up to
+  // 5 s for it to join (a node that did not join keeps trying; Start still succeeds), then
+  // announces. Blocks until the server serves. kInvalidArgument for bad options (no clock, a bad
+  // uid or rate, open training on a public address without --open-training, an unknown expert
+  // type, a checkpoint of another type or width), kUnavailable when the port or the database is
+  // taken. On an error nothing keeps running.
   static Result<std::unique_ptr<ExpertServer>> Start(ExpertServerOptions options);
+  // Stops (see Stop).
   virtual ~ExpertServer() = default;
 
-  // "http://HOST:PORT" as announced in the DHT.
+  // "http://HOST:PORT" as announced in the DHT. Any thread; never blocks.
   virtual std::string endpoint() const = 0;
   // "http://HOST:PORT" the server listens on (127.0.0.1 for 0.0.0.0, [::1] for [::]): where a
   // client on this machine connects. Equals endpoint() unless public_host or public_endpoint is
-  // set.
+  // set. Any thread; never blocks.
   virtual std::string listen_endpoint() const = 0;
+  // The bound port. Any thread; never blocks.
   virtual uint16_t port() const = 0;
+  // Hex BLAKE2b-256 of the server's public key, as /v1/health and the DHT records name it.
   virtual std::string peer_id() const = 0;
-  virtual const Runtime& runtime() const = 0;
-  // Checkpoints every expert now (blocks until written). kUnavailable without a database.
+  // A consistent-enough snapshot for tests and tools: each field is read atomically, the fields
+  // not together. Any thread; takes the runtime's lock briefly, never waits for compute.
+  virtual ExpertServerStats stats() const = 0;
+  // Checkpoints every expert now: snapshots them between batches, then writes each. Blocks until
+  // written; one checkpoint at a time. kUnavailable without a database; otherwise the first
+  // expert's write error (the other experts are still written). Not from a network or runtime
+  // thread.
   virtual Status CheckpointNow() = 0;
-  // Graceful stop; idempotent.
+  // Graceful stop: stops the timers, stops accepting and lets requests in flight answer (up to
+  // 5 s), fails what is still queued with kUnavailable, writes a final checkpoint, stops the DHT
+  // node (its announcements then expire within announce_ttl_s) and closes the database. Blocks;
+  // idempotent; not from a network or runtime thread.
   virtual void Stop() = 0;
 };
 

@@ -1,25 +1,32 @@
 // Internal to expert_server: the ExpertServer implementation, split between server.cc (lifecycle,
-// checkpoints, announcements) and api.cc (HTTP and WebSocket handlers).
+// checkpoints, announcements; torch-free) and api.cc (HTTP and WebSocket handlers, which make
+// tensors). Everything it includes is torch-free, so server.cc compiles without libtorch.
 #ifndef DMOE_EXPERT_SERVER_SERVER_IMPL_H_
 #define DMOE_EXPERT_SERVER_SERVER_IMPL_H_
 
 #include <atomic>
 #include <condition_variable>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <random>
 #include <span>
 #include <string>
 #include <thread>
+#include <vector>
 
+#include "core/clock.h"
 #include "core/host_port.h"
 #include "core/identity.h"
 #include "core/metrics.h"
 #include "core/request_auth.h"
 #include "dht/dht.h"
+#include "expert_server/runtime.h"
 #include "expert_server/server.h"
 #include "net/http_server.h"
+#include "net/io_context.h"
 #include "storage/expert_store.h"
 
 namespace dmoe::expert_server {
@@ -35,7 +42,7 @@ class ServerImpl : public ExpertServer {
   std::string listen_endpoint() const override;
   uint16_t port() const override { return http_->port(); }
   std::string peer_id() const override { return identity_->peer_id(); }
-  const Runtime& runtime() const override { return *runtime_; }
+  ExpertServerStats stats() const override;
   Status CheckpointNow() override;
   void Stop() override;
 
@@ -66,6 +73,9 @@ class ServerImpl : public ExpertServer {
   bool InjectNan();
 
   const ExpertServerOptions options_;
+  const Clock& clock_;  // *options_.clock, checked by ExpertServer::Start
+  // The requests of sequence experts may carry a mask (and their schema says [B, T, d]).
+  const bool sequence_experts_;
   std::optional<HostPort> public_endpoint_;  // options_.public_endpoint, parsed
   std::optional<Identity> identity_;
   std::unique_ptr<RequestVerifier> verifier_;
@@ -73,10 +83,12 @@ class ServerImpl : public ExpertServer {
   std::shared_ptr<storage::ExpertStore> store_;
   std::unique_ptr<Runtime> runtime_;
   std::unique_ptr<dht::Dht> dht_;
+  // Without options_.io, the network threads are the server's own; declared before http_, which
+  // uses them, so that they outlive it.
+  std::unique_ptr<net::IoContext> own_io_;
   std::unique_ptr<net::HttpServer> http_;
   Metrics metrics_;
   const int64_t started_ms_;
-  int64_t num_params_ = 0;  // per expert, all alike
 
   std::mutex mu_;
   std::condition_variable cv_;

@@ -15,8 +15,10 @@
 #include <nlohmann/json.hpp>
 #include <set>
 
+#include "core/clock.h"
 #include "core/hex.h"
 #include "core/request_auth.h"
+#include "expert_server/expert.h"
 #include "expert_server/process_memory.h"
 #include "expert_server/server.h"
 #include "net/http_client.h"
@@ -54,6 +56,7 @@ class ApiTest : public ::testing::Test {
  protected:
   void StartServer(std::function<void(ExpertServerOptions&)> tweak = {}) {
     ExpertServerOptions o;
+    o.clock = &RealClock::Instance();
     o.uids = {"ffn.0.0", "ffn.0.1"};
     o.expert.hidden_dim = kDim;
     o.expert.seed = 11;
@@ -237,7 +240,7 @@ TEST_F(ApiTest, BadRequestsGetTheProtocolsErrors) {
     EXPECT_EQ(ErrorCode(c.response), c.code) << c.what;
   }
   // The server is unharmed: no expert stepped, and it still answers.
-  EXPECT_EQ(server_->runtime().step("ffn.0.0"), 0);
+  EXPECT_EQ(server_->stats().steps.at("ffn.0.0"), 0);
   EXPECT_EQ(Forward("ffn.0.0", at::randn({1, kDim})).status, 200);
 }
 
@@ -275,7 +278,7 @@ TEST_F(ApiTest, BackwardReturnsGradXAndStepsTheExpert) {
   tensor::TorchPayload p = Parse(r.body);
   EXPECT_TRUE(at::allclose(p.tensors["grad_x"], *twin->Backward(x, g, std::nullopt), 1e-5, 1e-6));
   EXPECT_EQ(p.metadata["step"], "1");
-  EXPECT_EQ(server_->runtime().step("ffn.0.0"), 1);
+  EXPECT_EQ(server_->stats().steps.at("ffn.0.0"), 1);
   // After the same update, both compute the same forward.
   at::Tensor probe = at::randn({2, kDim});
   EXPECT_TRUE(at::allclose(Parse(Forward("ffn.0.0", probe).body).tensors["y"],
@@ -298,7 +301,7 @@ TEST_F(ApiTest, NanGradientLeavesWeightsBitIdenticalAndIsCounted) {
                 .status,
             400);
   EXPECT_EQ(Forward("ffn.0.0", probe).body, before);  // bit-identical answer, same step
-  EXPECT_EQ(server_->runtime().step("ffn.0.0"), 0);
+  EXPECT_EQ(server_->stats().steps.at("ffn.0.0"), 0);
   std::string metrics(Call("GET", "/metrics").body_view());
   EXPECT_NE(metrics.find("dmoe_refused_gradients_total{reason=\"nonfinite\"} 2"), std::string::npos)
       << metrics;
@@ -315,7 +318,7 @@ TEST_F(ApiTest, StaleGradientsAreRefused) {
   net::Response stale = backward("0");
   EXPECT_EQ(stale.status, 400);
   EXPECT_NE(std::string(stale.body_view()).find("stale"), std::string::npos);
-  EXPECT_EQ(server_->runtime().step("ffn.0.0"), 3);
+  EXPECT_EQ(server_->stats().steps.at("ffn.0.0"), 3);
 }
 
 TEST_F(ApiTest, ConcurrentRequestsAreMergedIntoOneBatch) {
@@ -339,7 +342,7 @@ TEST_F(ApiTest, ConcurrentRequestsAreMergedIntoOneBatch) {
   std::unique_lock<std::mutex> lock(mu);
   ASSERT_TRUE(cv.wait_for(lock, 30s, [&] { return answered == 8; }));
   EXPECT_EQ(ok, 8);
-  RuntimeStats stats = server_->runtime().stats();
+  ExpertServerStats stats = server_->stats();
   EXPECT_EQ(stats.batches, 1);
   EXPECT_EQ(stats.tasks, 8);
   EXPECT_EQ(stats.samples, 32);
@@ -378,7 +381,7 @@ TEST_F(ApiTest, HeldRequestBytesAreBoundedAndReported) {
     EXPECT_TRUE(at::allclose(Parse(answers[i].body).tensors["y"],
                              *twin->Forward(xs[i], std::nullopt), 1e-5, 1e-6));
   }
-  EXPECT_EQ(server_->runtime().stats().batches, kRequests);
+  EXPECT_EQ(server_->stats().batches, kRequests);
   std::string metrics;
   EXPECT_TRUE(dmoe::testing::PollUntil(
       [&] {
@@ -571,7 +574,7 @@ TEST_F(AuthTest, BackwardNeedsAListedSignedFreshRequest) {
   net::Bytes other = Blob({{"x", at::randn({1, kDim})}, {"grad_y", at::randn({1, kDim})}});
   EXPECT_EQ(Call("POST", path_, other, Signed(trainer_, "POST", path_, body)).status,
             401);  // body swapped
-  EXPECT_EQ(server_->runtime().step("ffn.0.0"), 1);
+  EXPECT_EQ(server_->stats().steps.at("ffn.0.0"), 1);
   EXPECT_EQ(Forward("ffn.0.0", at::randn({1, kDim})).status, 200);  // forward stays open
 }
 
@@ -599,7 +602,7 @@ TEST_F(AuthTest, WebSocketTrainingNeedsASignedUpgrade) {
   trainer.Send(backward);
   tensor::TorchPayload r = trainer.Next();
   EXPECT_EQ(r.tensors.count("grad_x"), 1u) << r.metadata["error_message"];
-  EXPECT_EQ(server_->runtime().step("ffn.0.0"), 1);
+  EXPECT_EQ(server_->stats().steps.at("ffn.0.0"), 1);
 }
 
 TEST(ServerStartTest, RefusesOpenTrainingOnAPublicAddress) {
@@ -607,6 +610,11 @@ TEST(ServerStartTest, RefusesOpenTrainingOnAPublicAddress) {
   o.uids = {"ffn.0"};
   o.expert.hidden_dim = kDim;
   o.listen_host = "0.0.0.0";
+  o.clock = nullptr;
+  auto no_clock = ExpertServer::Start(o);
+  ASSERT_FALSE(no_clock.ok());
+  EXPECT_EQ(no_clock.status().code(), Code::kInvalidArgument);
+  o.clock = &RealClock::Instance();
   auto refused = ExpertServer::Start(o);
   ASSERT_FALSE(refused.ok());
   EXPECT_EQ(refused.status().code(), Code::kInvalidArgument);

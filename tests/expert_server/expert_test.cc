@@ -235,7 +235,7 @@ TEST(ExpertTest, RegistryAcceptsUserTypesAndRefusesUnknownOrDuplicate) {
 
 TEST(ExpertTest, WarmupRampsTheLearningRate) {
   OptimizerOptions opt;
-  opt.kind = "sgd";
+  opt.kind = OptimizerKind::kSgd;
   opt.beta1 = 0;
   opt.lr = 0.1;
   opt.warmup_steps = 4;

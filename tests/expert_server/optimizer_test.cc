@@ -34,7 +34,7 @@ struct Reference {
     for (size_t i = 0; i < p.size(); ++i) {
       at::Tensor g = grads[i].to(at::kDouble) * clip;
       p[i] = p[i] * (1.0 - lr * o.weight_decay);
-      if (o.kind == "adam") {
+      if (o.kind == OptimizerKind::kAdam) {
         m[i] = o.beta1 * m[i] + (1 - o.beta1) * g;
         v[i] = o.beta2 * v[i] + (1 - o.beta2) * g * g;
         const double b1 = 1 - std::pow(o.beta1, static_cast<double>(step));
@@ -105,7 +105,7 @@ TEST(OptimizerTest, AdamMatchesItsFormulaInTheFusedAndTheGeneralPath) {
 
 TEST(OptimizerTest, SgdWithMomentumMatchesItsFormula) {
   OptimizerOptions o;
-  o.kind = "sgd";
+  o.kind = OptimizerKind::kSgd;
   o.lr = 1e-2;
   o.beta1 = 0.9;
   o.weight_decay = 0.01;
@@ -177,7 +177,8 @@ bool AllFinite(const Optimizer& opt, const at::Tensor& p) {
 // A finite gradient of 1e38 squares to +Inf in Adam's second moment, which used to freeze the
 // weights for good. Without clipping the step is rolled back exactly, in both paths and for SGD.
 TEST(OptimizerTest, AnOverflowingUpdateIsRolledBackBitExactly) {
-  for (std::string kind : {"adam", "sgd"}) {
+  for (OptimizerKind kind : {OptimizerKind::kAdam, OptimizerKind::kSgd}) {
+    const char* name = kind == OptimizerKind::kAdam ? "adam" : "sgd";
     for (bool contiguous : {true, false}) {
       OptimizerOptions o;
       o.kind = kind;
@@ -192,7 +193,7 @@ TEST(OptimizerTest, AnOverflowingUpdateIsRolledBackBitExactly) {
       g[39][32] = 3e38f;  // the last element: finite, but its square or momentum overflows
       p.mutable_grad() = g;
       ASSERT_TRUE(opt.GradientsFinite());
-      if (kind == "sgd") {
+      if (kind == OptimizerKind::kSgd) {
         // Momentum 0.9 * 3e38 + 3e38 overflows only on the second such step.
         ASSERT_TRUE(opt.Step().ok());
         p.mutable_grad() = g.clone();
@@ -200,9 +201,9 @@ TEST(OptimizerTest, AnOverflowingUpdateIsRolledBackBitExactly) {
       const std::vector<at::Tensor> after_first = Copies(opt, p);
       const int64_t step = opt.step();
       Status s = opt.Step();
-      EXPECT_EQ(s.code(), Code::kInvalidArgument) << kind << " contiguous " << contiguous;
-      EXPECT_TRUE(BitIdentical(kind == "sgd" ? after_first : before, Copies(opt, p)))
-          << kind << " contiguous " << contiguous;
+      EXPECT_EQ(s.code(), Code::kInvalidArgument) << name << " contiguous " << contiguous;
+      EXPECT_TRUE(BitIdentical(kind == OptimizerKind::kSgd ? after_first : before, Copies(opt, p)))
+          << name << " contiguous " << contiguous;
       EXPECT_EQ(opt.step(), step);
       EXPECT_FALSE(p.grad().defined()) << "a refused step still clears the gradients";
       // The expert goes on learning from honest gradients.

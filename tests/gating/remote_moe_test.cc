@@ -57,13 +57,14 @@ class Swarm4x4 : public ::testing::Test {
     boot_ = std::move(boot).value().release();
     for (int s = 0; s < kServers; ++s) {
       expert_server::ExpertServerOptions o;
+      o.clock = &RealClock::Instance();
       for (int j = 0; j < 4; ++j)
         o.uids.push_back("ffn." + std::to_string(s) + "." + std::to_string(j));
       o.expert.hidden_dim = kDim;
       o.expert.seed = kSeed;
       // Backward still computes grad_x, but the weights stay put (an SGD step of 1e-30), so every
       // test of the suite can compare against freshly built local twins.
-      o.optimizer.kind = "sgd";
+      o.optimizer.kind = expert_server::OptimizerKind::kSgd;
       o.optimizer.lr = 1e-30;  // must be positive; far below float resolution of the weights
       o.optimizer.weight_decay = 0.0;
       o.dht_bootstrap = {boot_->local_address()};

@@ -73,10 +73,11 @@ class PoisonGatingTest : public ::testing::TestWithParam<RogueAnswer> {
     honest_key_ = identity->public_key();
     expert_server::ExpertServerOptions o;
     o.identity_path = dir_->Sub("identity");
+    o.clock = &RealClock::Instance();
     o.uids = {"ffn.0"};
     o.expert.hidden_dim = kDim;
     o.expert.seed = 3;
-    o.optimizer.kind = "sgd";
+    o.optimizer.kind = expert_server::OptimizerKind::kSgd;
     o.optimizer.lr = 1e-30;  // the weights stay put, so every forward answers alike
     auto s = expert_server::ExpertServer::Start(std::move(o));
     ASSERT_TRUE(s.ok()) << s.status().ToString();
