@@ -13,6 +13,7 @@
 #include "net/http_client.h"
 #include "router/router.h"
 #include "tensor/safetensors.h"
+#include "tests/testing/in_process_router.h"
 #include "tests/testing/temp_dir.h"
 
 namespace dmoe::hostile {
@@ -55,10 +56,8 @@ class PoisonRouterTest : public ::testing::Test {
   void SetUp() override {
     router::RouterOptions o;
     o.db_dir = dir_.Sub("router");
-    o.dht_listen = "127.0.0.1:0";
     o.inference_threads = 1;
-    o.net_threads = 1;
-    auto r = router::Router::Start(std::move(o));
+    auto r = testing::StartInProcessRouter(std::move(o));
     ASSERT_TRUE(r.ok()) << r.status().ToString();
     router_ = std::move(r).value();
   }
