@@ -76,8 +76,8 @@ TEST(RouterQueueTest, AFullInferenceQueueAnswers503AtOnceAndFreesWhenWorkEnds) {
   o.db_dir = dir.Sub("router");
   o.inference_threads = 1;
   o.max_queued_inferences = kQueue;
-  auto started = testing::StartInProcessRouter(
-      std::move(o), {.listen = "127.0.0.1:0", .bootstrap = {dht_endpoint}});
+  auto started =
+      testing::StartInProcessRouter(std::move(o), testing::LoopbackDhtOptions({dht_endpoint}));
   ASSERT_TRUE(started.ok()) << started.status().ToString();
   std::unique_ptr<router::Router> router = std::move(started).value();
 

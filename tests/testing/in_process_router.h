@@ -9,6 +9,7 @@
 #include <memory>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "core/clock.h"
 #include "core/identity.h"
@@ -42,13 +43,20 @@ class InProcessRouter final : public router::Router {
 
 }  // namespace internal
 
+// A DHT node on a free loopback UDP port, joining through `bootstrap` (none: alone).
+inline dht::DhtOptions LoopbackDhtOptions(std::vector<std::string> bootstrap = {}) {
+  dht::DhtOptions options;
+  options.listen = "127.0.0.1:0";
+  options.bootstrap = std::move(bootstrap);
+  return options;
+}
+
 // Starts the DHT node (`dht_options`, always a client node, whose identity becomes
 // options.identity, a fresh one when neither is set), waits up to 5 s for it to join its bootstrap
 // nodes as dmoe-router does, and then starts the router on it. The errors of dht::Dht::Start and
 // router::Router::Start.
-inline Result<std::unique_ptr<router::Router>> StartInProcessRouter(router::RouterOptions options,
-                                                                    dht::DhtOptions dht_options = {
-                                                                        .listen = "127.0.0.1:0"}) {
+inline Result<std::unique_ptr<router::Router>> StartInProcessRouter(
+    router::RouterOptions options, dht::DhtOptions dht_options = LoopbackDhtOptions()) {
   auto wired = std::make_unique<internal::InProcessRouter>();
   if (!options.identity) options.identity = dht_options.identity.value_or(Identity::Generate());
   dht_options.identity = options.identity;
