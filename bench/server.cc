@@ -131,10 +131,10 @@ Status CheckAnswer(std::span<const uint8_t> blob, const char* name, int64_t elem
   return Status::Ok();
 }
 
-// A request body as a client makes one per call: the blob copied into a buffer from net's pool
-// (a real client encodes into it; the copy costs what the encoding's copy of the tensor does).
-dmoe::net::Bytes PooledCopy(const std::vector<uint8_t>& blob) {
-  dmoe::net::Bytes body = dmoe::net::BufferPool::Shared().Take(blob.size());
+// A request body as a client makes one per call: the blob copied into a buffer from the client's
+// pool (a real client encodes into it; the copy costs what the encoding's copy of the tensor does).
+dmoe::net::Bytes PooledCopy(dmoe::net::BufferPool& pool, const std::vector<uint8_t>& blob) {
+  dmoe::net::Bytes body = pool.Take(blob.size());
   body.assign(blob.begin(), blob.end());
   return body;
 }
@@ -204,10 +204,10 @@ class Http : public Transport {
     Result<dmoe::net::Response> r = client_.Fetch(
         "POST", endpoint_ + "/v1/experts/" + kUid + (backward ? "/backward" : "/forward"),
         {{"Content-Type", "application/x-safetensors"}},
-        PooledCopy(backward ? in.backward_blob : in.forward_blob), 60s);
+        PooledCopy(client_.buffer_pool(), backward ? in.backward_blob : in.forward_blob), 60s);
     if (!r.ok()) return r.status();
     Status s = CheckAnswer(r->body, backward ? "grad_x" : "y", in.x.numel());
-    dmoe::net::BufferPool::Shared().Give(std::move(r->body));
+    client_.buffer_pool().Give(std::move(r->body));
     return s;
   }
   BatchCount Batches() override { return RemoteBatches(endpoint_); }
@@ -254,14 +254,14 @@ class WebSocket : public Transport {
       std::lock_guard<std::mutex> lock(slot.mu);
       slot.answer.reset();
     }
-    DMOE_RETURN_IF_ERROR(
-        slot.conn->Send(PooledCopy(backward ? in.ws_backward_blob : in.ws_forward_blob)));
+    DMOE_RETURN_IF_ERROR(slot.conn->Send(
+        PooledCopy(client_.buffer_pool(), backward ? in.ws_backward_blob : in.ws_forward_blob)));
     std::unique_lock<std::mutex> lock(slot.mu);
     if (!slot.cv.wait_for(lock, 60s, [&] { return slot.answer.has_value(); })) {
       return dmoe::DeadlineExceededError("no WebSocket answer in 60 s");
     }
     Status s = CheckAnswer(*slot.answer, backward ? "grad_x" : "y", in.x.numel());
-    dmoe::net::BufferPool::Shared().Give(std::move(*slot.answer));
+    client_.buffer_pool().Give(std::move(*slot.answer));
     return s;
   }
   BatchCount Batches() override { return RemoteBatches(endpoint_); }

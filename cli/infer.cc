@@ -11,6 +11,7 @@
 #include <sstream>
 
 #include "cli/commands.h"
+#include "core/integer.h"
 #include "data/fashion_mnist.h"
 #include "net/http_client.h"
 #include "tensor/safetensors.h"
@@ -80,7 +81,7 @@ int RunInfer(const std::string& router, const std::string& model, const std::str
       correct += std::max_element(row, row + classes) - row == test->labels[start + i];
     }
     auto v = d->metadata.find("model_version");
-    if (v != d->metadata.end()) version = std::stoll(v->second);
+    if (v != d->metadata.end()) version = ParseInteger<int64_t>(v->second).value_or(version);
   }
   out << "accuracy " << std::fixed << std::setprecision(4) << static_cast<double>(correct) / n
       << " on " << n << " Fashion-MNIST test images (model " << model << " version " << version

@@ -1,6 +1,8 @@
 #include "core/host_port.h"
 
-#include <charconv>
+#include <optional>
+
+#include "core/integer.h"
 
 namespace dmoe {
 namespace {
@@ -52,14 +54,10 @@ Result<HostPort> ParseHostPort(std::string_view text, PortRule rule) {
     }
   }
   out.host = std::string(host);
-  unsigned port = 0;
-  auto [ptr, ec] = std::from_chars(port_text.data(), port_text.data() + port_text.size(), port);
-  if (port_text.empty() || ec != std::errc() || ptr != port_text.data() + port_text.size() ||
-      port > 65535) {
-    return bad("port must be 0..65535");
-  }
-  if (port == 0 && rule == PortRule::kNonZeroPort) return bad("port must be 1..65535");
-  out.port = static_cast<uint16_t>(port);
+  const std::optional<uint16_t> port = ParseInteger<uint16_t>(port_text);
+  if (!port) return bad("port must be 0..65535");
+  if (*port == 0 && rule == PortRule::kNonZeroPort) return bad("port must be 1..65535");
+  out.port = *port;
   return out;
 }
 

@@ -4,10 +4,11 @@
 
 #include <array>
 #include <cctype>
-#include <charconv>
 #include <fstream>
+#include <optional>
 
 #include "core/hex.h"
+#include "core/integer.h"
 
 namespace dmoe {
 namespace {
@@ -103,17 +104,15 @@ Status RequestVerifier::CheckHead(const RequestSignature& sig) const {
   Result<PublicKey> key = PublicKeyFromHex(sig.key_hex);
   if (!key.ok())
     return UnauthenticatedError(std::string(kKeyHeader) + ": " + key.status().message());
-  int64_t ts = 0;
-  auto [ptr, ec] = std::from_chars(sig.timestamp_ms.data(),
-                                   sig.timestamp_ms.data() + sig.timestamp_ms.size(), ts);
-  if (ec != std::errc() || ptr != sig.timestamp_ms.data() + sig.timestamp_ms.size()) {
+  const std::optional<int64_t> ts = ParseInteger<int64_t>(sig.timestamp_ms);
+  if (!ts) {
     return UnauthenticatedError(std::string(kTimestampHeader) + " '" + sig.timestamp_ms +
                                 "' is not unix milliseconds");
   }
   if (keys_.count(*key) == 0) {
     return PermissionDeniedError("key " + sig.key_hex + " is not a listed trainer key");
   }
-  int64_t skew = clock_.NowUnixMs() - ts;
+  int64_t skew = clock_.NowUnixMs() - *ts;
   if (skew > kRequestWindowMs || skew < -kRequestWindowMs) {
     return UnauthenticatedError(std::string(kTimestampHeader) + " is " + std::to_string(skew) +
                                 " ms from the server's clock (allowed: 30000)");
@@ -152,7 +151,8 @@ Status RequestVerifier::Verify(const RequestSignature& sig, std::string_view met
     return UnauthenticatedError("replayed request: this nonce or signature was already used");
   }
   // Remember until the timestamp leaves the window on either side.
-  const int64_t expiry = std::stoll(sig.timestamp_ms) + kRequestWindowMs;
+  // CheckHead above took the timestamp as a number.
+  const int64_t expiry = ParseInteger<int64_t>(sig.timestamp_ms).value_or(0) + kRequestWindowMs;
   for (const std::string& entry : {by_signature, by_nonce}) {
     seen_.insert(entry);
     seen_order_.emplace_back(expiry, entry);

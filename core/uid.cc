@@ -1,6 +1,8 @@
 #include "core/uid.h"
 
-#include <charconv>
+#include <optional>
+
+#include "core/integer.h"
 
 namespace dmoe {
 namespace {
@@ -56,9 +58,7 @@ Result<int64_t> ParseIndex(std::string_view text, std::string_view whole) {
     return InvalidArgumentError("expert uid " + Quote(whole) + ": index '" + std::string(text) +
                                 "' is above 999999");
   }
-  int64_t value = 0;
-  std::from_chars(text.data(), text.data() + text.size(), value);
-  return value;
+  return *ParseInteger<int64_t>(text);  // Digits only, at most 6 of them.
 }
 
 std::vector<std::string_view> SplitDots(std::string_view text) {

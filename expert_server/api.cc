@@ -4,13 +4,13 @@
 #include <ATen/ops/full_like.h>
 #include <spdlog/spdlog.h>
 
-#include <charconv>
 #include <chrono>
 #include <limits>
 #include <nlohmann/json.hpp>
 #include <optional>
 
 #include "core/hex.h"
+#include "core/integer.h"
 #include "core/uid.h"
 #include "expert_server/server_impl.h"
 #include "expert_server/task.h"
@@ -21,20 +21,12 @@
 namespace dmoe::expert_server {
 namespace {
 
-constexpr char kSafetensorsType[] = "application/x-safetensors";
-
 Status CheckContentType(const net::RequestHead& head) {
-  std::string_view type = head.headers.Get("Content-Type").value_or("");
-  type = type.substr(0, type.find(';'));
-  while (!type.empty() && type.back() == ' ') type.remove_suffix(1);
-  if (net::EqualsIgnoreCase(type, kSafetensorsType) ||
-      net::EqualsIgnoreCase(type, "application/octet-stream")) {
-    return Status::Ok();
-  }
+  if (net::IsSafetensorsBody(head.headers)) return Status::Ok();
   return UnsupportedMediaTypeError(
       "Content-Type must be application/x-safetensors or "
       "application/octet-stream, got '" +
-      std::string(type) + "'");
+      std::string(net::MediaTypeOf(head.headers)) + "'");
 }
 
 RequestSignature SignatureOf(const net::RequestHead& head) {
@@ -144,19 +136,18 @@ void ServerImpl::Dispatch(TaskKind kind, const std::string& uid, std::span<const
       return fail(InvalidArgumentError("backward needs a tensor named 'grad_y'"));
     auto seen = decoded->metadata.find("step_seen");
     if (seen != decoded->metadata.end()) {
-      int64_t v = -1;
-      const std::string& text = seen->second;
-      auto [ptr, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
-      if (ec != std::errc() || ptr != text.data() + text.size() || v < 0) {
-        return fail(InvalidArgumentError("step_seen '" + text + "' is not a decimal step"));
+      const std::optional<int64_t> v = ParseInteger<int64_t>(seen->second);
+      if (!v || *v < 0) {
+        return fail(InvalidArgumentError("step_seen '" + seen->second + "' is not a decimal step"));
       }
-      task.step_seen = v;
+      task.step_seen = *v;
     }
   }
   if (InjectFailure()) return fail(UnavailableError("fault injection (--fail-rate)"));
   const std::string output_name = kind == TaskKind::kForward ? "y" : "grad_x";
   const bool inject_nan = kind == TaskKind::kForward && InjectNan();
-  task.done = [uid, output_name, extra_metadata, finish, inject_nan](Result<TaskResult> r) {
+  net::BufferPool* pool = &http_->buffer_pool();
+  task.done = [uid, output_name, extra_metadata, finish, inject_nan, pool](Result<TaskResult> r) {
     if (!r.ok()) return finish(r.status());
     std::map<std::string, std::string> meta = extra_metadata;
     meta["uid"] = uid;
@@ -165,7 +156,7 @@ void ServerImpl::Dispatch(TaskKind kind, const std::string& uid, std::span<const
     if (inject_nan) output = at::full_like(output, std::numeric_limits<double>::quiet_NaN());
     // Into a reused buffer; the network thread gives it back once written.
     std::vector<tensor::NamedTensor> tensors = {{output_name, output}};
-    std::vector<uint8_t> blob = net::BufferPool::Shared().Take(tensor::EncodedSizeHint(tensors));
+    std::vector<uint8_t> blob = pool->Take(tensor::EncodedSizeHint(tensors));
     Status encoded = tensor::EncodeFromTorchInto(tensors, meta, &blob);
     if (!encoded.ok()) return finish(encoded);
     finish(std::move(blob));
@@ -233,7 +224,7 @@ void ServerImpl::RegisterRoutes() {
   auto reply_http = [](net::Responder respond) {
     return [respond](Result<std::vector<uint8_t>> r) {
       if (!r.ok()) return respond(net::Response::Error(r.status()));
-      respond(net::Response::Binary(200, kSafetensorsType, std::move(r).value()));
+      respond(net::Response::Binary(200, net::kSafetensorsType, std::move(r).value()));
     };
   };
   http_->Handle(
@@ -241,7 +232,7 @@ void ServerImpl::RegisterRoutes() {
       [this, reply_http](net::Request req, net::Responder respond) {
         Dispatch(TaskKind::kForward, std::string(req.Param("uid").value_or("")), req.body, {},
                  reply_http(respond));
-        net::BufferPool::Shared().Give(std::move(req.body));  // Decoded into tensors by now.
+        http_->buffer_pool().Give(std::move(req.body));  // Decoded into tensors by now.
       },
       [](const net::RequestHead& head) { return CheckContentType(head); });
   http_->Handle(
@@ -254,7 +245,7 @@ void ServerImpl::RegisterRoutes() {
         }
         Dispatch(TaskKind::kBackward, std::string(req.Param("uid").value_or("")), req.body, {},
                  reply_http(respond));
-        net::BufferPool::Shared().Give(std::move(req.body));
+        http_->buffer_pool().Give(std::move(req.body));
       },
       [this](const net::RequestHead& head) {
         // Authentication first, before the body is read or parsed.
@@ -267,7 +258,7 @@ void ServerImpl::RegisterRoutes() {
                                              [this](const std::shared_ptr<net::WsConnection>& conn,
                                                     net::Bytes message) {
                                                HandleWsMessage(conn, message);
-                                               net::BufferPool::Shared().Give(std::move(message));
+                                               http_->buffer_pool().Give(std::move(message));
                                              },
                                          .on_close = {}},
                          [this](const net::RequestHead& head) {

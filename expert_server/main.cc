@@ -21,6 +21,7 @@
 #include "expert_server/process_memory.h"
 #include "expert_server/server.h"
 #include "net/io_context.h"
+#include "net/server_flags.h"
 
 namespace {
 
@@ -131,8 +132,7 @@ int main(int argc, char** argv) {
   std::string experts, listen = "127.0.0.1:0", log_level = "info";
   size_t num_experts = 0;
   int threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  double max_body_mib = 64, batch_timeout_ms = 1;
-  double max_held_request_mib = static_cast<double>(o.max_held_request_bytes) / (1 << 20);
+  double batch_timeout_ms = 1;
   std::string dht;
   app.add_option(
          "--experts", experts,
@@ -210,17 +210,11 @@ int main(int argc, char** argv) {
   app.add_option("--max-staleness", o.runtime.max_staleness,
                  "refuse gradients this many steps old; -1 = off")
       ->capture_default_str();
-  app.add_option("--max-body-mib", max_body_mib, "request body limit in MiB")
-      ->capture_default_str();
+  dmoe::net::AddServerLimitFlags(app, {.max_body_bytes = &o.max_body_bytes,
+                                       .max_held_request_bytes = &o.max_held_request_bytes,
+                                       .max_connections = &o.max_connections,
+                                       .max_connections_per_ip = &o.max_connections_per_ip});
   app.add_option("--ws-max-in-flight", o.ws_max_in_flight, "requests in flight per WebSocket")
-      ->capture_default_str();
-  app.add_option("--max-held-request-mib", max_held_request_mib,
-                 "request bytes held at once until answered; more wait unread in their sockets")
-      ->capture_default_str();
-  app.add_option("--max-connections", o.max_connections, "connections open at once (0: no limit)")
-      ->capture_default_str();
-  app.add_option("--max-connections-per-ip", o.max_connections_per_ip,
-                 "connections open at once from one IP address (0: no limit)")
       ->capture_default_str();
   app.add_option("--max-seq-len", o.expert.max_seq_len,
                  "longest sequence a transformer expert takes; longer is invalid_argument")
@@ -264,8 +258,6 @@ int main(int argc, char** argv) {
         parse("--dht-public-endpoint", o.dht_public_endpoint, dmoe::PortRule::kNonZeroPort);
     if (!parsed.ok()) return Fail(parsed.status());
   }
-  o.max_body_bytes = static_cast<uint64_t>(max_body_mib * (1 << 20));
-  o.max_held_request_bytes = static_cast<uint64_t>(max_held_request_mib * (1 << 20));
   o.runtime.batch_timeout_us = static_cast<int64_t>(batch_timeout_ms * 1000);
   o.optimizer.kind = optimizer == "sgd" ? dmoe::expert_server::OptimizerKind::kSgd
                                         : dmoe::expert_server::OptimizerKind::kAdam;

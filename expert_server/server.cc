@@ -182,14 +182,14 @@ void ServerImpl::RegisterMemoryMetrics() {
   metrics_.AddCallbackGauge(
       "dmoe_buffer_pool_idle_bytes",
       "Body and message buffers kept for reuse (net::BufferPool, at most 8 MiB).", {},
-      [] { return static_cast<double>(net::BufferPool::Shared().stats().idle_bytes); });
+      [http] { return static_cast<double>(http->buffer_pool().stats().idle_bytes); });
   for (const bool reused : {true, false}) {
     metrics_.AddCallbackCounter(
         "dmoe_buffer_pool_takes_total",
         "Buffers of 64 KiB or more taken for bodies and messages: reused from the pool, or "
         "missed (newly allocated).",
-        {{"result", reused ? "reused" : "missed"}}, [reused] {
-          const net::BufferPoolStats stats = net::BufferPool::Shared().stats();
+        {{"result", reused ? "reused" : "missed"}}, [http, reused] {
+          const net::BufferPoolStats stats = http->buffer_pool().stats();
           return static_cast<double>(reused ? stats.reused : stats.missed);
         });
   }

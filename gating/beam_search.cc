@@ -1,13 +1,14 @@
 #include "gating/beam_search.h"
 
 #include <algorithm>
-#include <charconv>
 #include <condition_variable>
 #include <limits>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <queue>
 #include <set>
+
+#include "core/integer.h"
 
 #include "dht/dht.h"
 
@@ -23,10 +24,9 @@ struct Node {
 };
 
 bool ParseIndex(const std::string& text, int64_t limit, int64_t* out) {
-  int64_t v = -1;
-  auto [ptr, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
-  if (ec != std::errc() || ptr != text.data() + text.size() || v < 0 || v >= limit) return false;
-  *out = v;
+  const std::optional<int64_t> v = ParseInteger<int64_t>(text);
+  if (!v || *v < 0 || *v >= limit) return false;
+  *out = *v;
   return true;
 }
 

@@ -5,9 +5,10 @@
 #include <torch/csrc/autograd/custom_function.h>
 
 #include <algorithm>
-#include <charconv>
 #include <map>
 #include <optional>
+
+#include "core/integer.h"
 
 #include "net/buffer_pool.h"
 #include "tensor/torch_tensor.h"
@@ -85,7 +86,7 @@ Resolution Resolve(const ExpertCall& call, CallOutcome& outcome, Op op, bool det
   }
   auto step = payload->metadata.find("step");
   if (step != payload->metadata.end()) {
-    std::from_chars(step->second.data(), step->second.data() + step->second.size(), r.step);
+    r.step = ParseInteger<int64_t>(step->second).value_or(r.step);
   }
   r.ok = true;
   return r;
@@ -126,7 +127,7 @@ void SendAndWait(DispatchState& state, Op op, const std::vector<bool>& active,
       if (call.step >= 0) meta["step_seen"] = std::to_string(call.step);
     }
     // Into a reused buffer (net/buffer_pool.h): the connection gives it back once it is sent.
-    net::Bytes blob = net::BufferPool::Shared().Take(tensor::EncodedSizeHint(tensors));
+    net::Bytes blob = swarm.caller().buffer_pool().Take(tensor::EncodedSizeHint(tensors));
     if (Status s = tensor::EncodeFromTorchInto(tensors, meta, &blob); !s.ok()) {
       spdlog::warn("gating: cannot encode {} for {}: {}", op_name, call.uid, s.ToString());
       continue;
@@ -160,7 +161,7 @@ void SendAndWait(DispatchState& state, Op op, const std::vector<bool>& active,
       --outstanding;
       for (int64_t row : call.rows) --out_per_sample[row];
       Resolution r = Resolve(call, outcome, op, policy.detect_anomalies, state.d);
-      net::BufferPool::Shared().Give(std::move(outcome.blob));  // decoded into tensors
+      swarm.caller().buffer_pool().Give(std::move(outcome.blob));  // decoded into tensors
       if (r.ok) {
         swarm.health().RecordSuccess(call.endpoint, outcome.latency_s);
         rounds[call.endpoint].succeeded = true;

@@ -176,10 +176,13 @@ ExpertCaller::ExpertCaller(CallerOptions options)
       ws_(net::WsClientOptions{.threads = 1,
                                .max_message_bytes = options_.max_message_bytes,
                                .max_queued_messages = 1024,
-                               .idle_timeout = std::chrono::milliseconds(300'000)},
+                               .idle_timeout = std::chrono::milliseconds(300'000),
+                               .buffer_pool = options_.buffer_pool},
           &io_),
       // Probes and proofs read small JSON answers only: a peer cannot make us buffer more.
-      http_(net::HttpClientOptions{.max_response_body_bytes = 16 << 10}, &io_) {}
+      http_(net::HttpClientOptions{.max_response_body_bytes = 16 << 10,
+                                   .buffer_pool = options_.buffer_pool},
+            &io_) {}
 
 ExpertCaller::~ExpertCaller() {
   std::map<std::string, std::shared_ptr<Peer>> peers;

@@ -131,6 +131,9 @@ struct CallerOptions {
   std::optional<Identity> identity;
   int io_threads = 1;
   uint64_t max_message_bytes = 64ull << 20;
+  // The process's buffer pool (net/buffer_pool.h), which must outlive the caller; null: the
+  // caller keeps its own.
+  net::BufferPool* buffer_pool = nullptr;
 };
 
 // Sends request blobs to expert servers over one shared WebSocket per endpoint. Thread-safe.
@@ -166,6 +169,9 @@ class ExpertCaller {
   // The peer id whose server listens at `endpoint`, proven: WebSocket upgrades to it are signed
   // for that peer id (dmoe-req-v2). Upgrades to an endpoint of no known peer id are not signed.
   void SetPeerId(const std::string& endpoint, const std::string& peer_id);
+  // Where request blobs are taken from (and answers given back to once decoded): the pool the
+  // WebSocket connections read and write with. Any thread.
+  net::BufferPool& buffer_pool() { return ws_.buffer_pool(); }
 
  private:
   struct Peer;

@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "core/status.h"
+#include "net/buffer_pool.h"
 #include "net/http_message.h"
 #include "net/websocket.h"
 
@@ -90,6 +91,20 @@ struct VectorBody {
     const value_type& body_;
     bool done_ = false;
   };
+};
+
+// The pool a server or client was lent (its options' buffer_pool), or a private one when it was
+// lent none. Lives in the server's or client's shared state, so that its connections can use it.
+class LentOrOwnedPool {
+ public:
+  explicit LentOrOwnedPool(BufferPool* lent)
+      : owned_(lent == nullptr ? std::make_unique<BufferPool>() : nullptr),
+        pool_(lent == nullptr ? owned_.get() : lent) {}
+  BufferPool& get() const { return *pool_; }
+
+ private:
+  std::unique_ptr<BufferPool> owned_;
+  BufferPool* pool_;
 };
 
 // Something Stop() or a client's destructor can shut down. Called from any thread; implementations
@@ -240,6 +255,9 @@ struct WsOptions {
   size_t max_queued_messages = 1024;
   std::chrono::milliseconds idle_timeout{300'000};
   std::chrono::milliseconds handshake_timeout{30'000};
+  // Where messages are read into and written ones given back; never null, and it outlives the
+  // session (the server's or client's shared state holds it).
+  BufferPool* buffer_pool = nullptr;
   // Server side, when the server has a request budget: each message is counted from its arrival
   // until on_message returns or, for a request begun with TryBeginRequest during on_message, until
   // its EndRequest; the next message is not read while the budget is full.

@@ -6,12 +6,6 @@ namespace dmoe::net {
 
 BufferPool::BufferPool(BufferPoolOptions options) : options_(options) {}
 
-BufferPool& BufferPool::Shared() {
-  // Leaked on purpose: buffers may be given back from threads still running at exit.
-  static BufferPool* pool = new BufferPool();
-  return *pool;
-}
-
 Bytes BufferPool::Take(size_t bytes) {
   Bytes out;
   if (bytes >= options_.min_bytes) {

@@ -12,6 +12,11 @@
 // encoded) and give it back where the bytes are done with (written to a socket, decoded into
 // tensors). A buffer never given back is simply freed by its vector; one given back that the pool
 // cannot keep is freed at once. Thread-safe.
+//
+// Ownership: a process builds one pool in its wiring (its main) and lends it to its servers and
+// clients (HttpServerOptions, HttpClientOptions and WsClientOptions::buffer_pool), so that a buffer
+// taken by one is reused by another. The pool must outlive every server, client and connection it
+// was lent to. A server or client given none keeps a private pool of its own.
 #ifndef DMOE_NET_BUFFER_POOL_H_
 #define DMOE_NET_BUFFER_POOL_H_
 
@@ -44,9 +49,6 @@ class BufferPool {
   explicit BufferPool(BufferPoolOptions options = {});
   BufferPool(const BufferPool&) = delete;
   BufferPool& operator=(const BufferPool&) = delete;
-
-  // The process's pool, used by net's servers and clients for bodies and WebSocket messages.
-  static BufferPool& Shared();
 
   // An empty buffer whose capacity is at least `bytes`: the smallest kept buffer that is large
   // enough, else a new one with that capacity reserved.

@@ -34,7 +34,8 @@ struct PooledConnection {
 }  // namespace
 
 struct HttpClient::State {
-  explicit State(asio::io_context& ioc, HttpClientOptions o) : ioc(ioc), options(std::move(o)) {}
+  explicit State(asio::io_context& ioc, HttpClientOptions o)
+      : ioc(ioc), options(std::move(o)), pool(options.buffer_pool) {}
 
   // A pooled connection to `key` young enough to reuse, or null.
   std::unique_ptr<PooledConnection> Acquire(const std::string& key) {
@@ -60,6 +61,7 @@ struct HttpClient::State {
 
   asio::io_context& ioc;
   HttpClientOptions options;
+  LentOrOwnedPool pool;
   Registry calls;
   std::atomic<uint64_t> opened{0};
   std::mutex mu;
@@ -212,7 +214,7 @@ class Call final : public CallBase, public std::enable_shared_from_this<Call> {
     if (length && !head_parser_->chunked()) {
       // The fast path: straight from the socket into the final vector.
       size_t total = static_cast<size_t>(*length);
-      response_.body = BufferPool::Shared().Take(total);
+      response_.body = client_->pool.get().Take(total);
       response_.body.resize(total);
       size_t have = std::min(total, conn_->buffer.size());
       asio::buffer_copy(asio::buffer(response_.body.data(), have), conn_->buffer.data());
@@ -277,7 +279,7 @@ class Call final : public CallBase, public std::enable_shared_from_this<Call> {
     timer_.cancel();
     resolver_.cancel();
     // No write of the request is in flight once the call completes.
-    BufferPool::Shared().Give(std::move(request_.body()));
+    client_->pool.get().Give(std::move(request_.body()));
     try {
       callback_(std::move(result));
     } catch (const std::exception& e) {
@@ -364,6 +366,8 @@ Result<Response> HttpClient::Fetch(std::string method, std::string_view url, Hea
 }
 
 uint64_t HttpClient::connections_opened() const { return state_->opened.load(); }
+
+BufferPool& HttpClient::buffer_pool() const { return state_->pool.get(); }
 
 Result<Response> Fetch(std::string method, std::string_view url, Headers headers, Bytes body,
                        std::chrono::milliseconds timeout, RequestOptions options) {

@@ -26,6 +26,7 @@
 #include <string>
 
 #include "core/status.h"
+#include "net/buffer_pool.h"
 #include "net/http_message.h"
 #include "net/io_context.h"
 #include "net/websocket.h"
@@ -41,6 +42,9 @@ struct HttpClientOptions {
   std::chrono::milliseconds max_idle_age{30'000};
   uint64_t max_response_body_bytes = 1ull << 30;
   uint32_t max_header_bytes = 64 << 10;
+  // Where response bodies are read into and request bodies given back once sent
+  // (net/buffer_pool.h); it must outlive the client. Null: the client keeps its own.
+  BufferPool* buffer_pool = nullptr;
 };
 
 struct RequestOptions {
@@ -90,6 +94,8 @@ class HttpClient {
 
   // TCP connections opened so far (new, not reused). Any thread.
   uint64_t connections_opened() const;
+  // The pool response bodies are taken from: options.buffer_pool, or the client's own. Any thread.
+  BufferPool& buffer_pool() const;
 
   struct State;  // Private to net's .cc files; named here so their sessions can share it.
 
@@ -109,6 +115,10 @@ struct WsClientOptions {
   uint64_t max_message_bytes = 64ull << 20;
   size_t max_queued_messages = 1024;
   std::chrono::milliseconds idle_timeout{300'000};
+  // Where received messages are read into and sent ones given back once written
+  // (net/buffer_pool.h); it must outlive the client and its connections. Null: the client keeps
+  // its own.
+  BufferPool* buffer_pool = nullptr;
 };
 
 using WsConnectCallback = std::function<void(Result<std::shared_ptr<WsConnection>>)>;
@@ -136,6 +146,9 @@ class WsClient {
   // answers by id). A closed connection is replaced on the next call.
   void GetShared(std::string_view url, Headers headers, WsHandlers handlers, Deadline deadline,
                  WsConnectCallback callback);
+
+  // The pool messages are read into: options.buffer_pool, or the client's own. Any thread.
+  BufferPool& buffer_pool() const;
 
   struct State;  // Private to net's .cc files; named here so their sessions can share it.
 

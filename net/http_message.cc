@@ -43,6 +43,23 @@ bool EqualsIgnoreCase(std::string_view a, std::string_view b) {
   return true;
 }
 
+std::string_view MediaTypeOf(const Headers& headers) {
+  std::string_view type = headers.Get("Content-Type").value_or("");
+  type = type.substr(0, type.find(';'));
+  while (!type.empty() && (type.front() == ' ' || type.front() == '\t')) type.remove_prefix(1);
+  while (!type.empty() && (type.back() == ' ' || type.back() == '\t')) type.remove_suffix(1);
+  return type;
+}
+
+bool HasMediaType(const Headers& headers, std::string_view type) {
+  return EqualsIgnoreCase(MediaTypeOf(headers), type);
+}
+
+bool IsSafetensorsBody(const Headers& headers) {
+  return HasMediaType(headers, kSafetensorsType) ||
+         HasMediaType(headers, "application/octet-stream");
+}
+
 std::optional<std::string_view> Headers::Get(std::string_view name) const {
   for (const auto& [k, v] : fields_) {
     if (EqualsIgnoreCase(k, name)) return std::string_view(v);

@@ -48,6 +48,17 @@ class Headers {
 // Case-insensitive ASCII comparison, as HTTP field names need.
 bool EqualsIgnoreCase(std::string_view a, std::string_view b);
 
+// Content-Type, checked the same way by every route that takes a body. The media type is the
+// header's value before any ';' parameter, without surrounding spaces ("application/json;
+// charset=utf-8" is "application/json"), and empty when there is no Content-Type.
+std::string_view MediaTypeOf(const Headers& headers);
+// Whether the media type is `type`, ignoring case (RFC 7231).
+bool HasMediaType(const Headers& headers, std::string_view type);
+// Safetensors bodies (PROTOCOL section 2) are sent as kSafetensorsType; the generic
+// application/octet-stream is taken for them too.
+inline constexpr char kSafetensorsType[] = "application/x-safetensors";
+bool IsSafetensorsBody(const Headers& headers);
+
 // What the server knows once a request's header is in, before any of its body is read. Route
 // `pre_body` checks (authentication, content-type refusal) see exactly this.
 struct RequestHead {

@@ -72,7 +72,10 @@ bool Match(const Route& route, const std::vector<std::string>& path,
 }  // namespace
 
 struct HttpServer::State {
+  explicit State(HttpServerOptions o) : options(std::move(o)), pool(options.buffer_pool) {}
+
   HttpServerOptions options;
+  LentOrOwnedPool pool;
   std::shared_ptr<ByteBudget> budget;  // Null without max_held_request_bytes.
   std::vector<Route> routes;           // Immutable after Start.
   Registry registry;
@@ -136,6 +139,7 @@ struct HttpServer::State {
     o.max_queued_messages = options.ws_max_queued_messages;
     o.idle_timeout = options.ws_idle_timeout;
     o.handshake_timeout = options.read_timeout;
+    o.buffer_pool = &pool.get();
     o.budget = budget;
     o.max_queued_bytes = options.ws_max_queued_bytes;
     o.write_timeout = options.write_timeout;
@@ -383,7 +387,7 @@ class HttpSession final : public Closeable, public std::enable_shared_from_this<
       const uint64_t total = request_.content_length.value_or(0);
       if (total == 0) return Dispatch();
       // Room for the first MiB at most; a larger body grows its vector as it arrives.
-      request_.body = BufferPool::Shared().Take(std::min<uint64_t>(total, kMaxReadStep));
+      request_.body = server_->pool.get().Take(std::min<uint64_t>(total, kMaxReadStep));
       filled_ = 0;
     }
     watching_ = false;
@@ -591,7 +595,7 @@ class HttpSession final : public Closeable, public std::enable_shared_from_this<
   }
 
   void OnWrite(beast_error ec) {
-    BufferPool::Shared().Give(std::move(response_->body()));
+    server_->pool.get().Give(std::move(response_->body()));
     response_.reset();
     ReleaseHeld();  // The request is answered.
     if (ec) return CloseSocket();
@@ -759,8 +763,7 @@ class Listener final : public std::enable_shared_from_this<Listener> {
 HttpServer::HttpServer(HttpServerOptions options, IoContext* io)
     : owned_io_(io == nullptr ? std::make_unique<IoContext>(options.threads) : nullptr),
       io_(io == nullptr ? owned_io_.get() : io),
-      state_(std::make_shared<State>()) {
-  state_->options = std::move(options);
+      state_(std::make_shared<State>(std::move(options))) {
   if (state_->options.max_held_request_bytes > 0) {
     state_->budget = std::make_shared<ByteBudget>(state_->options.max_held_request_bytes);
   }
@@ -827,6 +830,8 @@ uint64_t HttpServer::refused_connections() const { return state_->refused_connec
 uint64_t HttpServer::slow_clients_cut() const { return state_->slow_clients_cut->load(); }
 
 uint64_t HttpServer::accept_backoffs() const { return state_->accept_backoffs.load(); }
+
+BufferPool& HttpServer::buffer_pool() const { return state_->pool.get(); }
 
 size_t HttpServer::requests_waiting() const {
   return state_->budget ? state_->budget->waiting() : 0;

@@ -38,6 +38,7 @@
 #include <string>
 
 #include "core/status.h"
+#include "net/buffer_pool.h"
 #include "net/http_message.h"
 #include "net/io_context.h"
 #include "net/websocket.h"
@@ -85,6 +86,9 @@ struct HttpServerOptions {
   // past the limit, alone, so a request larger than the whole budget still gets in.
   uint64_t max_held_request_bytes = 0;
   std::string server_name = "dmoe";  // Sent as the Server header.
+  // Where request bodies are read into and response bodies and WebSocket messages are given back
+  // once written (net/buffer_pool.h); it must outlive the server. Null: the server keeps its own.
+  BufferPool* buffer_pool = nullptr;
 };
 
 // Asynchronous request handler; see the threading contract above.
@@ -134,6 +138,10 @@ class HttpServer {
   uint64_t refused_connections() const;
   uint64_t slow_clients_cut() const;
   uint64_t accept_backoffs() const;
+  // The pool request bodies are taken from: options.buffer_pool, or the server's own. Handlers
+  // give a request's body back here once they are done with its bytes, and take answer bodies
+  // from it. Any thread.
+  BufferPool& buffer_pool() const;
 
   struct State;  // Private to http_server.cc; named here so its sessions can share it.
 

@@ -1,13 +1,10 @@
 #include "net/url.h"
 
-#include <charconv>
+#include "core/host_port.h"
 
 namespace dmoe::net {
 
-std::string Url::HostPort() const {
-  std::string h = host.find(':') != std::string::npos ? "[" + host + "]" : host;
-  return h + ":" + std::to_string(port);
-}
+std::string Url::HostPort() const { return dmoe::HostPort{host, port}.ToString(); }
 
 Result<Url> ParseUrl(std::string_view url) {
   auto bad = [&](std::string_view why) {
@@ -28,31 +25,13 @@ Result<Url> ParseUrl(std::string_view url) {
   if (out.target[0] == '?') out.target.insert(0, "/");
   if (authority.empty()) return bad("no host");
   if (authority.find('@') != std::string_view::npos) return bad("user info is not supported");
-  std::string_view port_text;
-  if (authority[0] == '[') {
-    size_t close = authority.find(']');
-    if (close == std::string_view::npos) return bad("unclosed '['");
-    out.host = std::string(authority.substr(1, close - 1));
-    std::string_view after = authority.substr(close + 1);
-    if (!after.empty()) {
-      if (after[0] != ':') return bad("junk after IPv6 address");
-      port_text = after.substr(1);
-    }
-  } else {
-    size_t colon = authority.rfind(':');
-    out.host = std::string(authority.substr(0, colon));
-    if (colon != std::string_view::npos) port_text = authority.substr(colon + 1);
-  }
-  if (out.host.empty()) return bad("no host");
-  if (!port_text.empty()) {
-    unsigned value = 0;
-    auto [ptr, ec] = std::from_chars(port_text.data(), port_text.data() + port_text.size(), value);
-    if (ec != std::errc() || ptr != port_text.data() + port_text.size() || value == 0 ||
-        value > 65535) {
-      return bad("port must be 1..65535");
-    }
-    out.port = static_cast<uint16_t>(value);
-  }
+  // HOST[:PORT], parsed as every address is (core/host_port.h); the port defaults to 80.
+  const bool has_port = authority.back() != ']' && authority.find(':') != std::string_view::npos;
+  Result<dmoe::HostPort> host_port = ParseHostPort(
+      has_port ? std::string(authority) : std::string(authority) + ":80", PortRule::kNonZeroPort);
+  if (!host_port.ok()) return bad(host_port.status().message());
+  out.host = std::move(host_port->host);
+  out.port = host_port->port;
   for (char c : out.target) {
     if (static_cast<unsigned char>(c) <= ' ' || c == 0x7f) return bad("space or control character");
   }

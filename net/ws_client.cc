@@ -15,13 +15,15 @@ using namespace internal;  // NOLINT: the Beast aliases of this file's private h
 using Strand = asio::strand<asio::io_context::executor_type>;
 
 struct WsClient::State : std::enable_shared_from_this<WsClient::State> {
-  State(asio::io_context& ioc, WsClientOptions o) : ioc(ioc), options(std::move(o)) {}
+  State(asio::io_context& ioc, WsClientOptions o)
+      : ioc(ioc), options(std::move(o)), pool(options.buffer_pool) {}
 
   WsOptions ws_options() const {
     WsOptions o;
     o.max_message_bytes = options.max_message_bytes;
     o.max_queued_messages = options.max_queued_messages;
     o.idle_timeout = options.idle_timeout;
+    o.buffer_pool = &pool.get();
     return o;
   }
 
@@ -33,6 +35,7 @@ struct WsClient::State : std::enable_shared_from_this<WsClient::State> {
 
   asio::io_context& ioc;
   WsClientOptions options;
+  LentOrOwnedPool pool;
   Registry sessions;
   std::mutex mu;
   std::map<std::string, Shared> shared;  // Guarded by mu.
@@ -169,6 +172,8 @@ void WsClient::Connect(std::string_view url, Headers headers, WsHandlers handler
                               deadline, std::move(callback))
       ->Start();
 }
+
+BufferPool& WsClient::buffer_pool() const { return state_->pool.get(); }
 
 void WsClient::GetShared(std::string_view url, Headers headers, WsHandlers handlers,
                          Deadline deadline, WsConnectCallback callback) {

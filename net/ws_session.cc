@@ -189,7 +189,7 @@ void WsSession::ReadRest() {
   }
   // Messages on a connection tend to have one size: room for the last one saves regrowing.
   if (read_buffer_.capacity() < last_message_bytes_) {
-    Bytes room = BufferPool::Shared().Take(last_message_bytes_);
+    Bytes room = options_.buffer_pool->Take(last_message_bytes_);
     room.assign(read_buffer_.begin(), read_buffer_.end());
     read_buffer_.swap(room);  // read_into_ refers to read_buffer_, which keeps its size.
   }
@@ -335,7 +335,7 @@ void WsSession::OnWrite(beast_error ec, size_t) {
   writing_ = false;
   if (!queue_.empty()) {
     queued_bytes_.fetch_sub(queue_.front().size());
-    BufferPool::Shared().Give(std::move(queue_.front()));
+    options_.buffer_pool->Give(std::move(queue_.front()));
     queue_.pop_front();
     queued_.fetch_sub(1);
   }

@@ -16,8 +16,10 @@ struct Inference::Loaded {
   gating::DmoeModel model{nullptr};
 };
 
-Inference::Inference(dht::Dht& dht, std::optional<std::set<PublicKey>> server_keys) {
+Inference::Inference(dht::Dht& dht, net::BufferPool& pool,
+                     std::optional<std::set<PublicKey>> server_keys) {
   gating::SwarmOptions options;
+  options.caller.buffer_pool = &pool;
   options.server_keys = std::move(server_keys);
   swarm_ = std::make_shared<gating::Swarm>(&dht, std::move(options));
 }

@@ -25,6 +25,10 @@ namespace dmoe::gating {
 class Swarm;
 }  // namespace dmoe::gating
 
+namespace dmoe::net {
+class BufferPool;
+}  // namespace dmoe::net
+
 namespace dmoe::router {
 
 struct InferResult {
@@ -36,7 +40,9 @@ struct InferResult {
 class Inference {
  public:
   // `server_keys`, when set, are the only publishers whose experts are used (--server-keys).
-  explicit Inference(dht::Dht& dht, std::optional<std::set<PublicKey>> server_keys = std::nullopt);
+  // Expert calls take their buffers from `pool`; `dht` and `pool` must outlive the inference.
+  Inference(dht::Dht& dht, net::BufferPool& pool,
+            std::optional<std::set<PublicKey>> server_keys = std::nullopt);
   ~Inference();
 
   // x: F32 [B, input_dim]. kUnavailable when the swarm cannot answer (no live experts).

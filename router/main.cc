@@ -6,10 +6,18 @@
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <iostream>
+#include <optional>
 
+#include "core/clock.h"
+#include "core/host_port.h"
+#include "core/identity.h"
 #include "core/logging.h"
 #include "core/openmp_env.h"
 #include "core/signals.h"
+#include "dht/dht.h"
+#include "net/buffer_pool.h"
+#include "net/io_context.h"
+#include "net/server_flags.h"
 #include "router/router.h"
 
 int main(int argc, char** argv) {
@@ -18,20 +26,20 @@ int main(int argc, char** argv) {
   dmoe::BlockTerminationSignals();
   CLI::App app{"dmoe-router: inference, model publication and the swarm dashboard"};
   dmoe::router::RouterOptions o;
-  std::string listen = "127.0.0.1:0", log_level = "info";
-  int threads = 2;
-  double max_body_mib = 64;
-  double max_held_request_mib = static_cast<double>(o.max_held_request_bytes) / (1 << 20);
+  dmoe::dht::DhtOptions dht_options;
+  dht_options.node.client = true;
+  std::string listen = "127.0.0.1:0", log_level = "info", identity_path;
+  int threads = 2, net_threads = 2;
   app.add_option("--listen", listen, "HTTP HOST:PORT; port 0 picks a free one")
       ->capture_default_str();
-  app.add_option("--dht", o.dht_bootstrap, "HOST:PORT of a DHT node to join; repeatable")
+  app.add_option("--dht", dht_options.bootstrap, "HOST:PORT of a DHT node to join; repeatable")
       ->take_all()
       ->required();
-  app.add_option("--dht-listen", o.dht_listen, "UDP HOST:PORT of the router's DHT node")
+  app.add_option("--dht-listen", dht_options.listen, "UDP HOST:PORT of the router's DHT node")
       ->capture_default_str();
-  app.add_option("--network", o.dht_network, "DHT network name")->capture_default_str();
+  app.add_option("--network", dht_options.node.network, "DHT network name")->capture_default_str();
   app.add_option("--db", o.db_dir, "RocksDB directory where published models are kept")->required();
-  app.add_option("--identity", o.identity_path,
+  app.add_option("--identity", identity_path,
                  "identity file of the router (its DHT node, and the peer id trainers sign "
                  "publications for); created when missing; default: a fresh key");
   app.add_option("--server-keys", o.server_keys_path,
@@ -48,17 +56,11 @@ int main(int argc, char** argv) {
   app.add_option("--inference-threads", o.inference_threads, "requests computed at once")
       ->capture_default_str();
   app.add_option("--threads", threads, "compute (intra-op) threads")->capture_default_str();
-  app.add_option("--net-threads", o.net_threads, "network threads")->capture_default_str();
-  app.add_option("--max-body-mib", max_body_mib, "request body limit in MiB")
-      ->capture_default_str();
-  app.add_option("--max-held-request-mib", max_held_request_mib,
-                 "request bytes held at once; past it bodies wait unread (0: no limit)")
-      ->capture_default_str();
-  app.add_option("--max-connections", o.max_connections, "connections open at once (0: no limit)")
-      ->capture_default_str();
-  app.add_option("--max-connections-per-ip", o.max_connections_per_ip,
-                 "connections open at once from one IP address (0: no limit)")
-      ->capture_default_str();
+  app.add_option("--net-threads", net_threads, "network threads")->capture_default_str();
+  dmoe::net::AddServerLimitFlags(app, {.max_body_bytes = &o.max_body_bytes,
+                                       .max_held_request_bytes = &o.max_held_request_bytes,
+                                       .max_connections = &o.max_connections,
+                                       .max_connections_per_ip = &o.max_connections_per_ip});
   app.add_option("--max-queued-inferences", o.max_queued_inferences,
                  "inference requests accepted and not yet answered; past it 503")
       ->capture_default_str();
@@ -71,22 +73,35 @@ int main(int argc, char** argv) {
     return 2;
   };
   if (dmoe::Status s = dmoe::SetUpLogging("dmoe-router", log_level); !s.ok()) return fail(s);
-  size_t colon = listen.rfind(':');
-  if (colon == std::string::npos)
-    return fail(dmoe::InvalidArgumentError("--listen must be HOST:PORT"));
-  o.listen_host = listen.substr(0, colon);
-  try {
-    int port = std::stoi(listen.substr(colon + 1));
-    if (port < 0 || port > 65535) throw std::out_of_range("port");
-    o.listen_port = static_cast<uint16_t>(port);
-  } catch (const std::exception&) {
-    return fail(dmoe::InvalidArgumentError("--listen '" + listen + "': bad port"));
-  }
-  o.max_body_bytes = static_cast<uint64_t>(max_body_mib * (1 << 20));
-  o.max_held_request_bytes = static_cast<uint64_t>(max_held_request_mib * (1 << 20));
+  dmoe::Result<dmoe::HostPort> listen_at = dmoe::ParseHostPort(listen);
+  if (!listen_at.ok()) return fail(listen_at.status());
+  o.listen_host = listen_at->host;
+  o.listen_port = listen_at->port;
   at::set_num_threads(threads);
 
-  auto router = dmoe::router::Router::Start(std::move(o));
+  // The process's wiring: the clock, buffer pool, network threads and DHT node, built once here and
+  // lent to the router, which outlives none of them (it is declared after them).
+  const dmoe::Clock& clock = dmoe::RealClock::Instance();
+  dmoe::net::BufferPool buffer_pool;
+  dmoe::net::IoContext net_io(net_threads);
+  // One identity: the router's DHT node, and the peer id publications are signed for.
+  if (identity_path.empty()) {
+    o.identity = dmoe::Identity::Generate();
+  } else {
+    dmoe::Result<dmoe::Identity> identity = dmoe::LoadOrCreateIdentity(identity_path);
+    if (!identity.ok()) return fail(identity.status());
+    o.identity = std::move(identity).value();
+  }
+  dht_options.clock = &clock;
+  dht_options.identity = o.identity;
+  auto dht = dmoe::dht::Dht::Start(std::move(dht_options));
+  if (!dht.ok()) return fail(dht.status());
+  if (dmoe::Status joined = (*dht)->WaitBootstrapped(std::chrono::seconds(5)); !joined.ok()) {
+    spdlog::warn("DHT: {} (will keep trying)", joined.ToString());
+  }
+  auto router = dmoe::router::Router::Start(
+      std::move(o),
+      {.clock = &clock, .buffer_pool = &buffer_pool, .net_io = &net_io, .dht = dht->get()});
   if (!router.ok()) return fail(router.status());
   std::printf("peer_id %s\n", (*router)->peer_id().c_str());
   std::printf("listening on %s\n", (*router)->endpoint().c_str());
@@ -95,6 +110,7 @@ int main(int argc, char** argv) {
   int sig = dmoe::WaitForTerminationSignal();
   spdlog::info("signal {}: stopping", sig);
   (*router)->Stop();
+  (*dht)->Stop();
   spdlog::info("stopped");
   return 0;
 }

@@ -10,6 +10,7 @@
 #include "core/clock.h"
 #include "core/hex.h"
 #include "core/identity.h"
+#include "core/integer.h"
 #include "core/metrics.h"
 #include "core/request_auth.h"
 #include "dht/dht.h"
@@ -28,22 +29,8 @@
 namespace dmoe::router {
 namespace {
 
-constexpr char kSafetensorsType[] = "application/x-safetensors";
 // How far ahead of the router's clock a published version (unix ms) may be.
 constexpr int64_t kMaxVersionAheadMs = 24 * 3600 * 1000;
-
-bool IsSafetensors(const net::RequestHead& head) {
-  std::string_view type = head.headers.Get("Content-Type").value_or("");
-  type = type.substr(0, type.find(';'));
-  return net::EqualsIgnoreCase(type, kSafetensorsType) ||
-         net::EqualsIgnoreCase(type, "application/octet-stream");
-}
-
-bool IsJson(const net::RequestHead& head) {
-  std::string_view type = head.headers.Get("Content-Type").value_or("");
-  type = type.substr(0, type.find(';'));
-  return net::EqualsIgnoreCase(type, "application/json");
-}
 
 // {"inputs": [[...], ...]} -> F32 [B, input_dim].
 Result<at::Tensor> ParseJsonInputs(std::string_view body, int64_t input_dim) {
@@ -80,7 +67,12 @@ Result<at::Tensor> ParseJsonInputs(std::string_view body, int64_t input_dim) {
 
 class RouterImpl : public Router {
  public:
-  explicit RouterImpl(RouterOptions options) : options_(std::move(options)) {}
+  RouterImpl(RouterOptions options, RouterContext context)
+      : options_(std::move(options)),
+        context_(context),
+        clock_(*context.clock),
+        dht_(*context.dht),
+        identity_(*options_.identity) {}
   ~RouterImpl() override { Stop(); }
 
   Status Init() {
@@ -90,17 +82,10 @@ class RouterImpl : public Router {
     if (!options_.server_keys_path.empty()) {
       DMOE_ASSIGN_OR_RETURN(server_keys, RequestVerifier::LoadKeyFile(options_.server_keys_path));
     }
-    // One identity: the router's DHT node, and the peer id publications are signed for.
-    if (options_.identity_path.empty()) {
-      identity_ = Identity::Generate();
-    } else {
-      DMOE_ASSIGN_OR_RETURN(identity_, LoadOrCreateIdentity(options_.identity_path));
-    }
     if (!options_.trainer_keys_path.empty()) {
       DMOE_ASSIGN_OR_RETURN(std::set<PublicKey> keys,
                             RequestVerifier::LoadKeyFile(options_.trainer_keys_path));
-      verifier_ = std::make_unique<RequestVerifier>(std::move(keys), identity_->peer_id(),
-                                                    RealClock::Instance());
+      verifier_ = std::make_unique<RequestVerifier>(std::move(keys), identity_.peer_id(), clock_);
     } else if (!net::IsLoopbackHost(options_.listen_host) && !options_.open_publishing) {
       return InvalidArgumentError(
           "refusing to accept model publication on " + options_.listen_host +
@@ -111,39 +96,27 @@ class RouterImpl : public Router {
     models_ =
         std::make_unique<storage::ModelStore>(std::shared_ptr<storage::KvStore>(std::move(kv)));
 
-    dht::DhtOptions dht_options;
-    dht_options.clock = &RealClock::Instance();
-    dht_options.listen = options_.dht_listen;
-    dht_options.bootstrap = options_.dht_bootstrap;
-    dht_options.node.network = options_.dht_network;
-    dht_options.node.client = true;
-    dht_options.identity = identity_;
-    DMOE_ASSIGN_OR_RETURN(dht_, dht::Dht::Start(std::move(dht_options)));
-    if (!options_.dht_bootstrap.empty()) {
-      Status joined = dht_->WaitBootstrapped(std::chrono::seconds(5));
-      if (!joined.ok()) spdlog::warn("DHT: {} (will keep trying)", joined.ToString());
-    }
-
     SwarmOptions swarm_options;
     swarm_options.refresh_ms = options_.swarm_refresh_ms;
-    swarm_ = std::make_unique<SwarmView>(*dht_, swarm_options);
+    swarm_ = std::make_unique<SwarmView>(dht_, swarm_options, clock_, *context_.buffer_pool,
+                                         *context_.net_io);
     for (const std::string& p : options_.watch_prefixes) swarm_->Watch(p);
     DMOE_ASSIGN_OR_RETURN(std::vector<storage::ModelInfo> models, models_->List());
     for (const storage::ModelInfo& m : models) WatchSpec(m.spec_json);
     swarm_->Start();
 
-    inference_ = std::make_unique<Inference>(*dht_, std::move(server_keys));
+    inference_ = std::make_unique<Inference>(dht_, *context_.buffer_pool, std::move(server_keys));
     compute_ = std::make_unique<net::IoContext>(std::max(1, options_.inference_threads));
 
     net::HttpServerOptions http_options;
     http_options.host = options_.listen_host;
     http_options.port = options_.listen_port;
-    http_options.threads = options_.net_threads;
     http_options.max_body_bytes = options_.max_body_bytes;
     http_options.max_held_request_bytes = options_.max_held_request_bytes;
     http_options.max_connections = options_.max_connections;
     http_options.max_connections_per_ip = options_.max_connections_per_ip;
-    http_ = std::make_unique<net::HttpServer>(http_options);
+    http_options.buffer_pool = context_.buffer_pool;
+    http_ = std::make_unique<net::HttpServer>(http_options, context_.net_io);
     RegisterRoutes();
     return http_->Start();
   }
@@ -153,7 +126,7 @@ class RouterImpl : public Router {
     return "http://" + host + ":" + std::to_string(http_->port());
   }
   uint16_t port() const override { return http_->port(); }
-  std::string peer_id() const override { return identity_->peer_id(); }
+  std::string peer_id() const override { return identity_.peer_id(); }
 
   void Stop() override {
     if (stopped_.exchange(true)) return;
@@ -161,7 +134,6 @@ class RouterImpl : public Router {
     if (compute_) compute_->Stop();
     if (swarm_) swarm_->Stop();
     inference_.reset();
-    if (dht_) dht_->Stop();
   }
 
  private:
@@ -240,7 +212,7 @@ class RouterImpl : public Router {
         {"experts", experts},
         {"peers", peer_list},
         {"models", ModelsJson()},
-        {"dht", {{"routing_table", snap.dht_routing_table}, {"peer_id", dht_->peer_id()}}},
+        {"dht", {{"routing_table", snap.dht_routing_table}, {"peer_id", dht_.peer_id()}}},
         {"history", history},
         {"requests", requests},
         {"refreshed_at", snap.refreshed_at_ms}}
@@ -281,25 +253,22 @@ class RouterImpl : public Router {
       return fail(
           InvalidArgumentError("a published model needs __metadata__ 'spec' and 'version'"));
     }
-    int64_t v = 0;
-    try {
-      size_t used = 0;
-      v = std::stoll(version->second, &used);
-      if (used != version->second.size() || v < 1) throw std::invalid_argument("version");
-    } catch (const std::exception&) {
+    const std::optional<int64_t> parsed = ParseInteger<int64_t>(version->second);
+    if (!parsed || *parsed < 1) {
       return fail(
           InvalidArgumentError("version '" + version->second + "' is not a positive integer"));
     }
+    const int64_t v = *parsed;
     // Versions only grow, so one far in the future would lock the model for good. Trainers use
     // unix milliseconds (PROTOCOL section 5); a day of clock skew is more than enough.
-    const int64_t now_ms = RealClock::Instance().NowUnixMs();
+    const int64_t now_ms = clock_.NowUnixMs();
     if (v > now_ms + kMaxVersionAheadMs) {
       return fail(InvalidArgumentError(
           "version " + std::to_string(v) + " is more than a day ahead of the router's clock (" +
           std::to_string(now_ms) + " unix ms); versions are unix milliseconds"));
     }
     storage::Model model;
-    model.info = {name, v, spec->second, RealClock::Instance().NowUnixMs(),
+    model.info = {name, v, spec->second, clock_.NowUnixMs(),
                   std::string(req.headers.Get(kKeyHeader).value_or(""))};
     model.state = std::move(req.body);
     // Building the spec's network to check the state dict, and the synced RocksDB write, both
@@ -338,7 +307,7 @@ class RouterImpl : public Router {
   };
 
   void Infer(net::Request req, net::Responder respond) {
-    const int64_t start_us = RealClock::Instance().NowMonotonicUs();
+    const int64_t start_us = clock_.NowMonotonicUs();
     if (inferences_queued_.fetch_add(1) >= options_.max_queued_inferences) {
       inferences_queued_.fetch_sub(1);
       metrics_
@@ -357,8 +326,8 @@ class RouterImpl : public Router {
                            "--max-queued-inferences)."));
     compute_->Post([this, req = std::move(req), respond, start_us, slot]() mutable {
       auto finish = [&](net::Response r) {
-        double ms = (RealClock::Instance().NowMonotonicUs() - start_us) / 1000.0;
-        series_.Record(RealClock::Instance().NowUnixMs(), ms, r.status == 200);
+        double ms = (clock_.NowMonotonicUs() - start_us) / 1000.0;
+        series_.Record(clock_.NowUnixMs(), ms, r.status == 200);
         metrics_.GetHistogram("dmoe_router_infer_seconds", "Inference latency.", LatencyBuckets())
             .Observe(ms / 1000.0);
         respond(Answer("infer", std::move(r)));
@@ -368,7 +337,7 @@ class RouterImpl : public Router {
       if (!model.ok()) return finish(net::Response::Error(model.status()));
       Result<int64_t> input_dim = Inference::InputDimOf(model->info.spec_json);
       if (!input_dim.ok()) return finish(net::Response::Error(input_dim.status()));
-      const bool binary = IsSafetensors(req);
+      const bool binary = net::IsSafetensorsBody(req.headers);
       at::Tensor x;
       if (binary) {
         Result<tensor::TorchPayload> p = tensor::DecodeToTorch(req.body);
@@ -386,7 +355,8 @@ class RouterImpl : public Router {
         if (!at::isfinite(x).all().item<bool>()) {
           return finish(net::Response::Error(InvalidArgumentError("x holds NaN or Inf")));
         }
-      } else if (IsJson(req) || req.headers.Get("Content-Type").value_or("").empty()) {
+      } else if (net::HasMediaType(req.headers, "application/json") ||
+                 net::MediaTypeOf(req.headers).empty()) {
         Result<at::Tensor> parsed = ParseJsonInputs(req.body_view(), *input_dim);
         if (!parsed.ok()) return finish(net::Response::Error(parsed.status()));
         x = *parsed;
@@ -402,7 +372,7 @@ class RouterImpl : public Router {
             {{"y", r->y}},
             {{"model_version", std::to_string(r->model_version)}, {"experts", experts.dump()}});
         if (!blob.ok()) return finish(net::Response::Error(blob.status()));
-        return finish(net::Response::Binary(200, kSafetensorsType, std::move(blob).value()));
+        return finish(net::Response::Binary(200, net::kSafetensorsType, std::move(blob).value()));
       }
       nlohmann::json outputs = nlohmann::json::array();
       at::Tensor y = r->y.contiguous();
@@ -426,8 +396,8 @@ class RouterImpl : public Router {
     // over a client's challenge when one is given.
     http_->Handle("GET", "/v1/health", [this](net::Request req, net::Responder respond) {
       nlohmann::json body = {{"status", "ok"},
-                             {"peer_id", identity_->peer_id()},
-                             {"public_key", identity_->public_key_hex()}};
+                             {"peer_id", identity_.peer_id()},
+                             {"public_key", identity_.public_key_hex()}};
       const std::string_view query = req.query;
       constexpr std::string_view kChallenge = "challenge=";
       if (query.substr(0, kChallenge.size()) == kChallenge) {
@@ -436,11 +406,11 @@ class RouterImpl : public Router {
           return respond(net::Response::Error(InvalidArgumentError(
               "challenge must be " + std::to_string(kChallengeHexChars) + " hex characters")));
         }
-        if (!proof_limiter_.Allow(RealClock::Instance().NowUnixMs())) {
+        if (!proof_limiter_.Allow(clock_.NowUnixMs())) {
           return respond(net::Response::Error(
               ResourceExhaustedError("too many challenges this second; retry later")));
         }
-        body["proof"] = SignProof(*identity_, challenge);
+        body["proof"] = SignProof(identity_, challenge);
       }
       respond(net::Response::Json(200, body.dump()));
     });
@@ -462,7 +432,7 @@ class RouterImpl : public Router {
                                  std::string(head.headers.Get(kSignatureHeader).value_or(""))};
             DMOE_RETURN_IF_ERROR(verifier_->CheckHead(sig));
           }
-          if (!IsSafetensors(head)) {
+          if (!net::IsSafetensorsBody(head.headers)) {
             return UnsupportedMediaTypeError("publish the state dict as application/x-safetensors");
           }
           return storage::ModelStore::ValidateName(std::string(head.Param("name").value_or("")));
@@ -475,12 +445,14 @@ class RouterImpl : public Router {
     });
   }
 
-  RouterOptions options_;
-  std::optional<Identity> identity_;
+  const RouterOptions options_;
+  const RouterContext context_;
+  const Clock& clock_;
+  dht::Dht& dht_;
+  const Identity& identity_;  // options_.identity
   std::unique_ptr<RequestVerifier> verifier_;
   ProofRateLimiter proof_limiter_;
   std::unique_ptr<storage::ModelStore> models_;
-  std::unique_ptr<dht::Dht> dht_;
   std::unique_ptr<SwarmView> swarm_;
   std::unique_ptr<Inference> inference_;
   std::atomic<int> inferences_queued_{0};  // Outlives compute_, whose tasks hold slots.
@@ -493,8 +465,18 @@ class RouterImpl : public Router {
 
 }  // namespace
 
-Result<std::unique_ptr<Router>> Router::Start(RouterOptions options) {
-  auto router = std::make_unique<RouterImpl>(std::move(options));
+Result<std::unique_ptr<Router>> Router::Start(RouterOptions options, RouterContext context) {
+  if (context.clock == nullptr || context.buffer_pool == nullptr || context.net_io == nullptr ||
+      context.dht == nullptr) {
+    return InvalidArgumentError(
+        "the router needs a clock, a buffer pool, network threads and a DHT node from its process");
+  }
+  if (!options.identity) return InvalidArgumentError("the router needs its identity");
+  if (options.identity->peer_id() != context.dht->peer_id()) {
+    return InvalidArgumentError("the router's identity (peer id " + options.identity->peer_id() +
+                                ") is not its DHT node's (" + context.dht->peer_id() + ")");
+  }
+  auto router = std::make_unique<RouterImpl>(std::move(options), context);
   Status s = router->Init();
   if (!s.ok()) {
     router->Stop();

@@ -2,29 +2,68 @@
 // (RocksDB, versions only grow), answers inference through the same RemoteMixtureOfExperts code the
 // trainers use (forward only), and shows the swarm: GET / (dashboard), GET /v1/swarm (JSON).
 //
-//   RouterOptions options;  // listen, dht bootstrap, db, trainer keys
-//   DMOE_ASSIGN_OR_RETURN(auto router, Router::Start(std::move(options)));
+//   // The process's wiring (router/main.cc) builds these once and lends them:
+//   net::BufferPool pool;
+//   net::IoContext net_io(2);
+//   DMOE_ASSIGN_OR_RETURN(auto dht, dht::Dht::Start({.identity = identity, .node = {.client =
+//   true}})); RouterOptions options;  // listen, db, trainer keys, identity (the DHT node's)
+//   RouterContext context{&RealClock::Instance(), &pool, &net_io, dht.get()};
+//   DMOE_ASSIGN_OR_RETURN(auto router, Router::Start(std::move(options), context));
 //   std::cout << "listening on " << router->endpoint() << "\n";
-//   router->Stop();
+//   router->Stop();  // then dht->Stop(); the pool and net_io go last
 //
-// Threads: network threads parse and answer; inference runs on the router's inference thread(s),
-// never on a network thread; the swarm view refreshes on its own thread.
+// Threads. The router runs nothing on threads it does not own or borrow as listed here:
+//
+//   thread                         | owner        | what runs on it
+//   -------------------------------+--------------+----------------------------------------------
+//   net io (RouterContext::net_io) | the process  | HTTP parsing and answers of every route;
+//                                  |              | GET /, /v1/health, /v1/swarm, /v1/models and
+//                                  |              | /metrics are answered there at once (the model
+//                                  |              | list is a RocksDB read); the swarm view's
+//                                  |              | health-check calls complete there
+//   inference (inference_threads)  | the router   | each POST .../infer (model lookup, decode,
+//                                  |              | forward through the experts, encode) and each
+//                                  |              | PUT /v1/models/{name} after its body is in
+//                                  |              | (state dict check, synced RocksDB write)
+//   swarm refresh (1)              | the router   | walks the DHT grid every swarm_refresh_ms and
+//                                  |              | waits for the health checks it sent
+//   expert calls (1)               | the router   | the WebSocket/HTTP client of inference's
+//                                  |              | expert calls (gating::ExpertCaller)
+//   DHT (RouterContext::dht)       | the process  | the DHT node's protocol core and socket
+//
+// No network thread ever blocks: a request that needs compute, storage or the DHT is posted to an
+// inference thread, and its answer is written from there. Inference requests wait in a queue of at
+// most max_queued_inferences (past it: 503 unavailable at once).
 #ifndef DMOE_ROUTER_ROUTER_H_
 #define DMOE_ROUTER_ROUTER_H_
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
+#include "core/identity.h"
 #include "core/status.h"
+
+namespace dmoe {
+class Clock;
+}  // namespace dmoe
+
+namespace dmoe::dht {
+class Dht;
+}  // namespace dmoe::dht
+
+namespace dmoe::net {
+class BufferPool;
+class IoContext;
+}  // namespace dmoe::net
 
 namespace dmoe::router {
 
 struct RouterOptions {
   std::string listen_host = "127.0.0.1";
   uint16_t listen_port = 0;
-  int net_threads = 2;
   uint64_t max_body_bytes = 64ull << 20;
   // Bytes of requests held at once, from their arrival until answered (net::HttpServerOptions::
   // max_held_request_bytes); past it bodies wait unread in their sockets.
@@ -38,12 +77,9 @@ struct RouterOptions {
   // a request is answered 503 unavailable with Retry-After at once.
   int max_queued_inferences = 64;
 
-  std::vector<std::string> dht_bootstrap;
-  std::string dht_listen = "0.0.0.0:0";
-  std::string dht_network = "dmoe";
-  // The router's identity: its DHT node, and the peer id trainers sign publications for
-  // (dmoe-req-v2, shown by GET /v1/health); empty = a fresh key at every start.
-  std::string identity_path;
+  // Required: the router's identity, the one its DHT node (RouterContext::dht) was started with.
+  // Its peer id is what trainers sign publications for (dmoe-req-v2, shown by GET /v1/health).
+  std::optional<Identity> identity;
   // --server-keys: when set, inference uses only experts announced by the keys in this file.
   std::string server_keys_path;
 
@@ -58,14 +94,41 @@ struct RouterOptions {
   int64_t swarm_refresh_ms = 2000;
 };
 
+// What the process builds once, in its wiring, and lends the router. Every pointer is required and
+// must outlive the router (its Stop included); the router never stops or closes any of them.
+struct RouterContext {
+  // Publication timestamps, the version bound, latencies, the dashboard's series, rate limits and
+  // the trainers' signature windows.
+  const Clock* clock = nullptr;
+  // Request and answer bodies of the HTTP server and of the expert calls (net/buffer_pool.h).
+  net::BufferPool* buffer_pool = nullptr;
+  // The network threads: the HTTP server and the swarm view's health checks run here.
+  net::IoContext* net_io = nullptr;
+  // A started DHT node (a client node is enough) with RouterOptions::identity; the router finds
+  // experts and walks the grid through it.
+  dht::Dht* dht = nullptr;
+};
+
 class Router {
  public:
-  static Result<std::unique_ptr<Router>> Start(RouterOptions options);
+  // Opens the model database, loads the key files, starts the swarm view and the inference
+  // threads, and listens. Blocks until the router serves or failed; returns then. Errors:
+  // kInvalidArgument for a missing db_dir, identity or context pointer, an identity other than the
+  // DHT node's, a bad key file, or a public listen address without trainer_keys_path (unless
+  // open_publishing); kUnavailable when the address cannot be bound or the database is locked by
+  // another process; the code of the failing step otherwise. On error nothing is left running.
+  static Result<std::unique_ptr<Router>> Start(RouterOptions options, RouterContext context);
+  // Stops (see Stop).
   virtual ~Router() = default;
+
+  // "http://HOST:PORT" (HOST 127.0.0.1 when listening on 0.0.0.0) and the bound port. Any thread.
   virtual std::string endpoint() const = 0;
   virtual uint16_t port() const = 0;
-  // The peer id publications must be signed for (PROTOCOL section 5).
+  // The peer id publications must be signed for (PROTOCOL section 5). Any thread.
   virtual std::string peer_id() const = 0;
+  // Stops accepting, lets requests in flight answer for up to 5 s, stops the inference threads
+  // (queued requests are dropped unanswered) and the swarm view. Blocks; must not be called from a
+  // network or inference thread. Idempotent. The lent context is left running.
   virtual void Stop() = 0;
 };
 

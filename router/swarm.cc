@@ -10,8 +10,9 @@
 
 namespace dmoe::router {
 
-SwarmView::SwarmView(dht::Dht& dht, SwarmOptions options, const Clock& clock)
-    : dht_(dht), options_(options), clock_(clock) {}
+SwarmView::SwarmView(dht::Dht& dht, SwarmOptions options, const Clock& clock, net::BufferPool& pool,
+                     net::IoContext& io)
+    : dht_(dht), options_(options), clock_(clock), http_({.buffer_pool = &pool}, &io) {}
 
 SwarmView::~SwarmView() { Stop(); }
 

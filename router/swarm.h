@@ -5,7 +5,9 @@
 // An expert is "alive" when its record is current and its server answered the last health check,
 // "unreachable" when its record is current but the server did not answer, and "stale" when its
 // record expired (it is kept, as stale, for forget_after_ms so a person sees what went away).
-// Thread-safe: Snapshot may be called from any thread while the refresh thread runs.
+// Thread-safe: Snapshot may be called from any thread while the refresh thread runs. The refresh
+// thread (one, started by Start) blocks on the DHT and on the health checks, whose calls run on the
+// lent io context.
 #ifndef DMOE_ROUTER_SWARM_H_
 #define DMOE_ROUTER_SWARM_H_
 
@@ -64,7 +66,10 @@ struct SwarmOptions {
 
 class SwarmView {
  public:
-  SwarmView(dht::Dht& dht, SwarmOptions options, const Clock& clock = RealClock::Instance());
+  // `dht`, `clock`, `pool` and `io` must outlive the view; health checks run on `io`'s threads
+  // and read their answers into `pool`'s buffers.
+  SwarmView(dht::Dht& dht, SwarmOptions options, const Clock& clock, net::BufferPool& pool,
+            net::IoContext& io);
   ~SwarmView();
 
   // Watches the grid under `grid_prefix` ("ffn."). Any thread.

@@ -22,6 +22,7 @@
 #include "tensor/torch_tensor.h"
 #include "tests/hostile/rogue_server.h"
 #include "tests/integration/swarm_util.h"
+#include "tests/testing/in_process_router.h"
 #include "tests/testing/temp_dir.h"
 
 namespace dmoe::hostile {
@@ -75,12 +76,10 @@ TEST(RouterQueueTest, AFullInferenceQueueAnswers503AtOnceAndFreesWhenWorkEnds) {
 
   router::RouterOptions o;
   o.db_dir = dir.Sub("router");
-  o.dht_listen = "127.0.0.1:0";
-  o.dht_bootstrap = {dht_endpoint};
   o.inference_threads = 1;
-  o.net_threads = 1;
   o.max_queued_inferences = kQueue;
-  auto started = router::Router::Start(std::move(o));
+  auto started =
+      testing::StartInProcessRouter(std::move(o), testing::LoopbackDhtOptions({dht_endpoint}));
   ASSERT_TRUE(started.ok()) << started.status().ToString();
   std::unique_ptr<router::Router> router = std::move(started).value();
 

@@ -85,18 +85,20 @@ TEST(BufferPoolTest, SmallAndOversizedBuffersAreNotKept) {
   EXPECT_EQ(pool.stats().missed, 0);
 }
 
-// The wiring: a server and a client exchanging bodies of a MiB reuse the shared pool's buffers
+// The wiring: a server and a client lent one pool, exchanging bodies of a MiB, reuse its buffers
 // (request body read by the server, response body written by it, request body sent by the client,
 // response body read by the client) instead of mapping fresh memory for every one.
-TEST(BufferPoolTest, HttpBodiesOfRepeatedCallsComeFromTheSharedPool) {
-  HttpServer server({});
+TEST(BufferPoolTest, HttpBodiesOfRepeatedCallsComeFromTheLentPool) {
+  BufferPool pool;
+  HttpServer server({.buffer_pool = &pool});
   server.Handle("POST", "/echo", [](Request req, Responder respond) {
     respond(Response::Binary(200, "application/octet-stream", std::move(req.body)));
   });
   ASSERT_TRUE(server.Start().ok());
-  HttpClient client;
+  HttpClient client({.buffer_pool = &pool});
+  EXPECT_EQ(&server.buffer_pool(), &pool);
+  EXPECT_EQ(&client.buffer_pool(), &pool);
   const std::string url = "http://127.0.0.1:" + std::to_string(server.port()) + "/echo";
-  BufferPool& pool = BufferPool::Shared();
   auto call = [&](uint8_t value) {
     Bytes body = pool.Take(kMiB);
     body.assign(kMiB, value);
@@ -118,14 +120,16 @@ TEST(BufferPoolTest, HttpBodiesOfRepeatedCallsComeFromTheSharedPool) {
   EXPECT_LE(after.missed - before.missed, 2);
 }
 
-TEST(BufferPoolTest, WebSocketMessagesOfRepeatedCallsComeFromTheSharedPool) {
-  HttpServer server({});
+TEST(BufferPoolTest, WebSocketMessagesOfRepeatedCallsComeFromTheLentPool) {
+  BufferPool pool;
+  HttpServer server({.buffer_pool = &pool});
   server.HandleWebSocket("/v1/ws",
                          {.on_message = [](const std::shared_ptr<WsConnection>& conn, Bytes msg) {
                            EXPECT_TRUE(conn->Send(std::move(msg)).ok());
                          }});
   ASSERT_TRUE(server.Start().ok());
-  WsClient client;
+  WsClient client({.buffer_pool = &pool});
+  EXPECT_EQ(&client.buffer_pool(), &pool);
   std::mutex mu;
   std::vector<Bytes> answers;
   std::promise<Result<std::shared_ptr<WsConnection>>> opened;
@@ -139,7 +143,6 @@ TEST(BufferPoolTest, WebSocketMessagesOfRepeatedCallsComeFromTheSharedPool) {
                  [&](Result<std::shared_ptr<WsConnection>> r) { opened.set_value(std::move(r)); });
   auto conn = opened.get_future().get();
   ASSERT_TRUE(conn.ok()) << conn.status().ToString();
-  BufferPool& pool = BufferPool::Shared();
   auto call = [&](uint8_t value) {
     Bytes message = pool.Take(kMiB);
     message.assign(kMiB, value);
@@ -165,6 +168,17 @@ TEST(BufferPoolTest, WebSocketMessagesOfRepeatedCallsComeFromTheSharedPool) {
   EXPECT_GE(after.reused - before.reused, 10 * 3 - 2);
   EXPECT_LE(after.missed - before.missed, 2);
   (*conn)->Close();
+}
+
+// A server and a client lent no pool keep one each: nothing is shared between them behind the
+// process's back.
+TEST(BufferPoolTest, ServerAndClientLentNoPoolKeepTheirOwn) {
+  HttpServer server({});
+  HttpClient client;
+  WsClient ws;
+  EXPECT_NE(&server.buffer_pool(), &client.buffer_pool());
+  EXPECT_NE(&server.buffer_pool(), &ws.buffer_pool());
+  EXPECT_NE(&client.buffer_pool(), &ws.buffer_pool());
 }
 
 }  // namespace

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "tests/router/router_fixture.h"
+#include "tests/testing/in_process_router.h"
 
 namespace dmoe::router {
 namespace {
@@ -89,15 +90,13 @@ TEST(RouterStartTest, RefusesAPublicAddressWithoutTrainerKeysAndRunsWithoutAData
   RouterOptions open;
   open.listen_host = "0.0.0.0";
   open.db_dir = dir.Sub("router");
-  open.dht_listen = "127.0.0.1:0";
-  Result<std::unique_ptr<Router>> refused = Router::Start(std::move(open));
+  Result<std::unique_ptr<Router>> refused = testing::StartInProcessRouter(std::move(open));
   ASSERT_FALSE(refused.ok());
   EXPECT_EQ(refused.status().code(), Code::kInvalidArgument);
   EXPECT_NE(refused.status().message().find("--trainer-keys"), std::string::npos);
 
   RouterOptions no_db;
-  no_db.dht_listen = "127.0.0.1:0";
-  Result<std::unique_ptr<Router>> no_db_router = Router::Start(std::move(no_db));
+  Result<std::unique_ptr<Router>> no_db_router = testing::StartInProcessRouter(std::move(no_db));
   ASSERT_FALSE(no_db_router.ok());
   EXPECT_EQ(no_db_router.status().code(), Code::kInvalidArgument);
 }

@@ -4,6 +4,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/clock.h"
+#include "tests/testing/in_process_router.h"
 
 namespace dmoe::router {
 
@@ -70,10 +71,8 @@ void RouterTest::StartRouter(RouterOptions options) {
   options.listen_host = "127.0.0.1";
   options.listen_port = 0;
   options.db_dir = dir_.Sub("router");
-  options.dht_listen = "127.0.0.1:0";
-  options.net_threads = 1;
   options.inference_threads = 1;
-  Result<std::unique_ptr<Router>> r = Router::Start(std::move(options));
+  Result<std::unique_ptr<Router>> r = testing::StartInProcessRouter(std::move(options));
   ASSERT_TRUE(r.ok()) << r.status().ToString();
   router_ = std::move(r).value();
 }
