@@ -19,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "core/clock.h"
 #include "dht/dht.h"
 #include "expert_server/expert.h"
 #include "expert_server/optimizer.h"
@@ -149,7 +150,7 @@ int main(int argc, char** argv) {
       },
       60s);
 
-  auto swarm = std::make_shared<gating::Swarm>(client.get());
+  auto swarm = std::make_shared<gating::Swarm>(client.get(), RealClock::Instance());
   const auto after_k_min = 200ms;
   gating::RemoteMixtureOfExperts moe(gating::RemoteMixtureOfExpertsOptions(kDim, {4, 4})
                                          .k_best(kK)

@@ -25,8 +25,8 @@
 
 #include "core/status.h"
 #include "gating/model_spec.h"
-#include "gating/remote_call.h"
 #include "gating/remote_moe.h"
+#include "gating/swarm.h"
 #include "tensor/safetensors.h"
 
 namespace dmoe::gating {

@@ -618,7 +618,7 @@ Result<TrainerResult> RunTrainer(const TrainerOptions& o, std::ostream& out,
   DMOE_ASSIGN_OR_RETURN(std::unique_ptr<dht::Dht> dht, dht::Dht::Start(std::move(dht_options)));
   DMOE_RETURN_IF_ERROR(dht->WaitBootstrapped(std::chrono::seconds(10)));
   swarm_options.caller.identity = identity;
-  auto swarm = std::make_shared<Swarm>(dht.get(), swarm_options);
+  auto swarm = std::make_shared<Swarm>(dht.get(), RealClock::Instance(), swarm_options);
 
   torch::manual_seed(o.seed);
   const ModelContext context{swarm, wire, o.balance_loss_weight, o.allow_zero_outputs};

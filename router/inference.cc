@@ -3,9 +3,10 @@
 #include <ATen/ATen.h>
 #include <torch/utils.h>
 
+#include "core/clock.h"
 #include "gating/model.h"
 #include "gating/model_spec.h"
-#include "gating/remote_call.h"
+#include "gating/swarm.h"
 #include "tensor/torch_tensor.h"
 
 namespace dmoe::router {
@@ -19,7 +20,7 @@ struct Inference::Loaded {
 Inference::Inference(dht::Dht& dht, std::optional<std::set<PublicKey>> server_keys) {
   gating::SwarmOptions options;
   options.server_keys = std::move(server_keys);
-  swarm_ = std::make_shared<gating::Swarm>(&dht, std::move(options));
+  swarm_ = std::make_shared<gating::Swarm>(&dht, RealClock::Instance(), std::move(options));
 }
 
 Inference::~Inference() = default;
