@@ -133,7 +133,7 @@ int main(int argc, char** argv) {
       },
       60s);
 
-  auto swarm = std::make_shared<gating::Swarm>(client.get());
+  auto swarm = std::make_shared<gating::Swarm>(client.get(), RealClock::Instance());
   const auto after_k_min = 200ms;
   gating::RemoteMixtureOfExperts moe(gating::RemoteMixtureOfExpertsOptions(kDim, {4, 4})
                                          .k_best(kK)

@@ -1,8 +1,21 @@
 #include "core/clock.h"
 
-#include <chrono>
-
 namespace dmoe {
+
+std::chrono::steady_clock::time_point RealTimeBound(const Clock& clock, Deadline deadline) {
+  using Steady = std::chrono::steady_clock;
+  const Steady::time_point now = Steady::now();
+  const MonotonicClock::time_point at = clock.Now();
+  if (deadline <= at) return now;
+  if (deadline == Deadline::max()) return Steady::time_point::max();
+  const MonotonicClock::duration left = deadline - at;
+  // A deadline further away than steady_clock can represent never passes either.
+  if (left >=
+      std::chrono::duration_cast<MonotonicClock::duration>(Steady::time_point::max() - now)) {
+    return Steady::time_point::max();
+  }
+  return now + std::chrono::duration_cast<Steady::duration>(left);
+}
 
 int64_t RealClock::NowUnixMs() const {
   return std::chrono::duration_cast<std::chrono::milliseconds>(

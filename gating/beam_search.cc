@@ -88,15 +88,15 @@ std::string UidOf(const std::string& uid_prefix, const std::vector<int64_t>& coo
   return uid;
 }
 
-ExpertDirectory::ExpertDirectory(dht::Dht* dht, DirectoryOptions options)
+ExpertDirectory::ExpertDirectory(dht::Dht* dht, const Clock& clock, DirectoryOptions options)
     : ExpertDirectory(
           [dht](std::vector<std::string> keys, std::chrono::milliseconds timeout,
                 std::function<void(KeyResults)> done) {
             dht->GetMany(std::move(keys), timeout, std::move(done));
           },
-          options) {}
+          clock, options) {}
 
-ExpertDirectory::ExpertDirectory(FetchFn fetch, DirectoryOptions options, const Clock& clock)
+ExpertDirectory::ExpertDirectory(FetchFn fetch, const Clock& clock, DirectoryOptions options)
     : fetch_(std::move(fetch)), options_(options), clock_(clock) {}
 
 bool ExpertDirectory::Lookup(const std::string& key, std::vector<dht::Record>* records) const {
@@ -140,8 +140,7 @@ void ExpertDirectory::Fetch(const std::vector<std::string>& keys, Deadline deadl
     KeyResults results;
   };
   auto slot = std::make_shared<Slot>();
-  auto remaining = std::chrono::duration_cast<std::chrono::milliseconds>(
-      deadline - std::chrono::steady_clock::now());
+  auto remaining = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - clock_.Now());
   auto timeout = std::clamp(remaining, std::chrono::milliseconds(1), options_.lookup_timeout);
   fetch_(missing, timeout, [slot](KeyResults results) {
     std::lock_guard<std::mutex> lock(slot->mu);
@@ -152,10 +151,9 @@ void ExpertDirectory::Fetch(const std::vector<std::string>& keys, Deadline deadl
   KeyResults results;
   {
     std::unique_lock<std::mutex> lock(slot->mu);
-    slot->cv.wait_until(lock,
-                        std::min(deadline, std::chrono::steady_clock::now() + timeout +
-                                               std::chrono::milliseconds(200)),
-                        [&] { return slot->done; });
+    const Deadline until =
+        std::min(deadline, clock_.Now() + timeout + std::chrono::milliseconds(200));
+    slot->cv.wait_until(lock, RealTimeBound(clock_, until), [&] { return slot->done; });
     if (slot->done) results = std::move(slot->results);
   }
   std::lock_guard<std::mutex> lock(mu_);
@@ -278,7 +276,7 @@ std::vector<std::vector<ExpertChoice>> BeamSearch(ExpertDirectory& directory,
       if (chosen[i].size() >= k || queue.empty()) done[i] = true;
     }
     if (needed.empty() && to_resolve.empty()) break;
-    if (std::chrono::steady_clock::now() >= deadline) {
+    if (directory.clock().Now() >= deadline) {
       if (stats) stats->deadline_hit = true;
       break;
     }

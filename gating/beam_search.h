@@ -10,6 +10,10 @@
 // live experts, holes and all; `beam_size` is how many unresolved prefixes one sample may ask the
 // DHT about per round, and every round is one batched DHT get for all samples.
 //
+// Time: the directory reads a Clock given at construction (unix time for record expiry, monotonic
+// time for deadlines); BeamSearch reads its directory's clock, and its deadline is on that clock.
+// Waits for the DHT run in real time (RealTimeBound).
+//
 // Torch-free; thread-safe as stated per class.
 #ifndef DMOE_GATING_BEAM_SEARCH_H_
 #define DMOE_GATING_BEAM_SEARCH_H_
@@ -32,8 +36,6 @@ class Dht;
 
 namespace dmoe::gating {
 
-using Deadline = std::chrono::steady_clock::time_point;
-
 struct DirectoryOptions {
   // Upper bound on how long a key's records are reused (they are also dropped when the first of
   // them expires), so that newly announced experts are found.
@@ -53,10 +55,10 @@ class ExpertDirectory {
       std::function<void(std::vector<std::string> keys, std::chrono::milliseconds timeout,
                          std::function<void(KeyResults)> done)>;
 
-  // `dht` must outlive the directory (a client node: NodeOptions::client = true).
-  explicit ExpertDirectory(dht::Dht* dht, DirectoryOptions options = {});
-  ExpertDirectory(FetchFn fetch, DirectoryOptions options = {},
-                  const Clock& clock = RealClock::Instance());
+  // `dht` (a client node: NodeOptions::client = true) and `clock` must outlive the directory.
+  ExpertDirectory(dht::Dht* dht, const Clock& clock, DirectoryOptions options = {});
+  // With a stand-in for the DHT. `clock` must outlive the directory.
+  ExpertDirectory(FetchFn fetch, const Clock& clock, DirectoryOptions options = {});
 
   // True and *records filled when `key` is cached and unexpired.
   bool Lookup(const std::string& key, std::vector<dht::Record>* records) const;
@@ -69,6 +71,8 @@ class ExpertDirectory {
 
   // Batched lookups sent so far.
   uint64_t fetches() const;
+  // What cache entries expire by, and what every deadline given to the directory is on.
+  const Clock& clock() const { return clock_; }
 
  private:
   struct Entry {
@@ -146,7 +150,7 @@ using EndpointFilter = std::function<bool(const std::string& endpoint)>;
 // are live or the deadline came first). `scores[d]` holds n x grid_size[d] floats, row-major. An
 // expert is live when one of its replicas (ReplicasOf its `expert/<uid>` records) is usable under
 // `policy`; among several, the one of the lowest cost is taken. Blocks for DHT lookups and for
-// `policy.resolve`.
+// `policy.resolve`, never past `deadline` (on directory.clock()) by more than one lookup's slack.
 std::vector<std::vector<ExpertChoice>> BeamSearch(ExpertDirectory& directory,
                                                   const BeamSearchOptions& options,
                                                   const std::vector<std::vector<float>>& scores,

@@ -5,18 +5,22 @@
 #include <torch/csrc/autograd/custom_function.h>
 
 #include <algorithm>
+#include <condition_variable>
 #include <map>
+#include <mutex>
 #include <optional>
+#include <utility>
 
+#include "core/clock.h"
 #include "core/integer.h"
-
+#include "gating/expert_caller.h"
+#include "gating/peer_health.h"
+#include "gating/swarm.h"
 #include "net/buffer_pool.h"
 #include "tensor/torch_tensor.h"
 
 namespace dmoe::gating::internal {
 namespace {
-
-using SteadyClock = std::chrono::steady_clock;
 
 enum class Op { kForward, kBackward };
 
@@ -24,6 +28,39 @@ enum class Op { kForward, kBackward };
 // section 7). An expert ending in layer norm answers at most about sqrt(d) * max|gamma| + max|beta|
 // (32 * gamma at d = 1024) whatever x is; a residual block answers about max|x| plus that.
 constexpr float kMaxAnswerGain = 1000.0f;
+
+// Collects the outcomes of one round's calls for the one thread waiting on them. Thread-safe.
+class CallBatch : public std::enable_shared_from_this<CallBatch> {
+ public:
+  explicit CallBatch(size_t calls) : outcomes_(calls) {}
+  // A callback that stores outcome `index` and wakes the waiter; it keeps the batch alive, so a
+  // late answer is harmless. The batch must be owned by a shared_ptr.
+  ExpertCaller::Callback Completion(size_t index) {
+    return [self = shared_from_this(), index](CallOutcome outcome) {
+      std::lock_guard<std::mutex> lock(self->mu_);
+      if (self->outcomes_[index].has_value()) return;
+      self->outcomes_[index] = std::move(outcome);
+      self->fresh_.push_back(index);
+      self->cv_.notify_all();
+    };
+  }
+  // Waits until a completion not yet taken arrives or the real time `until` passes; moves the
+  // newly completed (index, outcome) pairs out. Empty on timeout.
+  std::vector<std::pair<size_t, CallOutcome>> WaitNew(std::chrono::steady_clock::time_point until) {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait_until(lock, until, [&] { return !fresh_.empty(); });
+    std::vector<std::pair<size_t, CallOutcome>> out;
+    for (size_t i : fresh_) out.emplace_back(i, std::move(*outcomes_[i]));
+    fresh_.clear();
+    return out;
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::vector<std::optional<CallOutcome>> outcomes_;
+  std::vector<size_t> fresh_;
+};
 
 // What became of one call once its answer (or failure) is in.
 struct Resolution {
@@ -99,8 +136,9 @@ void SendAndWait(DispatchState& state, Op op, const std::vector<bool>& active,
                  const std::vector<at::Tensor>& grad_y, const WaitPolicy& policy,
                  const std::function<void(size_t, Resolution&)>& on_answer) {
   Swarm& swarm = *state.swarm;
+  const Clock& clock = swarm.clock();
   Counters& counters = *state.counters;
-  const auto start = SteadyClock::now();
+  const auto start = clock.Now();
   const auto deadline = start + policy.timeout;
   auto batch = std::make_shared<CallBatch>(state.calls.size());
   std::vector<std::string> ids(state.calls.size());
@@ -139,7 +177,7 @@ void SendAndWait(DispatchState& state, Op op, const std::vector<bool>& active,
   }
   (op == Op::kForward ? counters.requests : counters.backward_requests) += outstanding;
 
-  std::optional<SteadyClock::time_point> settled_at;
+  std::optional<MonotonicClock::time_point> settled_at;
   bool cut_after_k_min = false;  // the wait ended timeout_after_k_min after k_min, not at deadline
   while (outstanding > 0) {
     if (!settled_at) {
@@ -147,14 +185,14 @@ void SendAndWait(DispatchState& state, Op op, const std::vector<bool>& active,
       for (int64_t i = 0; i < state.n && settled; ++i) {
         settled = answered_per_sample[i] >= policy.k_min || out_per_sample[i] == 0;
       }
-      if (settled) settled_at = SteadyClock::now();
+      if (settled) settled_at = clock.Now();
     }
     const auto until = settled_at ? std::min(deadline, *settled_at + policy.after_k_min) : deadline;
-    if (SteadyClock::now() >= until) {
+    if (clock.Now() >= until) {
       cut_after_k_min = until < deadline;
       break;
     }
-    for (auto& [c, outcome] : batch->WaitNew(until)) {
+    for (auto& [c, outcome] : batch->WaitNew(RealTimeBound(clock, until))) {
       ExpertCall& call = state.calls[c];
       if (resolved[c]) continue;
       resolved[c] = true;

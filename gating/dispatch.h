@@ -10,6 +10,9 @@
 // Threads: everything here runs on the caller's thread (forward) or the autograd engine's thread
 // (backward, the thread that called loss.backward() for CPU tensors); both block on a condition
 // variable while io threads deliver answers.
+//
+// Time: a round's timeouts are measured on the swarm's clock (Swarm::clock()); the waits between
+// answers run in real time (RealTimeBound) and then read that clock again.
 #ifndef DMOE_GATING_DISPATCH_H_
 #define DMOE_GATING_DISPATCH_H_
 
@@ -22,8 +25,11 @@
 #include <string>
 #include <vector>
 
-#include "gating/remote_call.h"
 #include "tensor/safetensors.h"
+
+namespace dmoe::gating {
+class Swarm;
+}  // namespace dmoe::gating
 
 namespace dmoe::gating::internal {
 

@@ -29,8 +29,8 @@
 #include <vector>
 
 #include "core/status.h"
-#include "gating/remote_call.h"
 #include "gating/remote_moe.h"
+#include "gating/swarm.h"
 #include "model/model_spec.h"
 #include "tensor/safetensors.h"
 

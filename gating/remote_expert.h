@@ -5,6 +5,8 @@
 //   gating::RemoteExpert expert("ffn.0.1", "http://127.0.0.1:8000", swarm);
 //   at::Tensor y = expert(x);
 //
+// Timeouts are measured on the swarm's clock (Swarm::clock()).
+//
 // Errors: forward throws std::runtime_error when the expert does not answer (in time, finite);
 // a failing backward leaves grad_x zero. One thread at a time, as torch modules are.
 #ifndef DMOE_GATING_REMOTE_EXPERT_H_
@@ -19,7 +21,7 @@
 #include <string>
 
 #include "core/status.h"
-#include "gating/remote_call.h"
+#include "gating/swarm.h"
 #include "tensor/safetensors.h"
 
 namespace dmoe::gating {

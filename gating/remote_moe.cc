@@ -13,8 +13,6 @@
 namespace dmoe::gating {
 namespace {
 
-using SteadyClock = std::chrono::steady_clock;
-
 void Check(bool ok, const std::string& message) {
   if (!ok) throw std::runtime_error("RemoteMixtureOfExperts: " + message);
 }
@@ -69,8 +67,8 @@ at::Tensor RemoteMixtureOfExpertsImpl::forward(const at::Tensor& x) {
         "x must be [N, " + std::to_string(d) + "] or [B, T, " + std::to_string(d) + "], got " +
             std::to_string(x.dim()) + " dimensions with last " +
             (x.dim() ? std::to_string(x.size(-1)) : std::string("-")));
-  const auto start = SteadyClock::now();
-  const auto deadline = start + options_.forward_timeout();
+  const Clock& clock = swarm_->clock();
+  const Deadline deadline = clock.Now() + options_.forward_timeout();
   at::Tensor xf = x.reshape({-1, d});
   const int64_t n = xf.size(0);
   const size_t dims = options_.grid_size().size();
@@ -119,8 +117,8 @@ at::Tensor RemoteMixtureOfExpertsImpl::forward(const at::Tensor& x) {
 
   // 3. Send everything at once and wait (k_min, timeout_after_k_min, forward deadline).
   internal::WaitPolicy policy{options_.k_min(),
-                              std::chrono::duration_cast<std::chrono::milliseconds>(std::max(
-                                  deadline - SteadyClock::now(), SteadyClock::duration(0))),
+                              std::chrono::duration_cast<std::chrono::milliseconds>(
+                                  std::max(deadline - clock.Now(), MonotonicClock::duration(0))),
                               options_.timeout_after_k_min(), options_.detect_anomalies()};
   if (options_.adaptive_timeout() && !state->calls.empty()) {
     double slowest = 0;

@@ -1,7 +1,7 @@
 // RemoteMixtureOfExperts: a mixture-of-experts layer whose experts live on expert servers found
 // through the DHT (DESIGN.md, "One forward and backward pass, walked through").
 //
-//   auto swarm = std::make_shared<gating::Swarm>(dht.get());  // one per trainer, shared by layers
+//   auto swarm = std::make_shared<gating::Swarm>(dht.get(), clock);  // one per trainer, shared
 //   gating::RemoteMixtureOfExperts moe(
 //       gating::RemoteMixtureOfExpertsOptions(256, {4, 4}).uid_prefix("ffn").k_best(4).k_min(2),
 //       swarm);
@@ -16,6 +16,9 @@
 // peers banned with backoff; a token's output is the softmax-weighted sum over the experts that
 // answered. A token with no answer gets zeros. Backward sends grad_y only to the experts that
 // answered, with step_seen.
+//
+// Time: the timeouts are measured on the swarm's clock (Swarm::clock()), so a layer on a swarm
+// built with a FakeClock waits only as that clock moves.
 //
 // Errors: forward throws NotEnoughExpertsError (gating/not_enough_experts.h) when some token got
 // fewer than k_min answers and allow_zero_outputs is false, std::runtime_error when x has the
@@ -37,7 +40,7 @@
 #include <vector>
 
 #include "gating/beam_search.h"
-#include "gating/remote_call.h"
+#include "gating/swarm.h"
 #include "tensor/safetensors.h"
 
 namespace dmoe::gating {
@@ -101,6 +104,7 @@ struct Routing {
 
 class RemoteMixtureOfExpertsImpl : public torch::nn::Module {
  public:
+  // `swarm` is shared with the trainer's other layers; it gives the clock and the connections.
   RemoteMixtureOfExpertsImpl(RemoteMixtureOfExpertsOptions options, std::shared_ptr<Swarm> swarm);
 
   at::Tensor forward(const at::Tensor& x);

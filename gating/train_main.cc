@@ -27,8 +27,9 @@
 #include "core/signals.h"
 #include "data/data_source.h"
 #include "dht/dht.h"
-#include "gating/remote_call.h"
+#include "gating/swarm.h"
 #include "gating/trainer.h"
+#include "net/buffer_pool.h"
 #include "tensor/safetensors.h"
 
 namespace dmoe::gating {
@@ -75,6 +76,7 @@ Result<TrainerResult> Train(const TrainerOptions& o, const WiringFlags& flags,
   DMOE_ASSIGN_OR_RETURN(TrainerInputs inputs, PrepareTrainer(o));
 
   const Clock& clock = RealClock::Instance();
+  net::BufferPool buffer_pool;  // outlives the swarm, whose expert calls take their buffers from it
   std::unique_ptr<dht::Dht> dht;  // outlives the swarm, which holds it
   TrainerWiring wiring;
   wiring.clock = &clock;
@@ -87,6 +89,7 @@ Result<TrainerResult> Train(const TrainerOptions& o, const WiringFlags& flags,
                           RequestVerifier::LoadKeyFile(flags.server_keys_path));
   }
   swarm_options.caller.identity = wiring.identity;
+  swarm_options.caller.buffer_pool = &buffer_pool;
   dht::DhtOptions dht_options;
   dht_options.clock = &clock;
   dht_options.bootstrap = flags.dht_bootstrap;
@@ -94,7 +97,7 @@ Result<TrainerResult> Train(const TrainerOptions& o, const WiringFlags& flags,
   dht_options.node.network = flags.dht_network;
   DMOE_ASSIGN_OR_RETURN(dht, dht::Dht::Start(std::move(dht_options)));
   DMOE_RETURN_IF_ERROR(dht->WaitBootstrapped(std::chrono::seconds(10)));
-  wiring.swarm = std::make_shared<Swarm>(dht.get(), swarm_options);
+  wiring.swarm = std::make_shared<Swarm>(dht.get(), clock, swarm_options);
 
   Result<TrainerResult> result = RunTrainer(o, inputs, wiring, std::cout, &stop);
   wiring.swarm.reset();

@@ -3,8 +3,9 @@
 #include <ATen/ATen.h>
 #include <torch/utils.h>
 
+#include "core/clock.h"
 #include "gating/model.h"
-#include "gating/remote_call.h"
+#include "gating/swarm.h"
 #include "model/model_spec.h"
 #include "tensor/torch_tensor.h"
 
@@ -16,12 +17,12 @@ struct Inference::Loaded {
   gating::DmoeModel model{nullptr};
 };
 
-Inference::Inference(dht::Dht& dht, net::BufferPool& pool,
+Inference::Inference(dht::Dht& dht, const Clock& clock, net::BufferPool& pool,
                      std::optional<std::set<PublicKey>> server_keys) {
   gating::SwarmOptions options;
   options.caller.buffer_pool = &pool;
   options.server_keys = std::move(server_keys);
-  swarm_ = std::make_shared<gating::Swarm>(&dht, std::move(options));
+  swarm_ = std::make_shared<gating::Swarm>(&dht, clock, std::move(options));
 }
 
 Inference::~Inference() = default;

@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "core/clock.h"
 #include "core/identity.h"
 #include "core/status.h"
 #include "dht/dht.h"
@@ -40,8 +41,9 @@ struct InferResult {
 class Inference {
  public:
   // `server_keys`, when set, are the only publishers whose experts are used (--server-keys).
-  // Expert calls take their buffers from `pool`; `dht` and `pool` must outlive the inference.
-  Inference(dht::Dht& dht, net::BufferPool& pool,
+  // Expert calls take their buffers from `pool` and their deadlines from `clock`; `dht`, `clock`
+  // and `pool` must outlive the inference.
+  Inference(dht::Dht& dht, const Clock& clock, net::BufferPool& pool,
             std::optional<std::set<PublicKey>> server_keys = std::nullopt);
   ~Inference();
 

@@ -9,6 +9,8 @@
 #include <random>
 #include <set>
 
+#include "core/clock.h"
+
 namespace dmoe::gating {
 namespace {
 
@@ -16,13 +18,14 @@ using namespace std::chrono_literals;
 
 // The records servers would announce for a set of live uids (each on endpoint "http://e<n>").
 struct FakeGrid {
+  FakeClock clock;  // the directory's: records expire and deadlines pass only as the test says
   std::map<std::string, std::vector<dht::Record>> keys;
   int fetches = 0;
   size_t max_keys_per_fetch = 0;
 
   void Announce(const std::string& prefix, const std::vector<int64_t>& coords,
                 const std::string& endpoint) {
-    const int64_t expiry = RealClock::Instance().NowUnixMs() + 60'000;
+    const int64_t expiry = clock.NowUnixMs() + 60'000;
     auto put = [&](const std::string& key, const std::string& subkey, const std::string& value,
                    PublicKey publisher = {}) {
       for (auto& r : keys[key])
@@ -104,7 +107,7 @@ TEST(BeamSearchTest, ReturnsTheBruteForceTopKOfLiveExpertsOnRandomGridsWithHoles
     }
     // A peer that is banned: announced, but not usable.
     const std::string banned = "http://e4";
-    ExpertDirectory directory(grid.Fetch());
+    ExpertDirectory directory(grid.Fetch(), grid.clock);
     const int64_t n = 6;
     const int k = 1 + static_cast<int>(rng() % 5);
     std::vector<std::vector<float>> scores(dims);
@@ -115,7 +118,7 @@ TEST(BeamSearchTest, ReturnsTheBruteForceTopKOfLiveExpertsOnRandomGridsWithHoles
     BeamSearchStats stats;
     auto chosen = BeamSearch(
         directory, options, scores, n, [&](const std::string& e) { return e != banned; },
-        std::chrono::steady_clock::now() + 10s, &stats);
+        grid.clock.Now() + 10s, &stats);
     rounds_total += stats.rounds;
     ASSERT_EQ(chosen.size(), static_cast<size_t>(n));
     for (int64_t i = 0; i < n; ++i) {
@@ -140,7 +143,7 @@ TEST(BeamSearchTest, ReturnsTheBruteForceTopKOfLiveExpertsOnRandomGridsWithHoles
     const int before = grid.fetches;
     BeamSearch(
         directory, options, scores, n, [&](const std::string& e) { return e != banned; },
-        std::chrono::steady_clock::now() + 10s);
+        grid.clock.Now() + 10s);
     EXPECT_EQ(grid.fetches, before);
     ++trials;
   }
@@ -152,7 +155,7 @@ TEST(BeamSearchTest, OneBatchedLookupPerGridLevelOnAFullGrid) {
   FakeGrid grid;
   for (int64_t i = 0; i < 8; ++i)
     for (int64_t j = 0; j < 8; ++j) grid.Announce("ffn", {i, j}, "http://e");
-  ExpertDirectory directory(grid.Fetch());
+  ExpertDirectory directory(grid.Fetch(), grid.clock);
   const int64_t n = 32;
   std::mt19937_64 rng(3);
   std::normal_distribution<float> normal;
@@ -161,7 +164,7 @@ TEST(BeamSearchTest, OneBatchedLookupPerGridLevelOnAFullGrid) {
     for (int64_t i = 0; i < n * 8; ++i) s.push_back(normal(rng));
   BeamSearchStats stats;
   auto chosen = BeamSearch(directory, {"ffn", {8, 8}, 4, 4}, scores, n, EndpointFilter{},
-                           std::chrono::steady_clock::now() + 10s, &stats);
+                           grid.clock.Now() + 10s, &stats);
   // prefix/ffn., then prefix/ffn.i. for the kept i, then expert/<uid> records.
   EXPECT_EQ(stats.rounds, 3);
   EXPECT_EQ(grid.fetches, 3);
@@ -169,18 +172,45 @@ TEST(BeamSearchTest, OneBatchedLookupPerGridLevelOnAFullGrid) {
 }
 
 TEST(BeamSearchTest, TheDeadlineBoundsTheSearch) {
-  // A DHT that never answers.
+  // A DHT that never answers, on the real clock: the wait for it ends in real time.
+  const Clock& clock = RealClock::Instance();
   ExpertDirectory directory([](std::vector<std::string>, std::chrono::milliseconds,
                                std::function<void(ExpertDirectory::KeyResults)>) {},
+                            clock,
                             [] {
                               DirectoryOptions o;
                               o.lookup_timeout = 100ms;
                               return o;
                             }());
-  const auto start = std::chrono::steady_clock::now();
+  const Deadline start = clock.Now();
   auto chosen = BeamSearch(directory, {"ffn", {4}, 2, 2}, {std::vector<float>(4, 0.0f)}, 1,
                            EndpointFilter{}, start + 300ms);
-  EXPECT_LT(std::chrono::steady_clock::now() - start, 2s);
+  EXPECT_LT(clock.Now() - start, 2s);
+  ASSERT_EQ(chosen.size(), 1u);
+  EXPECT_TRUE(chosen[0].empty());
+}
+
+// The search reads the time on its directory's clock: a lookup during which that clock passes the
+// deadline is the last one, however little real time went by.
+TEST(BeamSearchTest, TheDeadlineIsOnTheDirectorysClock) {
+  FakeGrid grid;
+  for (int64_t i = 0; i < 4; ++i)
+    for (int64_t j = 0; j < 4; ++j) grid.Announce("ffn", {i, j}, "http://e");
+  const Deadline deadline = grid.clock.Now() + 5s;
+  ExpertDirectory::FetchFn slow = [&grid, fetch = grid.Fetch()](
+                                      std::vector<std::string> keys, std::chrono::milliseconds t,
+                                      std::function<void(ExpertDirectory::KeyResults)> done) {
+    grid.clock.Advance(6s);  // this lookup took (fake) time past the deadline
+    fetch(std::move(keys), t, std::move(done));
+  };
+  ExpertDirectory directory(slow, grid.clock);
+  BeamSearchStats stats;
+  auto chosen = BeamSearch(directory, {"ffn", {4, 4}, 2, 2},
+                           {std::vector<float>(4, 0.0f), std::vector<float>(4, 0.0f)}, 1,
+                           EndpointFilter{}, deadline, &stats);
+  EXPECT_EQ(grid.fetches, 1) << "prefix/ffn. only: the second level is past the deadline";
+  EXPECT_EQ(stats.rounds, 1);
+  EXPECT_TRUE(stats.deadline_hit);
   ASSERT_EQ(chosen.size(), 1u);
   EXPECT_TRUE(chosen[0].empty());
 }
@@ -198,12 +228,12 @@ dht::Record ExpertRecord(const std::string& uid, const Identity& publisher,
 }
 
 dht::Record PrefixRecord(const std::string& key, const std::string& subkey,
-                         const Identity& publisher) {
+                         const Identity& publisher, int64_t expiry_ms) {
   dht::Record r;
   r.key = key;
   r.subkey = subkey;
   r.value = "{}";
-  r.expiration_ms = RealClock::Instance().NowUnixMs() + 60'000;
+  r.expiration_ms = expiry_ms;
   r.publisher = publisher.public_key();
   return r;
 }
@@ -222,8 +252,9 @@ ExpertDirectory::FetchFn FetchFrom(std::map<std::string, std::vector<dht::Record
 }
 
 TEST(ReplicaTest, ReplicasOfKeepsEveryPublisherAndDropsForeignSubkeys) {
+  FakeClock clock;
   Identity honest = Identity::Generate(), stranger = Identity::Generate();
-  const int64_t expiry = RealClock::Instance().NowUnixMs() + 45'000;
+  const int64_t expiry = clock.NowUnixMs() + 45'000;
   std::vector<Replica> replicas = ReplicasOf({
       ExpertRecord("ffn.1", honest, "http://honest", expiry),
       ExpertRecord("ffn.1", stranger, "http://stranger", expiry + 555'000),
@@ -238,18 +269,20 @@ TEST(ReplicaTest, ReplicasOfKeepsEveryPublisherAndDropsForeignSubkeys) {
 }
 
 TEST(ReplicaTest, TheSearchChoosesByCostNeverByExpiry) {
+  FakeClock clock;
   Identity honest = Identity::Generate(), stranger = Identity::Generate();
-  const int64_t now = RealClock::Instance().NowUnixMs();
-  ExpertDirectory directory(FetchFrom({
-      {"prefix/ffn.", {PrefixRecord("prefix/ffn.", "0", honest)}},
-      {"expert/ffn.0",
-       {ExpertRecord("ffn.0", honest, "http://honest", now + 45'000),
-        ExpertRecord("ffn.0", stranger, "http://stranger", now + 600'000)}},
-  }));
+  const int64_t now = clock.NowUnixMs();
+  ExpertDirectory directory(
+      FetchFrom({
+          {"prefix/ffn.", {PrefixRecord("prefix/ffn.", "0", honest, now + 60'000)}},
+          {"expert/ffn.0",
+           {ExpertRecord("ffn.0", honest, "http://honest", now + 45'000),
+            ExpertRecord("ffn.0", stranger, "http://stranger", now + 600'000)}},
+      }),
+      clock);
   ReplicaPolicy policy;
   policy.cost = [&](const Replica& r) { return r.peer_id == honest.peer_id() ? 0.01 : 0.5; };
-  auto chosen = BeamSearch(directory, {"ffn", {1}, 1, 1}, {{1.0f}}, 1, policy,
-                           std::chrono::steady_clock::now() + 5s);
+  auto chosen = BeamSearch(directory, {"ffn", {1}, 1, 1}, {{1.0f}}, 1, policy, clock.Now() + 5s);
   ASSERT_EQ(chosen[0].size(), 1u);
   EXPECT_EQ(chosen[0][0].endpoint, "http://honest");
   EXPECT_EQ(chosen[0][0].peer_id, honest.peer_id());
@@ -257,23 +290,24 @@ TEST(ReplicaTest, TheSearchChoosesByCostNeverByExpiry) {
   policy.check = [&](const Replica& r) {
     return r.peer_id == honest.peer_id() ? Usability::kUnusable : Usability::kUsable;
   };
-  chosen = BeamSearch(directory, {"ffn", {1}, 1, 1}, {{1.0f}}, 1, policy,
-                      std::chrono::steady_clock::now() + 5s);
+  chosen = BeamSearch(directory, {"ffn", {1}, 1, 1}, {{1.0f}}, 1, policy, clock.Now() + 5s);
   ASSERT_EQ(chosen[0].size(), 1u);
   EXPECT_EQ(chosen[0][0].endpoint, "http://stranger");
 }
 
 TEST(ReplicaTest, PendingReplicasAreResolvedInOneBatchPerRound) {
+  FakeClock clock;
   std::vector<Identity> servers;
   std::map<std::string, std::vector<dht::Record>> keys;
-  const int64_t expiry = RealClock::Instance().NowUnixMs() + 45'000;
+  const int64_t expiry = clock.NowUnixMs() + 45'000;
   for (int i = 0; i < 4; ++i) {
     servers.push_back(Identity::Generate());
-    keys["prefix/ffn."].push_back(PrefixRecord("prefix/ffn.", std::to_string(i), servers[i]));
+    keys["prefix/ffn."].push_back(
+        PrefixRecord("prefix/ffn.", std::to_string(i), servers[i], expiry));
     keys["expert/ffn." + std::to_string(i)].push_back(ExpertRecord(
         "ffn." + std::to_string(i), servers[i], "http://e" + std::to_string(i), expiry));
   }
-  ExpertDirectory directory(FetchFrom(keys));
+  ExpertDirectory directory(FetchFrom(keys), clock);
   std::set<std::string> proven, lying = {servers[2].peer_id()};
   int resolves = 0;
   size_t resolved = 0;
@@ -288,7 +322,7 @@ TEST(ReplicaTest, PendingReplicasAreResolvedInOneBatchPerRound) {
     for (const Replica& r : replicas) proven.insert(r.peer_id);
   };
   auto chosen = BeamSearch(directory, {"ffn", {4}, 4, 4}, {{0.4f, 0.3f, 0.2f, 0.1f}}, 1, policy,
-                           std::chrono::steady_clock::now() + 5s);
+                           clock.Now() + 5s);
   EXPECT_EQ(resolves, 1);
   EXPECT_EQ(resolved, 3u);
   ASSERT_EQ(chosen[0].size(), 3u);
@@ -298,16 +332,20 @@ TEST(ReplicaTest, PendingReplicasAreResolvedInOneBatchPerRound) {
 }
 
 TEST(ReplicaTest, PrefixRecordsAreMergedAndFilteredByPublisher) {
+  FakeClock clock;
   Identity honest = Identity::Generate(), stranger = Identity::Generate();
-  const int64_t expiry = RealClock::Instance().NowUnixMs() + 45'000;
+  const int64_t expiry = clock.NowUnixMs() + 45'000;
   // The stranger's prefix record names a coordinate nobody serves; the row stays visible.
-  ExpertDirectory directory(FetchFrom({
-      {"prefix/ffn.",
-       {PrefixRecord("prefix/ffn.", "0", stranger), PrefixRecord("prefix/ffn.", "1", honest)}},
-      {"expert/ffn.1", {ExpertRecord("ffn.1", honest, "http://honest", expiry)}},
-  }));
+  ExpertDirectory directory(
+      FetchFrom({
+          {"prefix/ffn.",
+           {PrefixRecord("prefix/ffn.", "0", stranger, expiry),
+            PrefixRecord("prefix/ffn.", "1", honest, expiry)}},
+          {"expert/ffn.1", {ExpertRecord("ffn.1", honest, "http://honest", expiry)}},
+      }),
+      clock);
   auto chosen = BeamSearch(directory, {"ffn", {2}, 2, 2}, {{1.0f, 0.0f}}, 1, ReplicaPolicy{},
-                           std::chrono::steady_clock::now() + 5s);
+                           clock.Now() + 5s);
   ASSERT_EQ(chosen[0].size(), 1u);
   EXPECT_EQ(chosen[0][0].uid, "ffn.1");
   // With a publisher filter, only the honest key's prefixes count.
@@ -317,8 +355,7 @@ TEST(ReplicaTest, PrefixRecordsAreMergedAndFilteredByPublisher) {
     asked_about_stranger += k == stranger.public_key();
     return k == honest.public_key();
   };
-  chosen = BeamSearch(directory, {"ffn", {2}, 2, 2}, {{1.0f, 0.0f}}, 1, listed,
-                      std::chrono::steady_clock::now() + 5s);
+  chosen = BeamSearch(directory, {"ffn", {2}, 2, 2}, {{1.0f, 0.0f}}, 1, listed, clock.Now() + 5s);
   ASSERT_EQ(chosen[0].size(), 1u);
   EXPECT_EQ(chosen[0][0].uid, "ffn.1");
   EXPECT_GE(asked_about_stranger, 1);

@@ -1,20 +1,19 @@
 // PeerHealth's ban policy: strikes before a ban, an unreachable peer banned at once, backoff
-// doubling up to the cap, and a success clearing it all.
+// doubling up to the cap, and a success clearing it all. Bans run on a FakeClock: a test moves
+// time past a ban instead of waiting it out.
 #include <gtest/gtest.h>
 
 #include <chrono>
 #include <string>
 
-#include "gating/remote_call.h"
-#include "tests/testing/process.h"
+#include "core/clock.h"
+#include "gating/peer_health.h"
 
 namespace dmoe::gating {
 namespace {
 
 using namespace std::chrono_literals;
-using SteadyClock = std::chrono::steady_clock;
 
-// Long bans so that the checks below never race their expiry.
 HealthOptions Options() {
   HealthOptions o;
   o.strikes_to_ban = 3;
@@ -24,14 +23,15 @@ HealthOptions Options() {
 }
 
 // How long the peer stays banned from now, in whole seconds rounded up (0 = not banned).
-int64_t BanLeftS(const PeerHealth& health, const std::string& endpoint) {
-  auto left = health.Get(endpoint).banned_until - SteadyClock::now();
-  if (left <= SteadyClock::duration::zero()) return 0;
+int64_t BanLeftS(const PeerHealth& health, const Clock& clock, const std::string& endpoint) {
+  auto left = health.Get(endpoint).banned_until - clock.Now();
+  if (left <= MonotonicClock::duration::zero()) return 0;
   return std::chrono::ceil<std::chrono::seconds>(left).count();
 }
 
 TEST(PeerHealthTest, AFailedRoundIsAStrikeAndTheThirdInARowBans) {
-  PeerHealth health(Options());
+  FakeClock clock;
+  PeerHealth health(clock, Options());
   const std::string peer = "http://127.0.0.1:9";
   health.RecordFailure(peer);
   health.RecordFailure(peer);
@@ -43,19 +43,20 @@ TEST(PeerHealthTest, AFailedRoundIsAStrikeAndTheThirdInARowBans) {
   health.RecordFailure(peer);
   EXPECT_FALSE(health.Usable(peer));
   EXPECT_EQ(health.Get(peer).bans, 1);
-  EXPECT_EQ(BanLeftS(health, peer), 100);
+  EXPECT_EQ(BanLeftS(health, clock, peer), 100);
   EXPECT_EQ(health.BannedNow(), 1);
 
   // Still failing after (or while) banned: the ban doubles, up to ban_max.
   health.RecordFailure(peer);
-  EXPECT_EQ(BanLeftS(health, peer), 200);
+  EXPECT_EQ(BanLeftS(health, clock, peer), 200);
   health.RecordFailure(peer);
-  EXPECT_EQ(BanLeftS(health, peer), 300);
+  EXPECT_EQ(BanLeftS(health, clock, peer), 300);
   EXPECT_EQ(health.Get(peer).bans, 3);
 }
 
 TEST(PeerHealthTest, ASuccessClearsTheStrikesAndTheBan) {
-  PeerHealth health(Options());
+  FakeClock clock;
+  PeerHealth health(clock, Options());
   const std::string peer = "http://127.0.0.1:9";
   health.RecordFailure(peer);
   health.RecordFailure(peer);
@@ -74,43 +75,48 @@ TEST(PeerHealthTest, ASuccessClearsTheStrikesAndTheBan) {
 }
 
 TEST(PeerHealthTest, AnUnreachablePeerIsBannedAtOnce) {
-  PeerHealth health(Options());
+  FakeClock clock;
+  PeerHealth health(clock, Options());
   const std::string dead = "http://127.0.0.1:1", other = "http://127.0.0.1:2";
   health.RecordFailure(dead, PeerFailure::kUnreachable);
   EXPECT_FALSE(health.Usable(dead));
   EXPECT_EQ(health.Get(dead).bans, 1);
-  EXPECT_EQ(BanLeftS(health, dead), 100);
+  EXPECT_EQ(BanLeftS(health, clock, dead), 100);
   EXPECT_TRUE(health.Usable(other));
   // Then it is retried and still unreachable: the ban doubles.
   health.RecordFailure(dead, PeerFailure::kUnreachable);
-  EXPECT_EQ(BanLeftS(health, dead), 200);
+  EXPECT_EQ(BanLeftS(health, clock, dead), 200);
 }
 
 // A pipelined trainer has several rounds out when a server dies: they all fail together, but they
 // saw one outage, so only the rounds started after the ban lengthen it.
 TEST(PeerHealthTest, RoundsStartedBeforeTheBanDoNotLengthenIt) {
-  PeerHealth health(Options());
+  FakeClock clock;
+  PeerHealth health(clock, Options());
   const std::string dead = "http://127.0.0.1:1";
-  const auto before = SteadyClock::now();
+  const Deadline before = clock.Now();
+  clock.Advance(10ms);  // the outage is noticed a little after the rounds started
   health.RecordFailure(dead, PeerFailure::kUnreachable, before);
-  ASSERT_EQ(BanLeftS(health, dead), 100);
+  ASSERT_EQ(BanLeftS(health, clock, dead), 100);
   for (int i = 0; i < 15; ++i) health.RecordFailure(dead, PeerFailure::kUnreachable, before);
-  EXPECT_EQ(BanLeftS(health, dead), 100);
+  EXPECT_EQ(BanLeftS(health, clock, dead), 100);
   EXPECT_EQ(health.Get(dead).bans, 1);
   EXPECT_EQ(health.Get(dead).failures, 16);
   // A round that started after the ban (a failed probe, or a call made anyway) doubles it.
-  health.RecordFailure(dead, PeerFailure::kUnreachable, SteadyClock::now());
-  EXPECT_EQ(BanLeftS(health, dead), 200);
+  clock.Advance(1s);
+  health.RecordFailure(dead, PeerFailure::kUnreachable, clock.Now());
+  EXPECT_EQ(BanLeftS(health, clock, dead), 200);
   EXPECT_EQ(health.Get(dead).bans, 2);
 }
 
 TEST(PeerHealthTest, StrikesToBanOfOneBansOnEveryFailedRound) {
   HealthOptions o = Options();
   o.strikes_to_ban = 1;
-  PeerHealth health(o);
+  FakeClock clock;
+  PeerHealth health(clock, o);
   health.RecordFailure("http://a");
   EXPECT_FALSE(health.Usable("http://a"));
-  EXPECT_EQ(BanLeftS(health, "http://a"), 100);
+  EXPECT_EQ(BanLeftS(health, clock, "http://a"), 100);
 }
 
 // The circuit breaker's half-open state: once a ban runs out the peer is probed (once) before it
@@ -118,15 +124,19 @@ TEST(PeerHealthTest, StrikesToBanOfOneBansOnEveryFailedRound) {
 TEST(PeerHealthTest, AnExpiredBanNeedsAPassedProbeAndTheNextFailureBansAgainForLonger) {
   HealthOptions o;
   o.strikes_to_ban = 3;
-  o.ban_base = 1s;  // the second ban (2 s) outlasts any stall before the check below
+  o.ban_base = 1s;
   o.ban_max = 100s;
-  PeerHealth health(o);
+  FakeClock clock;
+  PeerHealth health(clock, o);
   const std::string peer = "http://127.0.0.1:9";
   for (int i = 0; i < 3; ++i) health.RecordFailure(peer);
   ASSERT_FALSE(health.Usable(peer));
   EXPECT_FALSE(health.StartProbe(peer)) << "the ban has not run out";
+  clock.Advance(999ms);
+  EXPECT_FALSE(health.StartProbe(peer)) << "the ban has not run out";
 
-  ASSERT_TRUE(testing::PollUntil([&] { return health.StartProbe(peer); }, 10s));
+  clock.Advance(1ms);
+  ASSERT_TRUE(health.StartProbe(peer)) << "the ban ran out";
   EXPECT_FALSE(health.Usable(peer)) << "on probation until the probe passes";
   EXPECT_FALSE(health.StartProbe(peer)) << "one probe at a time";
   EXPECT_EQ(health.Get(peer).probes, 1);
@@ -137,27 +147,46 @@ TEST(PeerHealthTest, AnExpiredBanNeedsAPassedProbeAndTheNextFailureBansAgainForL
   health.RecordFailure(peer);  // one more failed round: banned at once, twice as long
   EXPECT_FALSE(health.Usable(peer));
   EXPECT_EQ(health.Get(peer).bans, 2);
-  EXPECT_GT(health.Get(peer).banned_until - SteadyClock::now(), 1s);
+  EXPECT_EQ(health.Get(peer).banned_until - clock.Now(), 2s);
 }
 
 TEST(PeerHealthTest, AFailedProbeBansAgain) {
   HealthOptions o;
   o.strikes_to_ban = 1;
-  o.ban_base = 1s;  // the second ban (2 s) outlasts any stall before the check below
+  o.ban_base = 1s;
   o.ban_max = 100s;
-  PeerHealth health(o);
+  FakeClock clock;
+  PeerHealth health(clock, o);
   const std::string peer = "http://127.0.0.1:9";
   health.RecordFailure(peer, PeerFailure::kUnreachable);
-  ASSERT_TRUE(testing::PollUntil([&] { return health.StartProbe(peer); }, 10s));
+  clock.Advance(1s);
+  ASSERT_TRUE(health.StartProbe(peer)) << "the ban ran out";
   health.RecordProbe(peer, false);
   EXPECT_FALSE(health.Usable(peer));
   EXPECT_FALSE(health.StartProbe(peer));
   EXPECT_EQ(health.Get(peer).bans, 2);
-  EXPECT_GT(health.Get(peer).banned_until - SteadyClock::now(), 1s);
+  EXPECT_EQ(health.Get(peer).banned_until - clock.Now(), 2s);
+}
+
+// A ban that ran out still keeps the peer out (and counted) until its probe passes.
+TEST(PeerHealthTest, BannedNowCountsPeersUntilTheirProbePasses) {
+  FakeClock clock;
+  PeerHealth health(clock, Options());
+  health.RecordFailure("http://a", PeerFailure::kUnreachable);
+  health.RecordFailure("http://b", PeerFailure::kUnreachable);
+  EXPECT_EQ(health.BannedNow(), 2);
+  clock.Advance(100s);
+  EXPECT_EQ(health.BannedNow(), 2) << "on probation until a probe passes";
+  ASSERT_TRUE(health.StartProbe("http://a"));
+  health.RecordProbe("http://a", true);
+  EXPECT_EQ(health.BannedNow(), 1);
+  EXPECT_TRUE(health.Usable("http://a"));
+  EXPECT_FALSE(health.Usable("http://b"));
 }
 
 TEST(PeerHealthTest, BansFollowThePeersKeyNotItsEndpoint) {
-  PeerHealth health(Options());
+  FakeClock clock;
+  PeerHealth health(clock, Options());
   const std::string key = std::string(64, 'a');
   const std::string first = "http://127.0.0.1:9", second = "http://127.0.0.1:10";
   health.Bind(first, key);
@@ -177,7 +206,8 @@ TEST(PeerHealthTest, BansFollowThePeersKeyNotItsEndpoint) {
 }
 
 TEST(PeerHealthTest, BindingMovesWhatTheEndpointLearnedToTheKey) {
-  PeerHealth health(Options());
+  FakeClock clock;
+  PeerHealth health(clock, Options());
   const std::string endpoint = "http://127.0.0.1:9", key = std::string(64, 'c');
   health.RecordFailure(endpoint, PeerFailure::kUnreachable);
   ASSERT_FALSE(health.Usable(endpoint));

@@ -123,7 +123,10 @@ class Swarm4x4 : public ::testing::Test {
     boot_ = nullptr;
   }
 
-  std::shared_ptr<Swarm> MakeSwarm() { return std::make_shared<Swarm>(client_); }
+  // Real servers answer in real time: the swarm runs on the real clock.
+  std::shared_ptr<Swarm> MakeSwarm() {
+    return std::make_shared<Swarm>(client_, RealClock::Instance());
+  }
 
   static dht::Dht* boot_;
   static dht::Dht* client_;
@@ -238,8 +241,9 @@ const Identity& DeadPeer() {
   return id;
 }
 
-// A directory whose every expert is announced at a port nobody listens on.
-std::shared_ptr<Swarm> DeadSwarm(SwarmOptions options = {}) {
+// A directory whose every expert is announced at a port nobody listens on. Nothing there ever
+// answers, so nothing waits for time to pass: the swarm runs on `clock`, which the test moves.
+std::shared_ptr<Swarm> DeadSwarm(const Clock& clock, SwarmOptions options = {}) {
   return std::make_shared<Swarm>(
       [](std::vector<std::string> keys, std::chrono::milliseconds,
          std::function<void(ExpertDirectory::KeyResults)> done) {
@@ -265,11 +269,12 @@ std::shared_ptr<Swarm> DeadSwarm(SwarmOptions options = {}) {
         }
         done(std::move(results));
       },
-      options);
+      clock, options);
 }
 
 TEST(RemoteMoeDeadSwarm, AllExpertsDeadGivesZerosAndACountOrAClearError) {
-  auto swarm = DeadSwarm();
+  FakeClock clock;
+  auto swarm = DeadSwarm(clock);
   RemoteMixtureOfExperts lenient(
       RemoteMixtureOfExpertsOptions(8, {2, 2}).k_best(2).allow_zero_outputs(true), swarm);
   at::Tensor x = at::randn({5, 8}).set_requires_grad(true);
@@ -296,14 +301,15 @@ TEST(RemoteMoeDeadSwarm, AllExpertsDeadGivesZerosAndACountOrAClearError) {
   EXPECT_EQ(strict->stats().zero_output_samples, 5);
 }
 
-// A dead peer is banned at once; when the ban runs out it is probed over real HTTP (a new
-// challenge on GET /v1/health), the probe fails, and it stays out for twice as long without
-// costing a round. The ban is the publisher key's.
+// A dead peer is banned at once; when the ban runs out (the test moves the clock past it) it is
+// probed over real HTTP (a new challenge on GET /v1/health), the probe fails, and it stays out for
+// twice as long without costing a round. The ban is the publisher key's.
 TEST(RemoteMoeDeadSwarm, ABannedPeerIsProbedWhenItsBanEndsAndStaysOutWhileDead) {
   SwarmOptions options;
-  options.health.ban_base = 1s;  // the second ban (2 s) outlasts any stall before the check
+  options.health.ban_base = 1s;
   options.health.ban_max = 10s;
-  auto swarm = DeadSwarm(options);
+  FakeClock clock;
+  auto swarm = DeadSwarm(clock, options);
   const std::string dead = DeadPeer().peer_id();
   const Replica replica{"http://127.0.0.1:1", dead, DeadPeer().public_key()};
   RemoteMixtureOfExperts moe(
@@ -312,7 +318,11 @@ TEST(RemoteMoeDeadSwarm, ABannedPeerIsProbedWhenItsBanEndsAndStaysOutWhileDead) 
   ASSERT_EQ(swarm->health().Get(dead).bans, 1);
   EXPECT_EQ(swarm->Check(replica), Usability::kUnusable);
   EXPECT_EQ(swarm->health().Get(dead).probes, 0) << "no probe before the ban runs out";
+  clock.Advance(999ms);
+  EXPECT_EQ(swarm->Check(replica), Usability::kUnusable);
+  EXPECT_EQ(swarm->health().Get(dead).probes, 0) << "no probe before the ban runs out";
 
+  clock.Advance(1ms);
   ASSERT_TRUE(testing::PollUntil(
       [&] {
         // banned, then on probation, then banned again
@@ -324,7 +334,7 @@ TEST(RemoteMoeDeadSwarm, ABannedPeerIsProbedWhenItsBanEndsAndStaysOutWhileDead) 
   EXPECT_EQ(p.probes, 1);
   EXPECT_FALSE(p.probing);
   EXPECT_TRUE(p.probation);
-  EXPECT_GT(p.banned_until - std::chrono::steady_clock::now(), 1s) << "the second ban doubles";
+  EXPECT_EQ(p.banned_until - clock.Now(), 2s) << "the second ban doubles";
   const int64_t requests = moe->stats().requests;
   moe(at::randn({3, 8}));
   EXPECT_EQ(moe->stats().requests, requests) << "no calls go to a peer out on a ban";

@@ -16,9 +16,10 @@
 #include <string>
 #include <vector>
 
+#include "core/clock.h"
 #include "gating/model.h"
 #include "gating/not_enough_experts.h"
-#include "gating/remote_call.h"
+#include "gating/swarm.h"
 #include "model/model_spec.h"
 #include "tests/testing/temp_dir.h"
 
@@ -112,7 +113,8 @@ TEST(TrainerTest, AMoeLayerWithoutExpertsThrowsNotEnoughExperts) {
   ASSERT_TRUE(spec.ok()) << spec.status().ToString();
   auto offline = std::make_shared<Swarm>(
       [](std::vector<std::string>, std::chrono::milliseconds,
-         std::function<void(ExpertDirectory::KeyResults)> done) { done({}); });
+         std::function<void(ExpertDirectory::KeyResults)> done) { done({}); },
+      RealClock::Instance());
   DmoeModel strict(*spec, ModelContext{offline, safetensors::DType::kF32, 0.01, false});
   EXPECT_THROW(strict->forward(at::rand({3, 4})), NotEnoughExpertsError);
   DmoeModel lenient(*spec, ModelContext{offline, safetensors::DType::kF32, 0.01, true});

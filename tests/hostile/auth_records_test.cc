@@ -145,7 +145,7 @@ TEST_F(AuthRecordsTest, StrangerRecordsWithLongTtlsAreNeverChosenAndTheirPublish
   }
   ASSERT_TRUE(WaitForPublishers(4)) << "the stranger records never showed up beside the honest";
 
-  auto swarm = std::make_shared<Swarm>(client_.get());
+  auto swarm = std::make_shared<Swarm>(client_.get(), RealClock::Instance());
   int64_t requests = 0, answered = 0;
   std::multiset<std::string> chosen = Run(swarm, 25, &requests, &answered, /*width=*/8);
   ASSERT_GT(requests, 0);
@@ -179,7 +179,7 @@ TEST_F(AuthRecordsTest, ServerKeysKeepUnlistedPublishersOutEvenWhenTheyProveThei
   ASSERT_TRUE(keys.ok()) << keys.status().ToString();
   SwarmOptions options;
   options.server_keys = *keys;
-  auto swarm = std::make_shared<Swarm>(client_.get(), options);
+  auto swarm = std::make_shared<Swarm>(client_.get(), RealClock::Instance(), options);
   int64_t requests = 0, answered = 0;
   std::multiset<std::string> chosen = Run(swarm, 10, &requests, &answered);
   ASSERT_GT(requests, 0);
@@ -200,7 +200,7 @@ TEST_F(AuthRecordsTest, AServerBannedAndBackAtANewEndpointWithTheSameKeyStaysBan
   ASSERT_TRUE(WaitForPublishers(1));
   SwarmOptions options;
   options.health.ban_base = 60s;  // outlasts the test
-  auto swarm = std::make_shared<Swarm>(client_.get(), options);
+  auto swarm = std::make_shared<Swarm>(client_.get(), RealClock::Instance(), options);
   int64_t requests = 0, answered = 0;
   Run(swarm, 3, &requests, &answered);  // three failed rounds: banned
   ASSERT_EQ(answered, 0);

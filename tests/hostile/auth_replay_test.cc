@@ -14,7 +14,7 @@
 #include "core/hex.h"
 #include "core/identity.h"
 #include "core/request_auth.h"
-#include "gating/remote_call.h"
+#include "gating/expert_caller.h"
 #include "tensor/safetensors.h"
 #include "tests/hostile/rogue_auth.h"
 #include "tests/integration/server_test_util.h"
@@ -162,17 +162,17 @@ TEST_F(AuthReplayTest, ACapturedWebSocketUpgradeOpensNoOtherServer) {
   ASSERT_TRUE(rogue.ok()) << rogue.status().ToString();
   gating::CallerOptions options;
   options.identity = trainer_;
-  gating::ExpertCaller caller(options);
+  gating::ExpertCaller caller(RealClock::Instance(), options);
   std::promise<gating::ProofResult> proven;
   caller.Prove((*rogue)->endpoint(), (*rogue)->identity().public_key(),
-               std::chrono::steady_clock::now() + 10s,
+               RealClock::Instance().Now() + 10s,
                [&](gating::ProofResult r) { proven.set_value(r); });
   ASSERT_EQ(proven.get_future().get(), gating::ProofResult::kProven);
   const std::string id = caller.NextId();
   caller.Send(
       (*rogue)->endpoint(), id,
       EncodeF32({Pattern("x", {1, kDim}, 3)}, {{"id", id}, {"op", "forward"}, {"uid", kUid}}),
-      std::chrono::steady_clock::now() + 10s, [](gating::CallOutcome) {});
+      RealClock::Instance().Now() + 10s, [](gating::CallOutcome) {});
   ASSERT_TRUE(testing::PollUntil([&] { return (*rogue)->messages() >= 1; }, 10s));
   ASSERT_EQ((*rogue)->upgrades().size(), 1u);
   const net::Headers captured = AuthHeadersOf((*rogue)->upgrades()[0]);

@@ -106,7 +106,7 @@ TEST_P(PoisonGatingTest, RefusedAnswersLeaveTheOutputHonestAndCountAgainstTheRog
   auto swarm = std::make_shared<gating::Swarm>(
       Directory(honest_->endpoint(), honest_key_, (*rogue)->endpoint(),
                 (*rogue)->identity().public_key()),
-      swarm_options);
+      RealClock::Instance(), swarm_options);
   gating::RemoteMixtureOfExperts moe(gating::RemoteMixtureOfExpertsOptions(kDim, {2})
                                          .k_best(2)
                                          .k_min(1)

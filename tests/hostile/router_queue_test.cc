@@ -15,7 +15,7 @@
 #include "core/clock.h"
 #include "dht/dht.h"
 #include "gating/model.h"
-#include "gating/remote_call.h"
+#include "gating/swarm.h"
 #include "model/model_spec.h"
 #include "net/http_client.h"
 #include "router/router.h"
@@ -88,7 +88,8 @@ TEST(RouterQueueTest, AFullInferenceQueueAnswers503AtOnceAndFreesWhenWorkEnds) {
   ASSERT_TRUE(spec.ok()) << spec.status().ToString();
   auto offline = std::make_shared<gating::Swarm>(
       [](std::vector<std::string>, std::chrono::milliseconds,
-         std::function<void(gating::ExpertDirectory::KeyResults)> done) { done({}); });
+         std::function<void(gating::ExpertDirectory::KeyResults)> done) { done({}); },
+      RealClock::Instance());
   gating::DmoeModel model(*spec, gating::ModelContext{offline});
   std::vector<tensor::NamedTensor> state;
   for (const auto& [name, t] : model->StateDict()) state.push_back({name, t});

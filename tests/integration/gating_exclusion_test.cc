@@ -1,12 +1,15 @@
 // The seed idea across processes: four real dmoe-server processes on a 4x4 grid (server s hosts
-// ffn.[0:4].s); one is SIGSTOPped, one SIGKILLed, one answers NaN. The layer must return within
-// timeout_after_k_min plus compute, renormalize over the responders, ban the failing peers, and use
-// the stopped server again once it is continued and its ban has expired.
+// ffn.[0:4].s); one is SIGSTOPped, one SIGKILLed, one answers NaN. The layer must stop waiting
+// timeout_after_k_min after k_min (not at its deadline), renormalize over the responders, ban the
+// failing peers, and use the stopped server again once it is continued and its ban has expired.
+// The swarm's clock is real time that the test skips ahead, so no ban is waited out.
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 #include <signal.h>
 
+#include <atomic>
 #include <chrono>
+#include <cstdio>
 #include <map>
 #include <memory>
 #include <set>
@@ -23,9 +26,22 @@ namespace dmoe::gating {
 namespace {
 
 using namespace std::chrono_literals;
-using SteadyClock = std::chrono::steady_clock;
 constexpr int64_t kDim = 16;
 constexpr char kSeed[] = "7";
+
+// Real time, except that the test can move the monotonic reading ahead: the servers answer in
+// real time, and a ban runs out when the test skips past it. Thread-safe.
+class SkippingClock final : public Clock {
+ public:
+  int64_t NowUnixMs() const override { return RealClock::Instance().NowUnixMs(); }
+  int64_t NowMonotonicUs() const override {
+    return RealClock::Instance().NowMonotonicUs() + skipped_us_.load();
+  }
+  void Skip(MonotonicClock::duration d) { skipped_us_ += d.count(); }
+
+ private:
+  std::atomic<int64_t> skipped_us_{0};
+};
 
 at::Tensor LocalFfn(const std::string& uid, const at::Tensor& x) {
   expert_server::ExpertConfig config;
@@ -87,10 +103,12 @@ TEST(GatingExclusionTest, StoppedKilledAndNanServersAreExcludedBannedAndTheStopp
       60s))
       << "the grid never became complete in the DHT";
 
+  // Bans far longer than the test: they run out only when the clock is skipped past them.
+  SkippingClock clock;
   SwarmOptions swarm_options;
-  swarm_options.health.ban_base = 300ms;
-  swarm_options.health.ban_max = 600ms;
-  auto swarm = std::make_shared<Swarm>(client->get(), swarm_options);
+  swarm_options.health.ban_base = 100s;
+  swarm_options.health.ban_max = 200s;
+  auto swarm = std::make_shared<Swarm>(client->get(), clock, swarm_options);
   {
     // While all four are up, every endpoint proves the key that announced it (the swarm uses an
     // endpoint only after that, and remembers the proof): the failures below come after.
@@ -114,15 +132,14 @@ TEST(GatingExclusionTest, StoppedKilledAndNanServersAreExcludedBannedAndTheStopp
   at::manual_seed(3);
   at::Tensor x = at::randn({8, kDim}).set_requires_grad(true);
 
-  const auto start = SteadyClock::now();
+  const Deadline start = clock.Now();
   at::Tensor y = moe(x);
-  const auto elapsed = SteadyClock::now() - start;
+  const auto elapsed = clock.Now() - start;
   std::printf(
       "forward with 1 stopped, 1 killed, 1 NaN server of 4: %.0f ms (timeout_after_k_min "
       "%lld ms)\n",
       std::chrono::duration<double, std::milli>(elapsed).count(),
       static_cast<long long>(kAfterKMin.count()));
-  EXPECT_LT(elapsed, kAfterKMin + 2500ms);  // plus compute on a loaded machine; far from 30 s
   ASSERT_TRUE(at::isfinite(y).all().item<bool>());
 
   // Only server 3's experts (ffn.i.3) answered; weights renormalized over them.
@@ -151,7 +168,9 @@ TEST(GatingExclusionTest, StoppedKilledAndNanServersAreExcludedBannedAndTheStopp
   EXPECT_EQ(stats.answers, 8 * 4);
   // The killed server cannot be reached: banned at once. The stopped and the NaN server have one
   // failed round each since the warm-up: not banned yet (one bad round is not enough). The NaN
-  // server's warm-up round was its first.
+  // server's warm-up round was its first. That the stopped server's round is a strike and not a
+  // ban shows the layer stopped waiting timeout_after_k_min after k_min: a peer silent until the
+  // forward's deadline counts as unreachable and is banned at once.
   EXPECT_EQ(swarm->health().Get(endpoints[1]).bans, 1);
   for (int s : {0, 2}) {
     EXPECT_EQ(swarm->health().Get(endpoints[s]).failures, s == 2 ? 2 : 1) << "server " << s;
@@ -176,11 +195,12 @@ TEST(GatingExclusionTest, StoppedKilledAndNanServersAreExcludedBannedAndTheStopp
   EXPECT_EQ(swarm->health().Get(endpoints[3]).bans, 0);
   EXPECT_EQ(swarm->health().Get(endpoints[3]).failures, 0);
 
-  // Continue the stopped server: once its ban expires it is asked again, and answers.
+  // Continue the stopped server and skip past its ban: it is probed, asked again, and answers.
   ASSERT_TRUE(servers[0]->Signal(SIGCONT));
+  clock.Skip(swarm_options.health.ban_max);
   bool used_again = false;
-  const auto deadline = SteadyClock::now() + 40s;
-  while (!used_again && SteadyClock::now() < deadline) {
+  const Deadline deadline = clock.Now() + 40s;
+  while (!used_again && clock.Now() < deadline) {
     at::Tensor y2 = moe(x.detach());
     ASSERT_TRUE(at::isfinite(y2).all().item<bool>());
     const Routing& r = moe->last_routing();
