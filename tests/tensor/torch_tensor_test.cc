@@ -1,6 +1,6 @@
 // dmoe::tensor: torch tensors through the codec and back, for every dtype the protocol carries.
 #include <gtest/gtest.h>
-#include <torch/torch.h>
+#include <torch/types.h>
 
 #include <algorithm>
 #include <cmath>
