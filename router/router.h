@@ -5,8 +5,9 @@
 //   // The process's wiring (router/main.cc) builds these once and lends them:
 //   net::BufferPool pool;
 //   net::IoContext net_io(2);
-//   DMOE_ASSIGN_OR_RETURN(auto dht, dht::Dht::Start({.identity = identity, .node = {.client =
-//   true}})); RouterOptions options;  // listen, db, trainer keys, identity (the DHT node's)
+//   DMOE_ASSIGN_OR_RETURN(auto dht, dht::Dht::Start(dht_options));  // a client node, the
+//                                                                   // router's identity
+//   RouterOptions options;  // listen, db, trainer keys, identity (the DHT node's)
 //   RouterContext context{&RealClock::Instance(), &pool, &net_io, dht.get()};
 //   DMOE_ASSIGN_OR_RETURN(auto router, Router::Start(std::move(options), context));
 //   std::cout << "listening on " << router->endpoint() << "\n";
