@@ -20,6 +20,7 @@
 #include "dht/dht.h"
 #include "expert_server/process_memory.h"
 #include "expert_server/server.h"
+#include "net/buffer_pool.h"
 #include "net/io_context.h"
 #include "net/server_flags.h"
 
@@ -92,13 +93,15 @@ int Fail(const Status& s) {
   return 2;
 }
 
-// The process's wiring: its one clock and its network io_context, made here and passed down to the
-// server, which runs until SIGINT or SIGTERM. (The server's DHT node is built by the server: it
-// signs with the server's identity and keeps its state in the server's database.)
+// The process's wiring: its one clock, buffer pool and network io_context, made here and passed
+// down to the server, which runs until SIGINT or SIGTERM. (The server's DHT node is built by the
+// server: it signs with the server's identity and keeps its state in the server's database.)
 int Serve(dmoe::expert_server::ExpertServerOptions options, int compute_threads) {
   const dmoe::RealClock clock;
+  dmoe::net::BufferPool buffer_pool;
   dmoe::net::IoContext io(std::max(1, options.net_threads));
   options.clock = &clock;
+  options.buffer_pool = &buffer_pool;
   options.io = &io;
   dmoe::expert_server::SetComputeThreads(compute_threads);
 

@@ -90,6 +90,7 @@ Status ServerImpl::Init() {
   if (!options_.db_dir.empty()) {
     storage::ExpertStoreOptions store_options;
     store_options.keep_checkpoints = options_.keep_checkpoints;
+    store_options.clock = options_.clock;
     DMOE_ASSIGN_OR_RETURN(std::unique_ptr<storage::ExpertStore> store,
                           storage::ExpertStore::Open(options_.db_dir, store_options));
     store_ = std::move(store);
@@ -115,6 +116,7 @@ Status ServerImpl::Init() {
   http_options.max_held_request_bytes = options_.max_held_request_bytes;
   http_options.max_connections = options_.max_connections;
   http_options.max_connections_per_ip = options_.max_connections_per_ip;
+  http_options.buffer_pool = options_.buffer_pool;
   net::IoContext* io = options_.io;
   if (io == nullptr) {
     own_io_ = std::make_unique<net::IoContext>(std::max(1, options_.net_threads));
@@ -127,7 +129,7 @@ Status ServerImpl::Init() {
 
   if (!options_.dht_bootstrap.empty()) {
     dht::DhtOptions dht_options;
-    dht_options.clock = &RealClock::Instance();
+    dht_options.clock = options_.clock;
     dht_options.listen = options_.dht_listen;
     dht_options.public_address = options_.dht_public_endpoint;
     dht_options.bootstrap = options_.dht_bootstrap;

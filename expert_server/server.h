@@ -49,6 +49,7 @@
 #include "expert_server/options.h"
 
 namespace dmoe::net {
+class BufferPool;
 class IoContext;
 }  // namespace dmoe::net
 
@@ -63,6 +64,9 @@ struct ExpertServerOptions {
   // The process's network io_context, shared with its other servers and clients; must outlive the
   // server. nullptr: the server runs one of its own with net_threads threads.
   net::IoContext* io = nullptr;
+  // The process's buffer pool (net/buffer_pool.h): request and answer bodies are taken from and
+  // given back to it; must outlive the server. nullptr: the server's HTTP server keeps its own.
+  net::BufferPool* buffer_pool = nullptr;
 
   ExpertConfig expert;  // type, hidden_dim, seed (each uid derives its own initialization)
   OptimizerOptions optimizer;
