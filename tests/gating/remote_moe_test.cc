@@ -16,6 +16,7 @@
 #include "expert_server/expert.h"
 #include "expert_server/server.h"
 #include "gating/remote_expert.h"
+#include "tests/testing/loopback_dht.h"
 #include "tests/testing/process.h"
 
 namespace dmoe::gating {
@@ -44,20 +45,26 @@ std::unique_ptr<expert_server::Expert> LocalTwin(const std::string& uid) {
       .value();
 }
 
-// A DHT bootstrap node, four servers hosting ffn.s.[0:4] each (a 4x4 grid), and a client node.
+// A DHT bootstrap node, four servers hosting ffn.s.[0:4] each (a 4x4 grid) with a DHT node each,
+// wired as dmoe-server wires its own, and a client node.
 class Swarm4x4 : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     at::manual_seed(1);
-    dht::DhtOptions boot_options;
-    boot_options.clock = &RealClock::Instance();
-    boot_options.listen = "127.0.0.1:0";
-    auto boot = dht::Dht::Start(std::move(boot_options));
+    auto boot = dht::Dht::Start(testing::LoopbackDhtOptions());
     ASSERT_TRUE(boot.ok()) << boot.status().ToString();
     boot_ = std::move(boot).value().release();
     for (int s = 0; s < kServers; ++s) {
+      const Identity identity = Identity::Generate();
+      dht::DhtOptions node_options = testing::LoopbackDhtOptions({boot_->local_address()});
+      node_options.identity = identity;
+      auto node = dht::Dht::Start(std::move(node_options));
+      ASSERT_TRUE(node.ok()) << node.status().ToString();
+      server_nodes_.push_back(std::move(node).value().release());
       expert_server::ExpertServerOptions o;
       o.clock = &RealClock::Instance();
+      o.identity = identity;
+      o.dht = server_nodes_.back();
       for (int j = 0; j < 4; ++j)
         o.uids.push_back("ffn." + std::to_string(s) + "." + std::to_string(j));
       o.expert.hidden_dim = kDim;
@@ -67,17 +74,12 @@ class Swarm4x4 : public ::testing::Test {
       o.optimizer.kind = expert_server::OptimizerKind::kSgd;
       o.optimizer.lr = 1e-30;  // must be positive; far below float resolution of the weights
       o.optimizer.weight_decay = 0.0;
-      o.dht_bootstrap = {boot_->local_address()};
-      o.dht_listen = "127.0.0.1:0";
       o.announce_every_s = 2;  // a put that raced the server's own DHT join is redone soon
       auto server = expert_server::ExpertServer::Start(std::move(o));
       ASSERT_TRUE(server.ok()) << server.status().ToString();
       servers_.push_back(std::move(server).value().release());
     }
-    dht::DhtOptions client_options;
-    client_options.clock = &RealClock::Instance();
-    client_options.listen = "127.0.0.1:0";
-    client_options.bootstrap = {boot_->local_address()};
+    dht::DhtOptions client_options = testing::LoopbackDhtOptions({boot_->local_address()});
     client_options.node.client = true;
     // A get stops after this many nodes answered with records; a grid key's subkeys may be spread
     // over nodes that joined at different times, so ask every storing node (a gating client wants
@@ -115,6 +117,11 @@ class Swarm4x4 : public ::testing::Test {
       delete s;
     }
     servers_.clear();
+    for (auto* node : server_nodes_) {
+      node->Stop();
+      delete node;
+    }
+    server_nodes_.clear();
     if (client_) client_->Stop();
     delete client_;
     client_ = nullptr;
@@ -131,10 +138,12 @@ class Swarm4x4 : public ::testing::Test {
   static dht::Dht* boot_;
   static dht::Dht* client_;
   static std::vector<expert_server::ExpertServer*> servers_;
+  static std::vector<dht::Dht*> server_nodes_;  // servers_[i] announces through server_nodes_[i]
 };
 dht::Dht* Swarm4x4::boot_ = nullptr;
 dht::Dht* Swarm4x4::client_ = nullptr;
 std::vector<expert_server::ExpertServer*> Swarm4x4::servers_;
+std::vector<dht::Dht*> Swarm4x4::server_nodes_;
 
 // The whole mixture computed here: brute-force top-k over all 16 experts by gating score, softmax
 // over them, local experts with the servers' weights.
