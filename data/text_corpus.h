@@ -96,7 +96,7 @@ class TextCorpus {
   int64_t train_bytes() const { return train_bytes_; }
   int64_t held_out_bytes() const { return size() - train_bytes_; }
 
-  // The first bytes of `count` training windows for optimizer step `step` (>= 0) and `seed`, each
+  // The first bytes of `count` (>= 0) training windows for optimizer step `step` and `seed`, each
   // uniform over 0..train_bytes() - window_len(). A pure function of (seed, step, index), computed
   // with SplitMix64 and a multiply-shift range reduction, so it is the same on every machine and
   // standard library and a resumed trainer draws what it would have drawn.
