@@ -33,7 +33,8 @@ LocalLayer::LocalLayer(torch::nn::Module& owner, size_t index, const model::Laye
       embedding_ = owner.register_module(name, torch::nn::Embedding(max_len_, layer.in_features));
       break;
     case model::LayerType::kAttention:
-      attention_ = owner.register_module(name, CausalSelfAttention(layer.in_features, layer.heads));
+      attention_ = owner.register_module(
+          name, CausalSelfAttention(layer.in_features, layer.heads, layer.rotary));
       break;
     case model::LayerType::kLmHead:
       if (layer.tied) {
@@ -98,7 +99,7 @@ at::Tensor LocalLayer::Extend(const at::Tensor& x, const at::Tensor& positions,
                               const std::vector<int64_t>& counts, const std::vector<LayerKv*>& kv) {
   if (type_ == model::LayerType::kPositions)
     return x + embedding_->weight.index_select(0, positions);
-  if (type_ == model::LayerType::kAttention) return attention_->Extend(x, counts, kv);
+  if (type_ == model::LayerType::kAttention) return attention_->Extend(x, positions, counts, kv);
   return forward(x, /*training=*/false);
 }
 

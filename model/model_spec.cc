@@ -176,8 +176,9 @@ Result<LayerSpec> ParseLayer(const json& lj, const std::string& where) {
       DMOE_RETURN_IF_ERROR(CheckKeys(lj, {"type"}, where));
       break;
     case LayerType::kAttention: {
-      DMOE_RETURN_IF_ERROR(CheckKeys(lj, {"type", "heads"}, where));
+      DMOE_RETURN_IF_ERROR(CheckKeys(lj, {"type", "heads", "rotary"}, where));
       DMOE_ASSIGN_OR_RETURN(l.heads, IntField(lj, "heads", where, 1, 256));
+      DMOE_ASSIGN_OR_RETURN(l.rotary, BoolField(lj, "rotary", where));
       break;
     }
     case LayerType::kLmHead: {
@@ -208,10 +209,20 @@ Status CheckTokenLayer(const ModelSpec& spec, size_t count, LayerSpec& l,
                                 ", which does not divide the width " +
                                 std::to_string(l.in_features));
   }
+  if (l.type == LayerType::kAttention && l.rotary && (l.in_features / l.heads) % 2 != 0) {
+    return InvalidArgumentError(where +
+                                ": 'rotary' needs an even head width (width / heads), not " +
+                                std::to_string(l.in_features / l.heads));
+  }
   if (l.type == LayerType::kLmHead && l.tied && l.in_features != spec.layers[0].out) {
     return InvalidArgumentError(where + ": a tied lm_head needs the embedding's width " +
                                 std::to_string(spec.layers[0].out) + ", not " +
                                 std::to_string(l.in_features));
+  }
+  if (l.type == LayerType::kAttention && l.rotary && (l.in_features / l.heads) % 2 != 0) {
+    return InvalidArgumentError(where +
+                                ": 'rotary' needs an even head width (width / heads), not " +
+                                std::to_string(l.in_features / l.heads));
   }
   if (l.type == LayerType::kPositions) {
     for (const LayerSpec& before : spec.layers) {
@@ -288,6 +299,7 @@ std::string ModelSpec::ToJson() const {
     if (l.type == LayerType::kEmbedding) j["dim"] = l.out;
     if (l.type == LayerType::kDropout) j["p"] = l.p;
     if (l.type == LayerType::kAttention) j["heads"] = l.heads;
+    if (l.type == LayerType::kAttention && l.rotary) j["rotary"] = true;
     if (l.type == LayerType::kLmHead) j["tied"] = l.tied;
     if (IsMoe(l.type)) {
       j["uid_prefix"] = l.moe.uid_prefix;

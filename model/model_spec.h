@@ -23,9 +23,11 @@
 // The list stays flat: `attention` is a whole pre-norm block, x + proj(causal_attention(ln(x))),
 // and `residual_moe` with `"pre_norm": true` is x + moe(ln(x)); each carries its own layer norm.
 // `positions` adds a learned position embedding of max_len rows (position t of a sequence gets
-// row t). `lm_head` projects to vocab logits without bias, with its own weight or, when `tied`,
-// with the embedding's. `embedding`, `positions`, `attention` and `lm_head` exist only in token
-// models. A spec without `input` is a feature model, as it always was.
+// row t); an attention layer with `"rotary": true` rotates its queries and keys by position
+// instead (RoPE, base 10000, the two halves of each head as the pairs), with no parameter.
+// `lm_head` projects to vocab logits without bias, with its own weight or, when `tied`, with the
+// embedding's. `embedding`, `positions`, `attention` and `lm_head` exist only in token models. A
+// spec without `input` is a feature model, as it always was.
 //
 // A ModelSpec is a plain value: copy it, share it read-only between threads.
 #ifndef DMOE_MODEL_MODEL_SPEC_H_
@@ -83,6 +85,7 @@ struct LayerSpec {
   MoeLayerSpec moe;       // moe and residual_moe only
   bool pre_norm = false;  // residual_moe only: x + moe(layer_norm(x)) instead of x + moe(x)
   int64_t heads = 0;      // attention only; divides the width
+  bool rotary = false;    // attention only: q and k rotated by position (RoPE)
   bool tied = false;      // lm_head only: its weight is the embedding's
   // Filled in by ParseModelSpec. in_features is the width of the layer's input (the embedding's
   // is the vocabulary: one token id out of so many), out_features the width of its output (the

@@ -7,6 +7,8 @@
 #include <torch/optim/adam.h>
 #include <torch/utils.h>
 
+#include <map>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -17,10 +19,12 @@
 namespace dmoe::gating {
 namespace {
 
-// Two blocks of local attention, a learned position table, a tied head: no expert needed.
+// Two blocks of local attention (the second with rotary positions), a learned position table, a
+// tied head: no expert needed.
 constexpr char kLocalSpec[] = R"({"name": "lm", "input": "tokens", "vocab": 256, "max_len": 32,
   "layers": [{"type": "embedding", "dim": 16}, {"type": "positions"},
-    {"type": "attention", "heads": 4}, {"type": "gelu"}, {"type": "attention", "heads": 2},
+    {"type": "attention", "heads": 4}, {"type": "gelu"},
+    {"type": "attention", "heads": 2, "rotary": true},
     {"type": "layer_norm"}, {"type": "lm_head", "tied": true}]})";
 
 DmoeModel Build(const char* json, ModelContext context = {}) {
@@ -84,6 +88,21 @@ TEST(LmModelTest, ALaterTokenDoesNotChangeEarlierLogits) {
   at::Tensor a = model->forward(tokens), b = model->forward(changed);
   EXPECT_EQ(MaxDiff(a.narrow(1, 0, 7), b.narrow(1, 0, 7)), 0.0);
   EXPECT_GT(MaxDiff(a.narrow(1, 7, 5), b.narrow(1, 7, 5)), 1e-3);
+}
+
+TEST(LmModelTest, RotaryPositionsLeaveTheFirstPositionAloneAndTurnTheOthers) {
+  at::manual_seed(8);
+  CausalSelfAttention plain(16, 2), rotary(16, 2, /*rotary=*/true);
+  {
+    torch::NoGradGuard no_grad;
+    for (auto& p : rotary->named_parameters()) p.value().copy_(plain->named_parameters()[p.key()]);
+  }
+  at::Tensor x = at::randn({1, 3, 16});
+  at::Tensor a = plain(x), b = rotary(x);
+  // Position 0 is rotated by angle 0; later queries see keys turned by their distance.
+  EXPECT_LT(MaxDiff(a.narrow(1, 0, 1), b.narrow(1, 0, 1)), 1e-6);
+  EXPECT_GT(MaxDiff(a.narrow(1, 1, 2), b.narrow(1, 1, 2)), 1e-4);
+  EXPECT_THROW(CausalSelfAttention(6, 2, /*rotary=*/true), std::invalid_argument);
 }
 
 TEST(LmModelTest, ATiedHeadReadsTheEmbeddingAndAnUntiedOneHasItsOwnWeight) {

@@ -115,7 +115,7 @@ TEST(ModelSpecTest, RefusalsNameTheLayerAndField) {
 
 constexpr char kTokenSpec[] = R"({"name": "lm", "input": "tokens", "vocab": 256, "max_len": 64,
   "layers": [{"type": "embedding", "dim": 32}, {"type": "positions"},
-    {"type": "attention", "heads": 4},
+    {"type": "attention", "heads": 4, "rotary": true},
     {"type": "residual_moe", "pre_norm": true, "uid_prefix": "ffn", "grid": [4, 4], "k_best": 2},
     {"type": "layer_norm"}, {"type": "lm_head", "tied": true}]})";
 
@@ -136,6 +136,7 @@ TEST(ModelSpecTest, ParsesATokenModelAndTracksWidths) {
   EXPECT_EQ(spec->layers[0].out_features, 32);
   EXPECT_EQ(spec->layers[1].max_len, 64);
   EXPECT_EQ(spec->layers[2].heads, 4);
+  EXPECT_TRUE(spec->layers[2].rotary);
   EXPECT_EQ(spec->layers[2].out_features, 32);
   EXPECT_TRUE(spec->layers[3].pre_norm);
   EXPECT_EQ(spec->layers[3].in_features, 32);
@@ -152,6 +153,7 @@ TEST(ModelSpecTest, ParsesATokenModelAndTracksWidths) {
   EXPECT_EQ(again->ToJson(), spec->ToJson());
   EXPECT_EQ(again->input, InputKind::kTokens);
   EXPECT_EQ(again->max_len, 64);
+  EXPECT_TRUE(again->layers[2].rotary);
   EXPECT_TRUE(again->layers[3].pre_norm);
   EXPECT_TRUE(again->layers[5].tied);
 }
@@ -209,6 +211,10 @@ TEST(ModelSpecTest, TokenModelRefusalsNameTheLayerAndField) {
       {head + emb + R"(,{"type":"attention","heads":3},)" + lm + "]}",
        "layer 1: 'heads' is 3, which does not divide the width 8"},
       {head + emb + R"(,{"type":"attention"},)" + lm + "]}", "layer 1: missing 'heads'"},
+      {head + emb + R"(,{"type":"attention","heads":8,"rotary":true},)" + lm + "]}",
+       "layer 1: 'rotary' needs an even head width (width / heads), not 1"},
+      {head + emb + R"(,{"type":"attention","heads":2,"rotary":"yes"},)" + lm + "]}",
+       "layer 1: 'rotary' must be true or false"},
       {head + emb + R"(,{"type":"attention","heads":2,"causal":false},)" + lm + "]}",
        "layer 1: unknown field 'causal'"},
       {head + emb + R"(,{"type":"positions"},{"type":"positions"},)" + lm + "]}",
