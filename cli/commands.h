@@ -35,10 +35,11 @@ void AddDhtCommand(CLI::App& app, const Clock& clock, int* exit_code);
 int RunInspect(const std::string& path, std::ostream& out, std::ostream& err);
 
 // `dmoe export --db DIR --uid UID --out FILE`: the expert's newest weights (no optimizer state)
-// as a .safetensors file under the module's parameter names.
-void AddExportCommand(CLI::App& app, int* exit_code);
+// as a .safetensors file under the module's parameter names. The store it opens reads `clock`,
+// which must outlive the app.
+void AddExportCommand(CLI::App& app, const Clock& clock, int* exit_code);
 int RunExport(const std::string& db, const std::string& uid, const std::string& out_path,
-              std::ostream& out, std::ostream& err);
+              const Clock& clock, std::ostream& out, std::ostream& err);
 
 // `dmoe keygen --out FILE [--force]` creates an identity; `dmoe pubkey --identity FILE` prints its
 // public key.

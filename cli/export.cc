@@ -10,9 +10,10 @@
 namespace dmoe::cli {
 
 int RunExport(const std::string& db, const std::string& uid, const std::string& out_path,
-              std::ostream& out, std::ostream& err) {
+              const Clock& clock, std::ostream& out, std::ostream& err) {
   storage::ExpertStoreOptions options;
   options.create_if_missing = false;
+  options.clock = &clock;
   Result<std::unique_ptr<storage::ExpertStore>> store = storage::ExpertStore::Open(db, options);
   if (!store.ok()) {
     err << "error: " << store.status().message() << "\n";
@@ -34,7 +35,7 @@ int RunExport(const std::string& db, const std::string& uid, const std::string& 
   return kExitOk;
 }
 
-void AddExportCommand(CLI::App& app, int* exit_code) {
+void AddExportCommand(CLI::App& app, const Clock& clock, int* exit_code) {
   auto* cmd = app.add_subcommand("export", "Write an expert's newest weights as .safetensors");
   auto db = std::make_shared<std::string>();
   auto uid = std::make_shared<std::string>();
@@ -42,7 +43,8 @@ void AddExportCommand(CLI::App& app, int* exit_code) {
   cmd->add_option("--db", *db, "Database directory of the expert server (its --db)")->required();
   cmd->add_option("--uid", *uid, "Expert uid, e.g. ffn.0.3")->required();
   cmd->add_option("--out", *out, "Output .safetensors file")->required();
-  cmd->callback([=] { *exit_code = RunExport(*db, *uid, *out, std::cout, std::cerr); });
+  cmd->callback(
+      [=, &clock] { *exit_code = RunExport(*db, *uid, *out, clock, std::cout, std::cerr); });
 }
 
 }  // namespace dmoe::cli

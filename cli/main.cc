@@ -9,12 +9,14 @@ int main(int argc, char** argv) {
   CLI::App app{"dmoe: command-line client for a dmoe swarm"};
   app.require_subcommand(1);
   int exit_code = dmoe::cli::kExitOk;
+  // The process's one clock, lent to the commands that read time.
+  const dmoe::Clock& clock = dmoe::RealClock::Instance();
   dmoe::cli::AddInspectCommand(app, &exit_code);
-  dmoe::cli::AddExportCommand(app, &exit_code);
+  dmoe::cli::AddExportCommand(app, clock, &exit_code);
   dmoe::cli::AddKeygenCommand(app, &exit_code);
   dmoe::cli::AddInferCommand(app, &exit_code);
   dmoe::cli::AddExpertsCommand(app, &exit_code);
-  dmoe::cli::AddDhtCommand(app, dmoe::RealClock::Instance(), &exit_code);
+  dmoe::cli::AddDhtCommand(app, clock, &exit_code);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -189,7 +189,7 @@ std::string ServerImpl::ExpertInfoJson(const std::string& uid) const {
 void ServerImpl::RegisterRoutes() {
   http_->Handle("GET", "/v1/health", [this](net::Request req, net::Responder respond) {
     nlohmann::json body = {{"status", "ok"},
-                           {"peer_id", identity_->peer_id()},
+                           {"peer_id", identity_.peer_id()},
                            {"experts", runtime_->uids().size()},
                            {"uptime_s", (clock_.NowUnixMs() - started_ms_) / 1000.0}};
     // A client's challenge: prove that this endpoint holds the key that announced it.
@@ -202,8 +202,8 @@ void ServerImpl::RegisterRoutes() {
         return respond(net::Response::Error(
             ResourceExhaustedError("too many challenges this second; retry later")));
       }
-      body["public_key"] = identity_->public_key_hex();
-      body["proof"] = SignProof(*identity_, *challenge);
+      body["public_key"] = identity_.public_key_hex();
+      body["proof"] = SignProof(identity_, *challenge);
     }
     respond(net::Response::Json(200, body.dump()));
   });

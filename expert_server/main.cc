@@ -13,6 +13,7 @@
 
 #include "core/clock.h"
 #include "core/host_port.h"
+#include "core/identity.h"
 #include "core/logging.h"
 #include "core/openmp_env.h"
 #include "core/signals.h"
@@ -23,11 +24,31 @@
 #include "net/buffer_pool.h"
 #include "net/io_context.h"
 #include "net/server_flags.h"
+#include "storage/expert_store.h"
+#include "storage/kv_store.h"
 
 namespace {
 
 using dmoe::Result;
 using dmoe::Status;
+
+// The flags Serve wires the process from, as opposed to the server's own options.
+struct WiringFlags {
+  // --identity: the identity file (created when missing); empty = a fresh identity for this run.
+  std::string identity_path;
+  // --db: the RocksDB directory of the expert store and the DHT node's state; empty = none.
+  std::string db_dir;
+  int keep_checkpoints = 3;
+  // --dht: bootstrap addresses; empty = no DHT node, nothing announced.
+  std::vector<std::string> dht_bootstrap;
+  std::string dht_listen = "0.0.0.0:0";
+  // --dht-public-endpoint (DhtOptions::public_address); empty = the bound address.
+  std::string dht_public_endpoint;
+  std::string dht_network = "dmoe";
+  // --num-experts: host only this many of the expanded uids (0 = all of them).
+  size_t num_experts = 0;
+  int compute_threads = 1;
+};
 
 // Expands --experts: a grid pattern ("ffn.[0:4].[0:4]") or a comma-separated list of uids.
 Result<std::vector<std::string>> ExpandExperts(const std::string& spec) {
@@ -53,18 +74,19 @@ Result<std::vector<std::string>> ExpandExperts(const std::string& spec) {
   return uids;
 }
 
-// --num-experts: N uids of the pattern that nobody announces yet, chosen at random.
+// --num-experts: N uids of the pattern that nobody announces yet, chosen at random. Looks them up
+// through a short-lived client node of its own, before the server's identity, database and node
+// are opened, so that a refusal here leaves nothing behind.
 Result<std::vector<std::string>> PickFree(std::vector<std::string> candidates, size_t n,
-                                          const std::vector<std::string>& bootstrap,
-                                          const std::string& network) {
+                                          const WiringFlags& flags, const dmoe::Clock& clock) {
   std::vector<std::string> free = candidates;
-  if (!bootstrap.empty()) {
+  if (!flags.dht_bootstrap.empty()) {
     dmoe::dht::DhtOptions options;
-    options.clock = &dmoe::RealClock::Instance();
+    options.clock = &clock;
     options.listen = "0.0.0.0:0";
-    options.bootstrap = bootstrap;
+    options.bootstrap = flags.dht_bootstrap;
     options.node.client = true;
-    options.node.network = network;
+    options.node.network = flags.dht_network;
     DMOE_ASSIGN_OR_RETURN(auto dht, dmoe::dht::Dht::Start(std::move(options)));
     DMOE_RETURN_IF_ERROR(dht->WaitBootstrapped(std::chrono::seconds(5)));
     std::vector<std::string> keys;
@@ -93,31 +115,95 @@ int Fail(const Status& s) {
   return 2;
 }
 
-// The process's wiring: its one clock, buffer pool and network io_context, made here and passed
-// down to the server, which runs until SIGINT or SIGTERM. (The server's DHT node is built by the
-// server: it signs with the server's identity and keeps its state in the server's database.)
-int Serve(dmoe::expert_server::ExpertServerOptions options, int compute_threads) {
+// --identity's file, or a fresh identity for this run.
+Result<dmoe::Identity> ServerIdentity(const WiringFlags& flags) {
+  if (flags.identity_path.empty()) return dmoe::Identity::Generate();
+  return dmoe::LoadOrCreateIdentity(flags.identity_path);
+}
+
+// The expert store in --db (nullptr without --db), stamping checkpoints with `clock`.
+Result<std::unique_ptr<dmoe::storage::ExpertStore>> OpenStore(const WiringFlags& flags,
+                                                              const dmoe::Clock& clock) {
+  if (flags.db_dir.empty()) return std::unique_ptr<dmoe::storage::ExpertStore>();
+  return dmoe::storage::ExpertStore::Open(
+      flags.db_dir, {.keep_checkpoints = flags.keep_checkpoints, .clock = &clock});
+}
+
+// The server's DHT node (nullptr without --dht): it signs the announcements with the server's
+// identity and keeps its contacts and records in the store's database, beside the checkpoints.
+// Returns once it is bound; the server waits for the join before it first announces.
+Result<std::unique_ptr<dmoe::dht::Dht>> StartDht(const WiringFlags& flags,
+                                                 const dmoe::Identity& identity,
+                                                 dmoe::storage::ExpertStore* store,
+                                                 const dmoe::Clock& clock) {
+  if (flags.dht_bootstrap.empty()) return std::unique_ptr<dmoe::dht::Dht>();
+  dmoe::dht::DhtOptions options;
+  options.clock = &clock;
+  options.listen = flags.dht_listen;
+  options.public_address = flags.dht_public_endpoint;
+  options.bootstrap = flags.dht_bootstrap;
+  options.identity = identity;
+  options.node.network = flags.dht_network;
+  if (store != nullptr)
+    options.kv_store = std::make_shared<dmoe::storage::KvStore>(store->database());
+  return dmoe::dht::Dht::Start(std::move(options));
+}
+
+// The process's wiring: its one clock, buffer pool, network io_context, identity, expert store and
+// DHT node, made here and lent to the server, which runs until SIGINT or SIGTERM. They are stopped
+// and closed after the server, in the reverse order.
+int Serve(dmoe::expert_server::ExpertServerOptions options, const WiringFlags& flags) {
   const dmoe::RealClock clock;
+  if (flags.num_experts > 0) {
+    auto picked = PickFree(options.uids, flags.num_experts, flags, clock);
+    if (!picked.ok()) return Fail(picked.status());
+    options.uids = *picked;
+  }
+  // Refused before the identity, the database or the node is opened: an operator's mistake leaves
+  // no file behind.
+  if (Status s = dmoe::expert_server::ExpertServer::CheckOptions(options); !s.ok()) return Fail(s);
   dmoe::net::BufferPool buffer_pool;
   dmoe::net::IoContext io(std::max(1, options.net_threads));
+  dmoe::expert_server::SetComputeThreads(flags.compute_threads);
+  Result<dmoe::Identity> identity = ServerIdentity(flags);
+  if (!identity.ok()) return Fail(identity.status());
+  auto store = OpenStore(flags, clock);
+  if (!store.ok()) return Fail(store.status());
+  auto dht = StartDht(flags, *identity, store->get(), clock);
+  if (!dht.ok()) return Fail(dht.status());
+  // Stops the node before the store closes: its state is saved into the store's database.
+  auto stop_wiring = [&dht, &store] {
+    if (*dht) (*dht)->Stop();
+    dht->reset();
+    if (*store) {
+      Status s = (*store)->Close();
+      if (!s.ok()) spdlog::error("closing the database: {}", s.ToString());
+    }
+  };
   options.clock = &clock;
   options.buffer_pool = &buffer_pool;
   options.io = &io;
-  dmoe::expert_server::SetComputeThreads(compute_threads);
+  options.identity = std::move(identity).value();
+  options.store = store->get();
+  options.dht = dht->get();
 
   auto server = dmoe::expert_server::ExpertServer::Start(std::move(options));
-  if (!server.ok()) return Fail(server.status());
+  if (!server.ok()) {
+    stop_wiring();
+    return Fail(server.status());
+  }
   const std::string listening = (*server)->listen_endpoint();
   const std::string announced = (*server)->endpoint();
   std::printf("listening on %s\n", listening.c_str());
   if (announced != listening) std::printf("announcing as %s\n", announced.c_str());
   std::fflush(stdout);
-  spdlog::info("listening on {} ({} compute threads), announcing {}", listening, compute_threads,
-               announced);
+  spdlog::info("listening on {} ({} compute threads), announcing {}", listening,
+               flags.compute_threads, announced);
 
   int sig = dmoe::WaitForTerminationSignal();
   spdlog::info("signal {}: finishing requests, writing a final checkpoint, stopping", sig);
   (*server)->Stop();
+  stop_wiring();
   spdlog::info("stopped");
   return 0;
 }
@@ -132,16 +218,16 @@ int main(int argc, char** argv) {
   dmoe::expert_server::ConfigureProcessMemory();
   CLI::App app{"dmoe-server: host experts for a dmoe swarm"};
   dmoe::expert_server::ExpertServerOptions o;
+  WiringFlags w;
+  w.compute_threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   std::string experts, listen = "127.0.0.1:0", log_level = "info";
-  size_t num_experts = 0;
-  int threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   double batch_timeout_ms = 1;
   std::string dht;
   app.add_option(
          "--experts", experts,
          "experts to host: a grid pattern such as 'ffn.[0:4].[0:4]' or uids 'ffn.0.1,ffn.0.2'")
       ->required();
-  app.add_option("--num-experts", num_experts,
+  app.add_option("--num-experts", w.num_experts,
                  "host only N uids of the pattern, chosen at random among those nobody announces");
   app.add_option("--expert-type", o.expert.type, "ffn, transformer, or a registered type")
       ->capture_default_str();
@@ -159,24 +245,24 @@ int main(int argc, char** argv) {
   app.add_option("--public-endpoint", o.public_endpoint,
                  "HOST:PORT announced in the DHT when clients reach the server at another address "
                  "than --listen (a port forward or relay in front of it); excludes --public-host");
-  app.add_option("--dht", o.dht_bootstrap, "HOST:PORT of a DHT node to join; repeatable")
+  app.add_option("--dht", w.dht_bootstrap, "HOST:PORT of a DHT node to join; repeatable")
       ->take_all();
-  app.add_option("--dht-listen", o.dht_listen, "UDP HOST:PORT of this server's own DHT node")
+  app.add_option("--dht-listen", w.dht_listen, "UDP HOST:PORT of this server's own DHT node")
       ->capture_default_str();
-  app.add_option("--dht-public-endpoint", o.dht_public_endpoint,
+  app.add_option("--dht-public-endpoint", w.dht_public_endpoint,
                  "UDP HOST:PORT other DHT nodes reach this server's DHT node at, when not "
                  "--dht-listen's (a port forward or relay); they verify it with a ping before use");
-  app.add_option("--network", o.dht_network, "DHT network name")->capture_default_str();
+  app.add_option("--network", w.dht_network, "DHT network name")->capture_default_str();
   app.add_option("--announce-every", o.announce_every_s, "seconds between announcements")
       ->capture_default_str();
   app.add_option("--announce-ttl", o.announce_ttl_s, "seconds an announcement lives")
       ->capture_default_str();
-  app.add_option("--db", o.db_dir, "RocksDB directory for checkpoints; none = no persistence");
+  app.add_option("--db", w.db_dir, "RocksDB directory for checkpoints; none = no persistence");
   app.add_option("--checkpoint-every", o.checkpoint_every_s, "seconds between checkpoints")
       ->capture_default_str();
-  app.add_option("--keep-checkpoints", o.keep_checkpoints, "checkpoint versions kept per expert")
+  app.add_option("--keep-checkpoints", w.keep_checkpoints, "checkpoint versions kept per expert")
       ->capture_default_str();
-  app.add_option("--identity", o.identity_path,
+  app.add_option("--identity", w.identity_path,
                  "identity file (created when missing); none = a fresh key per run");
   app.add_option("--trainer-keys", o.trainer_keys_path,
                  "file of hex public keys allowed to send backward");
@@ -223,7 +309,8 @@ int main(int argc, char** argv) {
                  "longest sequence a transformer expert takes; longer is invalid_argument")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
-  app.add_option("--threads", threads, "compute (intra-op) threads")->capture_default_str();
+  app.add_option("--threads", w.compute_threads, "compute (intra-op) threads")
+      ->capture_default_str();
   app.add_option("--net-threads", o.net_threads, "network threads")->capture_default_str();
   app.add_option("--fail-rate", o.fail_rate,
                  "fault injection: fraction of requests answered unavailable")
@@ -256,9 +343,9 @@ int main(int argc, char** argv) {
     auto parsed = parse("--public-endpoint", o.public_endpoint, dmoe::PortRule::kNonZeroPort);
     if (!parsed.ok()) return Fail(parsed.status());
   }
-  if (!o.dht_public_endpoint.empty()) {
+  if (!w.dht_public_endpoint.empty()) {
     auto parsed =
-        parse("--dht-public-endpoint", o.dht_public_endpoint, dmoe::PortRule::kNonZeroPort);
+        parse("--dht-public-endpoint", w.dht_public_endpoint, dmoe::PortRule::kNonZeroPort);
     if (!parsed.ok()) return Fail(parsed.status());
   }
   o.runtime.batch_timeout_us = static_cast<int64_t>(batch_timeout_ms * 1000);
@@ -267,10 +354,5 @@ int main(int argc, char** argv) {
   auto uids = ExpandExperts(experts);
   if (!uids.ok()) return Fail(uids.status());
   o.uids = *uids;
-  if (num_experts > 0) {
-    auto picked = PickFree(*uids, num_experts, o.dht_bootstrap, o.dht_network);
-    if (!picked.ok()) return Fail(picked.status());
-    o.uids = *picked;
-  }
-  return Serve(std::move(o), threads);
+  return Serve(std::move(o), w);
 }

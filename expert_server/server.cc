@@ -14,13 +14,21 @@
 #include "expert_server/server_impl.h"
 #include "net/buffer_pool.h"
 #include "net/url.h"
-#include "storage/kv_store.h"
 
 namespace dmoe::expert_server {
 
 Result<std::unique_ptr<ExpertServer>> ExpertServer::Start(ExpertServerOptions options) {
   if (options.clock == nullptr) {
     return InvalidArgumentError("ExpertServerOptions::clock is not set: pass the process's clock");
+  }
+  if (!options.identity) {
+    return InvalidArgumentError(
+        "ExpertServerOptions::identity is not set: pass the server's identity");
+  }
+  if (options.dht != nullptr && options.dht->peer_id() != options.identity->peer_id()) {
+    return InvalidArgumentError("the DHT node's peer id " + options.dht->peer_id() +
+                                " is not the server's " + options.identity->peer_id() +
+                                ": start the node with the server's identity");
   }
   auto server = std::make_unique<ServerImpl>(std::move(options));
   Status s = server->Init();
@@ -35,65 +43,64 @@ ServerImpl::ServerImpl(ExpertServerOptions options)
     : options_(std::move(options)),
       clock_(*options_.clock),
       sequence_experts_(options_.expert.type == "transformer"),
+      identity_(*options_.identity),
+      store_(options_.store),
+      dht_(options_.dht),
       started_ms_(clock_.NowUnixMs()) {}
 
 ServerImpl::~ServerImpl() { Stop(); }
 
-Status ServerImpl::Init() {
-  if (options_.uids.empty()) return InvalidArgumentError("no experts to host");
+Status ExpertServer::CheckOptions(const ExpertServerOptions& options) {
+  if (options.uids.empty()) return InvalidArgumentError("no experts to host");
   std::set<std::string> unique;
-  for (const std::string& uid : options_.uids) {
+  for (const std::string& uid : options.uids) {
     DMOE_RETURN_IF_ERROR(ParseExpertUid(uid));
     if (!unique.insert(uid).second)
       return InvalidArgumentError("expert " + uid + " is listed twice");
   }
-  if (options_.fail_rate < 0 || options_.fail_rate > 1) {
+  if (options.fail_rate < 0 || options.fail_rate > 1) {
     return InvalidArgumentError("fail rate must be in [0, 1]");
   }
-  if (options_.nan_rate < 0 || options_.nan_rate > 1) {
+  if (options.nan_rate < 0 || options.nan_rate > 1) {
     return InvalidArgumentError("nan rate must be in [0, 1]");
   }
 
-  if (!options_.public_endpoint.empty()) {
-    if (!options_.public_host.empty()) {
-      return InvalidArgumentError("public endpoint '" + options_.public_endpoint +
-                                  "' and public host '" + options_.public_host +
+  std::optional<HostPort> public_endpoint;
+  if (!options.public_endpoint.empty()) {
+    if (!options.public_host.empty()) {
+      return InvalidArgumentError("public endpoint '" + options.public_endpoint +
+                                  "' and public host '" + options.public_host +
                                   "' are both set: give one (the endpoint names the host too)");
     }
-    DMOE_ASSIGN_OR_RETURN(public_endpoint_,
-                          ParseHostPort(options_.public_endpoint, PortRule::kNonZeroPort));
+    DMOE_ASSIGN_OR_RETURN(public_endpoint,
+                          ParseHostPort(options.public_endpoint, PortRule::kNonZeroPort));
   }
   // Others reach the server at its announced host too: that host is as public as a listen host.
-  const std::string announced_host = public_endpoint_               ? public_endpoint_->host
-                                     : options_.public_host.empty() ? options_.listen_host
-                                                                    : options_.public_host;
-
-  if (options_.identity_path.empty()) {
-    identity_ = Identity::Generate();
-  } else {
-    DMOE_ASSIGN_OR_RETURN(identity_, LoadOrCreateIdentity(options_.identity_path));
-  }
-  if (!options_.trainer_keys_path.empty()) {
-    DMOE_ASSIGN_OR_RETURN(std::set<PublicKey> keys,
-                          RequestVerifier::LoadKeyFile(options_.trainer_keys_path));
-    verifier_ = std::make_unique<RequestVerifier>(std::move(keys), identity_->peer_id(), clock_);
-  } else if (!options_.open_training &&
-             (!net::IsLoopbackHost(options_.listen_host) || !net::IsLoopbackHost(announced_host))) {
+  const std::string announced_host = public_endpoint               ? public_endpoint->host
+                                     : options.public_host.empty() ? options.listen_host
+                                                                   : options.public_host;
+  if (options.trainer_keys_path.empty() && !options.open_training &&
+      (!net::IsLoopbackHost(options.listen_host) || !net::IsLoopbackHost(announced_host))) {
     const std::string& open_host =
-        net::IsLoopbackHost(options_.listen_host) ? announced_host : options_.listen_host;
+        net::IsLoopbackHost(options.listen_host) ? announced_host : options.listen_host;
     return InvalidArgumentError(
         "refusing to serve training on " + open_host +
         " without --trainer-keys: anyone who reaches this address could change the weights. Pass "
         "--trainer-keys FILE, or --open-training to allow it knowingly");
   }
+  return Status::Ok();
+}
 
-  if (!options_.db_dir.empty()) {
-    storage::ExpertStoreOptions store_options;
-    store_options.keep_checkpoints = options_.keep_checkpoints;
-    store_options.clock = options_.clock;
-    DMOE_ASSIGN_OR_RETURN(std::unique_ptr<storage::ExpertStore> store,
-                          storage::ExpertStore::Open(options_.db_dir, store_options));
-    store_ = std::move(store);
+Status ServerImpl::Init() {
+  DMOE_RETURN_IF_ERROR(CheckOptions(options_));
+  if (!options_.public_endpoint.empty()) {
+    DMOE_ASSIGN_OR_RETURN(public_endpoint_,
+                          ParseHostPort(options_.public_endpoint, PortRule::kNonZeroPort));
+  }
+  if (!options_.trainer_keys_path.empty()) {
+    DMOE_ASSIGN_OR_RETURN(std::set<PublicKey> keys,
+                          RequestVerifier::LoadKeyFile(options_.trainer_keys_path));
+    verifier_ = std::make_unique<RequestVerifier>(std::move(keys), identity_.peer_id(), clock_);
   }
 
   RuntimeOptions runtime_options = options_.runtime;
@@ -104,7 +111,7 @@ Status ServerImpl::Init() {
   };
   runtime_options.clock = &clock_;
   DMOE_ASSIGN_OR_RETURN(runtime_, CreateRuntime(options_.uids, options_.expert, options_.optimizer,
-                                                store_.get(), std::move(runtime_options)));
+                                                store_, std::move(runtime_options)));
   runtime_->Start();
   RegisterRuntimeMetrics();
 
@@ -127,23 +134,15 @@ Status ServerImpl::Init() {
   RegisterMemoryMetrics();
   DMOE_RETURN_IF_ERROR(http_->Start());
 
-  if (!options_.dht_bootstrap.empty()) {
-    dht::DhtOptions dht_options;
-    dht_options.clock = options_.clock;
-    dht_options.listen = options_.dht_listen;
-    dht_options.public_address = options_.dht_public_endpoint;
-    dht_options.bootstrap = options_.dht_bootstrap;
-    dht_options.identity = *identity_;
-    dht_options.node.network = options_.dht_network;
-    if (store_) dht_options.kv_store = std::make_shared<storage::KvStore>(store_->database());
-    DMOE_ASSIGN_OR_RETURN(dht_, dht::Dht::Start(std::move(dht_options)));
+  if (dht_ != nullptr) {
+    // Announcing before the node joined would reach nobody until the next period.
     Status joined = dht_->WaitBootstrapped(std::chrono::seconds(5));
     if (!joined.ok()) spdlog::warn("DHT: {} (will keep trying)", joined.ToString());
     Announce();
   }
   maintenance_ = std::thread([this] { MaintenanceLoop(); });
   spdlog::info("hosting {} {} experts (hidden_dim {}), peer_id {}", options_.uids.size(),
-               options_.expert.type, options_.expert.hidden_dim, identity_->peer_id());
+               options_.expert.type, options_.expert.hidden_dim, identity_.peer_id());
   return Status::Ok();
 }
 
@@ -227,7 +226,7 @@ std::string ServerImpl::listen_endpoint() const {
 }
 
 Status ServerImpl::CheckpointNow() {
-  if (!store_) return UnavailableError("the server runs without --db");
+  if (store_ == nullptr) return UnavailableError("the server runs without --db");
   std::lock_guard<std::mutex> lock(checkpoint_mu_);
   std::vector<std::pair<std::string, Status>> outcomes = CheckpointExperts(*runtime_, *store_);
   Status first_error;
@@ -288,7 +287,7 @@ void ServerImpl::MaintenanceLoop() {
 }
 
 void ServerImpl::Announce() {
-  const std::string peer = identity_->peer_id();
+  const std::string peer = identity_.peer_id();
   const auto ttl = std::chrono::seconds(options_.announce_ttl_s);
   const double load = runtime_->load();
   std::set<std::pair<std::string, std::string>> prefixes_done;
@@ -347,12 +346,7 @@ void ServerImpl::Stop() {
       }
     }
   }
-  // Announcements stop being refreshed here, so they expire within announce_ttl_s.
-  if (dht_) dht_->Stop();
-  if (store_) {
-    Status s = store_->Close();
-    if (!s.ok()) spdlog::error("closing the database: {}", s.ToString());
-  }
+  // The lent DHT node and store stay with their owner, who stops and closes them after this.
 }
 
 }  // namespace dmoe::expert_server

@@ -3,13 +3,20 @@
 // to RocksDB, and announces them in the DHT. This header is torch-free: a program that starts a
 // server compiles without libtorch.
 //
-//   ExpertServerOptions options;  // uids, expert type, listen address, db, dht, ...
-//   options.clock = &clock;       // the process's clock (required)
-//   options.io = &io;             // the process's net::IoContext (optional)
+//   // The process's wiring (expert_server/main.cc, Serve) builds these once and lends them:
+//   ExpertServerOptions options;  // uids, expert type, listen address, ...
+//   DMOE_RETURN_IF_ERROR(ExpertServer::CheckOptions(options));  // before opening anything
+//   options.clock = &clock;        // the process's clock (required)
+//   options.identity = identity;   // the server's key pair (required)
+//   options.io = &io;              // the process's net::IoContext (optional)
+//   options.store = store.get();   // an open storage::ExpertStore (optional: persistence)
+//   options.dht = dht.get();       // a started dht::Dht with `identity` (optional: announcing)
 //   DMOE_ASSIGN_OR_RETURN(auto server, ExpertServer::Start(std::move(options)));
 //   std::cout << "listening on " << server->listen_endpoint() << "\n";
 //   ...
 //   server->Stop();  // stop accepting, finish in-flight work, final checkpoint, stop announcing
+//   dht->Stop();     // after the server: first the node, whose state is saved in the store's
+//   store->Close();  // database, then the store; io and the buffer pool go last
 //
 // Threads. Who runs what, from Start until Stop returns:
 //
@@ -26,14 +33,17 @@
 //   maintenance                 1                        the checkpoint timer (snapshot via the
 //                                                        runtime, then the RocksDB write) and the
 //                                                        announcement timer (DHT puts)
-//   DHT                         1 (its own io_context)   the Kademlia node: lookups, stores,
-//                                                        re-publishing, saving its state to RocksDB
-//   RocksDB                     RocksDB's own            flushes and compactions
+//   DHT (options.dht)           the node's: 1, with an   the Kademlia node: lookups, stores,
+//                               io_context of its own    re-publishing, saving its state to RocksDB
+//   RocksDB (options.store)     RocksDB's own            flushes and compactions
 //
-// No network thread ever computes, writes to disk or waits for the runtime; the DHT keeps a thread
-// of its own rather than the network's because it saves its state to RocksDB. Start and Stop block
-// and must be called from a thread that is none of these; the getters may be called from any
-// thread.
+// No network thread ever computes, writes to disk or waits for the runtime. The DHT node and the
+// store are the process's, lent to the server: Start reads the experts' checkpoints from the store
+// and waits for the node's join on the calling thread; the maintenance thread (and Stop) writes
+// checkpoints and puts announcements; the server never stops or closes either. The process's DHT
+// node keeps a thread of its own rather than the network's because it saves its state to RocksDB.
+// Start and Stop block and must be called from a thread that is none of these; the getters may be
+// called from any thread.
 #ifndef DMOE_EXPERT_SERVER_SERVER_H_
 #define DMOE_EXPERT_SERVER_SERVER_H_
 
@@ -41,17 +51,27 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "core/clock.h"
+#include "core/identity.h"
 #include "core/status.h"
 #include "expert_server/options.h"
+
+namespace dmoe::dht {
+class Dht;
+}  // namespace dmoe::dht
 
 namespace dmoe::net {
 class BufferPool;
 class IoContext;
 }  // namespace dmoe::net
+
+namespace dmoe::storage {
+class ExpertStore;
+}  // namespace dmoe::storage
 
 namespace dmoe::expert_server {
 
@@ -67,6 +87,18 @@ struct ExpertServerOptions {
   // The process's buffer pool (net/buffer_pool.h): request and answer bodies are taken from and
   // given back to it; must outlive the server. nullptr: the server's HTTP server keeps its own.
   net::BufferPool* buffer_pool = nullptr;
+  // The server's key pair: GET /v1/health proves it, trainers sign requests for its peer id, and
+  // its announcements are published under that peer id. Required; with `dht`, the identity that
+  // node was started with.
+  std::optional<Identity> identity;
+  // The process's expert store: each expert resumes from its newest intact checkpoint there, and
+  // is checkpointed there every checkpoint_every_s, on CheckpointNow and at Stop. nullptr: no
+  // persistence. Not owned: it must stay open until Stop returns; its owner closes it after.
+  storage::ExpertStore* store = nullptr;
+  // The process's DHT node, started with `identity`: the server announces its experts through it
+  // every announce_every_s. nullptr: the server does not announce. Not owned: it must run until
+  // Stop returns; its owner stops it after.
+  dht::Dht* dht = nullptr;
 
   ExpertConfig expert;  // type, hidden_dim, seed (each uid derives its own initialization)
   OptimizerOptions optimizer;
@@ -95,26 +127,15 @@ struct ExpertServerOptions {
   size_t max_connections = 4096;
   size_t max_connections_per_ip = 256;
 
-  // Identity file (created when missing); empty = a fresh identity for this run.
-  std::string identity_path;
   // Hex Ed25519 public keys allowed to send backward; empty = anyone may.
   std::string trainer_keys_path;
   // Needed to serve training without trainer keys on a non-loopback address.
   bool open_training = false;
 
-  // RocksDB directory; empty = no persistence.
-  std::string db_dir;
+  // Used only with a `store`.
   int64_t checkpoint_every_s = 60;
-  int keep_checkpoints = 3;
 
-  // DHT: bootstrap addresses (HOST:PORT); empty = do not announce. The server runs its own DHT
-  // node bound to dht_listen.
-  std::vector<std::string> dht_bootstrap;
-  std::string dht_listen = "0.0.0.0:0";
-  // UDP HOST:PORT the DHT node announces to other nodes when it differs from dht_listen
-  // (DhtOptions::public_address); empty = the bound address.
-  std::string dht_public_endpoint;
-  std::string dht_network = "dmoe";
+  // Used only with a `dht`.
   int64_t announce_every_s = 15;
   int64_t announce_ttl_s = 45;
 
@@ -137,13 +158,21 @@ struct ExpertServerStats {
 
 class ExpertServer {
  public:
-  // Loads or initializes every expert (resuming each from its newest checkpoint in db_dir), binds,
-  // starts the runtime, the maintenance thread and, with dht_bootstrap, the DHT node, waiting up to
-  // 5 s for it to join (a node that did not join keeps trying; Start still succeeds), then
-  // announces. Blocks until the server serves. kInvalidArgument for bad options (no clock, a bad
-  // uid or rate, open training on a public address without --open-training, an unknown expert
-  // type, a checkpoint of another type or width), kUnavailable when the port or the database is
-  // taken. On an error nothing keeps running.
+  // The refusals of Start that follow from the options' values alone: no uid, a bad or repeated
+  // uid, a rate outside [0, 1], public_endpoint malformed or set together with public_host, and
+  // training open to a public address (listen or announced) without trainer_keys_path or
+  // open_training. Reads nothing and opens nothing, so a process calls it before it opens the
+  // identity file, the database and the DHT node it would lend (dmoe-server refuses an operator's
+  // mistake with nothing touched). kInvalidArgument naming what is wrong; Start checks it again.
+  static Status CheckOptions(const ExpertServerOptions& options);
+  // Checks the options (CheckOptions, and: a clock and an identity are set, and `dht`, if set, was
+  // started with that identity), loads the trainer keys, loads or initializes every expert
+  // (resuming each from its newest checkpoint in `store`), binds, starts the runtime and the
+  // maintenance thread and, with a `dht`, waits up to 5 s for that node to join (a node that did
+  // not join keeps trying; Start still succeeds) and announces. Blocks until the server serves.
+  // kInvalidArgument for bad options (those above, an unknown expert type, a checkpoint of another
+  // type or width), the key file's error, kUnavailable when the port is taken. On an error nothing
+  // of the server keeps running; the lent store and DHT node are left as they were given.
   static Result<std::unique_ptr<ExpertServer>> Start(ExpertServerOptions options);
   // Stops (see Stop).
   virtual ~ExpertServer() = default;
@@ -162,14 +191,15 @@ class ExpertServer {
   // not together. Any thread; takes the runtime's lock briefly, never waits for compute.
   virtual ExpertServerStats stats() const = 0;
   // Checkpoints every expert now: snapshots them between batches, then writes each. Blocks until
-  // written; one checkpoint at a time. kUnavailable without a database; otherwise the first
+  // written; one checkpoint at a time. kUnavailable without a store; otherwise the first
   // expert's write error (the other experts are still written). Not from a network or runtime
   // thread.
   virtual Status CheckpointNow() = 0;
-  // Graceful stop: stops the timers, stops accepting and lets requests in flight answer (up to
-  // 5 s), fails what is still queued with kUnavailable, writes a final checkpoint, stops the DHT
-  // node (its announcements then expire within announce_ttl_s) and closes the database. Blocks;
-  // idempotent; not from a network or runtime thread.
+  // Graceful stop: stops the timers (announcements are no longer refreshed), stops accepting and
+  // lets requests in flight answer (up to 5 s), fails what is still queued with kUnavailable, and
+  // writes a final checkpoint to the store. The lent DHT node and store are left running and open:
+  // once Stop returns their owner stops the node (the announcements then expire within
+  // announce_ttl_s) and closes the store. Blocks; idempotent; not from a network or runtime thread.
   virtual void Stop() = 0;
 };
 

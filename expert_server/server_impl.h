@@ -41,7 +41,7 @@ class ServerImpl : public ExpertServer {
   std::string endpoint() const override;
   std::string listen_endpoint() const override;
   uint16_t port() const override { return http_->port(); }
-  std::string peer_id() const override { return identity_->peer_id(); }
+  std::string peer_id() const override { return identity_.peer_id(); }
   ExpertServerStats stats() const override;
   Status CheckpointNow() override;
   void Stop() override;
@@ -77,12 +77,12 @@ class ServerImpl : public ExpertServer {
   // The requests of sequence experts may carry a mask (and their schema says [B, T, d]).
   const bool sequence_experts_;
   std::optional<HostPort> public_endpoint_;  // options_.public_endpoint, parsed
-  std::optional<Identity> identity_;
+  const Identity& identity_;                 // *options_.identity, checked by ExpertServer::Start
   std::unique_ptr<RequestVerifier> verifier_;
-  ProofRateLimiter proof_limiter_;  // GET /v1/health?challenge=
-  std::shared_ptr<storage::ExpertStore> store_;
+  ProofRateLimiter proof_limiter_;     // GET /v1/health?challenge=
+  storage::ExpertStore* const store_;  // options_.store: lent, or nullptr
   std::unique_ptr<Runtime> runtime_;
-  std::unique_ptr<dht::Dht> dht_;
+  dht::Dht* const dht_;  // options_.dht: lent, or nullptr
   // Without options_.io, the network threads are the server's own; declared before http_, which
   // uses them, so that they outlive it.
   std::unique_ptr<net::IoContext> own_io_;

@@ -1,22 +1,63 @@
 #include "gating/model.h"
 
 #include <ATen/ATen.h>
+#include <torch/nn/modules/embedding.h>
 #include <torch/nn/modules/linear.h>
 #include <torch/nn/modules/normalization.h>
 #include <torch/utils.h>
 
+#include <algorithm>
+#include <cstddef>
 #include <stdexcept>
+
+#include "gating/not_enough_experts.h"
 
 namespace dmoe::gating {
 
 LocalLayer::LocalLayer(torch::nn::Module& owner, size_t index, const model::LayerSpec& layer)
-    : type_(layer.type), p_(layer.p) {
+    : type_(layer.type), p_(layer.p), max_len_(layer.max_len) {
   const std::string name = "layer" + std::to_string(index);
-  if (type_ == model::LayerType::kLinear) {
-    linear_ = owner.register_module(name, torch::nn::Linear(layer.in_features, layer.out));
-  } else if (type_ == model::LayerType::kLayerNorm) {
-    norm_ = owner.register_module(
-        name, torch::nn::LayerNorm(torch::nn::LayerNormOptions({layer.in_features})));
+  switch (type_) {
+    case model::LayerType::kLinear:
+      linear_ = owner.register_module(name, torch::nn::Linear(layer.in_features, layer.out));
+      break;
+    case model::LayerType::kLayerNorm:
+      norm_ = owner.register_module(
+          name, torch::nn::LayerNorm(torch::nn::LayerNormOptions({layer.in_features})));
+      break;
+    case model::LayerType::kEmbedding:
+      embedding_ =
+          owner.register_module(name, torch::nn::Embedding(layer.in_features, layer.out_features));
+      break;
+    case model::LayerType::kPositions:
+      embedding_ = owner.register_module(name, torch::nn::Embedding(max_len_, layer.in_features));
+      break;
+    case model::LayerType::kAttention:
+      attention_ = owner.register_module(
+          name, CausalSelfAttention(layer.in_features, layer.heads, layer.rotary));
+      break;
+    case model::LayerType::kLmHead:
+      if (layer.tied) {
+        head_weight_ = owner.named_parameters().find("layer0.weight") != nullptr
+                           ? owner.named_parameters()["layer0.weight"]
+                           : at::Tensor();
+        if (!head_weight_.defined() ||
+            head_weight_.sizes() != at::IntArrayRef{layer.out_features, layer.in_features}) {
+          throw std::invalid_argument("a tied lm_head needs the embedding as layer 0");
+        }
+      } else {
+        linear_ = owner.register_module(
+            name, torch::nn::Linear(
+                      torch::nn::LinearOptions(layer.in_features, layer.out_features).bias(false)));
+        head_weight_ = linear_->weight;
+      }
+      break;
+    case model::LayerType::kRelu:
+    case model::LayerType::kGelu:
+    case model::LayerType::kDropout:
+    case model::LayerType::kMoe:
+    case model::LayerType::kResidualMoe:
+      break;
   }
 }
 
@@ -32,11 +73,34 @@ at::Tensor LocalLayer::forward(const at::Tensor& x, bool training) {
       return at::gelu(x);
     case model::LayerType::kDropout:
       return at::dropout(x, p_, training);
+    case model::LayerType::kEmbedding:
+      return embedding_->forward(x);
+    case model::LayerType::kPositions: {
+      const int64_t length = x.dim() >= 2 ? x.size(-2) : 0;
+      if (x.dim() != 3 || length > max_len_) {
+        throw std::invalid_argument("positions: x must be [B, T, d] with T <= max_len " +
+                                    std::to_string(max_len_) +
+                                    ", not T = " + std::to_string(length));
+      }
+      return x + embedding_->weight.narrow(0, 0, length);
+    }
+    case model::LayerType::kAttention:
+      return attention_->forward(x);
+    case model::LayerType::kLmHead:
+      return at::linear(x, head_weight_);
     case model::LayerType::kMoe:
     case model::LayerType::kResidualMoe:
       break;
   }
   throw std::logic_error("LocalLayer: a moe layer does not run locally");
+}
+
+at::Tensor LocalLayer::Extend(const at::Tensor& x, const at::Tensor& positions,
+                              const std::vector<int64_t>& counts, const std::vector<LayerKv*>& kv) {
+  if (type_ == model::LayerType::kPositions)
+    return x + embedding_->weight.index_select(0, positions);
+  if (type_ == model::LayerType::kAttention) return attention_->Extend(x, positions, counts, kv);
+  return forward(x, /*training=*/false);
 }
 
 DmoeModelImpl::DmoeModelImpl(model::ModelSpec spec, ModelContext context) : spec_(std::move(spec)) {
@@ -58,21 +122,118 @@ DmoeModelImpl::DmoeModelImpl(model::ModelSpec spec, ModelContext context) : spec
         .wire_dtype(context.wire_dtype)
         .balance_loss_weight(context.balance_loss_weight)
         .allow_zero_outputs(context.allow_zero_outputs);
-    moes_.emplace(
-        i, register_module("layer" + std::to_string(i), RemoteMixtureOfExperts(o, context.swarm)));
+    RemoteMixtureOfExperts moe =
+        register_module("layer" + std::to_string(i), RemoteMixtureOfExperts(o, context.swarm));
+    moes_.emplace(i, moe);
+    if (l.pre_norm) {
+      moe_norms_.emplace(
+          i, moe->register_module(
+                 "norm", torch::nn::LayerNorm(torch::nn::LayerNormOptions({l.in_features}))));
+    }
   }
 }
 
+at::Tensor DmoeModelImpl::MoeForward(size_t index, const at::Tensor& x) {
+  auto norm = moe_norms_.find(index);
+  at::Tensor in = norm == moe_norms_.end() ? x : norm->second->forward(x);
+  return MoeLayerOutput(spec_.layers[index].type, x, moes_.at(index)->forward(in));
+}
+
+Status DmoeModelImpl::CheckTokens(const at::Tensor& x, int64_t dims) const {
+  if (!x.defined() || x.scalar_type() != at::kLong || x.dim() != dims || x.numel() == 0) {
+    return InvalidArgumentError(std::string("model '") + spec_.name + "' takes int64 token ids " +
+                                (dims == 1 ? "[n] with n >= 1" : "[B, T] with B, T >= 1"));
+  }
+  if (x.min().item<int64_t>() < 0 || x.max().item<int64_t>() >= spec_.vocab) {
+    return InvalidArgumentError("a token id is outside 0.." + std::to_string(spec_.vocab - 1) +
+                                ", the vocabulary of model '" + spec_.name + "'");
+  }
+  return Status::Ok();
+}
+
 at::Tensor DmoeModelImpl::forward(at::Tensor x) {
+  if (spec_.input == model::InputKind::kTokens) {
+    Status s = CheckTokens(x, 2);
+    if (!s.ok()) throw std::invalid_argument(s.message());
+  }
   for (size_t i = 0; i < spec_.layers.size(); ++i) {
     auto local = local_.find(i);
-    if (local != local_.end()) {
-      x = local->second.forward(x, is_training());
-    } else {
-      x = MoeLayerOutput(spec_.layers[i].type, x, moes_.at(i)->forward(x));
-    }
+    x = local != local_.end() ? local->second.forward(x, is_training()) : MoeForward(i, x);
   }
   return x;
+}
+
+Result<std::vector<at::Tensor>> DmoeModelImpl::Decode(const std::vector<SequenceCache*>& caches,
+                                                      const std::vector<at::Tensor>& tokens) {
+  if (spec_.input != model::InputKind::kTokens) {
+    return InvalidArgumentError("model '" + spec_.name +
+                                "' is not a token model: nothing to decode");
+  }
+  if (caches.empty() || caches.size() != tokens.size()) {
+    return InvalidArgumentError("Decode takes one token list per cache, and at least one");
+  }
+  for (size_t s = 0; s < caches.size(); ++s) {
+    if (caches[s] == nullptr ||
+        std::find(caches.begin(), caches.begin() + static_cast<std::ptrdiff_t>(s), caches[s]) !=
+            caches.begin() + static_cast<std::ptrdiff_t>(s)) {
+      return InvalidArgumentError("sequence " + std::to_string(s) +
+                                  ": its cache is null or given twice");
+    }
+    DMOE_RETURN_IF_ERROR(CheckTokens(tokens[s], 1));
+    const SequenceCache& c = *caches[s];
+    if (!c.layers_.empty() && c.layers_.size() != spec_.layers.size()) {
+      return InvalidArgumentError("sequence " + std::to_string(s) +
+                                  ": its cache was filled by a model of another spec");
+    }
+    if (c.length_ + tokens[s].size(0) > spec_.max_len) {
+      return InvalidArgumentError("sequence " + std::to_string(s) + " would hold " +
+                                  std::to_string(c.length_ + tokens[s].size(0)) +
+                                  " tokens, past the model's max_len " +
+                                  std::to_string(spec_.max_len));
+    }
+  }
+  // Copies of handles: a failure puts them back, so no cache changes.
+  std::vector<SequenceCache> before;
+  for (SequenceCache* c : caches) before.push_back(*c);
+  auto restore = [&] {
+    for (size_t s = 0; s < caches.size(); ++s) *caches[s] = before[s];
+  };
+  try {
+    return DecodeChecked(caches, tokens);
+  } catch (const NotEnoughExpertsError& e) {
+    restore();
+    return UnavailableError(std::string("decoding: ") + e.what());
+  } catch (const std::exception& e) {
+    restore();
+    return InternalError(std::string("decoding: ") + e.what());
+  }
+}
+
+std::vector<at::Tensor> DmoeModelImpl::DecodeChecked(const std::vector<SequenceCache*>& caches,
+                                                     const std::vector<at::Tensor>& tokens) {
+  torch::NoGradGuard no_grad;
+  std::vector<int64_t> counts;
+  std::vector<at::Tensor> positions;
+  for (size_t s = 0; s < caches.size(); ++s) {
+    SequenceCache& c = *caches[s];
+    c.layers_.resize(spec_.layers.size());
+    counts.push_back(tokens[s].size(0));
+    positions.push_back(at::arange(c.length_, c.length_ + counts.back(), at::kLong));
+  }
+  at::Tensor x = at::cat(tokens);
+  const at::Tensor position = at::cat(positions);
+  std::vector<LayerKv*> kv(caches.size());
+  for (size_t i = 0; i < spec_.layers.size(); ++i) {
+    auto local = local_.find(i);
+    if (local == local_.end()) {
+      x = MoeForward(i, x);
+      continue;
+    }
+    for (size_t s = 0; s < caches.size(); ++s) kv[s] = &caches[s]->layers_[i];
+    x = local->second.Extend(x, position, counts, kv);
+  }
+  for (size_t s = 0; s < caches.size(); ++s) caches[s]->length_ += counts[s];
+  return at::split_with_sizes(x, counts);
 }
 
 at::Tensor DmoeModelImpl::balance_loss() const {

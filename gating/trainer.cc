@@ -682,10 +682,14 @@ Result<TrainerInputs> PrepareTrainer(const TrainerOptions& o) {
   DMOE_ASSIGN_OR_RETURN(in.spec_json, ReadFile(o.spec_path, "model spec"));
   DMOE_ASSIGN_OR_RETURN(in.spec, model::ParseModelSpec(in.spec_json));
   switch (o.data) {
-    case data::DataSource::kFashionMnist:
+    case data::DataSource::kFashionMnist: {
       DMOE_ASSIGN_OR_RETURN(in.train, LoadFashionMnistTensors(true, o.data_dir));
       DMOE_ASSIGN_OR_RETURN(in.test, LoadFashionMnistTensors(false, o.data_dir));
       break;
+    }
+    case data::DataSource::kKjv:
+    case data::DataSource::kTextFile:
+      return InvalidArgumentError("the trainer does not train on text yet");
   }
   if (o.batch_size > in.train.x.size(0)) {
     return InvalidArgumentError("--batch-size " + std::to_string(o.batch_size) + " exceeds the " +

@@ -14,7 +14,7 @@ namespace {
 
 using nlohmann::json;
 
-constexpr std::array<std::pair<LayerType, std::string_view>, 7> kLayerTypeNames = {{
+constexpr std::array<std::pair<LayerType, std::string_view>, 11> kLayerTypeNames = {{
     {LayerType::kLinear, "linear"},
     {LayerType::kRelu, "relu"},
     {LayerType::kGelu, "gelu"},
@@ -22,7 +22,17 @@ constexpr std::array<std::pair<LayerType, std::string_view>, 7> kLayerTypeNames 
     {LayerType::kDropout, "dropout"},
     {LayerType::kMoe, "moe"},
     {LayerType::kResidualMoe, "residual_moe"},
+    {LayerType::kEmbedding, "embedding"},
+    {LayerType::kPositions, "positions"},
+    {LayerType::kAttention, "attention"},
+    {LayerType::kLmHead, "lm_head"},
 }};
+
+// The layer types that exist only in token models.
+bool IsTokenLayer(LayerType type) {
+  return type == LayerType::kEmbedding || type == LayerType::kPositions ||
+         type == LayerType::kAttention || type == LayerType::kLmHead;
+}
 
 std::optional<LayerType> ParseLayerType(std::string_view name) {
   for (const auto& [type, spelling] : kLayerTypeNames) {
@@ -60,6 +70,14 @@ Result<double> ProbabilityField(const json& obj, const char* key, const std::str
   return v;
 }
 
+Result<bool> BoolField(const json& obj, const char* key, const std::string& where) {
+  auto it = obj.find(key);
+  if (it == obj.end()) return false;
+  if (!it->is_boolean())
+    return InvalidArgumentError(where + ": '" + key + "' must be true or false");
+  return it->get<bool>();
+}
+
 Status CheckKeys(const json& obj, const std::set<std::string>& allowed, const std::string& where) {
   for (const auto& [key, value] : obj.items()) {
     if (!allowed.count(key)) return InvalidArgumentError(where + ": unknown field '" + key + "'");
@@ -71,7 +89,7 @@ Result<MoeLayerSpec> ParseMoeLayer(const json& lj, const std::string& where) {
   DMOE_RETURN_IF_ERROR(
       CheckKeys(lj,
                 {"type", "uid_prefix", "grid", "k_best", "k_min", "forward_timeout_ms",
-                 "timeout_after_k_min_ms", "backward_k_min", "backward_timeout_ms"},
+                 "timeout_after_k_min_ms", "backward_k_min", "backward_timeout_ms", "pre_norm"},
                 where));
   MoeLayerSpec m;
   if (!lj.contains("uid_prefix") || !lj["uid_prefix"].is_string()) {
@@ -119,7 +137,8 @@ Result<LayerSpec> ParseLayer(const json& lj, const std::string& where) {
   if (!type) {
     return InvalidArgumentError(
         where + ": unknown type '" + type_name +
-        "' (allowed: linear, relu, gelu, layer_norm, dropout, moe, residual_moe)");
+        "' (allowed: linear, relu, gelu, layer_norm, dropout, moe, residual_moe, embedding, "
+        "positions, attention, lm_head)");
   }
   LayerSpec l;
   l.type = *type;
@@ -142,10 +161,78 @@ Result<LayerSpec> ParseLayer(const json& lj, const std::string& where) {
     case LayerType::kMoe:
     case LayerType::kResidualMoe: {
       DMOE_ASSIGN_OR_RETURN(l.moe, ParseMoeLayer(lj, where));
+      DMOE_ASSIGN_OR_RETURN(l.pre_norm, BoolField(lj, "pre_norm", where));
+      if (l.pre_norm && l.type == LayerType::kMoe) {
+        return InvalidArgumentError(where + ": 'pre_norm' belongs to residual_moe, not moe");
+      }
+      break;
+    }
+    case LayerType::kEmbedding: {
+      DMOE_RETURN_IF_ERROR(CheckKeys(lj, {"type", "dim"}, where));
+      DMOE_ASSIGN_OR_RETURN(l.out, IntField(lj, "dim", where, 1, 1 << 16));
+      break;
+    }
+    case LayerType::kPositions:
+      DMOE_RETURN_IF_ERROR(CheckKeys(lj, {"type"}, where));
+      break;
+    case LayerType::kAttention: {
+      DMOE_RETURN_IF_ERROR(CheckKeys(lj, {"type", "heads", "rotary"}, where));
+      DMOE_ASSIGN_OR_RETURN(l.heads, IntField(lj, "heads", where, 1, 256));
+      DMOE_ASSIGN_OR_RETURN(l.rotary, BoolField(lj, "rotary", where));
+      break;
+    }
+    case LayerType::kLmHead: {
+      DMOE_RETURN_IF_ERROR(CheckKeys(lj, {"type", "tied"}, where));
+      DMOE_ASSIGN_OR_RETURN(l.tied, BoolField(lj, "tied", where));
       break;
     }
   }
   return l;
+}
+
+// Where a layer of a token model may stand, and the widths of a width-changing layer.
+// `spec` holds the layers before it; `count` is how many the spec has.
+Status CheckTokenLayer(const ModelSpec& spec, size_t count, LayerSpec& l,
+                       const std::string& where) {
+  const size_t index = spec.layers.size();
+  const bool first = index == 0, last = index + 1 == count;
+  if (first != (l.type == LayerType::kEmbedding)) {
+    return InvalidArgumentError(where + (first ? ": a token model's first layer must be 'embedding'"
+                                               : ": 'embedding' must be the first layer"));
+  }
+  if (last != (l.type == LayerType::kLmHead)) {
+    return InvalidArgumentError(where + (last ? ": a token model's last layer must be 'lm_head'"
+                                              : ": 'lm_head' must be the last layer"));
+  }
+  if (l.type == LayerType::kAttention && l.in_features % l.heads != 0) {
+    return InvalidArgumentError(where + ": 'heads' is " + std::to_string(l.heads) +
+                                ", which does not divide the width " +
+                                std::to_string(l.in_features));
+  }
+  if (l.type == LayerType::kAttention && l.rotary && (l.in_features / l.heads) % 2 != 0) {
+    return InvalidArgumentError(where +
+                                ": 'rotary' needs an even head width (width / heads), not " +
+                                std::to_string(l.in_features / l.heads));
+  }
+  if (l.type == LayerType::kLmHead && l.tied && l.in_features != spec.layers[0].out) {
+    return InvalidArgumentError(where + ": a tied lm_head needs the embedding's width " +
+                                std::to_string(spec.layers[0].out) + ", not " +
+                                std::to_string(l.in_features));
+  }
+  if (l.type == LayerType::kAttention && l.rotary && (l.in_features / l.heads) % 2 != 0) {
+    return InvalidArgumentError(where +
+                                ": 'rotary' needs an even head width (width / heads), not " +
+                                std::to_string(l.in_features / l.heads));
+  }
+  if (l.type == LayerType::kPositions) {
+    for (const LayerSpec& before : spec.layers) {
+      if (before.type == LayerType::kPositions) {
+        return InvalidArgumentError(where + ": a model has at most one 'positions' layer");
+      }
+    }
+    l.max_len = spec.max_len;
+  }
+  return Status::Ok();
 }
 
 }  // namespace
@@ -167,12 +254,53 @@ std::vector<std::string> ModelSpec::GridPrefixes() const {
   return out;
 }
 
+double ModelSpec::LocalParameterCount() const {
+  double n = 0;
+  for (const LayerSpec& l : layers) {
+    const double in = static_cast<double>(l.in_features), out = static_cast<double>(l.out_features);
+    switch (l.type) {
+      case LayerType::kLinear:
+        n += in * out + out;
+        break;
+      case LayerType::kLayerNorm:
+        n += 2 * in;
+        break;
+      case LayerType::kMoe:
+      case LayerType::kResidualMoe:
+        for (int64_t g : l.moe.grid) n += (in + 1) * static_cast<double>(g);
+        if (l.pre_norm) n += 2 * in;
+        break;
+      case LayerType::kEmbedding:
+        n += in * out;
+        break;
+      case LayerType::kPositions:
+        n += static_cast<double>(l.max_len) * in;
+        break;
+      case LayerType::kAttention:  // layer norm, qkv and output projections with biases
+        n += 2 * in + (3 * in * in + 3 * in) + (in * in + in);
+        break;
+      case LayerType::kLmHead:
+        if (!l.tied) n += in * out;
+        break;
+      case LayerType::kRelu:
+      case LayerType::kGelu:
+      case LayerType::kDropout:
+        break;
+    }
+  }
+  return n;
+}
+
 std::string ModelSpec::ToJson() const {
   json layers_json = json::array();
   for (const LayerSpec& l : layers) {
     json j = {{"type", LayerTypeName(l.type)}};
     if (l.type == LayerType::kLinear) j["out"] = l.out;
+    if (l.type == LayerType::kEmbedding) j["dim"] = l.out;
     if (l.type == LayerType::kDropout) j["p"] = l.p;
+    if (l.type == LayerType::kAttention) j["heads"] = l.heads;
+    if (l.type == LayerType::kAttention && l.rotary) j["rotary"] = true;
+    if (l.type == LayerType::kLmHead) j["tied"] = l.tied;
     if (IsMoe(l.type)) {
       j["uid_prefix"] = l.moe.uid_prefix;
       j["grid"] = l.moe.grid;
@@ -182,8 +310,17 @@ std::string ModelSpec::ToJson() const {
       j["timeout_after_k_min_ms"] = l.moe.timeout_after_k_min_ms;
       j["backward_k_min"] = l.moe.backward_k_min;
       j["backward_timeout_ms"] = l.moe.backward_timeout_ms;
+      if (l.pre_norm) j["pre_norm"] = true;
     }
     layers_json.push_back(j);
+  }
+  if (input == InputKind::kTokens) {
+    return json{{"name", name},
+                {"input", "tokens"},
+                {"vocab", vocab},
+                {"max_len", max_len},
+                {"layers", layers_json}}
+        .dump();
   }
   return json{{"name", name}, {"input_dim", input_dim}, {"layers", layers_json}}.dump();
 }
@@ -192,23 +329,48 @@ Result<ModelSpec> ParseModelSpec(std::string_view text) {
   json j = json::parse(text, nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded() || !j.is_object())
     return InvalidArgumentError("model spec is not a JSON object");
-  DMOE_RETURN_IF_ERROR(CheckKeys(j, {"name", "input_dim", "layers"}, "model spec"));
   ModelSpec spec;
+  if (j.contains("input")) {
+    if (j["input"] != "tokens" && j["input"] != "features") {
+      return InvalidArgumentError("model spec: 'input' must be \"tokens\" or \"features\"");
+    }
+    if (j["input"] == "tokens") spec.input = InputKind::kTokens;
+  }
+  const bool tokens = spec.input == InputKind::kTokens;
+  DMOE_RETURN_IF_ERROR(
+      CheckKeys(j,
+                tokens ? std::set<std::string>{"name", "input", "vocab", "max_len", "layers"}
+                       : std::set<std::string>{"name", "input", "input_dim", "layers"},
+                tokens ? "model spec with \"input\": \"tokens\"" : "model spec"));
   if (!j.contains("name") || !j["name"].is_string() || j["name"].get<std::string>().empty()) {
     return InvalidArgumentError("model spec: 'name' must be a non-empty string");
   }
   spec.name = j["name"].get<std::string>();
-  DMOE_ASSIGN_OR_RETURN(spec.input_dim, IntField(j, "input_dim", "model spec", 1, 1 << 20));
+  if (tokens) {
+    DMOE_ASSIGN_OR_RETURN(spec.vocab, IntField(j, "vocab", "model spec", 2, 1 << 20));
+    DMOE_ASSIGN_OR_RETURN(spec.max_len, IntField(j, "max_len", "model spec", 1, 1 << 16));
+  } else {
+    DMOE_ASSIGN_OR_RETURN(spec.input_dim, IntField(j, "input_dim", "model spec", 1, 1 << 20));
+  }
   if (!j.contains("layers") || !j["layers"].is_array() || j["layers"].empty()) {
     return InvalidArgumentError("model spec: 'layers' must be a non-empty list");
   }
-  if (j["layers"].size() > 256) return InvalidArgumentError("model spec: more than 256 layers");
-  int64_t width = spec.input_dim;
-  for (size_t i = 0; i < j["layers"].size(); ++i) {
-    DMOE_ASSIGN_OR_RETURN(LayerSpec l, ParseLayer(j["layers"][i], "layer " + std::to_string(i)));
+  const size_t count = j["layers"].size();
+  if (count > 256) return InvalidArgumentError("model spec: more than 256 layers");
+  int64_t width = tokens ? spec.vocab : spec.input_dim;
+  for (size_t i = 0; i < count; ++i) {
+    const std::string where = "layer " + std::to_string(i);
+    DMOE_ASSIGN_OR_RETURN(LayerSpec l, ParseLayer(j["layers"][i], where));
     l.in_features = width;
-    if (l.type == LayerType::kLinear) width = l.out;
+    if (l.type == LayerType::kLinear || l.type == LayerType::kEmbedding) width = l.out;
+    if (l.type == LayerType::kLmHead) width = spec.vocab;
     l.out_features = width;
+    if (tokens) {
+      DMOE_RETURN_IF_ERROR(CheckTokenLayer(spec, count, l, where));
+    } else if (IsTokenLayer(l.type)) {
+      return InvalidArgumentError(where + ": '" + std::string(LayerTypeName(l.type)) +
+                                  "' belongs to a token model (\"input\": \"tokens\")");
+    }
     spec.layers.push_back(std::move(l));
   }
   return spec;

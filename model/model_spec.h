@@ -10,6 +10,25 @@
 //      "backward_k_min": 1, "backward_timeout_ms": 3000},
 //     {"type": "layer_norm"}, {"type": "linear", "out": 10}]}
 //
+// A text model (a decoder-only transformer) says `"input": "tokens"` and declares its vocabulary
+// and context length at the top level instead of `input_dim`; its first layer is `embedding`, its
+// last `lm_head`, and its input is int64 token ids [B, T] with T <= max_len:
+//
+//   {"name": "lm", "input": "tokens", "vocab": 256, "max_len": 128, "layers": [
+//     {"type": "embedding", "dim": 128}, {"type": "positions"},
+//     {"type": "attention", "heads": 4},
+//     {"type": "residual_moe", "pre_norm": true, "uid_prefix": "ffn", "grid": [4, 4]},
+//     {"type": "layer_norm"}, {"type": "lm_head", "tied": true}]}
+//
+// The list stays flat: `attention` is a whole pre-norm block, x + proj(causal_attention(ln(x))),
+// and `residual_moe` with `"pre_norm": true` is x + moe(ln(x)); each carries its own layer norm.
+// `positions` adds a learned position embedding of max_len rows (position t of a sequence gets
+// row t); an attention layer with `"rotary": true` rotates its queries and keys by position
+// instead (RoPE, base 10000, the two halves of each head as the pairs), with no parameter.
+// `lm_head` projects to vocab logits without bias, with its own weight or, when `tied`, with the
+// embedding's. `embedding`, `positions`, `attention` and `lm_head` exist only in token models. A
+// spec without `input` is a feature model, as it always was.
+//
 // A ModelSpec is a plain value: copy it, share it read-only between threads.
 #ifndef DMOE_MODEL_MODEL_SPEC_H_
 #define DMOE_MODEL_MODEL_SPEC_H_
@@ -23,7 +42,22 @@
 
 namespace dmoe::model {
 
-enum class LayerType { kLinear, kRelu, kGelu, kLayerNorm, kDropout, kMoe, kResidualMoe };
+enum class LayerType {
+  kLinear,
+  kRelu,
+  kGelu,
+  kLayerNorm,
+  kDropout,
+  kMoe,
+  kResidualMoe,
+  kEmbedding,
+  kPositions,
+  kAttention,
+  kLmHead,
+};
+
+// What the model takes: F32 features [B, input_dim], or int64 token ids [B, T].
+enum class InputKind { kFeatures, kTokens };
 
 // The spec's spelling of `type`: "linear", "relu", ..., "residual_moe".
 std::string_view LayerTypeName(LayerType type);
@@ -46,21 +80,36 @@ struct MoeLayerSpec {
 
 struct LayerSpec {
   LayerType type = LayerType::kLinear;
-  int64_t out = 0;           // linear only
-  double p = 0;              // dropout only: the probability of zeroing an element in training
-  MoeLayerSpec moe;          // moe and residual_moe only
-  int64_t in_features = 0;   // width of the layer's input, filled in by ParseModelSpec
-  int64_t out_features = 0;  // width of its output
+  int64_t out = 0;        // linear: `out`; embedding: `dim`
+  double p = 0;           // dropout only: the probability of zeroing an element in training
+  MoeLayerSpec moe;       // moe and residual_moe only
+  bool pre_norm = false;  // residual_moe only: x + moe(layer_norm(x)) instead of x + moe(x)
+  int64_t heads = 0;      // attention only; divides the width
+  bool rotary = false;    // attention only: q and k rotated by position (RoPE)
+  bool tied = false;      // lm_head only: its weight is the embedding's
+  // Filled in by ParseModelSpec. in_features is the width of the layer's input (the embedding's
+  // is the vocabulary: one token id out of so many), out_features the width of its output (the
+  // lm_head's is the vocabulary). max_len is the spec's context length, set on positions layers.
+  int64_t in_features = 0;
+  int64_t out_features = 0;
+  int64_t max_len = 0;
 };
 
 struct ModelSpec {
   std::string name;
-  int64_t input_dim = 0;
+  InputKind input = InputKind::kFeatures;
+  int64_t input_dim = 0;  // feature models only; 0 in a token model
+  int64_t vocab = 0;      // token models only: token ids are 0..vocab-1
+  int64_t max_len = 0;    // token models only: the longest sequence (prompt and output) it takes
   std::vector<LayerSpec> layers;
 
   int64_t output_dim() const { return layers.empty() ? input_dim : layers.back().out_features; }
   // "ffn." for every moe layer, in order, without repeats.
   std::vector<std::string> GridPrefixes() const;
+  // How many parameters the network gating::DmoeModel builds from this spec holds (the local
+  // ones: gating projections and layer norms of moe layers, not the remote experts), in double
+  // so that no width overflows. Lets a caller bound a spec before anything is built.
+  double LocalParameterCount() const;
   // The spec as JSON that ParseModelSpec reads back to an equal spec.
   std::string ToJson() const;
 };

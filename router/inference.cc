@@ -39,24 +39,6 @@ Result<int64_t> Inference::InputDimOf(const std::string& spec_json) {
 
 namespace {
 
-// The parameters gating::DmoeModel registers for the spec, in double so that no width overflows:
-// linear in*out + out, layer_norm 2*in (weight and bias), moe and residual_moe one gate linear per
-// grid dimension, in*g + g.
-double CountParameters(const model::ModelSpec& spec) {
-  double n = 0;
-  for (const model::LayerSpec& l : spec.layers) {
-    const double in = static_cast<double>(l.in_features);
-    if (l.type == model::LayerType::kLinear) {
-      n += in * static_cast<double>(l.out) + static_cast<double>(l.out);
-    } else if (l.type == model::LayerType::kLayerNorm) {
-      n += 2 * in;
-    } else if (model::IsMoe(l.type)) {
-      for (int64_t g : l.moe.grid) n += (in + 1) * static_cast<double>(g);
-    }
-  }
-  return n;
-}
-
 // kInvalidArgument naming the first floating tensor that holds NaN or Inf.
 Status CheckFinite(const std::map<std::string, at::Tensor>& tensors) {
   for (const auto& [name, t] : tensors) {
@@ -78,7 +60,7 @@ Status Inference::ValidateModel(const std::string& name, const std::string& spec
                                 "' but it is published as '" + name + "'");
   }
   // Bounded before the network is built: a spec of a few bytes can ask for terabytes.
-  const double params = CountParameters(spec);
+  const double params = spec.LocalParameterCount();
   if (params > static_cast<double>(kMaxModelParameters)) {
     return InvalidArgumentError("the spec's network has " + std::to_string(params) +
                                 " parameters; the router takes at most " +

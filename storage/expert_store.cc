@@ -131,6 +131,18 @@ std::string JoinSteps(const std::vector<int64_t>& steps) {
   return out;
 }
 
+// kInvalidArgument for options Open refuses (see ExpertStoreOptions).
+Status CheckOptions(const ExpertStoreOptions& options) {
+  if (options.clock == nullptr) {
+    return InvalidArgumentError("ExpertStoreOptions::clock is not set: pass the process's clock");
+  }
+  if (options.keep_checkpoints < 1) {
+    return InvalidArgumentError("keep_checkpoints is " + std::to_string(options.keep_checkpoints) +
+                                "; it must be at least 1");
+  }
+  return Status::Ok();
+}
+
 }  // namespace
 
 std::vector<safetensors::TensorRef> RefsOf(const std::vector<NamedTensor>& tensors) {
@@ -156,14 +168,13 @@ Hash256 CheckpointChecksum(const Checkpoint& checkpoint) {
 }
 
 ExpertStore::ExpertStore(std::shared_ptr<Database> db, const ExpertStoreOptions& options)
-    : db_(std::move(db)),
-      options_(options),
-      clock_(options.clock != nullptr ? *options.clock : RealClock::Instance()) {}
+    : db_(std::move(db)), options_(options), clock_(*options.clock) {}
 
 ExpertStore::~ExpertStore() = default;
 
 Result<std::unique_ptr<ExpertStore>> ExpertStore::Open(const std::string& path,
                                                        const ExpertStoreOptions& options) {
+  DMOE_RETURN_IF_ERROR(CheckOptions(options));
   DatabaseOptions db_options;
   db_options.create_if_missing = options.create_if_missing;
   DMOE_ASSIGN_OR_RETURN(std::shared_ptr<Database> db, Database::Open(path, db_options));
@@ -173,10 +184,7 @@ Result<std::unique_ptr<ExpertStore>> ExpertStore::Open(const std::string& path,
 Result<std::unique_ptr<ExpertStore>> ExpertStore::Open(std::shared_ptr<Database> db,
                                                        const ExpertStoreOptions& options) {
   if (db == nullptr) return InvalidArgumentError("ExpertStore::Open got a null database");
-  if (options.keep_checkpoints < 1) {
-    return InvalidArgumentError("keep_checkpoints is " + std::to_string(options.keep_checkpoints) +
-                                "; it must be at least 1");
-  }
+  DMOE_RETURN_IF_ERROR(CheckOptions(options));
   return std::unique_ptr<ExpertStore>(new ExpertStore(std::move(db), options));
 }
 

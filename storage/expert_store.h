@@ -14,7 +14,8 @@
 // a BLAKE2b-256 checksum over all its contents, verified on every load.
 //
 // Usage:
-//   DMOE_ASSIGN_OR_RETURN(std::unique_ptr<ExpertStore> store, ExpertStore::Open(db_dir));
+//   DMOE_ASSIGN_OR_RETURN(std::unique_ptr<ExpertStore> store,
+//                         ExpertStore::Open(db_dir, {.clock = &clock}));
 //   DMOE_RETURN_IF_ERROR(store->SaveCheckpoint("ffn.3.14", tensors, step, {{"schema", "ffn-v1"}}));
 //   Result<Checkpoint> latest = store->LoadLatest("ffn.3.14");  // kNotFound before the first save
 //
@@ -47,8 +48,8 @@ struct ExpertStoreOptions {
   int keep_checkpoints = 3;
   // When false, Open of a directory without a database answers kNotFound.
   bool create_if_missing = true;
-  // Stamps Checkpoint::created_unix_ms. Null means the real clock; otherwise it must outlive the
-  // store.
+  // Stamps Checkpoint::created_unix_ms: the process's clock (a FakeClock in a test about time).
+  // Required: Open refuses a missing one with kInvalidArgument. Must outlive the store.
   const Clock* clock = nullptr;
 };
 
@@ -97,13 +98,13 @@ class ExpertStore {
  public:
   // Opens (creating when allowed) the database in directory `path` and owns it. kUnavailable when
   // another process, or another Open in this one, holds the directory; kInvalidArgument for bad
-  // options.
+  // options (no clock, keep_checkpoints below 1), checked before the directory is touched.
   static Result<std::unique_ptr<ExpertStore>> Open(const std::string& path,
-                                                   const ExpertStoreOptions& options = {});
+                                                   const ExpertStoreOptions& options);
   // A store on an already open database, shared with other users such as KvStore.
   // options.create_if_missing is ignored.
   static Result<std::unique_ptr<ExpertStore>> Open(std::shared_ptr<Database> db,
-                                                   const ExpertStoreOptions& options = {});
+                                                   const ExpertStoreOptions& options);
 
   // Releases the database (closing it if no one else holds it).
   ~ExpertStore();

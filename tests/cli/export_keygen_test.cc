@@ -23,7 +23,8 @@ std::vector<uint8_t> Bytes(size_t n, uint8_t seed) {
 TEST_F(ExportTest, WritesTheNewestWeightsWithoutOptimizerState) {
   const std::string db = dir_ + "/db";
   {
-    auto store = std::move(storage::ExpertStore::Open(db)).value();
+    auto store =
+        std::move(storage::ExpertStore::Open(db, {.clock = &RealClock::Instance()})).value();
     for (int64_t step : {3, 5}) {
       std::vector<uint8_t> w = Bytes(16, static_cast<uint8_t>(step)), m = Bytes(16, 99);
       ASSERT_TRUE(
@@ -57,7 +58,10 @@ TEST_F(ExportTest, WritesTheNewestWeightsWithoutOptimizerState) {
 
 TEST_F(ExportTest, UnknownUidOrMissingDatabaseIsAnError) {
   const std::string db = dir_ + "/db";
-  { auto store = std::move(storage::ExpertStore::Open(db)).value(); }
+  {
+    auto store =
+        std::move(storage::ExpertStore::Open(db, {.clock = &RealClock::Instance()})).value();
+  }
   Outcome unknown = Dmoe({"export", "--db", db, "--uid", "ffn.9", "--out", dir_ + "/x"});
   EXPECT_EQ(unknown.exit_code, 2);
   EXPECT_EQ(unknown.err.rfind("error: ", 0), 0u) << unknown.err;

@@ -18,13 +18,17 @@
 #include "core/clock.h"
 #include "core/hex.h"
 #include "core/request_auth.h"
+#include "dht/dht.h"
 #include "expert_server/expert.h"
 #include "expert_server/process_memory.h"
 #include "expert_server/server.h"
 #include "net/http_client.h"
+#include "storage/expert_store.h"
 #include "tensor/safetensors.h"
 #include "tensor/torch_tensor.h"
+#include "tests/testing/loopback_dht.h"
 #include "tests/testing/process.h"
+#include "tests/testing/temp_dir.h"
 
 namespace dmoe::expert_server {
 namespace {
@@ -57,6 +61,7 @@ class ApiTest : public ::testing::Test {
   void StartServer(std::function<void(ExpertServerOptions&)> tweak = {}) {
     ExpertServerOptions o;
     o.clock = &RealClock::Instance();
+    o.identity = Identity::Generate();
     o.uids = {"ffn.0.0", "ffn.0.1"};
     o.expert.hidden_dim = kDim;
     o.expert.seed = 11;
@@ -610,6 +615,7 @@ TEST(ServerStartTest, RefusesOpenTrainingOnAPublicAddress) {
   o.uids = {"ffn.0"};
   o.expert.hidden_dim = kDim;
   o.listen_host = "0.0.0.0";
+  o.identity = Identity::Generate();
   o.clock = nullptr;
   auto no_clock = ExpertServer::Start(o);
   ASSERT_FALSE(no_clock.ok());
@@ -619,10 +625,71 @@ TEST(ServerStartTest, RefusesOpenTrainingOnAPublicAddress) {
   ASSERT_FALSE(refused.ok());
   EXPECT_EQ(refused.status().code(), Code::kInvalidArgument);
   EXPECT_NE(refused.status().message().find("--trainer-keys"), std::string::npos);
+  // The same refusal from the options alone, as dmoe-server asks before it opens anything.
+  EXPECT_EQ(ExpertServer::CheckOptions(o), refused.status());
   o.open_training = true;
+  EXPECT_TRUE(ExpertServer::CheckOptions(o).ok());
   auto started = ExpertServer::Start(o);
   ASSERT_TRUE(started.ok()) << started.status().ToString();
   (*started)->Stop();
+}
+
+TEST(ServerStartTest, RefusesAMissingIdentityAndADhtNodeOfAnotherIdentity) {
+  auto boot = dht::Dht::Start(testing::LoopbackDhtOptions());
+  ASSERT_TRUE(boot.ok()) << boot.status().ToString();
+  const Identity identity = Identity::Generate();
+  dht::DhtOptions node_options = testing::LoopbackDhtOptions({(*boot)->local_address()});
+  node_options.identity = identity;
+  auto node = dht::Dht::Start(std::move(node_options));
+  ASSERT_TRUE(node.ok()) << node.status().ToString();
+  ExpertServerOptions o;
+  o.uids = {"ffn.0"};
+  o.expert.hidden_dim = kDim;
+  o.clock = &RealClock::Instance();
+  o.dht = node->get();
+  auto no_identity = ExpertServer::Start(o);
+  ASSERT_FALSE(no_identity.ok());
+  EXPECT_EQ(no_identity.status().code(), Code::kInvalidArgument);
+  EXPECT_NE(no_identity.status().message().find("identity"), std::string::npos);
+  // Its announcements would be signed by a key other than the one its peer id names.
+  o.identity = Identity::Generate();
+  auto other = ExpertServer::Start(o);
+  ASSERT_FALSE(other.ok());
+  EXPECT_EQ(other.status().code(), Code::kInvalidArgument);
+  EXPECT_NE(other.status().message().find(identity.peer_id()), std::string::npos)
+      << other.status().message();
+  o.identity = identity;
+  auto started = ExpertServer::Start(o);
+  ASSERT_TRUE(started.ok()) << started.status().ToString();
+  EXPECT_EQ((*started)->peer_id(), identity.peer_id());
+  (*started)->Stop();
+  // The node is the caller's: the server's Stop left it running, and it still finds the
+  // announcement the server made through it (a stopped node answers kUnavailable).
+  EXPECT_TRUE(testing::PollUntil(
+      [&] { return !(*node)->GetManyBlocking({"expert/ffn.0"}, 2s).front().records.empty(); },
+      10s));
+  (*node)->Stop();
+  (*boot)->Stop();
+}
+
+TEST(ServerStartTest, CheckpointsIntoTheLentStoreAndLeavesItOpen) {
+  testing::TempDir dir;
+  auto store = storage::ExpertStore::Open(dir.Sub("db"), {.clock = &RealClock::Instance()});
+  ASSERT_TRUE(store.ok()) << store.status().ToString();
+  ExpertServerOptions o;
+  o.uids = {"ffn.0", "ffn.1"};
+  o.expert.hidden_dim = kDim;
+  o.clock = &RealClock::Instance();
+  o.identity = Identity::Generate();
+  o.store = store->get();
+  auto server = ExpertServer::Start(o);
+  ASSERT_TRUE(server.ok()) << server.status().ToString();
+  (*server)->Stop();  // writes the final checkpoint
+  Result<std::vector<storage::ExpertSummary>> experts = (*store)->ListExperts();
+  ASSERT_TRUE(experts.ok()) << experts.status().ToString();
+  ASSERT_EQ(experts->size(), 2u);
+  EXPECT_EQ(experts->front().uid, "ffn.0");
+  EXPECT_TRUE((*store)->Close().ok());
 }
 
 }  // namespace

@@ -18,7 +18,8 @@ class CheckpointTest : public ::testing::Test {
   void SetUp() override {
     char tmpl[] = "/tmp/dmoe_ckpt_XXXXXX";
     dir_ = ::mkdtemp(tmpl);
-    store_ = std::move(storage::ExpertStore::Open(dir_ + "/db")).value();
+    store_ = std::move(storage::ExpertStore::Open(dir_ + "/db", {.clock = &RealClock::Instance()}))
+                 .value();
   }
   void TearDown() override {
     store_.reset();

@@ -138,6 +138,14 @@ TEST(TrainerTest, PrepareRefusesBadOptionsAndSpecsBeforeJoining) {
   Result<TrainerInputs> dtype = PrepareTrainer(o);
   EXPECT_EQ(dtype.status().code(), Code::kInvalidArgument);
   EXPECT_NE(dtype.status().message().find("--wire-dtype"), std::string::npos);
+  // Text sources parse (data/data_source.h) but the trainer does not train a language model yet.
+  o.wire_dtype = safetensors::DType::kF32;
+  o.spec_path =
+      dir.WriteFile("ok.json", R"({"name":"m","input_dim":784,"layers":[{"type":"relu"}]})");
+  o.data = data::DataSource::kKjv;
+  Result<TrainerInputs> text = PrepareTrainer(o);
+  EXPECT_EQ(text.status().code(), Code::kInvalidArgument);
+  EXPECT_EQ(text.status().message(), "the trainer does not train on text yet");
 }
 
 }  // namespace

@@ -15,7 +15,6 @@
 #include "expert_server/server.h"
 #include "gating/remote_moe.h"
 #include "tests/hostile/rogue_server.h"
-#include "tests/testing/temp_dir.h"
 
 namespace dmoe::hostile {
 namespace {
@@ -67,12 +66,10 @@ class PoisonGatingTest : public ::testing::TestWithParam<RogueAnswer> {
  protected:
   static void SetUpTestSuite() {
     // Its key is known to the test, which publishes its records.
-    dir_ = new testing::TempDir();
-    Result<Identity> identity = LoadOrCreateIdentity(dir_->Sub("identity"));
-    ASSERT_TRUE(identity.ok()) << identity.status().ToString();
-    honest_key_ = identity->public_key();
+    const Identity identity = Identity::Generate();
+    honest_key_ = identity.public_key();
     expert_server::ExpertServerOptions o;
-    o.identity_path = dir_->Sub("identity");
+    o.identity = identity;
     o.clock = &RealClock::Instance();
     o.uids = {"ffn.0"};
     o.expert.hidden_dim = kGatingDim;
@@ -87,14 +84,10 @@ class PoisonGatingTest : public ::testing::TestWithParam<RogueAnswer> {
     if (honest_) honest_->Stop();
     delete honest_;
     honest_ = nullptr;
-    delete dir_;
-    dir_ = nullptr;
   }
-  static testing::TempDir* dir_;
   static PublicKey honest_key_;
   static expert_server::ExpertServer* honest_;
 };
-testing::TempDir* PoisonGatingTest::dir_ = nullptr;
 PublicKey PoisonGatingTest::honest_key_{};
 expert_server::ExpertServer* PoisonGatingTest::honest_ = nullptr;
 

@@ -43,7 +43,8 @@ bool Shutdown(ServerProcess& s) {
 
 // Every F32 tensor of the newest checkpoint of kUid holds only finite values; its step in *step.
 void ExpectFiniteCheckpoint(const std::string& db, int64_t* step) {
-  auto store = storage::ExpertStore::Open(db, {.create_if_missing = false});
+  auto store =
+      storage::ExpertStore::Open(db, {.create_if_missing = false, .clock = &RealClock::Instance()});
   ASSERT_TRUE(store.ok()) << store.status().ToString();
   Result<storage::Checkpoint> cp = (*store)->LoadLatest(kUid);
   ASSERT_TRUE(cp.ok()) << cp.status().ToString();
@@ -133,7 +134,8 @@ TEST_F(PoisonServerTest, CorruptNewestCheckpointFallsBackToTheNewestIntactOne) {
     ASSERT_TRUE(Shutdown(server)) << server.process->stderr_text();
   }
   {
-    auto store = storage::ExpertStore::Open(db, {.create_if_missing = false});
+    auto store = storage::ExpertStore::Open(
+        db, {.create_if_missing = false, .clock = &RealClock::Instance()});
     ASSERT_TRUE(store.ok()) << store.status().ToString();
     ASSERT_EQ(*(*store)->Steps(kUid), (std::vector<int64_t>{1, 2}));
     storage::Database& database = *(*store)->database();

@@ -163,7 +163,8 @@ TEST(PoisonTrainTest, RoguesBesideAnHonestServerNeverPoisonTrainingOrWhatIsKept)
   }
   const int status = honest->process->Stop(SIGTERM, 30s);
   ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << honest->process->stderr_text();
-  auto store = storage::ExpertStore::Open(dir.Sub("server"), {.create_if_missing = false});
+  auto store = storage::ExpertStore::Open(
+      dir.Sub("server"), {.create_if_missing = false, .clock = &RealClock::Instance()});
   ASSERT_TRUE(store.ok()) << store.status().ToString();
   for (int i = 0; i < 2; ++i) {
     for (int j = 0; j < 4; ++j) {

@@ -33,7 +33,7 @@ int main(int argc, char** argv) {
   const std::string uid = argv[2];
   const int ack_fd = std::atoi(argv[3]);
 
-  auto store = ExpertStore::Open(dir);
+  auto store = ExpertStore::Open(dir, {.clock = &dmoe::RealClock::Instance()});
   if (!store.ok()) return Fail("open: " + store.status().ToString());
   int64_t step = 0;
   auto latest = (*store)->LoadLatest(uid);

@@ -176,7 +176,7 @@ TEST(CheckpointCrashTest, KillNineNeverLosesAnAcknowledgedCheckpointNorTearsOne)
     }
     const int64_t acked = writer.acks().empty() ? base : writer.acks().back();
 
-    auto store = ExpertStore::Open(dir.path());
+    auto store = ExpertStore::Open(dir.path(), {.clock = &RealClock::Instance()});
     ASSERT_TRUE(store.ok()) << store.status().ToString();
     Result<Checkpoint> latest = (*store)->LoadLatest(kUid);
     if (acked < 0 && latest.status().code() == Code::kNotFound) {
@@ -217,7 +217,7 @@ TEST(CheckpointCrashTest, SecondProcessGetsLockErrorWhileWriterRuns) {
 
   const std::string expected =
       "database " + dir.path() + " is in use by another process (lock held)";
-  auto store = ExpertStore::Open(dir.path());
+  auto store = ExpertStore::Open(dir.path(), {.clock = &RealClock::Instance()});
   ASSERT_FALSE(store.ok());
   EXPECT_EQ(store.status().code(), Code::kUnavailable);
   EXPECT_EQ(store.status().message(), expected);
@@ -226,7 +226,7 @@ TEST(CheckpointCrashTest, SecondProcessGetsLockErrorWhileWriterRuns) {
   EXPECT_EQ(kv.status().code(), Code::kUnavailable);
 
   writer.KillAndReap();
-  auto reopened = ExpertStore::Open(dir.path());
+  auto reopened = ExpertStore::Open(dir.path(), {.clock = &RealClock::Instance()});
   ASSERT_TRUE(reopened.ok()) << reopened.status().ToString();
 }
 

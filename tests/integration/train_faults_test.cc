@@ -180,6 +180,7 @@ CheckpointAudit AuditCheckpoints(const std::string& db, const std::vector<std::s
   CheckpointAudit audit;
   storage::ExpertStoreOptions options;
   options.create_if_missing = false;
+  options.clock = &RealClock::Instance();
   auto store = storage::ExpertStore::Open(db, options);
   if (!store.ok()) {
     for (const std::string& uid : uids)

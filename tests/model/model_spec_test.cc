@@ -2,6 +2,9 @@
 
 #include <gtest/gtest.h>
 
+#include <fstream>
+#include <sstream>
+
 namespace dmoe::model {
 namespace {
 
@@ -60,12 +63,24 @@ TEST(ModelSpecTest, MoeDefaultsApplyWhenOmitted) {
   EXPECT_EQ(spec->output_dim(), 8);
 }
 
+// A spec and a part of the message that refuses it.
+struct Refusal {
+  std::string json;
+  std::string says;
+};
+
+void ExpectRefusals(const std::vector<Refusal>& cases) {
+  for (const Refusal& c : cases) {
+    Result<ModelSpec> r = ParseModelSpec(c.json);
+    ASSERT_FALSE(r.ok()) << c.json;
+    EXPECT_EQ(r.status().code(), Code::kInvalidArgument);
+    EXPECT_NE(r.status().message().find(c.says), std::string::npos)
+        << c.json << " -> " << r.status().message();
+  }
+}
+
 TEST(ModelSpecTest, RefusalsNameTheLayerAndField) {
-  struct Case {
-    const char* json;
-    const char* says;
-  };
-  const Case cases[] = {
+  const std::vector<Refusal> cases = {
       {"[]", "not a JSON object"},
       {"{", "not a JSON object"},
       {R"({"input_dim":4,"layers":[{"type":"relu"}]})", "'name'"},
@@ -95,13 +110,128 @@ TEST(ModelSpecTest, RefusalsNameTheLayerAndField) {
       {R"({"name":"m","input_dim":4,"layers":[{"type":"dropout","p":"0.5"}]})",
        "'p' must be a number"},
   };
-  for (const Case& c : cases) {
-    Result<ModelSpec> r = ParseModelSpec(c.json);
-    ASSERT_FALSE(r.ok()) << c.json;
-    EXPECT_EQ(r.status().code(), Code::kInvalidArgument);
-    EXPECT_NE(r.status().message().find(c.says), std::string::npos)
-        << c.json << " -> " << r.status().message();
-  }
+  ExpectRefusals(cases);
+}
+
+constexpr char kTokenSpec[] = R"({"name": "lm", "input": "tokens", "vocab": 256, "max_len": 64,
+  "layers": [{"type": "embedding", "dim": 32}, {"type": "positions"},
+    {"type": "attention", "heads": 4, "rotary": true},
+    {"type": "residual_moe", "pre_norm": true, "uid_prefix": "ffn", "grid": [4, 4], "k_best": 2},
+    {"type": "layer_norm"}, {"type": "lm_head", "tied": true}]})";
+
+TEST(ModelSpecTest, ParsesATokenModelAndTracksWidths) {
+  Result<ModelSpec> spec = ParseModelSpec(kTokenSpec);
+  ASSERT_TRUE(spec.ok()) << spec.status().ToString();
+  EXPECT_EQ(spec->input, InputKind::kTokens);
+  EXPECT_EQ(spec->input_dim, 0);
+  EXPECT_EQ(spec->vocab, 256);
+  EXPECT_EQ(spec->max_len, 64);
+  const std::vector<LayerType> types = {LayerType::kEmbedding, LayerType::kPositions,
+                                        LayerType::kAttention, LayerType::kResidualMoe,
+                                        LayerType::kLayerNorm, LayerType::kLmHead};
+  ASSERT_EQ(spec->layers.size(), types.size());
+  for (size_t i = 0; i < types.size(); ++i) EXPECT_EQ(spec->layers[i].type, types[i]) << i;
+  EXPECT_EQ(spec->layers[0].in_features, 256);  // one token id out of the vocabulary
+  EXPECT_EQ(spec->layers[0].out, 32);
+  EXPECT_EQ(spec->layers[0].out_features, 32);
+  EXPECT_EQ(spec->layers[1].max_len, 64);
+  EXPECT_EQ(spec->layers[2].heads, 4);
+  EXPECT_TRUE(spec->layers[2].rotary);
+  EXPECT_EQ(spec->layers[2].out_features, 32);
+  EXPECT_TRUE(spec->layers[3].pre_norm);
+  EXPECT_EQ(spec->layers[3].in_features, 32);
+  EXPECT_TRUE(spec->layers[5].tied);
+  EXPECT_EQ(spec->layers[5].in_features, 32);
+  EXPECT_EQ(spec->output_dim(), 256);
+  EXPECT_EQ(spec->GridPrefixes(), (std::vector<std::string>{"ffn."}));
+  // embedding 256*32, positions 64*32, attention 4*32*32 + 6*32, gating 2*(33*4) + norm 2*32,
+  // layer_norm 2*32, tied head 0.
+  EXPECT_DOUBLE_EQ(spec->LocalParameterCount(),
+                   256 * 32 + 64 * 32 + (4 * 32 * 32 + 6 * 32) + (2 * 33 * 4 + 2 * 32) + 2 * 32);
+  Result<ModelSpec> again = ParseModelSpec(spec->ToJson());
+  ASSERT_TRUE(again.ok()) << again.status().ToString();
+  EXPECT_EQ(again->ToJson(), spec->ToJson());
+  EXPECT_EQ(again->input, InputKind::kTokens);
+  EXPECT_EQ(again->max_len, 64);
+  EXPECT_TRUE(again->layers[2].rotary);
+  EXPECT_TRUE(again->layers[3].pre_norm);
+  EXPECT_TRUE(again->layers[5].tied);
+}
+
+TEST(ModelSpecTest, AFeatureSpecReadsAsItAlwaysDid) {
+  Result<ModelSpec> spec = ParseModelSpec(kSpec);
+  ASSERT_TRUE(spec.ok()) << spec.status().ToString();
+  EXPECT_EQ(spec->input, InputKind::kFeatures);
+  EXPECT_FALSE(spec->layers[2].pre_norm);
+  // No field of a token model appears in a feature spec's JSON.
+  EXPECT_EQ(spec->ToJson().find("\"input\""), std::string::npos);
+  EXPECT_EQ(spec->ToJson().find("pre_norm"), std::string::npos);
+  // linear 784*64+64, gating 2*(65*4), layer_norm 2*64, linear 64*10+10: what the router counts.
+  EXPECT_DOUBLE_EQ(spec->LocalParameterCount(), 784 * 64 + 64 + 2 * 65 * 4 + 2 * 64 + 64 * 10 + 10);
+}
+
+TEST(ModelSpecTest, TheKjvExampleParses) {
+  std::ifstream in(std::string(DMOE_SOURCE_DIR) + "/examples/kjv_lm.json");
+  ASSERT_TRUE(in) << "examples/kjv_lm.json not found";
+  std::stringstream text;
+  text << in.rdbuf();
+  Result<ModelSpec> spec = ParseModelSpec(text.str());
+  ASSERT_TRUE(spec.ok()) << spec.status().ToString();
+  EXPECT_EQ(spec->input, InputKind::kTokens);
+  EXPECT_EQ(spec->vocab, 256);
+  EXPECT_EQ(spec->max_len, 128);
+  EXPECT_EQ(spec->output_dim(), 256);
+  EXPECT_EQ(spec->GridPrefixes(), (std::vector<std::string>{"ffn0.", "ffn1."}));
+}
+
+TEST(ModelSpecTest, TokenModelRefusalsNameTheLayerAndField) {
+  const std::string head = R"({"name":"m","input":"tokens","vocab":16,"max_len":8,"layers":[)";
+  const std::string emb = R"({"type":"embedding","dim":8})";
+  const std::string lm = R"({"type":"lm_head"})";
+  const std::vector<Refusal> cases = {
+      {R"({"name":"m","input":"text","vocab":16,"max_len":8,"layers":[{"type":"relu"}]})",
+       "'input' must be"},
+      {R"({"name":"m","input":"tokens","max_len":8,"layers":[{"type":"relu"}]})",
+       "missing 'vocab'"},
+      {R"({"name":"m","input":"tokens","vocab":16,"layers":[{"type":"relu"}]})",
+       "missing 'max_len'"},
+      {R"({"name":"m","input":"tokens","vocab":1,"max_len":8,"layers":[{"type":"relu"}]})",
+       "'vocab' is 1"},
+      {R"({"name":"m","input":"tokens","vocab":16,"max_len":8,"input_dim":4,"layers":[]})",
+       "unknown field 'input_dim'"},
+      {R"({"name":"m","input_dim":4,"vocab":16,"layers":[{"type":"relu"}]})",
+       "unknown field 'vocab'"},
+      {head + R"({"type":"relu"},)" + lm + "]}",
+       "layer 0: a token model's first layer must be 'embedding'"},
+      {head + emb + R"(,{"type":"relu"}]})",
+       "layer 1: a token model's last layer must be 'lm_head'"},
+      {head + emb + "," + emb + "," + lm + "]}", "layer 1: 'embedding' must be the first layer"},
+      {head + emb + "," + lm + "," + lm + "]}", "layer 1: 'lm_head' must be the last layer"},
+      {head + R"({"type":"embedding"},)" + lm + "]}", "layer 0: missing 'dim'"},
+      {head + emb + R"(,{"type":"attention","heads":3},)" + lm + "]}",
+       "layer 1: 'heads' is 3, which does not divide the width 8"},
+      {head + emb + R"(,{"type":"attention"},)" + lm + "]}", "layer 1: missing 'heads'"},
+      {head + emb + R"(,{"type":"attention","heads":8,"rotary":true},)" + lm + "]}",
+       "layer 1: 'rotary' needs an even head width (width / heads), not 1"},
+      {head + emb + R"(,{"type":"attention","heads":2,"rotary":"yes"},)" + lm + "]}",
+       "layer 1: 'rotary' must be true or false"},
+      {head + emb + R"(,{"type":"attention","heads":2,"causal":false},)" + lm + "]}",
+       "layer 1: unknown field 'causal'"},
+      {head + emb + R"(,{"type":"positions"},{"type":"positions"},)" + lm + "]}",
+       "layer 2: a model has at most one 'positions' layer"},
+      {head + emb + R"(,{"type":"positions","max_len":4},)" + lm + "]}",
+       "layer 1: unknown field 'max_len'"},
+      {head + emb + R"(,{"type":"linear","out":4},{"type":"lm_head","tied":true}]})",
+       "layer 2: a tied lm_head needs the embedding's width 8, not 4"},
+      {head + emb + R"(,{"type":"lm_head","tied":1}]})", "layer 1: 'tied' must be true or false"},
+      {head + emb + R"(,{"type":"moe","uid_prefix":"f","grid":[2],"pre_norm":true},)" + lm + "]}",
+       "layer 1: 'pre_norm' belongs to residual_moe"},
+      {R"({"name":"m","input_dim":4,"layers":[{"type":"attention","heads":2}]})",
+       "layer 0: 'attention' belongs to a token model"},
+      {R"({"name":"m","input_dim":4,"layers":[{"type":"relu"},{"type":"lm_head"}]})",
+       "layer 1: 'lm_head' belongs to a token model"},
+  };
+  ExpectRefusals(cases);
 }
 
 }  // namespace

@@ -37,7 +37,12 @@ std::vector<NamedTensor> SmallTensors(uint8_t fill) {
           MakeTensor("param/linear1.bias", DType::kBF16, {4}, fill + 2)};
 }
 
-std::unique_ptr<ExpertStore> OpenStore(const std::string& path, ExpertStoreOptions options = {}) {
+// Options on the real clock, for the tests that are not about time (the one that reads
+// created_unix_ms passes a FakeClock).
+ExpertStoreOptions RealClockOptions() { return {.clock = &RealClock::Instance()}; }
+
+std::unique_ptr<ExpertStore> OpenStore(const std::string& path,
+                                       ExpertStoreOptions options = RealClockOptions()) {
   auto store = ExpertStore::Open(path, options);
   EXPECT_TRUE(store.ok()) << store.status().ToString();
   return store.ok() ? std::move(*store) : nullptr;
@@ -63,8 +68,7 @@ int KeysOfVersion(Database& db, std::string_view uid, int64_t step) {
 TEST(ExpertStoreTest, SaveThenLoadLatestRoundTripsEveryField) {
   TempDir dir;
   FakeClock clock(1'700'000'123'456);
-  ExpertStoreOptions options;
-  options.clock = &clock;
+  ExpertStoreOptions options{.clock = &clock};
   auto store = OpenStore(dir.path(), options);
   const auto tensors = SmallTensors(7);
   const std::map<std::string, std::string> metadata = {{"schema", "ffn-v1"}, {"lr", "0.001"}};
@@ -121,7 +125,7 @@ TEST(ExpertStoreTest, LargeTensorsRoundTrip) {
 
 TEST(ExpertStoreTest, KeepsNewestNVersionsAndDeletesOlderOnes) {
   TempDir dir;
-  ExpertStoreOptions options;
+  ExpertStoreOptions options = RealClockOptions();
   options.keep_checkpoints = 2;
   auto store = OpenStore(dir.path(), options);
   for (int64_t step : {10, 20, 30, 40}) ASSERT_TRUE(Save(*store, "ffn.1", step).ok());
@@ -283,7 +287,7 @@ class CorruptionTest : public ::testing::Test {
     auto db = Database::Open(dir_.path());
     ASSERT_TRUE(db.ok()) << db.status().ToString();
     db_ = *db;
-    auto store = ExpertStore::Open(db_);
+    auto store = ExpertStore::Open(db_, RealClockOptions());
     ASSERT_TRUE(store.ok());
     store_ = std::move(*store);
     ASSERT_TRUE(store_->SaveCheckpoint("ffn.1", RefsOf(SmallTensors(4)), 3).ok());
@@ -406,7 +410,7 @@ TEST(ExpertStoreTest, SecondOpenOfTheSameDirectoryIsUnavailable) {
   auto first = OpenStore(dir.path());
   const std::string expected =
       "database " + dir.path() + " is in use by another process (lock held)";
-  auto second = ExpertStore::Open(dir.path());
+  auto second = ExpertStore::Open(dir.path(), RealClockOptions());
   ASSERT_FALSE(second.ok());
   EXPECT_EQ(second.status().code(), Code::kUnavailable);
   EXPECT_EQ(second.status().message(), expected);
@@ -415,13 +419,13 @@ TEST(ExpertStoreTest, SecondOpenOfTheSameDirectoryIsUnavailable) {
   EXPECT_EQ(kv.status().message(), expected);
 
   ASSERT_TRUE(first->Close().ok());
-  auto third = ExpertStore::Open(dir.path());
+  auto third = ExpertStore::Open(dir.path(), RealClockOptions());
   EXPECT_TRUE(third.ok()) << third.status().ToString();
 }
 
 TEST(ExpertStoreTest, OpenWithoutCreateOfAnEmptyDirectoryIsNotFound) {
   TempDir dir;
-  ExpertStoreOptions options;
+  ExpertStoreOptions options = RealClockOptions();
   options.create_if_missing = false;
   auto store = ExpertStore::Open(dir.Sub("absent"), options);
   EXPECT_EQ(store.status().code(), Code::kNotFound) << store.status().ToString();
@@ -429,9 +433,19 @@ TEST(ExpertStoreTest, OpenWithoutCreateOfAnEmptyDirectoryIsNotFound) {
 
 TEST(ExpertStoreTest, RefusesKeepCheckpointsBelowOne) {
   TempDir dir;
-  ExpertStoreOptions options;
+  ExpertStoreOptions options = RealClockOptions();
   options.keep_checkpoints = 0;
   EXPECT_EQ(ExpertStore::Open(dir.path(), options).status().code(), Code::kInvalidArgument);
+}
+
+TEST(ExpertStoreTest, RefusesAMissingClockBeforeTouchingTheDirectory) {
+  TempDir dir;
+  ExpertStoreOptions options;
+  auto store = ExpertStore::Open(dir.Sub("db"), options);
+  ASSERT_FALSE(store.ok());
+  EXPECT_EQ(store.status().code(), Code::kInvalidArgument);
+  EXPECT_NE(store.status().message().find("clock"), std::string::npos) << store.status().message();
+  EXPECT_FALSE(std::filesystem::exists(dir.Sub("db")));
 }
 
 TEST(ExpertStoreTest, CallsAfterCloseAreUnavailable) {
@@ -446,7 +460,7 @@ TEST(ExpertStoreTest, CallsAfterCloseAreUnavailable) {
 
 TEST(ExpertStoreTest, ConcurrentSavesAndLoadsSeeOnlyWholeCheckpoints) {
   TempDir dir;
-  ExpertStoreOptions options;
+  ExpertStoreOptions options = RealClockOptions();
   options.keep_checkpoints = 2;
   auto store = OpenStore(dir.path(), options);
   constexpr int kWriters = 3;

@@ -18,6 +18,7 @@
 #include "net/buffer_pool.h"
 #include "net/io_context.h"
 #include "router/router.h"
+#include "tests/testing/loopback_dht.h"
 
 namespace dmoe::testing {
 
@@ -42,15 +43,6 @@ class InProcessRouter final : public router::Router {
 };
 
 }  // namespace internal
-
-// A DHT node on a free loopback UDP port, joining through `bootstrap` (none: alone).
-inline dht::DhtOptions LoopbackDhtOptions(std::vector<std::string> bootstrap = {}) {
-  dht::DhtOptions options;
-  options.clock = &RealClock::Instance();
-  options.listen = "127.0.0.1:0";
-  options.bootstrap = std::move(bootstrap);
-  return options;
-}
 
 // Starts the DHT node (`dht_options`, always a client node, whose identity becomes
 // options.identity, a fresh one when neither is set), waits up to 5 s for it to join its bootstrap
