@@ -85,8 +85,6 @@ bool IsWireFloat(at::ScalarType t) {
   return t == at::kFloat || t == at::kHalf || t == at::kBFloat16;
 }
 
-bool AllFinite(const at::Tensor& t) { return at::isfinite(t).all().item<bool>(); }
-
 std::string ShapeString(const at::Tensor& t) {
   std::string s = "[";
   for (int64_t i = 0; i < t.dim(); ++i) s += (i ? ", " : "") + std::to_string(t.size(i));
@@ -101,6 +99,8 @@ std::mutex& SeedMutex() {
 }
 
 }  // namespace
+
+bool AllFinite(const at::Tensor& t) { return at::isfinite(t).all().item<bool>(); }
 
 ExpertRegistry ExpertRegistry::WithBuiltins() {
   ExpertRegistry r;

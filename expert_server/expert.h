@@ -54,6 +54,10 @@ class ExpertRegistry {
 using NamedTensors = std::vector<std::pair<std::string, at::Tensor>>;
 
 // One hosted expert: module, optimizer, step.
+// Whether every element of `t` is finite (no NaN, no Inf): what an expert and its runtime check
+// before a gradient may change a weight.
+bool AllFinite(const at::Tensor& t);
+
 class Expert {
  public:
   static Result<std::unique_ptr<Expert>> Create(const ExpertRegistry& registry, std::string uid,

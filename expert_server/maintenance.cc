@@ -6,21 +6,25 @@
 namespace dmoe::expert_server {
 
 MaintenanceTimers::MaintenanceTimers(int64_t now_us, std::optional<int64_t> checkpoint_every_us,
-                                     std::optional<int64_t> announce_every_us) {
-  if (checkpoint_every_us) checkpoint_ = Timer{*checkpoint_every_us, now_us + *checkpoint_every_us};
-  if (announce_every_us) announce_ = Timer{*announce_every_us, now_us + *announce_every_us};
+                                     std::optional<int64_t> announce_every_us)
+    : checkpoint_(Every(now_us, checkpoint_every_us)),
+      announce_(Every(now_us, announce_every_us)) {}
+
+MaintenanceTimers::Timer MaintenanceTimers::Every(int64_t now_us, std::optional<int64_t> every_us) {
+  if (!every_us) return Timer{};
+  return Timer{true, *every_us, now_us + *every_us};
 }
 
 int64_t MaintenanceTimers::next_due_us() const {
   int64_t due = std::numeric_limits<int64_t>::max();
-  if (checkpoint_) due = std::min(due, checkpoint_->due_us);
-  if (announce_) due = std::min(due, announce_->due_us);
+  if (checkpoint_.on) due = std::min(due, checkpoint_.due_us);
+  if (announce_.on) due = std::min(due, announce_.due_us);
   return due;
 }
 
-bool MaintenanceTimers::Take(std::optional<Timer>& timer, int64_t now_us) {
-  if (!timer || now_us < timer->due_us) return false;
-  timer->due_us = now_us + timer->every_us;
+bool MaintenanceTimers::Take(Timer& timer, int64_t now_us) {
+  if (!timer.on || now_us < timer.due_us) return false;
+  timer.due_us = now_us + timer.every_us;
   return true;
 }
 

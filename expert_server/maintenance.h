@@ -29,15 +29,19 @@ class MaintenanceTimers {
   Due TakeDue(int64_t now_us);
 
  private:
+  // A job that never runs when off. (A plain flag rather than std::optional<Timer>: GCC 12 warns,
+  // wrongly, that an engaged optional's fields may be read uninitialized once inlined elsewhere.)
   struct Timer {
+    bool on = false;
     int64_t every_us = 0;
     int64_t due_us = 0;
   };
-  // True when `timer` is due at `now_us`, which then reschedules it.
-  static bool Take(std::optional<Timer>& timer, int64_t now_us);
+  static Timer Every(int64_t now_us, std::optional<int64_t> every_us);
+  // True when `timer` is on and due at `now_us`, which then reschedules it.
+  static bool Take(Timer& timer, int64_t now_us);
 
-  std::optional<Timer> checkpoint_;
-  std::optional<Timer> announce_;
+  Timer checkpoint_;
+  Timer announce_;
 };
 
 }  // namespace dmoe::expert_server

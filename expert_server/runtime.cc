@@ -43,8 +43,6 @@ bool Compatible(const Task& a, const Task& b) {
          a.x.sizes().slice(1) == b.x.sizes().slice(1) && a.mask.has_value() == b.mask.has_value();
 }
 
-bool AllFinite(const at::Tensor& t) { return at::isfinite(t).all().item<bool>(); }
-
 }  // namespace
 
 Runtime::Runtime(std::vector<std::unique_ptr<Expert>> experts, RuntimeOptions options)

@@ -56,7 +56,7 @@ Status FromRocks(const rocksdb::Status& s, const std::string& path, std::string_
   return InternalError(std::string(what) + " in database " + path + " failed: " + detail);
 }
 
-Status ClosedError() { return UnavailableError("the database is closed"); }
+Status DatabaseClosedError() { return UnavailableError("the database is closed"); }
 
 rocksdb::ColumnFamilyOptions FamilyOptions(std::string_view name) {
   rocksdb::ColumnFamilyOptions options;
@@ -125,7 +125,7 @@ Status Database::WriteBatch::Put(ColumnFamily cf, std::string_view key, std::str
 
 Status Database::WriteBatch::Put(ColumnFamily cf, std::string_view key,
                                  std::span<const uint8_t> value) {
-  if (rep_->db->db == nullptr) return ClosedError();
+  if (rep_->db->db == nullptr) return DatabaseClosedError();
   if (value.size() >= std::numeric_limits<uint32_t>::max()) {
     return InvalidArgumentError("a value of " + std::to_string(value.size()) +
                                 " bytes is too large; the database holds values below 4 GiB");
@@ -135,14 +135,14 @@ Status Database::WriteBatch::Put(ColumnFamily cf, std::string_view key,
 }
 
 Status Database::WriteBatch::Delete(ColumnFamily cf, std::string_view key) {
-  if (rep_->db->db == nullptr) return ClosedError();
+  if (rep_->db->db == nullptr) return DatabaseClosedError();
   return FromRocks(rep_->batch.Delete(rep_->db->Family(cf), ToSlice(key)), rep_->db->path,
                    "adding a delete to a write batch");
 }
 
 Status Database::WriteBatch::DeleteRange(ColumnFamily cf, std::string_view begin,
                                          std::string_view end) {
-  if (rep_->db->db == nullptr) return ClosedError();
+  if (rep_->db->db == nullptr) return DatabaseClosedError();
   return FromRocks(rep_->batch.DeleteRange(rep_->db->Family(cf), ToSlice(begin), ToSlice(end)),
                    rep_->db->path, "adding a range delete to a write batch");
 }
@@ -241,7 +241,7 @@ rocksdb::ReadOptions ReadOptionsAt(const rocksdb::Snapshot* snapshot) {
 
 Result<std::string> Database::Get(ColumnFamily cf, std::string_view key,
                                   const Snapshot* snapshot) const {
-  if (rep_->db == nullptr) return ClosedError();
+  if (rep_->db == nullptr) return DatabaseClosedError();
   std::string value;
   rocksdb::Status s = rep_->db->Get(ReadOptionsAt(snapshot ? snapshot->rep_->snapshot : nullptr),
                                     rep_->Family(cf), ToSlice(key), &value);
@@ -252,7 +252,7 @@ Result<std::string> Database::Get(ColumnFamily cf, std::string_view key,
 
 Result<std::vector<uint8_t>> Database::GetBytes(ColumnFamily cf, std::string_view key,
                                                 const Snapshot* snapshot) const {
-  if (rep_->db == nullptr) return ClosedError();
+  if (rep_->db == nullptr) return DatabaseClosedError();
   rocksdb::PinnableSlice value;
   rocksdb::Status s = rep_->db->Get(ReadOptionsAt(snapshot ? snapshot->rep_->snapshot : nullptr),
                                     rep_->Family(cf), ToSlice(key), &value);
@@ -265,7 +265,7 @@ Result<std::vector<uint8_t>> Database::GetBytes(ColumnFamily cf, std::string_vie
 Status Database::Scan(ColumnFamily cf, std::string_view prefix,
                       const std::function<bool(std::string_view, std::string_view)>& visit,
                       const Snapshot* snapshot) const {
-  if (rep_->db == nullptr) return ClosedError();
+  if (rep_->db == nullptr) return DatabaseClosedError();
   rocksdb::ReadOptions read_options = ReadOptionsAt(snapshot ? snapshot->rep_->snapshot : nullptr);
   // The upper bound lets RocksDB stop at the end of the prefix instead of reading the next block.
   const std::string end = PrefixSuccessor(prefix);
@@ -281,7 +281,7 @@ Status Database::Scan(ColumnFamily cf, std::string_view prefix,
 }
 
 Status Database::Write(WriteBatch& batch, bool sync) {
-  if (rep_->db == nullptr) return ClosedError();
+  if (rep_->db == nullptr) return DatabaseClosedError();
   if (batch.rep_->db != rep_.get()) {
     return InternalError("a write batch was applied to a database it was not made for");
   }

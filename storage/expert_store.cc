@@ -10,7 +10,7 @@
 namespace dmoe::storage {
 namespace {
 
-Status ClosedError() { return UnavailableError("the expert store is closed"); }
+Status StoreClosedError() { return UnavailableError("the expert store is closed"); }
 
 Status ValidateUid(std::string_view uid) {
   Result<ExpertUid> parsed = ParseExpertUid(uid);
@@ -198,7 +198,7 @@ Status ExpertStore::Close() {
 Status ExpertStore::SaveCheckpoint(std::string_view uid,
                                    const std::vector<safetensors::TensorRef>& tensors, int64_t step,
                                    const std::map<std::string, std::string>& metadata) {
-  if (db_ == nullptr) return ClosedError();
+  if (db_ == nullptr) return StoreClosedError();
   DMOE_RETURN_IF_ERROR(ValidateSave(uid, tensors, step, metadata));
   // Hashing is the slow part; it needs no lock.
   const std::string manifest =
@@ -238,7 +238,7 @@ Status ExpertStore::SaveCheckpoint(std::string_view uid,
 }
 
 Result<Checkpoint> ExpertStore::LoadLatest(std::string_view uid) const {
-  if (db_ == nullptr) return ClosedError();
+  if (db_ == nullptr) return StoreClosedError();
   DMOE_RETURN_IF_ERROR(ValidateUid(uid));
   std::unique_ptr<Database::Snapshot> snapshot = db_->NewSnapshot();
   DMOE_ASSIGN_OR_RETURN(std::vector<int64_t> steps, ReadSteps(*db_, uid, snapshot.get()));
@@ -250,7 +250,7 @@ Result<Checkpoint> ExpertStore::LoadLatest(std::string_view uid) const {
 }
 
 Result<Checkpoint> ExpertStore::Load(std::string_view uid, int64_t step) const {
-  if (db_ == nullptr) return ClosedError();
+  if (db_ == nullptr) return StoreClosedError();
   DMOE_RETURN_IF_ERROR(ValidateUid(uid));
   std::unique_ptr<Database::Snapshot> snapshot = db_->NewSnapshot();
   DMOE_ASSIGN_OR_RETURN(std::vector<int64_t> steps, ReadSteps(*db_, uid, snapshot.get()));
@@ -263,7 +263,7 @@ Result<Checkpoint> ExpertStore::Load(std::string_view uid, int64_t step) const {
 }
 
 Result<std::vector<int64_t>> ExpertStore::Steps(std::string_view uid) const {
-  if (db_ == nullptr) return ClosedError();
+  if (db_ == nullptr) return StoreClosedError();
   DMOE_RETURN_IF_ERROR(ValidateUid(uid));
   return ReadSteps(*db_, uid, nullptr);
 }
@@ -309,7 +309,7 @@ Result<Checkpoint> ExpertStore::LoadVersion(const Database::Snapshot& snapshot,
 }
 
 Result<std::vector<ExpertSummary>> ExpertStore::ListExperts() const {
-  if (db_ == nullptr) return ClosedError();
+  if (db_ == nullptr) return StoreClosedError();
   std::vector<ExpertSummary> experts;
   Status decode_error;
   DMOE_RETURN_IF_ERROR(
@@ -329,7 +329,7 @@ Result<std::vector<ExpertSummary>> ExpertStore::ListExperts() const {
 }
 
 Status ExpertStore::DeleteExpert(std::string_view uid) {
-  if (db_ == nullptr) return ClosedError();
+  if (db_ == nullptr) return StoreClosedError();
   DMOE_RETURN_IF_ERROR(ValidateUid(uid));
   std::lock_guard<std::mutex> lock(write_mu_);
   DMOE_ASSIGN_OR_RETURN(std::vector<int64_t> steps, ReadSteps(*db_, uid, nullptr));

@@ -13,17 +13,9 @@
 namespace dmoe::dht {
 namespace {
 
+using testing::SimOptions;
+using testing::Span;
 using testing::TestIdentity;
-
-NodeOptions SimOptions() {
-  NodeOptions o;
-  o.network = "sim";
-  return o;
-}
-
-std::span<const uint8_t> Span(const std::string& s) {
-  return {reinterpret_cast<const uint8_t*>(s.data()), s.size()};
-}
 
 // The address `node`'s routing table holds for `id`, or "none".
 std::string TableAddress(SimNetwork& net, size_t node, const NodeId& id) {

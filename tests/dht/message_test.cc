@@ -10,6 +10,8 @@
 namespace dmoe::dht {
 namespace {
 
+using testing::Span;
+
 Message Header(MessageType type) {
   Message m;
   m.type = type;
@@ -17,10 +19,6 @@ Message Header(MessageType type) {
   m.network = "dmoe";
   m.sender = testing::TestIdentity(1).public_key();
   return m;
-}
-
-std::span<const uint8_t> Span(const std::string& s) {
-  return {reinterpret_cast<const uint8_t*>(s.data()), s.size()};
 }
 
 TEST(MessageTest, FindNodeRoundTrips) {

@@ -12,13 +12,8 @@ namespace {
 
 using testing::BuildNetwork;
 using testing::SimGet;
+using testing::SimOptions;
 using testing::TestIdentity;
-
-NodeOptions SimOptions() {
-  NodeOptions o;
-  o.network = "sim";
-  return o;
-}
 
 // A raw endpoint that sends hand-made messages to a node and keeps the answers.
 class Prober {

@@ -15,13 +15,8 @@ namespace {
 
 using testing::BuildNetwork;
 using testing::SimGet;
+using testing::SimOptions;
 using testing::SimPut;
-
-NodeOptions SimOptions() {
-  NodeOptions o;
-  o.network = "sim";
-  return o;
-}
 
 TEST(SimTest, LookupFindsTrueKClosestForMostTargets) {
   SimNetwork net(11);

@@ -5,6 +5,7 @@
 #include <array>
 #include <cstdint>
 #include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -18,6 +19,18 @@ inline Identity TestIdentity(uint8_t n) {
   seed[0] = n;
   seed[1] = 0x5a;
   return Identity::FromSeed(seed);
+}
+
+// Options of a node on a simulated network of its own ("sim"), all limits at their defaults.
+inline NodeOptions SimOptions() {
+  NodeOptions o;
+  o.network = "sim";
+  return o;
+}
+
+// The bytes of `s`, for the decoders.
+inline std::span<const uint8_t> Span(const std::string& s) {
+  return {reinterpret_cast<const uint8_t*>(s.data()), s.size()};
 }
 
 // Builds `n` nodes; node 0 starts alone and each later node bootstraps from a random earlier one.

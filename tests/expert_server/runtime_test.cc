@@ -17,11 +17,11 @@
 namespace dmoe::expert_server {
 namespace {
 
-constexpr int64_t kDim = 8;
+constexpr int64_t kExpertDim = 8;
 
 std::unique_ptr<Expert> MakeExpert(const std::string& uid) {
   ExpertConfig config;
-  config.hidden_dim = kDim;
+  config.hidden_dim = kExpertDim;
   config.seed = 3;
   return std::move(Expert::Create(ExpertRegistry::WithBuiltins(), uid, config, OptimizerOptions{}))
       .value();
@@ -68,7 +68,7 @@ TEST(RuntimeTest, ConcurrentRequestsMergeIntoOneBatchAndSplitBack) {
   std::vector<at::Tensor> xs;
   std::vector<Answer> answers(8);
   for (int i = 0; i < 8; ++i) {
-    xs.push_back(at::randn({4, kDim}));
+    xs.push_back(at::randn({4, kExpertDim}));
     ASSERT_TRUE(rt->Submit("ffn.0", ForwardTask(xs.back(), answers[i])).ok());
   }
   rt->Start();
@@ -100,7 +100,7 @@ TEST(RuntimeTest, ATaskThatWaitedThroughABatchWaitsForThatBatchsRequesters) {
   std::condition_variable cv;
   int forwards_answered = 0;
   auto requester = [&](int i) {
-    Task t = ForwardTask(at::randn({4, kDim}), forward[i]);
+    Task t = ForwardTask(at::randn({4, kExpertDim}), forward[i]);
     t.done = [&, i](Result<TaskResult> r) {
       forward[i].promise.set_value(std::move(r));
       std::lock_guard<std::mutex> lock(mu);
@@ -111,8 +111,8 @@ TEST(RuntimeTest, ATaskThatWaitedThroughABatchWaitsForThatBatchsRequesters) {
   };
   ASSERT_TRUE(rt->Submit("ffn.0", requester(0)).ok());
   ASSERT_TRUE(rt->Submit("ffn.0", requester(1)).ok());
-  ASSERT_TRUE(rt->Submit("ffn.0", BackwardTask(at::randn({4, kDim}), at::randn({4, kDim}) * 1e-3,
-                                               backward[0]))
+  ASSERT_TRUE(rt->Submit("ffn.0", BackwardTask(at::randn({4, kExpertDim}),
+                                               at::randn({4, kExpertDim}) * 1e-3, backward[0]))
                   .ok());
   // S is now older than the batch timeout, so the plain timeout rule would run it the moment the
   // forward batch is done. (The fake clock stands still from here: only arrivals end a wait.)
@@ -124,8 +124,8 @@ TEST(RuntimeTest, ATaskThatWaitedThroughABatchWaitsForThatBatchsRequesters) {
         cv.wait_for(lock, std::chrono::seconds(30), [&] { return forwards_answered == 2; }));
     lock.unlock();
     for (int i = 1; i <= 2; ++i) {
-      EXPECT_TRUE(rt->Submit("ffn.0", BackwardTask(at::randn({4, kDim}),
-                                                   at::randn({4, kDim}) * 1e-3, backward[i]))
+      EXPECT_TRUE(rt->Submit("ffn.0", BackwardTask(at::randn({4, kExpertDim}),
+                                                   at::randn({4, kExpertDim}) * 1e-3, backward[i]))
                       .ok());
     }
   });
@@ -143,7 +143,7 @@ TEST(RuntimeTest, BatchesNeverExceedMaxBatchSize) {
   auto rt = MakeRuntime(options);
   std::vector<Answer> answers(8);
   for (int i = 0; i < 8; ++i)
-    ASSERT_TRUE(rt->Submit("ffn.0", ForwardTask(at::randn({4, kDim}), answers[i])).ok());
+    ASSERT_TRUE(rt->Submit("ffn.0", ForwardTask(at::randn({4, kExpertDim}), answers[i])).ok());
   rt->Start();
   for (auto& a : answers) ASSERT_TRUE(a.Get().ok());
   EXPECT_EQ(rt->stats().batches, 4);
@@ -154,9 +154,9 @@ TEST(RuntimeTest, RefusesPastTheQueueLimitWithoutCallingDone) {
   options.max_queue = 10;
   auto rt = MakeRuntime(options);
   std::vector<Answer> answers(3);
-  ASSERT_TRUE(rt->Submit("ffn.0", ForwardTask(at::randn({4, kDim}), answers[0])).ok());
-  ASSERT_TRUE(rt->Submit("ffn.0", ForwardTask(at::randn({4, kDim}), answers[1])).ok());
-  Status s = rt->Submit("ffn.0", ForwardTask(at::randn({4, kDim}), answers[2]));
+  ASSERT_TRUE(rt->Submit("ffn.0", ForwardTask(at::randn({4, kExpertDim}), answers[0])).ok());
+  ASSERT_TRUE(rt->Submit("ffn.0", ForwardTask(at::randn({4, kExpertDim}), answers[1])).ok());
+  Status s = rt->Submit("ffn.0", ForwardTask(at::randn({4, kExpertDim}), answers[2]));
   EXPECT_EQ(s.code(), Code::kResourceExhausted);
   EXPECT_EQ(rt->stats().refused_overload, 1);
   EXPECT_DOUBLE_EQ(rt->load(), 0.8);
@@ -170,7 +170,7 @@ TEST(RuntimeTest, RefusesPastTheQueueLimitWithoutCallingDone) {
 TEST(RuntimeTest, SequenceExpertQueueCountsTokens) {
   ExpertConfig config;
   config.type = "transformer";
-  config.hidden_dim = kDim;
+  config.hidden_dim = kExpertDim;
   auto expert = Expert::Create(ExpertRegistry::WithBuiltins(), "tf.0", config, OptimizerOptions{});
   ASSERT_TRUE(expert.ok()) << expert.status().ToString();
   std::vector<std::unique_ptr<Expert>> experts;
@@ -181,9 +181,9 @@ TEST(RuntimeTest, SequenceExpertQueueCountsTokens) {
   Runtime rt(std::move(experts), options);
   std::vector<Answer> answers(3);
   // 2 samples of 10 tokens each: 20 tokens, twice fits 40.
-  ASSERT_TRUE(rt.Submit("tf.0", ForwardTask(at::randn({2, 10, kDim}), answers[0])).ok());
-  ASSERT_TRUE(rt.Submit("tf.0", ForwardTask(at::randn({2, 10, kDim}), answers[1])).ok());
-  Status s = rt.Submit("tf.0", ForwardTask(at::randn({1, 2, kDim}), answers[2]));
+  ASSERT_TRUE(rt.Submit("tf.0", ForwardTask(at::randn({2, 10, kExpertDim}), answers[0])).ok());
+  ASSERT_TRUE(rt.Submit("tf.0", ForwardTask(at::randn({2, 10, kExpertDim}), answers[1])).ok());
+  Status s = rt.Submit("tf.0", ForwardTask(at::randn({1, 2, kExpertDim}), answers[2]));
   EXPECT_EQ(s.code(), Code::kResourceExhausted);
   EXPECT_NE(s.message().find("40 tokens queued"), std::string::npos) << s.ToString();
   EXPECT_DOUBLE_EQ(rt.load(), 1.0);
@@ -196,19 +196,20 @@ TEST(RuntimeTest, SequenceExpertQueueCountsTokens) {
 TEST(RuntimeTest, RefusesUnknownUidAndBadSchemaSynchronously) {
   auto rt = MakeRuntime(RuntimeOptions{});
   Answer a, b;
-  EXPECT_EQ(rt->Submit("ffn.9", ForwardTask(at::randn({1, kDim}), a)).code(), Code::kNotFound);
-  EXPECT_EQ(rt->Submit("ffn.0", ForwardTask(at::randn({1, kDim + 1}), b)).code(),
+  EXPECT_EQ(rt->Submit("ffn.9", ForwardTask(at::randn({1, kExpertDim}), a)).code(),
+            Code::kNotFound);
+  EXPECT_EQ(rt->Submit("ffn.0", ForwardTask(at::randn({1, kExpertDim + 1}), b)).code(),
             Code::kInvalidArgument);
 }
 
 TEST(RuntimeTest, NanTaskIsRefusedAloneAndTheRestOfItsBatchSteps) {
   auto rt = MakeRuntime(RuntimeOptions{});
   Answer good, bad;
-  at::Tensor g = at::randn({2, kDim});
+  at::Tensor g = at::randn({2, kExpertDim});
   at::Tensor nan_g = g.clone();
   nan_g[0][0] = std::numeric_limits<float>::quiet_NaN();
-  ASSERT_TRUE(rt->Submit("ffn.0", BackwardTask(at::randn({2, kDim}), g, good)).ok());
-  ASSERT_TRUE(rt->Submit("ffn.0", BackwardTask(at::randn({2, kDim}), nan_g, bad)).ok());
+  ASSERT_TRUE(rt->Submit("ffn.0", BackwardTask(at::randn({2, kExpertDim}), g, good)).ok());
+  ASSERT_TRUE(rt->Submit("ffn.0", BackwardTask(at::randn({2, kExpertDim}), nan_g, bad)).ok());
   rt->Start();
   Result<TaskResult> ok = good.Get();
   ASSERT_TRUE(ok.ok()) << ok.status().ToString();
@@ -225,18 +226,21 @@ TEST(RuntimeTest, RefusesStaleGradients) {
   rt->Start();
   for (int i = 0; i < 3; ++i) {
     Answer a;
-    ASSERT_TRUE(
-        rt->Submit("ffn.0", BackwardTask(at::randn({1, kDim}), at::randn({1, kDim}), a, i)).ok());
+    ASSERT_TRUE(rt->Submit("ffn.0", BackwardTask(at::randn({1, kExpertDim}),
+                                                 at::randn({1, kExpertDim}), a, i))
+                    .ok());
     ASSERT_TRUE(a.Get().ok());
   }
   Answer stale, fresh;
-  ASSERT_TRUE(
-      rt->Submit("ffn.0", BackwardTask(at::randn({1, kDim}), at::randn({1, kDim}), stale, 1)).ok());
+  ASSERT_TRUE(rt->Submit("ffn.0", BackwardTask(at::randn({1, kExpertDim}),
+                                               at::randn({1, kExpertDim}), stale, 1))
+                  .ok());
   Result<TaskResult> r = stale.Get();
   EXPECT_EQ(r.status().code(), Code::kInvalidArgument);
   EXPECT_NE(r.status().message().find("stale"), std::string::npos);
-  ASSERT_TRUE(
-      rt->Submit("ffn.0", BackwardTask(at::randn({1, kDim}), at::randn({1, kDim}), fresh, 2)).ok());
+  ASSERT_TRUE(rt->Submit("ffn.0", BackwardTask(at::randn({1, kExpertDim}),
+                                               at::randn({1, kExpertDim}), fresh, 2))
+                  .ok());
   EXPECT_TRUE(fresh.Get().ok());
   EXPECT_EQ(rt->stats().refused_stale, 1);
   EXPECT_EQ(rt->step("ffn.0"), 4);
@@ -245,11 +249,12 @@ TEST(RuntimeTest, RefusesStaleGradients) {
 TEST(RuntimeTest, StopFailsQueuedTasksWithUnavailable) {
   auto rt = MakeRuntime(RuntimeOptions{});
   Answer a;
-  ASSERT_TRUE(rt->Submit("ffn.0", ForwardTask(at::randn({1, kDim}), a)).ok());
+  ASSERT_TRUE(rt->Submit("ffn.0", ForwardTask(at::randn({1, kExpertDim}), a)).ok());
   rt->Stop();
   EXPECT_EQ(a.Get().status().code(), Code::kUnavailable);
   Answer b;
-  EXPECT_EQ(rt->Submit("ffn.0", ForwardTask(at::randn({1, kDim}), b)).code(), Code::kUnavailable);
+  EXPECT_EQ(rt->Submit("ffn.0", ForwardTask(at::randn({1, kExpertDim}), b)).code(),
+            Code::kUnavailable);
 }
 
 TEST(RuntimeTest, RunExclusiveSeesEveryExpert) {

@@ -36,7 +36,7 @@ using gating::Swarm;
 using gating::SwarmOptions;
 using integration::ServerProcess;
 
-constexpr int64_t kDim = 64;  // integration::SwarmServerArgs' experts
+constexpr int64_t kSwarmDim = 64;  // integration::SwarmServerArgs' experts
 
 // The public key a server proves at `endpoint`.
 PublicKey ProvenKeyAt(const std::string& endpoint) {
@@ -94,7 +94,7 @@ class AuthRecordsTest : public ::testing::Test {
   // endpoints chosen, and adds requests and answers to the counts.
   std::multiset<std::string> Run(const std::shared_ptr<Swarm>& swarm, int passes, int64_t* requests,
                                  int64_t* answered, int64_t width = 4) {
-    RemoteMixtureOfExperts moe(RemoteMixtureOfExpertsOptions(kDim, {1, width})
+    RemoteMixtureOfExperts moe(RemoteMixtureOfExpertsOptions(kSwarmDim, {1, width})
                                    .k_best(4)
                                    .k_min(1)
                                    .forward_timeout(10s)
@@ -103,7 +103,7 @@ class AuthRecordsTest : public ::testing::Test {
                                swarm);
     std::multiset<std::string> chosen;
     for (int i = 0; i < passes; ++i) {
-      at::Tensor y = moe(at::randn({8, kDim}));
+      at::Tensor y = moe(at::randn({8, kSwarmDim}));
       EXPECT_TRUE(at::isfinite(y).all().item<bool>());
       for (const auto& row : moe->last_routing().chosen)
         for (const gating::ExpertChoice& c : row) chosen.insert(c.endpoint);

@@ -20,7 +20,7 @@ namespace dmoe::hostile {
 namespace {
 
 using namespace std::chrono_literals;
-constexpr int64_t kDim = 16;
+constexpr int64_t kGatingDim = 16;
 
 // expert/ffn.0 at `honest`, expert/ffn.1 at `rogue`, and the grid row that lists both, each
 // published under the key its endpoint proves (docs/protocol.md section 4).
@@ -42,9 +42,9 @@ gating::ExpertDirectory::FetchFn Directory(const std::string& honest, const Publ
   };
   put("prefix/ffn.", "0", dht::PrefixEntry{"ffn.0", honest_id}.ToJson(), honest_key);
   put("prefix/ffn.", "1", dht::PrefixEntry{"ffn.1", rogue_id}.ToJson(), rogue_key);
-  put("expert/ffn.0", honest_id, dht::ExpertAnnouncement{honest, 0, 0, "ffn", kDim}.ToJson(),
+  put("expert/ffn.0", honest_id, dht::ExpertAnnouncement{honest, 0, 0, "ffn", kGatingDim}.ToJson(),
       honest_key);
-  put("expert/ffn.1", rogue_id, dht::ExpertAnnouncement{rogue, 0, 0, "ffn", kDim}.ToJson(),
+  put("expert/ffn.1", rogue_id, dht::ExpertAnnouncement{rogue, 0, 0, "ffn", kGatingDim}.ToJson(),
       rogue_key);
   return [keys](std::vector<std::string> wanted, std::chrono::milliseconds,
                 std::function<void(gating::ExpertDirectory::KeyResults)> done) {
@@ -72,7 +72,7 @@ class PoisonGatingTest : public ::testing::TestWithParam<RogueAnswer> {
     o.identity = identity;
     o.clock = &RealClock::Instance();
     o.uids = {"ffn.0"};
-    o.expert.hidden_dim = kDim;
+    o.expert.hidden_dim = kGatingDim;
     o.expert.seed = 3;
     o.optimizer.kind = expert_server::OptimizerKind::kSgd;
     o.optimizer.lr = 1e-30;  // the weights stay put, so every forward answers alike
@@ -92,7 +92,7 @@ PublicKey PoisonGatingTest::honest_key_{};
 expert_server::ExpertServer* PoisonGatingTest::honest_ = nullptr;
 
 TEST_P(PoisonGatingTest, RefusedAnswersLeaveTheOutputHonestAndCountAgainstTheRogue) {
-  auto rogue = RogueServer::Start({GetParam(), {"ffn.1"}, kDim, ""});
+  auto rogue = RogueServer::Start({GetParam(), {"ffn.1"}, kGatingDim, ""});
   ASSERT_TRUE(rogue.ok()) << rogue.status().ToString();
   gating::SwarmOptions swarm_options;
   swarm_options.health.ban_base = 60'000ms;  // once banned, the rogue stays out for the test
@@ -100,7 +100,7 @@ TEST_P(PoisonGatingTest, RefusedAnswersLeaveTheOutputHonestAndCountAgainstTheRog
       Directory(honest_->endpoint(), honest_key_, (*rogue)->endpoint(),
                 (*rogue)->identity().public_key()),
       RealClock::Instance(), swarm_options);
-  gating::RemoteMixtureOfExperts moe(gating::RemoteMixtureOfExpertsOptions(kDim, {2})
+  gating::RemoteMixtureOfExperts moe(gating::RemoteMixtureOfExpertsOptions(kGatingDim, {2})
                                          .k_best(2)
                                          .k_min(1)
                                          .forward_timeout(3000ms)
@@ -109,7 +109,7 @@ TEST_P(PoisonGatingTest, RefusedAnswersLeaveTheOutputHonestAndCountAgainstTheRog
   torch::NoGradGuard no_grad;
   at::manual_seed(4);
   for (int round = 0; round < 4; ++round) {
-    at::Tensor x = at::randn({6, kDim});
+    at::Tensor x = at::randn({6, kGatingDim});
     at::Tensor y = moe->forward(x);
     ASSERT_TRUE(at::isfinite(y).all().item<bool>()) << RogueAnswerName(GetParam());
     // Only the honest expert (layer norm: |y| <= sqrt(16) with unit gamma) contributes.

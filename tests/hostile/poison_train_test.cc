@@ -26,7 +26,7 @@ namespace {
 
 using namespace std::chrono_literals;
 
-constexpr char kSpec[] = R"({"name": "fmnist", "input_dim": 784, "layers": [
+constexpr char kFmnistSpec[] = R"({"name": "fmnist", "input_dim": 784, "layers": [
   {"type": "linear", "out": 64}, {"type": "relu"},
   {"type": "residual_moe", "uid_prefix": "ffn", "grid": [4, 4], "k_best": 4, "k_min": 1,
    "forward_timeout_ms": 3000, "timeout_after_k_min_ms": 150, "backward_k_min": 1,
@@ -78,7 +78,7 @@ TEST(PoisonTrainTest, RoguesBesideAnHonestServerNeverPoisonTrainingOrWhatIsKept)
   ASSERT_TRUE(router.ok()) << router.status().ToString();
   const std::string router_url = router->endpoint;
 
-  const std::string spec = dir.WriteFile("spec.json", kSpec);
+  const std::string spec = dir.WriteFile("spec.json", kFmnistSpec);
   testing::RunResult train = testing::Run({DMOE_TRAIN_BINARY,
                                            "--model",
                                            spec,

@@ -38,12 +38,12 @@ constexpr char kSpec[] = R"({"name": "slow", "input_dim": 4, "layers": [
    "forward_timeout_ms": 1500, "timeout_after_k_min_ms": 200}]})";
 constexpr int kQueue = 2;
 
-struct Answer {
+struct InferAnswer {
   net::Response response;
   double seconds = 0;
 };
 
-Answer Infer(const std::string& router) {
+InferAnswer Infer(const std::string& router) {
   const auto start = Clock::now();
   const std::string json = nlohmann::json({{"inputs", {{0.1, 0.2, 0.3, 0.4}}}}).dump();
   auto r = net::Fetch("POST", router + "/v1/models/slow/infer",
@@ -101,7 +101,7 @@ TEST(RouterQueueTest, AFullInferenceQueueAnswers503AtOnceAndFreesWhenWorkEnds) {
 
   // Two inferences take the queue's places and wait on the stalling expert; four more come while
   // they wait.
-  std::vector<std::future<Answer>> first;
+  std::vector<std::future<InferAnswer>> first;
   for (int i = 0; i < kQueue; ++i) {
     first.push_back(std::async(std::launch::async, Infer, router->endpoint()));
   }
@@ -115,12 +115,12 @@ TEST(RouterQueueTest, AFullInferenceQueueAnswers503AtOnceAndFreesWhenWorkEnds) {
                                           "dmoe_router_inferences_queued");
   } while (queued != kQueue && Clock::now() < deadline);
   ASSERT_EQ(queued, kQueue);
-  std::vector<std::future<Answer>> rest;
+  std::vector<std::future<InferAnswer>> rest;
   for (int i = 0; i < 4; ++i) {
     rest.push_back(std::async(std::launch::async, Infer, router->endpoint()));
   }
   for (auto& f : rest) {
-    Answer a = f.get();
+    InferAnswer a = f.get();
     EXPECT_TRUE(RefusedAsQueueFull(a.response))
         << a.response.status << " " << a.response.body_view();
     EXPECT_LT(a.seconds, 1.0) << "a full queue answers at once";
@@ -128,12 +128,12 @@ TEST(RouterQueueTest, AFullInferenceQueueAnswers503AtOnceAndFreesWhenWorkEnds) {
   // The queued ones were computed: the expert never answered, so the router says unavailable,
   // but not because the queue was full, and only after the layer's forward timeout.
   for (auto& f : first) {
-    Answer a = f.get();
+    InferAnswer a = f.get();
     EXPECT_FALSE(RefusedAsQueueFull(a.response)) << a.response.body_view();
     EXPECT_GE(a.seconds, 1.0);
   }
   // The places are free again: the next inference is taken, not refused.
-  Answer after = Infer(router->endpoint());
+  InferAnswer after = Infer(router->endpoint());
   EXPECT_FALSE(RefusedAsQueueFull(after.response)) << after.response.body_view();
   EXPECT_GE((*rogue)->requests(), 1) << "the inferences did reach the stalling expert";
   router->Stop();

@@ -23,9 +23,9 @@ namespace {
 
 using namespace std::chrono_literals;
 
-constexpr char kUid[] = "ffn.5";
+constexpr char kAuthUid[] = "ffn.5";
 constexpr char kBackwardPath[] = "/v1/experts/ffn.5/backward";
-constexpr int kDim = 16;
+constexpr int kAuthDim = 16;
 
 net::Headers SignedFor(const std::string& server_peer_id, const Identity& identity,
                        const std::string& method, const std::string& path,
@@ -68,7 +68,7 @@ class ServerAuthTest : public ::testing::Test {
     const std::string keys = dir_.WriteFile("trainers.txt", "# who may train\n" + pub.out);
 
     // A public address is allowed because trainer keys are given.
-    std::vector<std::string> args = BaseServerArgs(kUid, kDim);
+    std::vector<std::string> args = BaseServerArgs(kAuthUid, kAuthDim);
     args[1] = "0.0.0.0:0";
     args.insert(args.end(), {"--trainer-keys", keys});
     Result<ServerProcess> server = StartServer(args);
@@ -87,12 +87,13 @@ class ServerAuthTest : public ::testing::Test {
   }
 
   std::vector<uint8_t> BackwardBody(uint64_t seed) {
-    return EncodeF32({Pattern("x", {2, kDim}, seed), Pattern("grad_y", {2, kDim}, seed + 1, 0.1f)});
+    return EncodeF32(
+        {Pattern("x", {2, kAuthDim}, seed), Pattern("grad_y", {2, kAuthDim}, seed + 1, 0.1f)});
   }
 
   // Sends a backward and returns (HTTP status, error code); -1 when no answer came.
   std::pair<int, std::string> Backward(const std::vector<uint8_t>& body, net::Headers headers) {
-    Result<net::Response> r = client_->Backward(kUid, body, std::move(headers));
+    Result<net::Response> r = client_->Backward(kAuthUid, body, std::move(headers));
     EXPECT_TRUE(r.ok()) << r.status().ToString();
     if (!r.ok()) return {-1, ""};
     return {r->status, ErrorCode(*r)};
@@ -108,17 +109,18 @@ class ServerAuthTest : public ::testing::Test {
 TEST_F(ServerAuthTest, OnlyListedKeysTrainAndForwardStaysOpen) {
   using Outcome = std::pair<int, std::string>;
   // Forward needs no signature.
-  Result<net::Response> fwd = client_->Forward(kUid, EncodeF32({Pattern("x", {2, kDim}, 9)}));
+  Result<net::Response> fwd =
+      client_->Forward(kAuthUid, EncodeF32({Pattern("x", {2, kAuthDim}, 9)}));
   ASSERT_TRUE(fwd.ok()) << fwd.status().ToString();
   EXPECT_EQ(fwd->status, 200) << fwd->body_view();
 
   const std::vector<uint8_t> body = BackwardBody(1);
   EXPECT_EQ(Backward(body, {}), Outcome(401, "unauthenticated"));
-  EXPECT_EQ(client_->ExpertStep(kUid), 0) << "a refused backward changed the expert";
+  EXPECT_EQ(client_->ExpertStep(kAuthUid), 0) << "a refused backward changed the expert";
 
   const net::Headers good = Signed(*trainer_, "POST", kBackwardPath, body, NowMs());
   EXPECT_EQ(Backward(body, good), Outcome(200, ""));
-  EXPECT_EQ(client_->ExpertStep(kUid), 1);
+  EXPECT_EQ(client_->ExpertStep(kAuthUid), 1);
 
   // The same signed request again is a replay.
   EXPECT_EQ(Backward(body, good), Outcome(401, "unauthenticated"));
@@ -134,12 +136,12 @@ TEST_F(ServerAuthTest, OnlyListedKeysTrainAndForwardStaysOpen) {
   // A timestamp outside the 30 s window.
   EXPECT_EQ(Backward(body, Signed(*trainer_, "POST", kBackwardPath, body, NowMs() - 60'000)),
             Outcome(401, "unauthenticated"));
-  EXPECT_EQ(client_->ExpertStep(kUid), 1) << "a refused backward changed the expert";
+  EXPECT_EQ(client_->ExpertStep(kAuthUid), 1) << "a refused backward changed the expert";
 
   // A fresh signature over the same body is a new request, not a replay.
   EXPECT_EQ(Backward(body, Signed(*trainer_, "POST", kBackwardPath, body, NowMs() + 1)),
             Outcome(200, ""));
-  EXPECT_EQ(client_->ExpertStep(kUid), 2);
+  EXPECT_EQ(client_->ExpertStep(kAuthUid), 2);
 }
 
 // Decodes a WebSocket answer: (error_code or "", step or -1).
@@ -156,9 +158,9 @@ std::pair<std::string, int64_t> WsOutcome(const Result<std::vector<uint8_t>>& an
 TEST_F(ServerAuthTest, WebSocketTrainsOnlyThroughASignedUpgrade) {
   using Outcome = std::pair<std::string, int64_t>;
   auto request = [&](const std::string& op, uint64_t seed) {
-    std::vector<F32Tensor> tensors = {Pattern("x", {2, kDim}, seed)};
-    if (op == "backward") tensors.push_back(Pattern("grad_y", {2, kDim}, seed + 1, 0.1f));
-    return EncodeF32(tensors, {{"id", op + std::to_string(seed)}, {"op", op}, {"uid", kUid}});
+    std::vector<F32Tensor> tensors = {Pattern("x", {2, kAuthDim}, seed)};
+    if (op == "backward") tensors.push_back(Pattern("grad_y", {2, kAuthDim}, seed + 1, 0.1f));
+    return EncodeF32(tensors, {{"id", op + std::to_string(seed)}, {"op", op}, {"uid", kAuthUid}});
   };
 
   // Unsigned upgrade: forward works, backward is refused on the connection, which stays open.
@@ -179,7 +181,7 @@ TEST_F(ServerAuthTest, WebSocketTrainsOnlyThroughASignedUpgrade) {
       WsSession::Open(server_.endpoint, Signed(*trainer_, "GET", "/v1/ws", {}, NowMs()));
   ASSERT_TRUE(trainer.ok()) << trainer.status().ToString();
   EXPECT_EQ(WsOutcome((*trainer)->Call(request("backward", 4))), Outcome("", 1));
-  EXPECT_EQ(client_->ExpertStep(kUid), 1);
+  EXPECT_EQ(client_->ExpertStep(kAuthUid), 1);
 }
 
 }  // namespace

@@ -29,7 +29,7 @@ using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
 
 constexpr char kNetwork[] = "srv-itest";
-constexpr int kDim = 16;
+constexpr int kDhtDim = 16;
 constexpr int kTtlSeconds = 3;
 // Lookups give up on a dead node after the 1 s RPC timeout; 3 s leaves room for that.
 constexpr auto kGetTimeout = 3s;
@@ -62,7 +62,7 @@ class ServerDhtTest : public ::testing::Test {
   }
 
   Result<ServerProcess> StartAnnouncing(const std::string& experts) {
-    std::vector<std::string> args = BaseServerArgs(experts, kDim);
+    std::vector<std::string> args = BaseServerArgs(experts, kDhtDim);
     args.insert(args.end(),
                 {"--dht", dht_address_, "--dht-listen", "127.0.0.1:0", "--network", kNetwork,
                  "--announce-every", "1", "--announce-ttl", std::to_string(kTtlSeconds)});
@@ -136,7 +136,7 @@ class ReservedPort {
 // that cannot verify it still stores the server's records.
 TEST_F(ServerDhtTest, PublicEndpointIsAnnouncedWhileTheServerListensElsewhere) {
   ReservedPort http_port(SOCK_STREAM), udp_port(SOCK_DGRAM);
-  std::vector<std::string> args = BaseServerArgs("ffn.2.0", kDim);
+  std::vector<std::string> args = BaseServerArgs("ffn.2.0", kDhtDim);
   args.insert(args.end(), {"--dht", dht_address_, "--dht-listen", "127.0.0.1:0", "--network",
                            kNetwork, "--announce-every", "1", "--public-endpoint",
                            http_port.endpoint(), "--dht-public-endpoint", udp_port.endpoint()});
@@ -206,7 +206,7 @@ TEST_F(ServerDhtTest, TwoServersAnnounceAndAKilledOneExpires) {
     EXPECT_GE(v["load"].get<double>(), 0.0);
     EXPECT_LE(v["load"].get<double>(), 1.0);
     EXPECT_EQ(v.value("type", ""), "ffn");
-    EXPECT_EQ(v.value("hidden_dim", -1), kDim);
+    EXPECT_EQ(v.value("hidden_dim", -1), kDhtDim);
   };
   check_expert("ffn.0.0", a_peer, a->endpoint);
   check_expert("ffn.0.1", a_peer, a->endpoint);
@@ -230,7 +230,7 @@ TEST_F(ServerDhtTest, TwoServersAnnounceAndAKilledOneExpires) {
 
   // A step taken on ffn.0.0 shows in a later announcement.
   std::vector<uint8_t> body =
-      EncodeF32({Pattern("x", {1, kDim}, 1), Pattern("grad_y", {1, kDim}, 2, 0.1f)});
+      EncodeF32({Pattern("x", {1, kDhtDim}, 1), Pattern("grad_y", {1, kDhtDim}, 2, 0.1f)});
   Result<net::Response> trained = a_client.Backward("ffn.0.0", body);
   ASSERT_TRUE(trained.ok()) << trained.status().ToString();
   ASSERT_EQ(trained->status, 200) << trained->body_view();

@@ -14,9 +14,8 @@ namespace {
 
 using std::chrono::milliseconds;
 using std::chrono::seconds;
+using testing::Base;
 using testing::WaitFor;
-
-std::string Base(const HttpServer& s) { return "http://127.0.0.1:" + std::to_string(s.port()); }
 
 TEST(UrlTest, ParsesHostPortAndTarget) {
   auto u = ParseUrl("http://10.0.0.5:8000/v1/experts?x=1");

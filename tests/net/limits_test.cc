@@ -19,22 +19,10 @@ namespace {
 
 using std::chrono::milliseconds;
 using std::chrono::seconds;
+using testing::Base;
+using testing::EchoServer;
 using testing::RawSocket;
 using testing::WaitFor;
-
-std::string Base(const HttpServer& s) { return "http://127.0.0.1:" + std::to_string(s.port()); }
-
-std::unique_ptr<HttpServer> EchoServer(HttpServerOptions options) {
-  auto server = std::make_unique<HttpServer>(options);
-  server->Handle("GET", "/v1/health", [](Request, Responder respond) {
-    respond(Response::Json(200, R"({"status":"ok"})"));
-  });
-  server->Handle("POST", "/echo", [](Request req, Responder respond) {
-    respond(Response::Binary(200, "application/octet-stream", std::move(req.body)));
-  });
-  EXPECT_TRUE(server->Start().ok());
-  return server;
-}
 
 std::string PostHead(uint64_t length) {
   return "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: " + std::to_string(length) + "\r\n\r\n";

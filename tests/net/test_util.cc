@@ -8,6 +8,8 @@
 
 #include <thread>
 
+#include <gtest/gtest.h>
+
 #include "tests/testing/process.h"
 
 namespace dmoe::net::testing {
@@ -106,6 +108,24 @@ SilentListener::~SilentListener() { ::close(fd_); }
 
 bool WaitFor(const std::function<bool()>& condition, std::chrono::milliseconds timeout) {
   return dmoe::testing::PollUntil(condition, timeout, std::chrono::milliseconds(2));
+}
+
+std::string Base(const HttpServer& server) {
+  return "http://127.0.0.1:" + std::to_string(server.port());
+}
+
+Bytes ToBytes(std::string_view s) { return Bytes(s.begin(), s.end()); }
+
+std::unique_ptr<HttpServer> EchoServer(HttpServerOptions options) {
+  auto server = std::make_unique<HttpServer>(options);
+  server->Handle("GET", "/v1/health", [](Request, Responder respond) {
+    respond(Response::Json(200, R"({"status":"ok"})"));
+  });
+  server->Handle("POST", "/echo", [](Request req, Responder respond) {
+    respond(Response::Binary(200, "application/octet-stream", std::move(req.body)));
+  });
+  EXPECT_TRUE(server->Start().ok());
+  return server;
 }
 
 }  // namespace dmoe::net::testing

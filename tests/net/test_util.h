@@ -7,7 +7,12 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
+#include <string_view>
+
+#include "net/http_client.h"
+#include "net/http_server.h"
 
 namespace dmoe::net::testing {
 
@@ -41,6 +46,16 @@ class SilentListener {
   int fd_ = -1;
   uint16_t port_ = 0;
 };
+
+// "http://127.0.0.1:PORT" of a started server.
+std::string Base(const HttpServer& server);
+
+// The bytes of `s`, as a body.
+Bytes ToBytes(std::string_view s);
+
+// A started server on a free loopback port with two routes: GET /v1/health answers {"status":"ok"},
+// POST /echo answers the body it got (application/octet-stream). A failed start fails the test.
+std::unique_ptr<HttpServer> EchoServer(HttpServerOptions options = {});
 
 // Polls `condition` until true or `timeout`; returns its last value.
 bool WaitFor(const std::function<bool()>& condition,

@@ -14,13 +14,13 @@ namespace dmoe::net {
 namespace {
 
 using std::chrono::seconds;
+using testing::ToBytes;
 using testing::WaitFor;
 
 std::string WsUrl(const HttpServer& s) {
   return "ws://127.0.0.1:" + std::to_string(s.port()) + "/v1/ws";
 }
 Deadline In(std::chrono::milliseconds d) { return std::chrono::steady_clock::now() + d; }
-Bytes ToBytes(std::string_view s) { return Bytes(s.begin(), s.end()); }
 std::string ToString(const Bytes& b) { return std::string(b.begin(), b.end()); }
 
 std::shared_ptr<WsConnection> ConnectOrDie(WsClient& client, const std::string& url,
