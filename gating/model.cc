@@ -14,6 +14,19 @@
 
 namespace dmoe::gating {
 
+namespace {
+
+// Token and position tables start at N(0, 0.02), as GPT-2's do, not at torch's N(0, 1): a tied
+// lm_head reads the token table, and at N(0, 1) its first logits have a standard deviation of
+// sqrt(width) (11 at width 128), so an untrained model is surer than a uniform guess and far
+// worse (17 bits per byte at width 16 instead of 8), and spends its first steps unlearning that.
+void InitSmall(const at::Tensor& table) {
+  torch::NoGradGuard no_grad;
+  table.normal_(0, 0.02);
+}
+
+}  // namespace
+
 LocalLayer::LocalLayer(torch::nn::Module& owner, size_t index, const model::LayerSpec& layer)
     : type_(layer.type), p_(layer.p), max_len_(layer.max_len) {
   const std::string name = "layer" + std::to_string(index);
@@ -28,9 +41,11 @@ LocalLayer::LocalLayer(torch::nn::Module& owner, size_t index, const model::Laye
     case model::LayerType::kEmbedding:
       embedding_ =
           owner.register_module(name, torch::nn::Embedding(layer.in_features, layer.out_features));
+      InitSmall(embedding_->weight);
       break;
     case model::LayerType::kPositions:
       embedding_ = owner.register_module(name, torch::nn::Embedding(max_len_, layer.in_features));
+      InitSmall(embedding_->weight);
       break;
     case model::LayerType::kAttention:
       attention_ = owner.register_module(
@@ -52,6 +67,20 @@ LocalLayer::LocalLayer(torch::nn::Module& owner, size_t index, const model::Laye
         head_weight_ = linear_->weight;
       }
       break;
+    case model::LayerType::kResidualFfn: {
+      // A block of its own named "layer<index>", holding what one ffn expert holds.
+      auto block = owner.register_module(name, std::make_shared<torch::nn::Module>());
+      const int64_t d = layer.in_features;
+      if (layer.pre_norm) {
+        norm_ =
+            block->register_module("norm", torch::nn::LayerNorm(torch::nn::LayerNormOptions({d})));
+      }
+      linear_ = block->register_module("linear1", torch::nn::Linear(d, layer.hidden));
+      linear2_ = block->register_module("linear2", torch::nn::Linear(layer.hidden, d));
+      ffn_norm_ = block->register_module("ffn_norm",
+                                         torch::nn::LayerNorm(torch::nn::LayerNormOptions({d})));
+      break;
+    }
     case model::LayerType::kRelu:
     case model::LayerType::kGelu:
     case model::LayerType::kDropout:
@@ -88,6 +117,10 @@ at::Tensor LocalLayer::forward(const at::Tensor& x, bool training) {
       return attention_->forward(x);
     case model::LayerType::kLmHead:
       return at::linear(x, head_weight_);
+    case model::LayerType::kResidualFfn: {
+      const at::Tensor z = norm_ ? norm_->forward(x) : x;
+      return x + ffn_norm_->forward(z + linear2_->forward(at::gelu(linear_->forward(z))));
+    }
     case model::LayerType::kMoe:
     case model::LayerType::kResidualMoe:
       break;

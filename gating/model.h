@@ -21,7 +21,8 @@
 // a residual_moe with pre_norm); "layer0.weight" [vocab, dim] for an embedding, "layer1.weight"
 // [max_len, dim] for positions, "layer3.{norm,qkv,proj}.*" for attention, and "layer9.weight"
 // [vocab, dim] for an lm_head that is not tied (a tied one has no parameter of its own: it reads
-// "layer0.weight"). Used from one thread at a time, as torch modules are.
+// "layer0.weight"), and "layer4.{norm,linear1,linear2,ffn_norm}.*" for a residual_ffn (norm only
+// with pre_norm). Used from one thread at a time, as torch modules are.
 //
 // LocalLayer is the builder of every layer that runs in this process (all but moe and
 // residual_moe); a network that replaces the moe layers by something else of its own (the dense
@@ -78,6 +79,8 @@ class LocalLayer {
   int64_t max_len_ = 0;  // positions
   torch::nn::Linear linear_{nullptr};
   torch::nn::LayerNorm norm_{nullptr};
+  torch::nn::Linear linear2_{nullptr};       // residual_ffn: linear_ is its first linear
+  torch::nn::LayerNorm ffn_norm_{nullptr};   // residual_ffn: after the ffn; norm_ is its pre-norm
   torch::nn::Embedding embedding_{nullptr};  // embedding and positions
   CausalSelfAttention attention_{nullptr};
   at::Tensor head_weight_;  // lm_head: its own weight or the embedding's

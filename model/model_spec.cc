@@ -14,7 +14,7 @@ namespace {
 
 using nlohmann::json;
 
-constexpr std::array<std::pair<LayerType, std::string_view>, 11> kLayerTypeNames = {{
+constexpr std::array<std::pair<LayerType, std::string_view>, 12> kLayerTypeNames = {{
     {LayerType::kLinear, "linear"},
     {LayerType::kRelu, "relu"},
     {LayerType::kGelu, "gelu"},
@@ -26,6 +26,7 @@ constexpr std::array<std::pair<LayerType, std::string_view>, 11> kLayerTypeNames
     {LayerType::kPositions, "positions"},
     {LayerType::kAttention, "attention"},
     {LayerType::kLmHead, "lm_head"},
+    {LayerType::kResidualFfn, "residual_ffn"},
 }};
 
 // The layer types that exist only in token models.
@@ -137,8 +138,8 @@ Result<LayerSpec> ParseLayer(const json& lj, const std::string& where) {
   if (!type) {
     return InvalidArgumentError(
         where + ": unknown type '" + type_name +
-        "' (allowed: linear, relu, gelu, layer_norm, dropout, moe, residual_moe, embedding, "
-        "positions, attention, lm_head)");
+        "' (allowed: linear, relu, gelu, layer_norm, dropout, moe, residual_moe, residual_ffn, "
+        "embedding, positions, attention, lm_head)");
   }
   LayerSpec l;
   l.type = *type;
@@ -165,6 +166,12 @@ Result<LayerSpec> ParseLayer(const json& lj, const std::string& where) {
       if (l.pre_norm && l.type == LayerType::kMoe) {
         return InvalidArgumentError(where + ": 'pre_norm' belongs to residual_moe, not moe");
       }
+      break;
+    }
+    case LayerType::kResidualFfn: {
+      DMOE_RETURN_IF_ERROR(CheckKeys(lj, {"type", "hidden", "pre_norm"}, where));
+      DMOE_ASSIGN_OR_RETURN(l.hidden, IntField(lj, "hidden", where, 1, 1 << 20));
+      DMOE_ASSIGN_OR_RETURN(l.pre_norm, BoolField(lj, "pre_norm", where));
       break;
     }
     case LayerType::kEmbedding: {
@@ -282,6 +289,11 @@ double ModelSpec::LocalParameterCount() const {
       case LayerType::kLmHead:
         if (!l.tied) n += in * out;
         break;
+      case LayerType::kResidualFfn: {  // [norm], linear1, linear2 with biases, the ffn's norm
+        const double h = static_cast<double>(l.hidden);
+        n += (l.pre_norm ? 2 * in : 0) + (in * h + h) + (h * in + in) + 2 * in;
+        break;
+      }
       case LayerType::kRelu:
       case LayerType::kGelu:
       case LayerType::kDropout:
@@ -310,6 +322,10 @@ std::string ModelSpec::ToJson() const {
       j["timeout_after_k_min_ms"] = l.moe.timeout_after_k_min_ms;
       j["backward_k_min"] = l.moe.backward_k_min;
       j["backward_timeout_ms"] = l.moe.backward_timeout_ms;
+      if (l.pre_norm) j["pre_norm"] = true;
+    }
+    if (l.type == LayerType::kResidualFfn) {
+      j["hidden"] = l.hidden;
       if (l.pre_norm) j["pre_norm"] = true;
     }
     layers_json.push_back(j);

@@ -29,6 +29,12 @@
 // embedding's. `embedding`, `positions`, `attention` and `lm_head` exist only in token models. A
 // spec without `input` is a feature model, as it always was.
 //
+// `residual_ffn` ({"hidden": H, "pre_norm": true}) computes locally what a residual_moe layer asks
+// of one ffn expert: x + ffn(ln(x)) with ffn(z) = layer_norm(z + W2 gelu(W1 z + b1) + b2), W1 of
+// H rows (the experts' ffn has H = 4 x width). A dense network with H = k x 4 x width has the
+// active parameters of a residual_moe layer with k_best = k: the baseline a mixture is compared
+// against.
+//
 // A ModelSpec is a plain value: copy it, share it read-only between threads.
 #ifndef DMOE_MODEL_MODEL_SPEC_H_
 #define DMOE_MODEL_MODEL_SPEC_H_
@@ -54,6 +60,7 @@ enum class LayerType {
   kPositions,
   kAttention,
   kLmHead,
+  kResidualFfn,
 };
 
 // What the model takes: F32 features [B, input_dim], or int64 token ids [B, T].
@@ -83,7 +90,8 @@ struct LayerSpec {
   int64_t out = 0;        // linear: `out`; embedding: `dim`
   double p = 0;           // dropout only: the probability of zeroing an element in training
   MoeLayerSpec moe;       // moe and residual_moe only
-  bool pre_norm = false;  // residual_moe only: x + moe(layer_norm(x)) instead of x + moe(x)
+  bool pre_norm = false;  // residual_moe, residual_ffn: x + f(layer_norm(x)) instead of x + f(x)
+  int64_t hidden = 0;     // residual_ffn only: the width of its hidden layer
   int64_t heads = 0;      // attention only; divides the width
   bool rotary = false;    // attention only: q and k rotated by position (RoPE)
   bool tied = false;      // lm_head only: its weight is the embedding's

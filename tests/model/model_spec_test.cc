@@ -170,6 +170,36 @@ TEST(ModelSpecTest, AFeatureSpecReadsAsItAlwaysDid) {
   EXPECT_DOUBLE_EQ(spec->LocalParameterCount(), 784 * 64 + 64 + 2 * 65 * 4 + 2 * 64 + 64 * 10 + 10);
 }
 
+// The dense baseline's layer: what one ffn expert computes, run locally, in either kind of model.
+TEST(ModelSpecTest, AResidualFfnKeepsTheWidthCountsItsParametersAndRoundTrips) {
+  Result<ModelSpec> spec = ParseModelSpec(
+      R"({"name":"d","input_dim":8,"layers":[{"type":"residual_ffn","hidden":32,"pre_norm":true},
+          {"type":"residual_ffn","hidden":16},{"type":"linear","out":3}]})");
+  ASSERT_TRUE(spec.ok()) << spec.status().ToString();
+  EXPECT_EQ(spec->layers[0].type, LayerType::kResidualFfn);
+  EXPECT_EQ(spec->layers[0].hidden, 32);
+  EXPECT_TRUE(spec->layers[0].pre_norm);
+  EXPECT_FALSE(spec->layers[1].pre_norm);
+  EXPECT_EQ(spec->layers[1].in_features, 8);
+  EXPECT_EQ(spec->layers[1].out_features, 8);
+  EXPECT_TRUE(spec->GridPrefixes().empty());
+  // norm 2*8, linear1 8*32+32, linear2 32*8+8, ffn norm 2*8; then without the pre-norm; linear.
+  EXPECT_DOUBLE_EQ(spec->LocalParameterCount(), (16 + 8 * 32 + 32 + 32 * 8 + 8 + 16) +
+                                                    (8 * 16 + 16 + 16 * 8 + 8 + 16) + (8 * 3 + 3));
+  Result<ModelSpec> again = ParseModelSpec(spec->ToJson());
+  ASSERT_TRUE(again.ok()) << again.status().ToString();
+  EXPECT_EQ(again->ToJson(), spec->ToJson());
+  EXPECT_EQ(ParseModelSpec(R"({"name":"d","input_dim":8,"layers":[{"type":"residual_ffn"}]})")
+                .status()
+                .message(),
+            "layer 0: missing 'hidden'");
+  EXPECT_EQ(ParseModelSpec(
+                R"({"name":"d","input_dim":8,"layers":[{"type":"residual_ffn","hidden":4,"k":1}]})")
+                .status()
+                .message(),
+            "layer 0: unknown field 'k'");
+}
+
 TEST(ModelSpecTest, TheKjvExampleParses) {
   std::ifstream in(std::string(DMOE_SOURCE_DIR) + "/examples/kjv_lm.json");
   ASSERT_TRUE(in) << "examples/kjv_lm.json not found";
@@ -182,6 +212,28 @@ TEST(ModelSpecTest, TheKjvExampleParses) {
   EXPECT_EQ(spec->max_len, 128);
   EXPECT_EQ(spec->output_dim(), 256);
   EXPECT_EQ(spec->GridPrefixes(), (std::vector<std::string>{"ffn0.", "ffn1."}));
+}
+
+// The dense baseline of bench/lm has the active parameters of kjv_lm to within 1%: each
+// residual_ffn (hidden 1024) stands for k_best = 2 ffn experts of width 128 (hidden 512 each).
+TEST(ModelSpecTest, TheDenseKjvExampleHasTheActiveParametersOfTheMixture) {
+  auto read = [](const std::string& name) {
+    std::ifstream in(std::string(DMOE_SOURCE_DIR) + "/examples/" + name);
+    std::stringstream text;
+    text << in.rdbuf();
+    return ParseModelSpec(text.str());
+  };
+  Result<ModelSpec> moe = read("kjv_lm.json");
+  Result<ModelSpec> dense = read("kjv_dense.json");
+  ASSERT_TRUE(moe.ok()) << moe.status().ToString();
+  ASSERT_TRUE(dense.ok()) << dense.status().ToString();
+  EXPECT_TRUE(dense->GridPrefixes().empty());
+  // One ffn expert of width 128: linear1 128*512+512, linear2 512*128+128, norm 2*128.
+  const double expert = 128.0 * 512 + 512 + 512.0 * 128 + 128 + 2 * 128;
+  const double active = moe->LocalParameterCount() + 2 /*layers*/ * 2 /*k_best*/ * expert;
+  EXPECT_DOUBLE_EQ(moe->LocalParameterCount(), 184592);
+  EXPECT_DOUBLE_EQ(active, 712464);
+  EXPECT_DOUBLE_EQ(dense->LocalParameterCount(), 709632);
 }
 
 TEST(ModelSpecTest, TokenModelRefusalsNameTheLayerAndField) {
