@@ -1,6 +1,6 @@
-// dmoe-train: trains a model spec on Fashion-MNIST through the swarm and publishes it to the router
-// (DESIGN.md; PROTOCOL.md 5). Progress lines go to stdout, logs to stderr. SIGINT/SIGTERM
-// checkpoint and exit 0; the same command resumes.
+// dmoe-train: trains a model spec on Fashion-MNIST or on text through the swarm and publishes it to
+// the router (DESIGN.md; PROTOCOL.md 5). Progress lines go to stdout, logs to stderr.
+// SIGINT/SIGTERM checkpoint and exit 0; the same command resumes.
 //
 // The process's one wiring place: Train below builds the clock, the DHT node (its own io thread),
 // the swarm (its callers' io threads) and the identity once, after the trainer's inputs were read,
@@ -73,9 +73,9 @@ CLI::Option* AddEnumOption(CLI::App& app, const std::string& flag, Enum& value,
 Result<TrainerResult> Train(const TrainerOptions& o, const WiringFlags& flags,
                             const std::atomic<bool>& stop) {
   // Before the DHT: a bad flag or file fails at once, not after a bootstrap timeout.
-  DMOE_ASSIGN_OR_RETURN(TrainerInputs inputs, PrepareTrainer(o));
-
   const Clock& clock = RealClock::Instance();
+  DMOE_ASSIGN_OR_RETURN(TrainerInputs inputs, PrepareTrainer(o, clock));
+
   net::BufferPool buffer_pool;  // outlives the swarm, whose expert calls take their buffers from it
   std::unique_ptr<dht::Dht> dht;  // outlives the swarm, which holds it
   TrainerWiring wiring;
@@ -130,11 +130,26 @@ int main(int argc, char** argv) {
   app.add_option("--server-keys", wiring.server_keys_path,
                  "file of hex public keys, one a line: use only experts these keys announce");
   app.add_option("--db", o.db_dir, "RocksDB directory for the trainer's own checkpoint (resume)");
-  dmoe::gating::AddEnumOption(app, "--data", o.data,
-                              {{"fashion-mnist", dmoe::data::DataSource::kFashionMnist}},
-                              "training data");
+  app.add_option_function<std::string>(
+         "--data",
+         [&o](const std::string& value) {
+           // Checked by the validator below first: the parse cannot fail here.
+           o.data = *dmoe::data::ParseDataSpec(value);
+         },
+         "training data: fashion-mnist, kjv (Debian's bible-kjv) or text:FILE (any text; the "
+         "last 5% is held out)")
+      ->check(
+          [](const std::string& value) {
+            dmoe::Result<dmoe::data::DataSpec> spec = dmoe::data::ParseDataSpec(value);
+            return spec.ok() ? std::string() : spec.status().message();
+          },
+          "fashion-mnist|kjv|text:FILE")
+      ->default_str("fashion-mnist");
   app.add_option("--data-dir", o.data_dir,
-                 "directory of the IDX files (default: Debian's package)");
+                 "directory of the Fashion-MNIST IDX files (default: Debian's package)");
+  app.add_option("--seq-len", o.seq_len,
+                 "text: tokens (bytes) per training window, at most the spec's max_len")
+      ->capture_default_str();
   app.add_option("--steps", o.steps, "optimizer steps")->capture_default_str();
   app.add_option("--batch-size", o.batch_size, "samples per step")->capture_default_str();
   app.add_option("--lr", o.lr, "Adam learning rate of the local layers")->capture_default_str();
@@ -146,7 +161,13 @@ int main(int argc, char** argv) {
   app.add_option("--eval-every", o.eval_every,
                  "steps between test evaluations; 0 = only at the end")
       ->capture_default_str();
-  app.add_option("--eval-samples", o.eval_samples, "test images per evaluation")
+  app.add_option("--eval-samples", o.eval_samples, "Fashion-MNIST: test images per evaluation")
+      ->capture_default_str();
+  app.add_option("--eval-bytes", o.eval_bytes,
+                 "text: held-out bytes scored per evaluation; 0 = all of them")
+      ->capture_default_str();
+  app.add_option("--max-seconds", o.max_seconds,
+                 "stop (evaluate, publish, checkpoint) after this long; 0 = no limit")
       ->capture_default_str();
   app.add_option("--publish-every", o.publish_every,
                  "steps between publications; 0 = only at the end")
@@ -202,8 +223,12 @@ int main(int argc, char** argv) {
     std::cerr << "dmoe-train: " << result.status().ToString() << "\n";
     return 2;
   }
-  std::cout << "done: steps " << result->steps_done << " test_accuracy "
-            << result->final_test_accuracy << " model_version " << result->published_version
-            << "\n";
+  std::cout << "done: steps " << result->steps_done;
+  if (dmoe::data::IsTextSource(o.data.source)) {
+    std::cout << " bpb " << result->final_bpb;
+  } else {
+    std::cout << " test_accuracy " << result->final_test_accuracy;
+  }
+  std::cout << " model_version " << result->published_version << "\n";
   return 0;
 }

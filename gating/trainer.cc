@@ -18,12 +18,15 @@
 #include <fstream>
 #include <future>
 #include <iomanip>
+#include <limits>
 #include <list>
 #include <map>
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <random>
+#include <span>
 #include <sstream>
+#include <stdexcept>
 
 #include "core/clock.h"
 #include "core/identity.h"
@@ -56,7 +59,65 @@ Status CheckOptions(const TrainerOptions& o) {
       o.wire_dtype != safetensors::DType::kBF16) {
     return InvalidArgumentError("--wire-dtype must be F32, F16 or BF16");
   }
+  if (o.seq_len < 1 || o.seq_len > data::kMaxSeqLen) {
+    return InvalidArgumentError("--seq-len must be in [1, " + std::to_string(data::kMaxSeqLen) +
+                                "], got " + std::to_string(o.seq_len));
+  }
+  if (o.eval_samples < 0 || o.eval_bytes < 0) {
+    return InvalidArgumentError("--eval-samples and --eval-bytes must be >= 0");
+  }
+  if (!(o.max_seconds >= 0) || !std::isfinite(o.max_seconds)) {
+    return InvalidArgumentError("--max-seconds must be a finite number >= 0");
+  }
   return Status::Ok();
+}
+
+// The checks that spec and data fit each other (PrepareTrainer).
+Status CheckSpecFitsData(const TrainerOptions& o, const TrainerInputs& in) {
+  const model::ModelSpec& spec = in.spec;
+  if (in.text) {
+    if (spec.input != model::InputKind::kTokens) {
+      return InvalidArgumentError(
+          "--data " +
+          std::string(o.data.source == data::DataSource::kKjv ? "kjv" : "text:" + o.data.path) +
+          " trains a token model, but the spec '" + spec.name +
+          "' is a feature model (give it \"input\": \"tokens\")");
+    }
+    if (spec.vocab != data::kByteVocabSize) {
+      return InvalidArgumentError("the spec's vocab is " + std::to_string(spec.vocab) +
+                                  "; the byte tokenizer has " +
+                                  std::to_string(data::kByteVocabSize) + " tokens");
+    }
+    if (o.seq_len > spec.max_len) {
+      return InvalidArgumentError("--seq-len " + std::to_string(o.seq_len) +
+                                  " exceeds the spec's max_len " + std::to_string(spec.max_len));
+    }
+    return Status::Ok();
+  }
+  if (spec.input != model::InputKind::kFeatures) {
+    return InvalidArgumentError("the spec '" + spec.name +
+                                "' is a token model: train it on text (--data kjv or text:FILE)");
+  }
+  if (o.batch_size > in.train.x.size(0)) {
+    return InvalidArgumentError("--batch-size " + std::to_string(o.batch_size) + " exceeds the " +
+                                std::to_string(in.train.x.size(0)) + " training images");
+  }
+  if (in.train.x.size(1) != spec.input_dim) {
+    return InvalidArgumentError("the spec's input_dim is " + std::to_string(spec.input_dim) +
+                                " but Fashion-MNIST images have " +
+                                std::to_string(in.train.x.size(1)) + " pixels");
+  }
+  return Status::Ok();
+}
+
+// Windows [n, window_len] of `corpus` starting at `begins`, as int64 token ids.
+at::Tensor WindowTensor(const data::TextCorpus& corpus, std::span<const int64_t> begins) {
+  Result<std::vector<data::Token>> tokens = corpus.Gather(begins);
+  // The begins come from the corpus itself (TrainWindowBegins, EvalWindows): always in range.
+  if (!tokens.ok()) throw std::logic_error(tokens.status().ToString());
+  return at::from_blob(tokens->data(), {static_cast<int64_t>(begins.size()), corpus.window_len()},
+                       at::kLong)
+      .clone();
 }
 
 Result<std::string> ReadFile(const std::string& path, const std::string& what) {
@@ -86,6 +147,9 @@ double Evaluate(DmoeModel& model, const TensorSplit& data, int64_t limit) {
   model->train();
   return n ? static_cast<double>(correct) / static_cast<double>(n) : 0;
 }
+
+// Windows per evaluation forward of a token model.
+constexpr int64_t kEvalWindowsPerBatch = 32;
 
 std::vector<tensor::NamedTensor> Named(const std::map<std::string, at::Tensor>& state) {
   std::vector<tensor::NamedTensor> out;
@@ -230,6 +294,44 @@ Result<Checkpoint> LoadCheckpoint(storage::KvStore& kv, const std::string& name,
 
 }  // namespace
 
+double EvaluateBitsPerByte(DmoeModel& model, const data::TextCorpus& corpus, int64_t limit_bytes) {
+  model->eval();
+  torch::NoGradGuard no_grad;
+  std::vector<data::EvalWindow> windows = corpus.EvalWindows();
+  const int64_t seq_len = corpus.seq_len();
+  double nll = 0;
+  int64_t bytes = 0;
+  size_t next = 0;
+  while (next < windows.size() && (limit_bytes <= 0 || bytes < limit_bytes)) {
+    const size_t n = std::min<size_t>(kEvalWindowsPerBatch, windows.size() - next);
+    std::vector<int64_t> begins;
+    at::Tensor mask = at::zeros({static_cast<int64_t>(n), seq_len}, at::kBool);
+    int64_t scored = 0;
+    for (size_t i = 0; i < n; ++i) {
+      const data::EvalWindow& w = windows[next + i];
+      begins.push_back(w.begin);
+      mask[static_cast<int64_t>(i)].narrow(0, w.first_scored, seq_len - w.first_scored).fill_(true);
+      scored += seq_len - w.first_scored;
+    }
+    at::Tensor tokens = WindowTensor(corpus, begins);
+    try {
+      at::Tensor logits = model->forward(tokens.narrow(1, 0, seq_len));
+      at::Tensor logp = at::log_softmax(logits.to(at::kDouble), -1)
+                            .gather(-1, tokens.narrow(1, 1, seq_len).unsqueeze(-1))
+                            .squeeze(-1);
+      nll -= logp.masked_select(mask).sum().item<double>();
+    } catch (const NotEnoughExpertsError& e) {
+      spdlog::warn("evaluation windows from byte {} failed: {}", begins.front(), e.what());
+      nll += static_cast<double>(scored) * std::log(static_cast<double>(data::kByteVocabSize));
+    }
+    bytes += scored;
+    next += n;
+  }
+  model->train();
+  Result<double> bpb = data::BitsPerByte(nll, bytes);
+  return bpb.ok() ? *bpb : std::numeric_limits<double>::quiet_NaN();
+}
+
 Result<TensorSplit> LoadFashionMnistTensors(bool train, const std::string& dir) {
   DMOE_ASSIGN_OR_RETURN(data::ImageDataset d, dir.empty() ? data::LoadFashionMnist(train)
                                                           : data::LoadFashionMnist(train, dir));
@@ -287,7 +389,7 @@ class TrainingLoop {
     master_params_ = master_->parameters();
     accumulated_.resize(master_params_.size());
     updates_ = state_.step / group_;
-    window_start_us_ = wiring_.clock->NowMonotonicUs();
+    window_start_us_ = start_us_ = wiring_.clock->NowMonotonicUs();
   }
 
   Result<TrainerResult> Run() {
@@ -304,10 +406,11 @@ class TrainingLoop {
     TrainerResult result;
     result.steps_done = state_.step;
     result.max_staleness = max_staleness_;
-    // Also when stopped early (SIGINT/SIGTERM): the accuracy of what is published last.
+    // Also when stopped early (SIGINT/SIGTERM): the score of what is published last.
     if (state_.step >= o_.steps || (state_.step > 0 && last_eval_step_ != state_.step)) {
-      result.final_test_accuracy = Evaluate(master_, inputs_.test, o_.eval_samples);
-      PrintEval(state_.step, result.final_test_accuracy);
+      const double score = Score(master_);
+      (inputs_.text ? result.final_bpb : result.final_test_accuracy) = score;
+      PrintEval(state_.step, score);
     }
     PublishLocked(state_.step);
     CheckpointLocked();
@@ -326,7 +429,8 @@ class TrainingLoop {
   struct Outcome {
     enum Kind { kTrained, kNonfinite, kSkipped } kind = kSkipped;
     double loss = 0;
-    int64_t correct = 0;
+    int64_t correct = 0;  // right predictions (argmax) of the `targets` it made
+    int64_t targets = 0;  // images, or tokens predicted
   };
 
   // Leaves the loop by an exception: a bug, propagated from Run.
@@ -370,7 +474,7 @@ class TrainingLoop {
     std::lock_guard<std::mutex> lock(mu_);
     // A stop takes effect at a group boundary, so no optimizer step is left half accumulated.
     if (aborted_ || next_step_ >= o_.steps ||
-        (stop_ && stop_->load() && next_step_ % group_ == 0)) {
+        ((StopAsked() || TimeIsUp()) && next_step_ % group_ == 0)) {
       return std::nullopt;
     }
     Claim c;
@@ -379,10 +483,25 @@ class TrainingLoop {
     torch::NoGradGuard no_grad;
     for (size_t i = 0; i < params.size(); ++i) params[i].copy_(master_params_[i]);
     PredictAhead(params, c.step / group_ - updates_);
+    if (inputs_.text) {
+      // Window k of step s depends on (seed, s, k) only: a resumed trainer draws the same.
+      const data::TextCorpus& text = *inputs_.text;
+      at::Tensor windows =
+          WindowTensor(text, text.TrainWindowBegins(o_.seed, c.step, o_.batch_size));
+      c.x = windows.narrow(1, 0, text.seq_len()).contiguous();
+      c.y = windows.narrow(1, 1, text.seq_len()).contiguous();
+      return c;
+    }
     at::Tensor idx = BatchIndex(c.step);
     c.x = inputs_.train.x.index_select(0, idx);
     c.y = inputs_.train.y.index_select(0, idx);
     return c;
+  }
+
+  bool StopAsked() const { return stop_ && stop_->load(); }
+  bool TimeIsUp() const {
+    return o_.max_seconds > 0 &&
+           static_cast<double>(wiring_.clock->NowMonotonicUs() - start_us_) >= o_.max_seconds * 1e6;
   }
 
   // The step's forward and backward on `replica`, without a lock: the swarm's round trips happen
@@ -391,8 +510,11 @@ class TrainingLoop {
     Outcome r;
     try {
       replica->zero_grad();
+      // A token model's logits [B, T, vocab] are B * T predictions, each scored alike.
       at::Tensor logits = replica->forward(c.x);
-      at::Tensor loss = at::cross_entropy_loss(logits, c.y);
+      logits = logits.reshape({-1, logits.size(-1)});
+      const at::Tensor targets = c.y.reshape({-1});
+      at::Tensor loss = at::cross_entropy_loss(logits, targets);
       at::Tensor total = loss + replica->balance_loss();
       r.loss = loss.item<double>();
       // Never step on a non-finite loss: its gradient would turn every local weight into NaN,
@@ -403,7 +525,8 @@ class TrainingLoop {
         return r;
       }
       total.backward();
-      r.correct = logits.argmax(1).eq(c.y).sum().item<int64_t>();
+      r.correct = logits.argmax(1).eq(targets).sum().item<int64_t>();
+      r.targets = targets.size(0);
       if (!AllFinite(params, /*grads=*/true)) {
         r.kind = Outcome::kNonfinite;
         spdlog::warn("step {} skipped: a local gradient is not finite", c.step + 1);
@@ -432,6 +555,7 @@ class TrainingLoop {
         Accumulate(params);
         window_loss_ += r.loss;
         window_correct_ += r.correct;
+        window_targets_ += r.targets;
         window_samples_ += o_.batch_size;
         ++window_steps_;
         break;
@@ -529,13 +653,13 @@ class TrainingLoop {
       if (!copied.ok()) spdlog::error("evaluation copy failed: {}", copied.ToString());
       last_eval_step_ = step;
       lock.unlock();
-      double acc = 0;
+      double score = 0;
       {
         std::lock_guard<std::mutex> eval_lock(eval_mu_);
-        acc = Evaluate(eval_model_, inputs_.test, o_.eval_samples);
+        score = Score(eval_model_);
       }
       lock.lock();
-      PrintEval(step, acc);
+      PrintEval(step, score);
     }
     if (o_.publish_every > 0 && step % o_.publish_every == 0 && step < o_.steps) {
       PublishLocked(step);
@@ -550,25 +674,39 @@ class TrainingLoop {
     MoeStats now = ReplicaStats();
     const double answers = static_cast<double>(now.answers - window_stats_.answers);
     const double routed = static_cast<double>(now.samples - window_stats_.samples);
+    const double loss = window_steps_ ? window_loss_ / window_steps_ : 0.0;
     out_ << "step " << step << "/" << o_.steps << std::fixed << std::setprecision(4) << " loss "
-         << (window_steps_ ? window_loss_ / window_steps_ : 0.0) << " train_acc "
-         << (window_samples_ ? static_cast<double>(window_correct_) / window_samples_ : 0.0)
-         << std::setprecision(1) << " samples/s " << (seconds > 0 ? window_samples_ / seconds : 0.0)
-         << std::setprecision(2) << " experts/sample " << (routed > 0 ? answers / routed : 0.0)
+         << loss;
+    // A byte is a token: the mean loss in nats per token over ln 2 is the training bpb.
+    if (inputs_.text) out_ << " bpb " << loss / std::log(2.0);
+    out_ << " train_acc "
+         << (window_targets_ ? static_cast<double>(window_correct_) / window_targets_ : 0.0)
+         << std::setprecision(1) << " samples/s "
+         << (seconds > 0 ? window_samples_ / seconds : 0.0);
+    if (inputs_.text) {
+      out_ << " tokens/s " << (seconds > 0 ? static_cast<double>(window_targets_) / seconds : 0.0);
+    }
+    out_ << std::setprecision(2) << " experts/sample " << (routed > 0 ? answers / routed : 0.0)
          << " zero_output_samples " << (now.zero_output_samples - window_stats_.zero_output_samples)
          << " skipped_steps " << failed_steps_ << " nonfinite_steps " << nonfinite_steps_
          << std::setprecision(6) << " lr " << lr_now_ << " in_flight " << o_.in_flight
          << " max_staleness " << max_staleness_ << "\n"
          << std::defaultfloat << std::flush;
     window_loss_ = 0;
-    window_correct_ = window_samples_ = window_steps_ = 0;
+    window_correct_ = window_targets_ = window_samples_ = window_steps_ = 0;
     window_stats_ = now;
     window_start_us_ = wiring_.clock->NowMonotonicUs();
   }
 
-  void PrintEval(int64_t step, double accuracy) {
-    out_ << "eval step " << step << " test_accuracy " << std::fixed << std::setprecision(4)
-         << accuracy << "\n"
+  // Test accuracy, or held-out bpb for text, of `model` (master_, or eval_model_ under eval_mu_).
+  double Score(DmoeModel& model) {
+    return inputs_.text ? EvaluateBitsPerByte(model, *inputs_.text, o_.eval_bytes)
+                        : Evaluate(model, inputs_.test, o_.eval_samples);
+  }
+
+  void PrintEval(int64_t step, double score) {
+    out_ << "eval step " << step << (inputs_.text ? " bpb " : " test_accuracy ") << std::fixed
+         << std::setprecision(4) << score << "\n"
          << std::defaultfloat << std::flush;
   }
 
@@ -645,9 +783,10 @@ class TrainingLoop {
   double lr_now_ = 0;
   // The progress window: sums since the last progress line, and when it started.
   double window_loss_ = 0;
-  int64_t window_correct_ = 0, window_samples_ = 0, window_steps_ = 0;
+  int64_t window_correct_ = 0, window_targets_ = 0, window_samples_ = 0, window_steps_ = 0;
   MoeStats window_stats_;
   int64_t window_start_us_ = 0;
+  int64_t start_us_ = 0;  // when this run started training (max_seconds)
 
   std::mutex eval_mu_;  // one evaluation at a time, on eval_model_
   DmoeModel eval_model_;
@@ -663,43 +802,36 @@ Result<Checkpoint> Resume(storage::KvStore& kv, const TrainerOptions& o, const T
     if (resumed.status().code() == Code::kNotFound) return Checkpoint{};
     return resumed.status();
   }
-  // The data position follows from the step (EpochOrder); the Adam step counts the updates its
-  // moments hold, so a resumed trainer shows all three.
-  const int64_t per_epoch = in.train.x.size(0) / o.batch_size;
+  // The data position follows from the step (EpochOrder, TrainWindowBegins); the Adam step counts
+  // the updates its moments hold, so a resumed trainer shows both.
   out << "resumed from step " << resumed->step << "\n"
-      << "resumed optimizer_steps " << AdamSteps(optimizer) << " data_epoch "
-      << resumed->step / per_epoch << " data_offset " << (resumed->step % per_epoch) * o.batch_size
-      << "\n"
-      << std::flush;
+      << "resumed optimizer_steps " << AdamSteps(optimizer);
+  if (in.text) {
+    out << " data_windows " << resumed->step * o.batch_size;
+  } else {
+    const int64_t per_epoch = in.train.x.size(0) / o.batch_size;
+    out << " data_epoch " << resumed->step / per_epoch << " data_offset "
+        << (resumed->step % per_epoch) * o.batch_size;
+  }
+  out << "\n" << std::flush;
   return resumed;
 }
 
 }  // namespace
 
-Result<TrainerInputs> PrepareTrainer(const TrainerOptions& o) {
+Result<TrainerInputs> PrepareTrainer(const TrainerOptions& o, const Clock& clock) {
   DMOE_RETURN_IF_ERROR(CheckOptions(o));
   TrainerInputs in;
   DMOE_ASSIGN_OR_RETURN(in.spec_json, ReadFile(o.spec_path, "model spec"));
   DMOE_ASSIGN_OR_RETURN(in.spec, model::ParseModelSpec(in.spec_json));
-  switch (o.data) {
-    case data::DataSource::kFashionMnist: {
-      DMOE_ASSIGN_OR_RETURN(in.train, LoadFashionMnistTensors(true, o.data_dir));
-      DMOE_ASSIGN_OR_RETURN(in.test, LoadFashionMnistTensors(false, o.data_dir));
-      break;
-    }
-    case data::DataSource::kKjv:
-    case data::DataSource::kTextFile:
-      return InvalidArgumentError("the trainer does not train on text yet");
+  if (data::IsTextSource(o.data.source)) {
+    DMOE_ASSIGN_OR_RETURN(std::string text, data::ReadTextSource(o.data, clock));
+    DMOE_ASSIGN_OR_RETURN(in.text, data::TextCorpus::Create(std::move(text), o.seq_len));
+  } else {
+    DMOE_ASSIGN_OR_RETURN(in.train, LoadFashionMnistTensors(true, o.data_dir));
+    DMOE_ASSIGN_OR_RETURN(in.test, LoadFashionMnistTensors(false, o.data_dir));
   }
-  if (o.batch_size > in.train.x.size(0)) {
-    return InvalidArgumentError("--batch-size " + std::to_string(o.batch_size) + " exceeds the " +
-                                std::to_string(in.train.x.size(0)) + " training images");
-  }
-  if (in.train.x.size(1) != in.spec.input_dim) {
-    return InvalidArgumentError("the spec's input_dim is " + std::to_string(in.spec.input_dim) +
-                                " but Fashion-MNIST images have " +
-                                std::to_string(in.train.x.size(1)) + " pixels");
-  }
+  DMOE_RETURN_IF_ERROR(CheckSpecFitsData(o, in));
   return in;
 }
 

@@ -1,7 +1,15 @@
 // The trainer behind dmoe-train: trains a model spec's local layers here and its experts remotely
-// (through RemoteMixtureOfExperts) on Fashion-MNIST, shows progress, evaluates, publishes the local
-// parameters to the router, and checkpoints its own state so a restarted trainer resumes.
-// Several trainers may run at once on the same experts.
+// (through RemoteMixtureOfExperts), shows progress, evaluates, publishes the local parameters to
+// the router, and checkpoints its own state so a restarted trainer resumes. Several trainers may
+// run at once on the same experts.
+//
+// Two kinds of run, chosen by the data (TrainerOptions::data) and matching the spec's input:
+// - Fashion-MNIST with a feature model: batches of images, cross-entropy over the 10 classes,
+//   evaluated as test accuracy.
+// - Text (--data kjv or text:FILE) with a token model: batches of seq_len-token windows of the
+//   training split (data/text_corpus.h, one token per byte), the mean cross-entropy of every
+//   next-token prediction, evaluated as bits per byte (bpb) on the held-out split. The moe layers
+//   see every token as one sample: batching, bans, k_min and timeouts act on tokens.
 //
 // A run has two halves. PrepareTrainer checks the options and reads the spec and the data, so a
 // bad flag or file fails fast, before the process joins the swarm. dmoe-train's main then wires
@@ -25,6 +33,8 @@
 #include "core/identity.h"
 #include "core/status.h"
 #include "data/data_source.h"
+#include "data/text_corpus.h"
+#include "gating/model.h"
 #include "model/model_spec.h"
 #include "tensor/safetensors.h"
 
@@ -57,15 +67,22 @@ struct TrainerOptions {
   std::string spec_path;
   std::string router_url;  // empty = do not publish
   std::string db_dir;      // trainer checkpoint; empty = none
-  data::DataSource data = data::DataSource::kFashionMnist;
-  std::string data_dir;  // default: Debian's package directory
+  data::DataSpec data;     // --data: fashion-mnist (the default), kjv or text:FILE
+  std::string data_dir;    // Fashion-MNIST's IDX files; default: Debian's package directory
+  // Text: tokens per training window (the model reads seq_len and predicts the next seq_len);
+  // 1..the spec's max_len.
+  int64_t seq_len = 128;
   int64_t steps = 300;
   int64_t batch_size = 64;
   double lr = 1e-3;
   LrSchedule lr_schedule = LrSchedule::kConstant;  // of the local layers' Adam
   uint64_t seed = 0;
   int64_t eval_every = 100;
-  int64_t eval_samples = 10000;  // of the test split
+  int64_t eval_samples = 10000;  // Fashion-MNIST: test images per evaluation
+  int64_t eval_bytes = 0;        // text: held-out bytes scored per evaluation (0 = all of them)
+  // Stop (as on SIGINT: steps in flight finish, then evaluate, publish, checkpoint) once this much
+  // time has passed since training started; 0 = no limit. For runs of equal wall time.
+  double max_seconds = 0;
   int64_t publish_every = 50;
   int64_t log_every = 10;
   // The dtype of tensors sent to the experts and back: F32, F16 or BF16.
@@ -90,7 +107,8 @@ struct TrainerOptions {
 
 struct TrainerResult {
   int64_t steps_done = 0;
-  double final_test_accuracy = -1;
+  double final_test_accuracy = -1;  // Fashion-MNIST runs
+  double final_bpb = -1;            // text runs: held-out bits per byte
   int64_t published_version = 0;
   // The most updates applied to the local parameters between the read and the apply of one step.
   int64_t max_staleness = 0;
@@ -115,14 +133,25 @@ std::vector<int64_t> EpochOrder(uint64_t seed, int64_t epoch, int64_t n);
 struct TrainerInputs {
   model::ModelSpec spec;
   std::string spec_json;  // the spec file as read: publications carry it
-  TensorSplit train;
+  TensorSplit train;      // Fashion-MNIST runs
   TensorSplit test;
+  std::optional<data::TextCorpus> text;  // text runs (then train and test are empty)
 };
 
 // Checks `options` (kInvalidArgument naming the flag), reads and parses the spec (kNotFound when
-// unreadable, kInvalidArgument when malformed) and loads both splits of the data (kNotFound
-// naming the package to install), and checks that they fit each other. Blocks on file reads only.
-Result<TrainerInputs> PrepareTrainer(const TrainerOptions& options);
+// unreadable, kInvalidArgument when malformed), loads the data (both Fashion-MNIST splits, or the
+// text cut into windows of seq_len; kNotFound naming the package to install or the file), and
+// checks that spec and data fit each other: a feature model of input_dim 784 for Fashion-MNIST, a
+// token model of the byte vocabulary (256) with max_len >= seq_len for text. Blocks on file reads
+// (and, for kjv, on the `bible` program, whose timeout `clock` measures).
+Result<TrainerInputs> PrepareTrainer(const TrainerOptions& options, const Clock& clock);
+
+// Held-out bits per byte of a token model on `corpus` (TextCorpus::EvalWindows, in batches),
+// forward only, over at least `limit_bytes` held-out bytes (the windows in order until they score
+// that many; 0 = all). Windows the swarm cannot answer (NotEnoughExpertsError) count as a uniform
+// guess, 8 bits per byte, so a failing swarm shows as a worse score rather than a crash. Leaves the
+// model in training mode.
+double EvaluateBitsPerByte(DmoeModel& model, const data::TextCorpus& corpus, int64_t limit_bytes);
 
 // What the process wires once and the trainer uses; all must outlive RunTrainer.
 struct TrainerWiring {

@@ -11,6 +11,7 @@
 #include <chrono>
 #include <cmath>
 #include <functional>
+#include <map>
 #include <memory>
 #include <numeric>
 #include <string>
@@ -104,6 +105,29 @@ TEST(TrainerTest, LocalLayersMatchTheModelsNamesAndInitialization) {
   EXPECT_TRUE(at::allclose(model->forward(x), y));
 }
 
+// residual_ffn, the dense baseline's layer, is x + ffn(layer_norm(x)) with ffn what an ffn expert
+// computes, and holds exactly the parameters its spec counts.
+TEST(TrainerTest, AResidualFfnComputesAnFfnExpertOnTheNormedInput) {
+  Result<model::ModelSpec> spec = model::ParseModelSpec(
+      R"({"name":"d","input_dim":6,"layers":[{"type":"residual_ffn","hidden":24,"pre_norm":true}]})");
+  ASSERT_TRUE(spec.ok()) << spec.status().ToString();
+  at::manual_seed(4);
+  DmoeModel model(*spec, ModelContext{});
+  std::map<std::string, at::Tensor> p = model->StateDict();
+  EXPECT_EQ(p.size(), 8u);  // norm, linear1, linear2, ffn_norm: a weight and a bias each
+  const at::Tensor x = at::randn({5, 6});
+  const at::Tensor z = at::layer_norm(x, {6}, p["layer0.norm.weight"], p["layer0.norm.bias"]);
+  const at::Tensor h =
+      at::gelu(at::linear(z, p["layer0.linear1.weight"], p["layer0.linear1.bias"]));
+  const at::Tensor f =
+      at::layer_norm(z + at::linear(h, p["layer0.linear2.weight"], p["layer0.linear2.bias"]), {6},
+                     p["layer0.ffn_norm.weight"], p["layer0.ffn_norm.bias"]);
+  EXPECT_TRUE(at::allclose(model->forward(x), x + f, 1e-5, 1e-6));
+  int64_t count = 0;
+  for (const at::Tensor& t : model->parameters()) count += t.numel();
+  EXPECT_EQ(static_cast<double>(count), spec->LocalParameterCount());
+}
+
 // A moe layer whose experts cannot be found throws the typed error the trainer and evaluation
 // catch (and nothing else), unless zero outputs are allowed.
 TEST(TrainerTest, AMoeLayerWithoutExpertsThrowsNotEnoughExperts) {
@@ -124,28 +148,28 @@ TEST(TrainerTest, AMoeLayerWithoutExpertsThrowsNotEnoughExperts) {
 // PrepareTrainer refuses what it can before the process joins a swarm.
 TEST(TrainerTest, PrepareRefusesBadOptionsAndSpecsBeforeJoining) {
   testing::TempDir dir("dmoe-trainer-test");
+  const Clock& clock = RealClock::Instance();
   TrainerOptions o;
   o.spec_path = dir.Sub("missing.json");
-  EXPECT_EQ(PrepareTrainer(o).status().code(), Code::kNotFound);
+  EXPECT_EQ(PrepareTrainer(o, clock).status().code(), Code::kNotFound);
   o.spec_path = dir.WriteFile("bad.json", R"({"name":"m","input_dim":4,"layers":[{"type":"x"}]})");
-  EXPECT_EQ(PrepareTrainer(o).status().code(), Code::kInvalidArgument);
+  EXPECT_EQ(PrepareTrainer(o, clock).status().code(), Code::kInvalidArgument);
   o.in_flight = kMaxInFlight + 1;
-  Result<TrainerInputs> too_many = PrepareTrainer(o);
+  Result<TrainerInputs> too_many = PrepareTrainer(o, clock);
   EXPECT_EQ(too_many.status().code(), Code::kInvalidArgument);
   EXPECT_NE(too_many.status().message().find("--in-flight"), std::string::npos);
   o.in_flight = 1;
   o.wire_dtype = safetensors::DType::kI64;
-  Result<TrainerInputs> dtype = PrepareTrainer(o);
+  Result<TrainerInputs> dtype = PrepareTrainer(o, clock);
   EXPECT_EQ(dtype.status().code(), Code::kInvalidArgument);
   EXPECT_NE(dtype.status().message().find("--wire-dtype"), std::string::npos);
-  // Text sources parse (data/data_source.h) but the trainer does not train a language model yet.
   o.wire_dtype = safetensors::DType::kF32;
-  o.spec_path =
-      dir.WriteFile("ok.json", R"({"name":"m","input_dim":784,"layers":[{"type":"relu"}]})");
-  o.data = data::DataSource::kKjv;
-  Result<TrainerInputs> text = PrepareTrainer(o);
-  EXPECT_EQ(text.status().code(), Code::kInvalidArgument);
-  EXPECT_EQ(text.status().message(), "the trainer does not train on text yet");
+  o.seq_len = 0;
+  EXPECT_EQ(PrepareTrainer(o, clock).status().message(), "--seq-len must be in [1, 65536], got 0");
+  o.seq_len = 128;
+  o.max_seconds = -1;
+  EXPECT_EQ(PrepareTrainer(o, clock).status().message(),
+            "--max-seconds must be a finite number >= 0");
 }
 
 }  // namespace
