@@ -182,6 +182,8 @@ TEST_F(GenerateRouteTest, BadRequestsAreRefusedNamingWhatIsWrong) {
       {"stop", Generate("lm", {{"prompt", "a"}, {"stop", {""}}}), 400, "stop[0] must hold 1..64"},
       {"seed", Generate("lm", {{"prompt", "a"}, {"seed", -3}}), 400, "seed must be an integer"},
       {"prompt", Generate("lm", {{"max_tokens", 3}}), 400, "prompt is missing"},
+      {"stream", Generate("lm", {{"prompt", "a"}, {"stream", true}}), 400,
+       "\"stream\": true is not served by this router yet"},
       {"prompt past the context", Generate("lm", {{"prompt", std::string(64, 'a')}}), 400,
        "so a prompt may hold at most 63"},
       {"not JSON",
