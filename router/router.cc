@@ -16,6 +16,7 @@
 #include "dht/dht.h"
 #include "net/http_server.h"
 #include "net/io_context.h"
+#include "net/sse.h"
 #include "net/url.h"
 #include "router/dashboard_asset.h"
 #include "router/generation.h"
@@ -447,16 +448,42 @@ class RouterImpl : public Router {
     auto fail = [&](const Status& s) { respond(Answer("generate", net::Response::Error(s))); };
     Result<GenerateParams> params = ParseGenerateRequest(req.body_view(), GenerateLimits{});
     if (!params.ok()) return fail(params.status());
-    if (params->stream) {
-      return fail(InvalidArgumentError("\"stream\": true is not served by this router yet"));
-    }
     compute_->Post([this, name = std::string(req.Param("name").value_or("")),
                     params = std::move(params).value(), respond]() mutable {
       Result<storage::Model> model = models_->Get(name);
       Status s = model.status();
-      if (s.ok()) s = generator_->Submit(*model, std::move(params), WholeAnswerSink(respond));
+      if (s.ok()) {
+        GenerationSink sink = params.stream ? StreamSink(respond) : WholeAnswerSink(respond);
+        s = generator_->Submit(*model, std::move(params), std::move(sink));
+      }
       if (!s.ok()) respond(Answer("generate", net::Response::Error(s)));
     });
+  }
+
+  // Answers a generation as Server-Sent Events: one `data: {"text": PIECE}` per event with text,
+  // then `data: {"text": "", "finish_reason", "usage", "model_version"}` (and "error" when the
+  // reason is "error"), then the end of the body. The stream opens at the first event, so a
+  // generation that fails before its first token is answered as a whole error (503 for an
+  // unavailable swarm), as without "stream". A client that leaves closes the stream, and the
+  // generation ends at the next step.
+  GenerationSink StreamSink(net::Responder respond) {
+    return [this, respond,
+            stream = std::shared_ptr<net::ResponseStream>()](const GenerationEvent& e) mutable {
+      if (!stream) {
+        if (e.done && e.finish_reason == FinishReason::kError && e.completion_tokens == 0) {
+          respond(Answer("generate", net::Response::Error(e.error)));
+          return false;
+        }
+        Count("generate", Code::kOk);
+        stream = respond.Stream(200, "text/event-stream", {{"Cache-Control", "no-cache"}});
+      }
+      if (!e.text.empty()) stream->Write(net::SseEvent(Dump(nlohmann::json{{"text", e.text}})));
+      if (e.done) {
+        stream->Write(net::SseEvent(Dump(GenerationResult(e, ""))));
+        stream->End();
+      }
+      return !stream->closed();
+    };
   }
 
   // Collects a generation's text and answers it whole at the end: 200 with the text, or, when the

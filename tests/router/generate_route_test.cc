@@ -5,7 +5,9 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <chrono>
+#include <functional>
 #include <future>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -16,6 +18,7 @@
 #include "core/clock.h"
 #include "data/byte_tokenizer.h"
 #include "net/http_client.h"
+#include "net/sse.h"
 #include "router/router.h"
 #include "tests/gating/swarm4x4.h"
 #include "tests/router/token_models.h"
@@ -158,6 +161,85 @@ TEST_F(GenerateRouteTest, ASeedGivesTheSameTextAloneAndAmongEightConcurrentReque
   EXPECT_LE(steps, 3 * kTokens) << "8 requests took " << steps << " steps";
 }
 
+// What a generate stream carried, read with the client a program would use.
+struct Streamed {
+  int status = 0;
+  std::string content_type;
+  std::string text;  // the text of every event, joined
+  int events = 0;
+  json last;  // the event with finish_reason
+};
+
+// `go_on` sees what arrived after each piece of the body and returns false to hang up.
+Streamed ReadStream(const std::string& url, const json& body,
+                    const std::function<bool(const Streamed&)>& go_on = {}) {
+  Streamed s;
+  net::SseParser parser;
+  const std::string payload = body.dump();
+  Result<net::Response> head = net::FetchStream(
+      "POST", url, {{"Content-Type", "application/json"}},
+      net::Bytes(payload.begin(), payload.end()), 120s, [&](std::string_view piece) {
+        Status fed = parser.Feed(piece, [&](net::SseMessage m) {
+          json e = json::parse(m.data);
+          s.text += e.value("text", "");
+          ++s.events;
+          if (e.contains("finish_reason")) s.last = e;
+        });
+        EXPECT_TRUE(fed.ok()) << fed.ToString();
+        return fed.ok() && (!go_on || go_on(s));
+      });
+  EXPECT_TRUE(head.ok()) << head.status().ToString();
+  if (!head.ok()) return s;
+  s.status = head->status;
+  s.content_type = std::string(net::MediaTypeOf(head->headers));
+  return s;
+}
+
+TEST_F(GenerateRouteTest, AStreamCarriesTheTextOfTheWholeAnswerEventByEvent) {
+  StartRouter();
+  const std::string spec = SwarmLmSpec("lm", 64, /*k_min=*/1, /*forward_timeout_ms=*/20000);
+  const int64_t version = Publish(BuildLm(spec, 13, gating::ModelContext{MakeSwarm()}), spec);
+  json request = {{"prompt", "In the"}, {"max_tokens", 12}, {"temperature", 1.0}, {"seed", 5}};
+  net::Response whole = Generate("lm", request);
+  ASSERT_EQ(whole.status, 200) << whole.body_view();
+
+  request["stream"] = true;
+  Streamed s = ReadStream(router_->endpoint() + "/v1/models/lm/generate", request);
+  EXPECT_EQ(s.status, 200);
+  EXPECT_EQ(s.content_type, "text/event-stream");
+  EXPECT_EQ(s.text, Body(whole)["text"]);
+  // One event per piece of text (a token, or the bytes of one character), then the last one.
+  EXPECT_GE(s.events, 2);
+  EXPECT_LE(s.events, 13);
+  EXPECT_EQ(s.last["text"], "");
+  EXPECT_EQ(s.last["finish_reason"], "length");
+  EXPECT_EQ(s.last["usage"], json({{"prompt_tokens", 6}, {"completion_tokens", 12}}));
+  EXPECT_EQ(s.last["model_version"], version);
+}
+
+// A client that hangs up mid-stream ends its generation at once, not after max_tokens: its slot
+// among --max-generations is free again and the decode thread stops spending steps on it.
+TEST_F(GenerateRouteTest, AClientThatLeavesAStreamEndsItsGeneration) {
+  StartRouter();
+  const std::string spec = SwarmLmSpec("lm", 1024, /*k_min=*/1, /*forward_timeout_ms=*/20000);
+  Publish(BuildLm(spec, 14, gating::ModelContext{MakeSwarm()}), spec);
+  const double before = std::max(0.0, Metric("dmoe_router_generated_tokens_total"));
+  Streamed s = ReadStream(router_->endpoint() + "/v1/models/lm/generate",
+                          {{"prompt", "a"}, {"max_tokens", 1000}, {"stream", true}},
+                          [](const Streamed& so_far) { return so_far.events < 3; });
+  EXPECT_EQ(s.status, 200);
+  EXPECT_TRUE(s.last.is_null());
+  // Poll (with a deadline) until the generator has let go of it.
+  const auto deadline = std::chrono::steady_clock::now() + 60s;
+  while (Metric("dmoe_router_generations_pending") != 0 &&
+         std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(2ms);  // a poll interval, not a wait for an outcome
+  }
+  EXPECT_EQ(Metric("dmoe_router_generations_pending"), 0);
+  const double generated = Metric("dmoe_router_generated_tokens_total") - before;
+  EXPECT_LT(generated, 500) << "a generation nobody reads ran on";
+}
+
 TEST_F(GenerateRouteTest, BadRequestsAreRefusedNamingWhatIsWrong) {
   StartRouter();
   const std::string spec = SwarmLmSpec("lm", 64, /*k_min=*/2, /*forward_timeout_ms=*/20000);
@@ -182,8 +264,7 @@ TEST_F(GenerateRouteTest, BadRequestsAreRefusedNamingWhatIsWrong) {
       {"stop", Generate("lm", {{"prompt", "a"}, {"stop", {""}}}), 400, "stop[0] must hold 1..64"},
       {"seed", Generate("lm", {{"prompt", "a"}, {"seed", -3}}), 400, "seed must be an integer"},
       {"prompt", Generate("lm", {{"max_tokens", 3}}), 400, "prompt is missing"},
-      {"stream", Generate("lm", {{"prompt", "a"}, {"stream", true}}), 400,
-       "\"stream\": true is not served by this router yet"},
+      {"stream", Generate("lm", {{"prompt", "a"}, {"stream", 1}}), 400, "stream must be"},
       {"prompt past the context", Generate("lm", {{"prompt", std::string(64, 'a')}}), 400,
        "so a prompt may hold at most 63"},
       {"not JSON",
