@@ -6,8 +6,12 @@
 #define DMOE_CLI_COMMANDS_H_
 
 #include <cstdint>
+#include <optional>
 #include <ostream>
 #include <string>
+#include <vector>
+
+#include "core/status.h"
 
 namespace CLI {
 class App;
@@ -21,6 +25,12 @@ namespace dmoe::cli {
 
 constexpr int kExitOk = 0;
 constexpr int kExitError = 2;
+
+// Prints "error: <message>" to `err` and returns kExitError.
+inline int PrintError(std::ostream& err, const Status& s) {
+  err << "error: " << s.message() << "\n";
+  return kExitError;
+}
 
 // `dmoe inspect FILE`: decodes a safetensors file and prints
 // {"tensors": {NAME: {"dtype": .., "shape": [..]}, ..}, "metadata": {..}} (tensors in data order).
@@ -49,6 +59,22 @@ void AddKeygenCommand(CLI::App& app, int* exit_code);
 void AddInferCommand(CLI::App& app, int* exit_code);
 int RunInfer(const std::string& router, const std::string& model, const std::string& inputs_path,
              int64_t fashion_mnist_count, std::ostream& out, std::ostream& err);
+
+// `dmoe generate --router URL --model NAME [knobs] PROMPT`: streams a continuation to `out` as it
+// is decoded and a summary line with tokens/s to `err`; exit 2 when the router refuses or the
+// swarm fails mid-generation (the text so far is printed).
+struct GenerateFlags {
+  std::string prompt;
+  int64_t max_tokens = 64;
+  double temperature = 0.8;
+  int64_t top_k = 0;
+  double top_p = 1.0;
+  std::optional<uint64_t> seed;
+  std::vector<std::string> stop;
+};
+void AddGenerateCommand(CLI::App& app, int* exit_code);
+int RunGenerate(const std::string& router, const std::string& model, const GenerateFlags& flags,
+                std::ostream& out, std::ostream& err);
 
 // `dmoe experts --router URL`: the router's view of the swarm, one line per expert.
 void AddExpertsCommand(CLI::App& app, int* exit_code);

@@ -19,11 +19,6 @@
 namespace dmoe::cli {
 namespace {
 
-int Fail(std::ostream& err, const Status& s) {
-  err << "error: " << s.message() << "\n";
-  return kExitError;
-}
-
 Result<net::Response> Post(const std::string& url, const std::string& type,
                            std::vector<uint8_t> body) {
   DMOE_ASSIGN_OR_RETURN(net::Response r, net::Fetch("POST", url, {{"Content-Type", type}},
@@ -38,17 +33,17 @@ int RunInfer(const std::string& router, const std::string& model, const std::str
   const std::string url = router + "/v1/models/" + model + "/infer";
   if (!inputs_path.empty()) {
     std::ifstream in(inputs_path);
-    if (!in) return Fail(err, NotFoundError("cannot read " + inputs_path));
+    if (!in) return PrintError(err, NotFoundError("cannot read " + inputs_path));
     std::stringstream buf;
     buf << in.rdbuf();
     std::string text = buf.str();
     Result<net::Response> r = Post(url, "application/json", {text.begin(), text.end()});
-    if (!r.ok()) return Fail(err, r.status());
+    if (!r.ok()) return PrintError(err, r.status());
     out << r->body_view() << "\n";
     return kExitOk;
   }
   Result<data::ImageDataset> test = data::LoadFashionMnist(false);
-  if (!test.ok()) return Fail(err, test.status());
+  if (!test.ok()) return PrintError(err, test.status());
   const int64_t n = std::min<int64_t>(fashion_mnist_count, test->count);
   const int64_t pixels = test->rows * test->cols;
   int64_t correct = 0, version = 0;
@@ -62,16 +57,16 @@ int RunInfer(const std::string& router, const std::string& model, const std::str
                               safetensors::DType::kF32,
                               {len, pixels},
                               {reinterpret_cast<const uint8_t*>(x.data()), x.size() * 4}}});
-    if (!body.ok()) return Fail(err, body.status());
+    if (!body.ok()) return PrintError(err, body.status());
     Result<net::Response> r = Post(url, "application/x-safetensors", std::move(body).value());
-    if (!r.ok()) return Fail(err, r.status());
+    if (!r.ok()) return PrintError(err, r.status());
     Result<safetensors::Decoded> d = safetensors::Decode(r->body);
-    if (!d.ok()) return Fail(err, d.status());
+    if (!d.ok()) return PrintError(err, d.status());
     const safetensors::TensorView* y = d->Find("y");
     if (y == nullptr || y->shape.size() != 2 || y->shape[0] != len ||
         y->dtype != safetensors::DType::kF32) {
-      return Fail(err, InternalError("the router's answer has no F32 y [" + std::to_string(len) +
-                                     ", classes]"));
+      return PrintError(err, InternalError("the router's answer has no F32 y [" +
+                                           std::to_string(len) + ", classes]"));
     }
     const int64_t classes = y->shape[1];
     std::vector<float> logits(len * classes);

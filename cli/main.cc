@@ -15,6 +15,7 @@ int main(int argc, char** argv) {
   dmoe::cli::AddExportCommand(app, clock, &exit_code);
   dmoe::cli::AddKeygenCommand(app, &exit_code);
   dmoe::cli::AddInferCommand(app, &exit_code);
+  dmoe::cli::AddGenerateCommand(app, &exit_code);
   dmoe::cli::AddExpertsCommand(app, &exit_code);
   dmoe::cli::AddDhtCommand(app, clock, &exit_code);
   try {
