@@ -205,6 +205,27 @@ TEST(StreamTest, DroppedHandleEndsTheBodyOnTheWire) {
   EXPECT_EQ(r->body_view(), "partial answer");
 }
 
+// A Responder answers once: a Stream after a whole answer is closed from the start, and the whole
+// answer keeps its connection alive.
+TEST(StreamTest, StreamAfterAWholeAnswerIsClosed) {
+  HttpServer server({});
+  std::atomic<bool> late_stream_closed{false};
+  server.Handle("GET", "/twice", [&](Request, Responder respond) {
+    respond(Response::Text(200, "text/plain", "whole"));
+    auto stream = respond.Stream(200, "text/plain");
+    late_stream_closed.store(stream->closed() && !stream->Write("ignored"));
+  });
+  ASSERT_TRUE(server.Start().ok());
+  HttpClient client;
+  for (int i = 0; i < 2; ++i) {
+    auto r = client.Fetch("GET", Base(server) + "/twice", {}, {}, seconds(5));
+    ASSERT_TRUE(r.ok()) << r.status().ToString();
+    EXPECT_EQ(r->body_view(), "whole");
+  }
+  EXPECT_TRUE(late_stream_closed.load());
+  EXPECT_EQ(client.connections_opened(), 1u);
+}
+
 TEST(StreamTest, FetchStreamTakesWholeBodiesAndErrorsToo) {
   HttpServer server({});
   server.Handle("GET", "/whole", [](Request, Responder respond) {
