@@ -29,8 +29,9 @@
 
 namespace dmoe::router::openai {
 
-// A request body past this is refused with kPayloadTooLarge (413) before it is parsed.
-inline constexpr size_t kMaxBodyBytes = 64 << 10;
+// A request body past this is refused with kPayloadTooLarge (413) before it is parsed: the limit
+// of dmoe's own generate route.
+inline constexpr size_t kMaxBodyBytes = kMaxGenerateRequestBytes;
 // The most messages a chat request may have.
 inline constexpr size_t kMaxMessages = 64;
 // The template's stop string, added to a chat request's own.

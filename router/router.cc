@@ -514,7 +514,7 @@ class RouterImpl : public Router {
     }
     std::string param;
     Result<openai::Request> parsed =
-        openai::ParseRequest(api, req.body_view(), generate_limits_, &param);
+        openai::ParseRequest(api, req.body_view(), GenerateLimits{}, &param);
     if (!parsed.ok()) return fail(parsed.status(), param);
     // Submit may build the model: never on a network thread.
     compute_->Post([this, r = std::move(parsed).value(), route, respond, fail]() mutable {
@@ -597,7 +597,7 @@ class RouterImpl : public Router {
     std::string id;
     Result<WsGenerateRequest> parsed = ParseWsGenerateRequest(
         std::string_view(reinterpret_cast<const char*>(message.data()), message.size()),
-        generate_limits_, &id);
+        GenerateLimits{}, &id);
     if (!parsed.ok()) {
       WsSend(conn, WsErrorMessage(id, parsed.status()));
       return;

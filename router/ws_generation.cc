@@ -18,31 +18,29 @@ std::string Dump(const Json& j) { return j.dump(-1, ' ', false, Json::error_hand
 Result<WsGenerateRequest> ParseWsGenerateRequest(std::string_view message,
                                                  const GenerateLimits& limits, std::string* id) {
   if (id != nullptr) id->clear();
-  if (message.size() > kMaxWsGenerateMessageBytes) {
-    return PayloadTooLargeError("the message has " + std::to_string(message.size()) +
-                                " bytes; at most " + std::to_string(kMaxWsGenerateMessageBytes) +
-                                " are allowed");
-  }
-  const Json json = Json::parse(message, nullptr, false);
-  if (json.is_discarded() || !json.is_object()) {
-    return InvalidArgumentError(
-        "a message must be a JSON object {\"id\", \"model\", \"prompt\", ...}");
-  }
+  // The generate fields, and with them the message's size and shape, are checked as the generate
+  // route checks its body; the id is read even when they are refused, to name the refusal.
+  Result<GenerateParams> params = ParseGenerateRequest(message, limits);
+  const Json json = params.status().code() == Code::kPayloadTooLarge
+                        ? Json()
+                        : Json::parse(message, nullptr, false);
   WsGenerateRequest r;
-  auto it = json.find("id");
-  if (it == json.end() || !it->is_string() ||
-      it->get_ref<const std::string&>().size() > kMaxWsGenerateIdBytes) {
+  auto it = json.is_object() ? json.find("id") : json.end();
+  const bool has_id = it != json.end() && it->is_string() &&
+                      it->get_ref<const std::string&>().size() <= kMaxWsGenerateIdBytes;
+  if (has_id) r.id = it->get<std::string>();
+  if (has_id && id != nullptr) *id = r.id;
+  if (!params.ok()) return params.status();
+  if (!has_id) {
     return InvalidArgumentError("id must be a string of at most " +
                                 std::to_string(kMaxWsGenerateIdBytes) + " bytes");
   }
-  r.id = it->get<std::string>();
-  if (id != nullptr) *id = r.id;
+  r.params = std::move(params).value();
   it = json.find("model");
   if (it == json.end() || !it->is_string() || it->get_ref<const std::string&>().empty()) {
     return InvalidArgumentError("model must be the name of a published model");
   }
   r.model = it->get<std::string>();
-  DMOE_ASSIGN_OR_RETURN(r.params, ParseGenerateRequest(message, limits));
   return r;
 }
 

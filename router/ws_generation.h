@@ -22,8 +22,6 @@
 
 namespace dmoe::router {
 
-// A message past this is refused (kPayloadTooLarge) without being parsed.
-inline constexpr size_t kMaxWsGenerateMessageBytes = 64 << 10;
 // The longest id a client may choose.
 inline constexpr size_t kMaxWsGenerateIdBytes = 64;
 // Generations one connection may have in flight; past it a request is refused with
@@ -36,11 +34,12 @@ struct WsGenerateRequest {
   GenerateParams params;
 };
 
-// Parses one message. Errors: kPayloadTooLarge past kMaxWsGenerateMessageBytes; kInvalidArgument
-// for a message that is not a JSON object, an id that is not a string of at most
-// kMaxWsGenerateIdBytes, a missing or empty model, or any error of ParseGenerateRequest. When the
-// message carries a usable id, `*id` (when given) is set to it even on error, so that the refusal
-// names the request; otherwise it is left empty.
+// Parses one message. Errors: those of ParseGenerateRequest, which refuses a message past
+// kMaxGenerateRequestBytes (kPayloadTooLarge, unparsed) or one that is not a JSON object
+// (kInvalidArgument); then kInvalidArgument for an id that is not a string of at most
+// kMaxWsGenerateIdBytes, or a missing or empty model. When the message carries a usable id,
+// `*id` (when given) is set to it even on error, so that the refusal names the request; otherwise
+// it is left empty.
 Result<WsGenerateRequest> ParseWsGenerateRequest(std::string_view message,
                                                  const GenerateLimits& limits,
                                                  std::string* id = nullptr);

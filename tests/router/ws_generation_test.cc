@@ -58,7 +58,7 @@ TEST(WsGenerationMessagesTest, RefusalsKeepTheIdWhenThereIsOne) {
   EXPECT_EQ(id, "");
   r = ParseWsGenerateRequest("[1, 2]", GenerateLimits{}, &id);
   EXPECT_EQ(r.status().code(), Code::kInvalidArgument);
-  r = ParseWsGenerateRequest(std::string(kMaxWsGenerateMessageBytes + 1, ' '), GenerateLimits{},
+  r = ParseWsGenerateRequest(std::string(kMaxGenerateRequestBytes + 1, ' '), GenerateLimits{},
                              &id);
   EXPECT_EQ(r.status().code(), Code::kPayloadTooLarge);
 }
@@ -127,6 +127,14 @@ std::string TextOf(const std::vector<json>& messages) {
   return text;
 }
 
+// One client connection and what it received. Members go in reverse order: the connection, then
+// the client (which joins its thread), then what that thread wrote to.
+struct Session {
+  Received received;
+  net::WsClient client;
+  std::shared_ptr<net::WsConnection> conn;
+};
+
 class WsGenerationRouteTest : public RouterTest {
  protected:
   void SetUp() override {
@@ -135,11 +143,11 @@ class WsGenerationRouteTest : public RouterTest {
     ASSERT_EQ(Publish("shift", testing::ShiftModel("shift", false, version_)).status, 200);
   }
 
-  // A connection whose messages go to `received`, and whose handler runs `on_message` first.
-  std::shared_ptr<net::WsConnection> Connect(net::WsClient& client, Received& received,
-                                             std::function<void()> on_message = {}) {
+  // Connects `s`; its messages go to s.received, after `on_message` ran.
+  void Open(Session& s, std::function<void()> on_message = {}) {
     std::promise<Result<std::shared_ptr<net::WsConnection>>> p;
-    client.Connect(
+    Received& received = s.received;
+    s.client.Connect(
         "ws://127.0.0.1:" + std::to_string(router_->port()) + "/v1/ws", {},
         {.on_message =
              [&received, on_message](const std::shared_ptr<net::WsConnection>&, net::Bytes m) {
@@ -149,8 +157,8 @@ class WsGenerationRouteTest : public RouterTest {
         std::chrono::steady_clock::now() + 10s,
         [&](Result<std::shared_ptr<net::WsConnection>> r) { p.set_value(std::move(r)); });
     Result<std::shared_ptr<net::WsConnection>> r = p.get_future().get();
-    EXPECT_TRUE(r.ok()) << r.status().ToString();
-    return r.ok() ? *r : nullptr;
+    ASSERT_TRUE(r.ok()) << r.status().ToString();
+    s.conn = *r;
   }
 
   static void Send(net::WsConnection& conn, const json& request) {
@@ -162,98 +170,88 @@ class WsGenerationRouteTest : public RouterTest {
 };
 
 TEST_F(WsGenerationRouteTest, InterleavedGenerationsAnswerEachId) {
-  Received received;  // Outlives the client, whose thread writes to it.
-  net::WsClient client;
-  auto conn = Connect(client, received);
-  ASSERT_TRUE(conn);
-  Send(*conn, {{"id", "one"}, {"model", "shift"}, {"prompt", "a"}, {"max_tokens", 3}});
-  Send(*conn,
+  Session s;
+  ASSERT_NO_FATAL_FAILURE(Open(s));
+  Send(*s.conn, {{"id", "one"}, {"model", "shift"}, {"prompt", "a"}, {"max_tokens", 3}});
+  Send(*s.conn,
        {{"id", "two"}, {"model", "shift"}, {"prompt", "k"}, {"max_tokens", 5}, {"temperature", 0}});
-  ASSERT_TRUE(received.WaitDone({"one", "two"}, 30s));
-  std::vector<json> one = received.Of("one");
+  ASSERT_TRUE(s.received.WaitDone({"one", "two"}, 30s));
+  std::vector<json> one = s.received.Of("one");
   EXPECT_EQ(TextOf(one), "bcd");
   EXPECT_EQ(one.back(), json({{"id", "one"},
                               {"text", ""},
                               {"finish_reason", "length"},
                               {"usage", {{"prompt_tokens", 1}, {"completion_tokens", 3}}},
                               {"model_version", version_}}));
-  EXPECT_EQ(TextOf(received.Of("two")), "lmnop");
+  EXPECT_EQ(TextOf(s.received.Of("two")), "lmnop");
 }
 
 TEST_F(WsGenerationRouteTest, RefusedRequestsAnswerAnErrorAndTheConnectionGoesOn) {
-  Received received;  // Outlives the client, whose thread writes to it.
-  net::WsClient client;
-  auto conn = Connect(client, received);
-  ASSERT_TRUE(conn);
-  Send(*conn, {{"id", "bad"}, {"model", "shift"}, {"prompt", "a"}, {"temperature", 9}});
-  Send(*conn, {{"id", "unknown"}, {"model", "nope"}, {"prompt", "a"}});
+  Session s;
+  ASSERT_NO_FATAL_FAILURE(Open(s));
+  Send(*s.conn, {{"id", "bad"}, {"model", "shift"}, {"prompt", "a"}, {"temperature", 9}});
+  Send(*s.conn, {{"id", "unknown"}, {"model", "nope"}, {"prompt", "a"}});
   const std::string garbage = "not json";
-  ASSERT_TRUE(conn->Send(net::Bytes(garbage.begin(), garbage.end())).ok());
-  Send(*conn, {{"id", "good"}, {"model", "shift"}, {"prompt", "x"}, {"max_tokens", 2}});
-  ASSERT_TRUE(received.WaitDone({"bad", "unknown", "", "good"}, 30s));
-  EXPECT_EQ(received.Of("bad").back()["error"]["code"], "invalid_argument");
-  EXPECT_EQ(received.Of("unknown").back()["error"]["code"], "not_found");
-  EXPECT_EQ(received.Of("").back()["error"]["code"], "invalid_argument");
-  EXPECT_EQ(TextOf(received.Of("good")), "yz");
+  ASSERT_TRUE(s.conn->Send(net::Bytes(garbage.begin(), garbage.end())).ok());
+  Send(*s.conn, {{"id", "good"}, {"model", "shift"}, {"prompt", "x"}, {"max_tokens", 2}});
+  ASSERT_TRUE(s.received.WaitDone({"bad", "unknown", "", "good"}, 30s));
+  EXPECT_EQ(s.received.Of("bad").back()["error"]["code"], "invalid_argument");
+  EXPECT_EQ(s.received.Of("unknown").back()["error"]["code"], "not_found");
+  EXPECT_EQ(s.received.Of("").back()["error"]["code"], "invalid_argument");
+  EXPECT_EQ(TextOf(s.received.Of("good")), "yz");
 }
 
 // Nine long generations sent at once: eight are taken, the ninth is refused resource_exhausted
 // (generating 200 tokens takes far longer than reading nine messages), and the eight all finish.
 TEST_F(WsGenerationRouteTest, AFloodPastEightInFlightIsRefused) {
-  Received received;  // Outlives the client, whose thread writes to it.
-  net::WsClient client;
-  auto conn = Connect(client, received);
-  ASSERT_TRUE(conn);
+  Session s;
+  ASSERT_NO_FATAL_FAILURE(Open(s));
   std::vector<std::string> ids;
   for (int i = 0; i < kMaxWsGenerationsInFlight + 1; ++i) {
     ids.push_back("r" + std::to_string(i));
-    Send(*conn, {{"id", ids.back()}, {"model", "shift"}, {"prompt", "a"}, {"max_tokens", 200}});
+    Send(*s.conn, {{"id", ids.back()}, {"model", "shift"}, {"prompt", "a"}, {"max_tokens", 200}});
   }
-  ASSERT_TRUE(received.WaitDone(ids, 60s));
+  ASSERT_TRUE(s.received.WaitDone(ids, 60s));
   for (int i = 0; i < kMaxWsGenerationsInFlight; ++i) {
-    EXPECT_EQ(received.Of(ids[i]).back()["finish_reason"], "length") << ids[i];
-    EXPECT_EQ(received.Of(ids[i]).back()["usage"]["completion_tokens"], 200) << ids[i];
+    EXPECT_EQ(s.received.Of(ids[i]).back()["finish_reason"], "length") << ids[i];
+    EXPECT_EQ(s.received.Of(ids[i]).back()["usage"]["completion_tokens"], 200) << ids[i];
   }
   EXPECT_EQ(
-      received.Of(ids.back()),
+      s.received.Of(ids.back()),
       std::vector<json>{json({{"id", ids.back()},
                               {"error",
                                {{"code", "resource_exhausted"},
-                                {"message", received.Of(ids.back())[0]["error"]["message"]}}}})});
+                                {"message", s.received.Of(ids.back())[0]["error"]["message"]}}}})});
   // Once they are done, the connection takes new generations again.
-  Send(*conn, {{"id", "after"}, {"model", "shift"}, {"prompt", "a"}, {"max_tokens", 1}});
-  ASSERT_TRUE(received.WaitDone({"after"}, 30s));
-  EXPECT_EQ(TextOf(received.Of("after")), "b");
+  Send(*s.conn, {{"id", "after"}, {"model", "shift"}, {"prompt", "a"}, {"max_tokens", 1}});
+  ASSERT_TRUE(s.received.WaitDone({"after"}, 30s));
+  EXPECT_EQ(TextOf(s.received.Of("after")), "b");
 }
 
 // A client that stops reading (its only network thread blocks in its first message handler) while
 // eight long generations stream to it: the decode thread never waits for it, so another client is
 // served at once.
 TEST_F(WsGenerationRouteTest, AClientThatNeverReadsDoesNotHoldOthersUp) {
-  Received rogue_received;
-  net::WsClient rogue_client;
-  // Unblocks the rogue's thread before rogue_client is destroyed (which joins it), however the
-  // test ends.
+  Session rogue;
+  // Unblocks the rogue's thread before its client is destroyed (which joins it), however the test
+  // ends.
   struct Release {
     std::promise<void> promise;
     ~Release() { promise.set_value(); }
   } release;
   std::shared_future<void> released = release.promise.get_future().share();
-  auto rogue = Connect(rogue_client, rogue_received, [released] { released.wait(); });
-  ASSERT_TRUE(rogue);
+  ASSERT_NO_FATAL_FAILURE(Open(rogue, [released] { released.wait(); }));
   for (int i = 0; i < kMaxWsGenerationsInFlight; ++i) {
-    Send(*rogue, {{"id", "rogue" + std::to_string(i)},
-                  {"model", "shift"},
-                  {"prompt", "a"},
-                  {"max_tokens", 1000}});
+    Send(*rogue.conn, {{"id", "rogue" + std::to_string(i)},
+                       {"model", "shift"},
+                       {"prompt", "a"},
+                       {"max_tokens", 1000}});
   }
-  Received received;  // Outlives the client, whose thread writes to it.
-  net::WsClient client;
-  auto conn = Connect(client, received);
-  ASSERT_TRUE(conn);
-  Send(*conn, {{"id", "polite"}, {"model", "shift"}, {"prompt", "a"}, {"max_tokens", 5}});
-  EXPECT_TRUE(received.WaitDone({"polite"}, 30s));
-  EXPECT_EQ(TextOf(received.Of("polite")), "bcdef");
+  Session s;
+  ASSERT_NO_FATAL_FAILURE(Open(s));
+  Send(*s.conn, {{"id", "polite"}, {"model", "shift"}, {"prompt", "a"}, {"max_tokens", 5}});
+  EXPECT_TRUE(s.received.WaitDone({"polite"}, 30s));
+  EXPECT_EQ(TextOf(s.received.Of("polite")), "bcdef");
 }
 
 }  // namespace
