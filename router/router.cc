@@ -583,7 +583,8 @@ class RouterImpl : public Router {
         }});
   }
 
-  // Sends `text` on `conn`; a client that lets kMaxQueued answers pile up unread is cut.
+  // Sends `text` on `conn`. A connection whose send queue is full (a client that does not read
+  // its answers; HttpServerOptions::ws_max_queued_messages) is closed, which ends its generations.
   static bool WsSend(const std::shared_ptr<net::WsConnection>& conn, const std::string& text) {
     if (conn->Send(net::Bytes(text.begin(), text.end())).ok()) return true;
     conn->Close();
