@@ -576,11 +576,10 @@ class RouterImpl : public Router {
 
   // Generation over the WebSocket GET /v1/ws (router/ws_generation.h).
   void RegisterWebSocketRoutes() {
-    http_->HandleWebSocket(
-        "/v1/ws",
-        {.on_message = [this](const std::shared_ptr<net::WsConnection>& conn, net::Bytes message) {
-          WsGenerate(conn, std::move(message));
-        }});
+    net::WsHandlers handlers;
+    handlers.on_message = [this](const std::shared_ptr<net::WsConnection>& conn,
+                                 net::Bytes message) { WsGenerate(conn, std::move(message)); };
+    http_->HandleWebSocket("/v1/ws", std::move(handlers));
   }
 
   // Sends `text` on `conn`. A connection whose send queue is full (a client that does not read

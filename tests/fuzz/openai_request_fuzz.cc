@@ -50,7 +50,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     }
     // The accepted prompt comes back as text of the answers.
     openai::Answer answer(api, r->model, "id", 1, r->include_usage);
-    GenerationEvent last{.text = r->params.prompt, .done = true};
+    GenerationEvent last;
+    last.text = r->params.prompt;
+    last.done = true;
     CheckJson(answer.Body(r->params.prompt, last));
     for (const std::string& p : answer.StreamEvents(last)) {
       if (p != "[DONE]") CheckJson(p);
@@ -69,10 +71,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       !dmoe::router::CheckGenerateParams(ws->params, limits).ok()) {
     std::abort();
   }
-  GenerationEvent last{.text = ws->params.prompt,
-                       .done = true,
-                       .finish_reason = FinishReason::kError,
-                       .error = dmoe::UnavailableError("fuzz")};
+  GenerationEvent last;
+  last.text = ws->params.prompt;
+  last.done = true;
+  last.finish_reason = FinishReason::kError;
+  last.error = dmoe::UnavailableError("fuzz");
   for (const std::string& m : dmoe::router::WsEventMessages(ws->id, last)) CheckJson(m);
   return 0;
 }

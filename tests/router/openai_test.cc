@@ -29,7 +29,9 @@ std::string RefusedParam(Api api, const json& body) {
   std::string param = "<unset>";
   Result<openai::Request> r = Parse(api, body, &param);
   EXPECT_FALSE(r.ok()) << body.dump();
-  if (!r.ok()) EXPECT_EQ(r.status().code(), Code::kInvalidArgument) << r.status().ToString();
+  if (!r.ok()) {
+    EXPECT_EQ(r.status().code(), Code::kInvalidArgument) << r.status().ToString();
+  }
   return param;
 }
 
@@ -195,7 +197,11 @@ TEST(OpenAiTranslateTest, ModelListGivesVersionSeconds) {
               {{"id", "kjv"}, {"object", "model"}, {"created", 5}, {"owned_by", "dmoe"}}}}}));
 }
 
-GenerationEvent Piece(std::string text) { return {.text = std::move(text)}; }
+GenerationEvent Piece(std::string text) {
+  GenerationEvent e;
+  e.text = std::move(text);
+  return e;
+}
 GenerationEvent Last(FinishReason reason, std::string text = "") {
   return {.text = std::move(text),
           .done = true,

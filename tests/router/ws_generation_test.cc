@@ -58,13 +58,14 @@ TEST(WsGenerationMessagesTest, RefusalsKeepTheIdWhenThereIsOne) {
   EXPECT_EQ(id, "");
   r = ParseWsGenerateRequest("[1, 2]", GenerateLimits{}, &id);
   EXPECT_EQ(r.status().code(), Code::kInvalidArgument);
-  r = ParseWsGenerateRequest(std::string(kMaxGenerateRequestBytes + 1, ' '), GenerateLimits{},
-                             &id);
+  r = ParseWsGenerateRequest(std::string(kMaxGenerateRequestBytes + 1, ' '), GenerateLimits{}, &id);
   EXPECT_EQ(r.status().code(), Code::kPayloadTooLarge);
 }
 
 TEST(WsGenerationMessagesTest, EventsAndRefusalsHaveTheirShapes) {
-  std::vector<std::string> m = WsEventMessages("q", {.text = "bc"});
+  GenerationEvent piece;
+  piece.text = "bc";
+  std::vector<std::string> m = WsEventMessages("q", piece);
   ASSERT_EQ(m.size(), 1u);
   EXPECT_EQ(json::parse(m[0]), json({{"id", "q"}, {"text", "bc"}}));
   m = WsEventMessages("q", {.text = "d",
@@ -147,13 +148,14 @@ class WsGenerationRouteTest : public RouterTest {
   void Open(Session& s, std::function<void()> on_message = {}) {
     std::promise<Result<std::shared_ptr<net::WsConnection>>> p;
     Received& received = s.received;
+    net::WsHandlers handlers;
+    handlers.on_message = [&received, on_message](const std::shared_ptr<net::WsConnection>&,
+                                                  net::Bytes m) {
+      if (on_message) on_message();
+      received.Add(m);
+    };
     s.client.Connect(
-        "ws://127.0.0.1:" + std::to_string(router_->port()) + "/v1/ws", {},
-        {.on_message =
-             [&received, on_message](const std::shared_ptr<net::WsConnection>&, net::Bytes m) {
-               if (on_message) on_message();
-               received.Add(m);
-             }},
+        "ws://127.0.0.1:" + std::to_string(router_->port()) + "/v1/ws", {}, std::move(handlers),
         std::chrono::steady_clock::now() + 10s,
         [&](Result<std::shared_ptr<net::WsConnection>> r) { p.set_value(std::move(r)); });
     Result<std::shared_ptr<net::WsConnection>> r = p.get_future().get();
