@@ -38,6 +38,9 @@ namespace dmoe::router {
 
 class Inference;
 
+// The largest generate request body taken: POST .../generate answers 413 past it.
+inline constexpr size_t kMaxGenerateRequestBytes = 64 << 10;
+
 // Bounds of one generate request; a request past any is refused with kInvalidArgument (400).
 struct GenerateLimits {
   size_t max_prompt_bytes = 8192;
@@ -60,9 +63,13 @@ struct GenerateParams {
 
 // Parses a JSON body {"prompt", "max_tokens", "temperature", "top_k", "top_p", "seed", "stop",
 // "stream"}: every field optional except prompt (a non-empty string); "stop" a string or a list of
-// strings. Unknown fields are ignored (clients send more than they need). kInvalidArgument naming
+// strings. Unknown fields are ignored (clients send more than they need), and a field that is null
+// counts as absent (as clients of OpenAI-style APIs send unset knobs). kInvalidArgument naming
 // the field for a body that is not a JSON object, a field of the wrong type, a value out of range,
-// a prompt or stop past `limits`, or a prompt or stop that is not valid UTF-8.
+// a prompt or stop past `limits`, or a prompt or stop that is not valid UTF-8 (a body that is not
+// JSON, invalid UTF-8 inside a string included); kPayloadTooLarge for a body past
+// kMaxGenerateRequestBytes. top_k is bounded by 256, the byte-level vocabulary every model the
+// generator takes has.
 Result<GenerateParams> ParseGenerateRequest(std::string_view json_body,
                                             const GenerateLimits& limits);
 // The same checks for params built by another front end (the OpenAI routes).
@@ -103,6 +110,15 @@ struct GeneratorOptions {
   int max_pending = 64;
 };
 
+// Counts since the generator started, for metrics and tests.
+struct GeneratorStats {
+  int64_t steps = 0;         // rounds of the decode loop (each decodes every active sequence once)
+  int64_t decode_calls = 0;  // DmoeModel::Decode calls: one per model version per step
+  int64_t tokens = 0;        // tokens generated
+  int64_t generations = 0;   // generations ended (done sent, or dropped by their sink)
+  int64_t decode_us = 0;     // time spent in Decode, on the clock of GeneratorOptions
+};
+
 class Generator {
  public:
   // Starts the decode thread. `inference` builds (and caches) the models; it must outlive this.
@@ -113,15 +129,21 @@ class Generator {
   Generator& operator=(const Generator&) = delete;
 
   // Queues a generation of `model` (the version given) with `params` (checked by the caller with
-  // CheckGenerateParams or ParseGenerateRequest). Returns at once; `sink` then gets the events on
-  // the decode thread. Errors, after which `sink` is never called: kUnavailable (503, with
-  // Retry-After) when max_pending generations are pending or the generator stopped;
-  // kInvalidArgument when the model is not a token model or its prompt does not leave room for
-  // one token within max_len; the code of the failure to build the model otherwise.
+  // CheckGenerateParams or ParseGenerateRequest). Returns once the model is built (the first
+  // generation of a version builds it through `inference`, which caches it; later ones find it), so
+  // call it where blocking for that long is fine, never on a network thread. `sink` then gets the
+  // events on the decode thread. Errors, after which `sink` is never called: kUnavailable (503,
+  // with Retry-After) when max_pending generations are pending or the generator stopped;
+  // kInvalidArgument when the model is not a byte-level token model (vocab 256) or its prompt does
+  // not leave room for one token within max_len; the code of the failure to build the model
+  // otherwise. A generation keeps the version it started with until it ends, whatever is
+  // published meanwhile.
   Status Submit(const storage::Model& model, GenerateParams params, GenerationSink sink);
 
   // Generations pending now (active and waiting). Any thread.
   int pending() const;
+  // Any thread.
+  GeneratorStats stats() const;
 
   // Ends every pending generation with an event {done, kError, kUnavailable "the router is
   // stopping"} and joins the decode thread. Idempotent; must not be called from a sink.

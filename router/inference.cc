@@ -11,12 +11,6 @@
 
 namespace dmoe::router {
 
-struct Inference::Loaded {
-  int64_t version = 0;
-  std::mutex mu;  // one forward at a time per model
-  gating::DmoeModel model{nullptr};
-};
-
 Inference::Inference(dht::Dht& dht, const Clock& clock, net::BufferPool& pool,
                      std::optional<std::set<PublicKey>> server_keys) {
   gating::SwarmOptions options;
@@ -34,6 +28,11 @@ std::vector<std::string> Inference::GridPrefixesOf(const std::string& spec_json)
 
 Result<int64_t> Inference::InputDimOf(const std::string& spec_json) {
   DMOE_ASSIGN_OR_RETURN(model::ModelSpec spec, model::ParseModelSpec(spec_json));
+  if (spec.input == model::InputKind::kTokens) {
+    return InvalidArgumentError("model '" + spec.name +
+                                "' is a token model (text): use POST /v1/models/" + spec.name +
+                                "/generate");
+  }
   return spec.input_dim;
 }
 
@@ -79,23 +78,23 @@ Status Inference::ValidateModel(const std::string& name, const std::string& spec
   return model->LoadStateDict(payload.tensors);
 }
 
-Result<std::shared_ptr<Inference::Loaded>> Inference::Load(const storage::Model& m) {
+Result<std::shared_ptr<LoadedModel>> Inference::Load(const storage::Model& m) {
   std::lock_guard<std::mutex> lock(mu_);
   auto it = loaded_.find(m.info.name);
   if (it != loaded_.end() && it->second->version == m.info.version) return it->second;
   DMOE_ASSIGN_OR_RETURN(model::ModelSpec spec, model::ParseModelSpec(m.info.spec_json));
   DMOE_ASSIGN_OR_RETURN(tensor::TorchPayload payload, tensor::DecodeToTorch(m.state));
-  auto loaded = std::make_shared<Loaded>();
+  auto loaded = std::make_shared<LoadedModel>();
   loaded->version = m.info.version;
   loaded->model = gating::DmoeModel(spec, gating::ModelContext{swarm_});
   DMOE_RETURN_IF_ERROR(loaded->model->LoadStateDict(payload.tensors));
   loaded->model->eval();
-  loaded_[m.info.name] = loaded;
+  if (it == loaded_.end() || it->second->version < m.info.version) loaded_[m.info.name] = loaded;
   return loaded;
 }
 
 Result<InferResult> Inference::Run(const storage::Model& model, const at::Tensor& x) {
-  DMOE_ASSIGN_OR_RETURN(std::shared_ptr<Loaded> loaded, Load(model));
+  DMOE_ASSIGN_OR_RETURN(std::shared_ptr<LoadedModel> loaded, Load(model));
   std::lock_guard<std::mutex> lock(loaded->mu);
   InferResult r;
   r.model_version = loaded->version;

@@ -64,6 +64,14 @@ int main(int argc, char** argv) {
   app.add_option("--max-queued-inferences", o.max_queued_inferences,
                  "inference requests accepted and not yet answered; past it 503")
       ->capture_default_str();
+  app.add_option("--max-generations", o.max_generations,
+                 "generations accepted and not yet done (decoding or waiting); past it 503")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--max-batch-sequences", o.max_batch_sequences,
+                 "generations decoded together in one step; more wait for a place")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error or off")
       ->capture_default_str();
   CLI11_PARSE(app, argc, argv);

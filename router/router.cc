@@ -20,6 +20,7 @@
 #include "net/sse.h"
 #include "net/url.h"
 #include "router/dashboard_asset.h"
+#include "router/generation.h"
 #include "router/inference.h"
 #include "router/openai.h"
 #include "router/request_series.h"
@@ -69,6 +70,25 @@ Result<at::Tensor> ParseJsonInputs(std::string_view body, int64_t input_dim) {
   return x;
 }
 
+// The answer to a generation that ended: `done` is its last event, `text` the text to send with
+// it (all of it for a whole answer, "" for the last event of a stream).
+nlohmann::json GenerationResult(const GenerationEvent& done, std::string_view text) {
+  nlohmann::json j = {
+      {"text", text},
+      {"finish_reason", FinishReasonName(done.finish_reason)},
+      {"usage",
+       {{"prompt_tokens", done.prompt_tokens}, {"completion_tokens", done.completion_tokens}}},
+      {"model_version", done.model_version}};
+  if (done.finish_reason == FinishReason::kError) {
+    j["error"] = {{"code", CodeName(done.error.code())}, {"message", done.error.message()}};
+  }
+  return j;
+}
+
+std::string Dump(const nlohmann::json& j) {
+  return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
 class RouterImpl : public Router {
  public:
   RouterImpl(RouterOptions options, RouterContext context)
@@ -112,6 +132,7 @@ class RouterImpl : public Router {
     inference_ =
         std::make_unique<Inference>(dht_, clock_, *context_.buffer_pool, std::move(server_keys));
     compute_ = std::make_unique<net::IoContext>(std::max(1, options_.inference_threads));
+    StartGenerator();
 
     net::HttpServerOptions http_options;
     http_options.host = options_.listen_host;
@@ -135,9 +156,13 @@ class RouterImpl : public Router {
 
   void Stop() override {
     if (stopped_.exchange(true)) return;
+    // Generations end first ("the router is stopping"), so that their requests answer before the
+    // server's drain deadline instead of being cut by it.
+    if (generator_) generator_->Stop();
     if (http_) http_->Stop(std::chrono::seconds(5));
     if (compute_) compute_->Stop();
     if (swarm_) swarm_->Stop();
+    generator_.reset();
     inference_.reset();
   }
 
@@ -392,6 +417,84 @@ class RouterImpl : public Router {
     });
   }
 
+  void StartGenerator() {
+    generator_ =
+        std::make_unique<Generator>(GeneratorOptions{.clock = &clock_,
+                                                     .max_active = options_.max_batch_sequences,
+                                                     .max_pending = options_.max_generations},
+                                    *inference_);
+    auto stat = [this](int64_t GeneratorStats::*field) {
+      return [this, field] {
+        return generator_ ? static_cast<double>(generator_->stats().*field) : 0.0;
+      };
+    };
+    metrics_.AddCallbackCounter("dmoe_router_generate_steps_total",
+                                "Steps of the generator's decode loop; each decodes every active "
+                                "generation once.",
+                                {}, stat(&GeneratorStats::steps));
+    metrics_.AddCallbackCounter("dmoe_router_generated_tokens_total", "Tokens generated.", {},
+                                stat(&GeneratorStats::tokens));
+    metrics_.AddCallbackCounter(
+        "dmoe_router_generate_decode_seconds_total", "Time the generator spent decoding.", {},
+        [this] { return generator_ ? generator_->stats().decode_us / 1e6 : 0.0; });
+    metrics_.AddCallbackGauge(
+        "dmoe_router_generations_pending",
+        "Generations decoding or waiting to (at most --max-generations).", {},
+        [this] { return generator_ ? static_cast<double>(generator_->pending()) : 0.0; });
+  }
+
+  // POST /v1/models/{name}/generate (PROTOCOL section 5). The body (at most
+  // kMaxGenerateRequestBytes) is parsed here on the network thread; the model lookup and the
+  // submission, which may build the model, run on an inference thread; the answer is written from
+  // the decode thread when the generation ends.
+  void Generate(net::Request req, net::Responder respond) {
+    auto fail = [&](const Status& s) { respond(Answer("generate", net::Response::Error(s))); };
+    Result<GenerateParams> params = ParseGenerateRequest(req.body_view(), GenerateLimits{});
+    if (!params.ok()) return fail(params.status());
+    if (params->stream) {
+      return fail(InvalidArgumentError("\"stream\": true is not served by this router yet"));
+    }
+    compute_->Post([this, name = std::string(req.Param("name").value_or("")),
+                    params = std::move(params).value(), respond]() mutable {
+      Result<storage::Model> model = models_->Get(name);
+      Status s = model.status();
+      if (s.ok()) s = generator_->Submit(*model, std::move(params), WholeAnswerSink(respond));
+      if (!s.ok()) respond(Answer("generate", net::Response::Error(s)));
+    });
+  }
+
+  // Collects a generation's text and answers it whole at the end: 200 with the text, or, when the
+  // generation failed before its first token, the error alone (503 for an unavailable swarm).
+  GenerationSink WholeAnswerSink(net::Responder respond) {
+    return [this, respond, text = std::string()](const GenerationEvent& e) mutable {
+      text += e.text;
+      if (!e.done) return true;
+      if (e.finish_reason == FinishReason::kError && e.completion_tokens == 0) {
+        respond(Answer("generate", net::Response::Error(e.error)));
+      } else {
+        respond(Answer("generate", net::Response::Json(200, Dump(GenerationResult(e, text)))));
+      }
+      return true;
+    };
+  }
+
+  void RegisterGenerateRoutes() {
+    http_->Handle(
+        "POST", "/v1/models/{name}/generate",
+        [this](net::Request req, net::Responder respond) { Generate(std::move(req), respond); },
+        [](const net::RequestHead& head) {
+          if (!net::HasMediaType(head.headers, "application/json")) {
+            return UnsupportedMediaTypeError("send the generate request as application/json");
+          }
+          if (head.content_length && *head.content_length > kMaxGenerateRequestBytes) {
+            return PayloadTooLargeError("a generate request has at most " +
+                                        std::to_string(kMaxGenerateRequestBytes) + " bytes, not " +
+                                        std::to_string(*head.content_length));
+          }
+          return Status::Ok();
+        });
+  }
+
   void RegisterRoutes() {
     http_->Handle("GET", "/", [](net::Request, net::Responder respond) {
       respond(net::Response::Text(200, "text/html; charset=utf-8", DashboardHtml()));
@@ -445,6 +548,7 @@ class RouterImpl : public Router {
     http_->Handle(
         "POST", "/v1/models/{name}/infer",
         [this](net::Request req, net::Responder respond) { Infer(std::move(req), respond); });
+    RegisterGenerateRoutes();
     http_->Handle("GET", "/metrics", [this](net::Request, net::Responder respond) {
       respond(net::Response::Text(200, "text/plain; version=0.0.4", metrics_.Render()));
     });
@@ -643,6 +747,8 @@ class RouterImpl : public Router {
   std::unique_ptr<Inference> inference_;
   std::atomic<int> inferences_queued_{0};  // Outlives compute_, whose tasks hold slots.
   std::unique_ptr<net::IoContext> compute_;
+  // After inference_, which it uses: destroyed first.
+  std::unique_ptr<Generator> generator_;
   std::unique_ptr<net::HttpServer> http_;
   Metrics metrics_;
   RequestSeries series_;

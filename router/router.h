@@ -23,18 +23,25 @@
 //                                  |              | list is a RocksDB read); the swarm view's
 //                                  |              | health-check calls complete there
 //   inference (inference_threads)  | the router   | each POST .../infer (model lookup, decode,
-//                                  |              | forward through the experts, encode) and each
+//                                  |              | forward through the experts, encode), each
 //                                  |              | PUT /v1/models/{name} after its body is in
-//                                  |              | (state dict check, synced RocksDB write)
+//                                  |              | (state dict check, synced RocksDB write), and
+//                                  |              | each POST .../generate's model lookup and
+//                                  |              | submission (which builds a new version)
 //   swarm refresh (1)              | the router   | walks the DHT grid every swarm_refresh_ms and
 //                                  |              | waits for the health checks it sent
-//   expert calls (1)               | the router   | the WebSocket/HTTP client of inference's
-//                                  |              | expert calls (gating::ExpertCaller)
+//   decode (1)                     | the router   | every generation's steps (router/
+//                                  |              | generation.h): decoding through the experts,
+//                                  |              | sampling, and each generate request's answer
+//   expert calls (1)               | the router   | the WebSocket/HTTP client of inference's and
+//                                  |              | generation's expert calls
+//                                  (gating::ExpertCaller)
 //   DHT (RouterContext::dht)       | the process  | the DHT node's protocol core and socket
 //
 // No network thread ever blocks: a request that needs compute, storage or the DHT is posted to an
-// inference thread, and its answer is written from there. Inference requests wait in a queue of at
-// most max_queued_inferences (past it: 503 unavailable at once).
+// inference thread, and its answer is written from there (a generation's from the decode thread).
+// Inference requests wait in a queue of at most max_queued_inferences, generations in one of at
+// most max_generations (past either: 503 unavailable with Retry-After).
 #ifndef DMOE_ROUTER_ROUTER_H_
 #define DMOE_ROUTER_ROUTER_H_
 
@@ -77,6 +84,11 @@ struct RouterOptions {
   // Inference requests accepted and not yet answered (computing or waiting for a thread); past it
   // a request is answered 503 unavailable with Retry-After at once.
   int max_queued_inferences = 64;
+  // Generations (POST .../generate) accepted and not yet done, decoding or waiting; past it a
+  // request is answered 503 unavailable with Retry-After.
+  int max_generations = 64;
+  // Generations decoded together in one step (continuous batching); more wait for a place.
+  int max_batch_sequences = 16;
 
   // Required: the router's identity, the one its DHT node (RouterContext::dht) was started with.
   // Its peer id is what trainers sign publications for (dmoe-req-v2, shown by GET /v1/health).
