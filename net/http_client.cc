@@ -21,6 +21,9 @@ using Strand = asio::strand<asio::io_context::executor_type>;
 
 namespace {
 
+// Where FetchStream hands the body; null for a call that collects it.
+using BodyCallback = std::function<bool(std::string_view piece)>;
+
 // A kept-alive connection. Touched only on `strand` while a call owns it; under the pool's mutex
 // while idle.
 struct PooledConnection {
@@ -84,13 +87,14 @@ class Call final : public CallBase, public std::enable_shared_from_this<Call> {
  public:
   Call(std::shared_ptr<HttpClient::State> client, Strand strand, Url url, std::string method,
        Headers headers, Bytes body, Deadline deadline, ResponseCallback callback,
-       RequestOptions options, std::unique_ptr<PooledConnection> conn)
+       RequestOptions options, std::unique_ptr<PooledConnection> conn, BodyCallback on_body)
       : client_(std::move(client)),
         strand_(strand),
         url_(std::move(url)),
         key_(url_.HostPort()),
         deadline_(deadline),
         callback_(std::move(callback)),
+        on_body_(std::move(on_body)),
         options_(options),
         conn_(std::move(conn)),
         reused_(conn_ != nullptr),
@@ -203,6 +207,8 @@ class Call final : public CallBase, public std::enable_shared_from_this<Call> {
     if (auto ct = response_.headers.Get("Content-Type")) response_.content_type = std::string(*ct);
     keep_alive_ = header.keep_alive();
     if (head_parser_->is_done()) return Finish();
+    // An error answer is read whole, for its PROTOCOL section 3 body.
+    if (on_body_ && response_.status < 400) return StreamBody();
     auto length = head_parser_->content_length();
     const uint64_t limit = BodyLimit();
     if (length && *length > limit) {
@@ -237,6 +243,61 @@ class Call final : public CallBase, public std::enable_shared_from_this<Call> {
                      });
   }
 
+  // Hands the body to on_body_ as each read brings some of it (chunked, with a length, or ended
+  // by the close).
+  void StreamBody() {
+    const uint64_t limit = BodyLimit();
+    auto length = head_parser_->content_length();
+    if (length && *length > limit) {
+      keep_alive_ = false;
+      return Complete(PayloadTooLargeError("response body of " + std::to_string(*length) +
+                                           " bytes from " + key_ + " exceeds the client limit of " +
+                                           std::to_string(limit)));
+    }
+    stream_parser_.emplace(std::move(*head_parser_));
+    stream_parser_->body_limit(limit);
+    piece_.resize(kPieceBytes);
+    ReadPiece();
+  }
+
+  void ReadPiece() {
+    auto& body = stream_parser_->get().body();
+    body.data = piece_.data();
+    body.size = piece_.size();
+    http::async_read_some(
+        conn_->stream, conn_->buffer, *stream_parser_,
+        [self = shared_from_this()](beast_error ec, size_t) { self->OnPiece(ec); });
+  }
+
+  void OnPiece(beast_error ec) {
+    if (done_) return;
+    if (ec == http::error::need_buffer) ec = {};  // The piece buffer is full: hand it over.
+    if (ec == http::error::body_limit) {
+      keep_alive_ = false;
+      return Complete(PayloadTooLargeError("response body from " + key_ +
+                                           " passes the client limit of " +
+                                           std::to_string(BodyLimit()) + " bytes"));
+    }
+    if (ec) return Fail(ec, "reading from " + key_);
+    const size_t got = piece_.size() - stream_parser_->get().body().size;
+    if (got > 0) {
+      bool more = false;
+      try {
+        more = on_body_(std::string_view(piece_.data(), got));
+      } catch (const std::exception& e) {
+        keep_alive_ = false;
+        return Complete(
+            InternalError(std::string("the response body callback threw: ") + e.what()));
+      }
+      if (!more) {  // The caller has what it wanted; the rest is not read.
+        keep_alive_ = false;
+        return Finish();
+      }
+    }
+    if (stream_parser_->is_done()) return Finish();
+    ReadPiece();
+  }
+
   uint64_t BodyLimit() const {
     const uint64_t mine = options_.max_response_body_bytes;
     const uint64_t client = client_->options.max_response_body_bytes;
@@ -247,6 +308,9 @@ class Call final : public CallBase, public std::enable_shared_from_this<Call> {
     if (done_) return;
     if (keep_alive_ && !timed_out_ && !cancelled_) {
       client_->Release(key_, std::move(conn_));
+    } else if (conn_) {
+      beast_error ignored;
+      conn_->stream.socket().close(ignored);
     }
     if (response_.status >= 400 && !options_.raw_error_responses) {
       return Complete(StatusFromResponse(response_));
@@ -295,6 +359,7 @@ class Call final : public CallBase, public std::enable_shared_from_this<Call> {
   Deadline deadline_;
   std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now();
   ResponseCallback callback_;
+  BodyCallback on_body_;
   RequestOptions options_;
   std::unique_ptr<PooledConnection> conn_;
   bool reused_;
@@ -303,6 +368,9 @@ class Call final : public CallBase, public std::enable_shared_from_this<Call> {
   http::request<VectorBody> request_;
   std::optional<http::response_parser<http::empty_body>> head_parser_;
   std::optional<http::response_parser<VectorBody>> body_parser_;
+  std::optional<http::response_parser<http::buffer_body>> stream_parser_;
+  std::vector<char> piece_;  // What one read of a streamed body brings.
+  static constexpr size_t kPieceBytes = 64 << 10;
   Response response_;
   uint64_t registry_id_ = 0;
   bool is_head_ = false;
@@ -336,33 +404,59 @@ HttpClient::~HttpClient() {
   state_->idle.clear();
 }
 
+namespace {
+
+CallHandle StartCall(const std::shared_ptr<HttpClient::State>& state, std::string method,
+                     std::string_view url, Headers headers, Bytes body, Deadline deadline,
+                     ResponseCallback callback, RequestOptions options, BodyCallback on_body) {
+  Result<Url> parsed = ParseUrl(url);
+  if (!parsed.ok()) {
+    asio::post(state->ioc, [cb = std::move(callback), s = parsed.status()] { cb(s); });
+    return CallHandle();
+  }
+  auto conn = state->Acquire(parsed->HostPort());
+  Strand strand = conn ? conn->strand : asio::make_strand(state->ioc);
+  auto call = std::make_shared<Call>(
+      state, strand, std::move(*parsed), std::move(method), std::move(headers), std::move(body),
+      deadline, std::move(callback), options, std::move(conn), std::move(on_body));
+  call->Start();
+  return CallHandle(std::weak_ptr<CallBase>(call));
+}
+
+// Starts a call with a callback that fulfils the result, and waits for it.
+Result<Response> Await(const std::function<void(ResponseCallback)>& start) {
+  auto promise = std::make_shared<std::promise<Result<Response>>>();
+  auto future = promise->get_future();
+  start([promise](Result<Response> r) { promise->set_value(std::move(r)); });
+  return future.get();
+}
+
+}  // namespace
+
 CallHandle HttpClient::Request(std::string method, std::string_view url, Headers headers,
                                Bytes body, Deadline deadline, ResponseCallback callback,
                                RequestOptions options) {
-  Result<Url> parsed = ParseUrl(url);
-  if (!parsed.ok()) {
-    asio::post(state_->ioc, [cb = std::move(callback), s = parsed.status()] { cb(s); });
-    return CallHandle();
-  }
-  auto conn = state_->Acquire(parsed->HostPort());
-  Strand strand = conn ? conn->strand : asio::make_strand(state_->ioc);
-  auto call = std::make_shared<Call>(state_, strand, std::move(*parsed), std::move(method),
-                                     std::move(headers), std::move(body), deadline,
-                                     std::move(callback), options, std::move(conn));
-  call->Start();
-  return CallHandle(std::weak_ptr<CallBase>(call));
+  return StartCall(state_, std::move(method), url, std::move(headers), std::move(body), deadline,
+                   std::move(callback), options, nullptr);
 }
 
 Result<Response> HttpClient::Fetch(std::string method, std::string_view url, Headers headers,
                                    Bytes body, std::chrono::milliseconds timeout,
                                    RequestOptions options) {
-  auto promise = std::make_shared<std::promise<Result<Response>>>();
-  auto future = promise->get_future();
-  Request(
-      std::move(method), url, std::move(headers), std::move(body),
-      std::chrono::steady_clock::now() + timeout,
-      [promise](Result<Response> r) { promise->set_value(std::move(r)); }, options);
-  return future.get();
+  return Await([&](ResponseCallback done) {
+    Request(std::move(method), url, std::move(headers), std::move(body),
+            std::chrono::steady_clock::now() + timeout, std::move(done), options);
+  });
+}
+
+Result<Response> HttpClient::FetchStream(
+    std::string method, std::string_view url, Headers headers, Bytes body,
+    std::chrono::milliseconds timeout, const std::function<bool(std::string_view piece)>& on_body) {
+  return Await([&](ResponseCallback done) {
+    StartCall(state_, std::move(method), url, std::move(headers), std::move(body),
+              std::chrono::steady_clock::now() + timeout, std::move(done), RequestOptions{},
+              on_body);
+  });
 }
 
 uint64_t HttpClient::connections_opened() const { return state_->opened.load(); }
@@ -374,6 +468,14 @@ Result<Response> Fetch(std::string method, std::string_view url, Headers headers
   HttpClient client;
   return client.Fetch(std::move(method), url, std::move(headers), std::move(body), timeout,
                       options);
+}
+
+Result<Response> FetchStream(std::string method, std::string_view url, Headers headers, Bytes body,
+                             std::chrono::milliseconds timeout,
+                             const std::function<bool(std::string_view piece)>& on_body) {
+  HttpClient client;
+  return client.FetchStream(std::move(method), url, std::move(headers), std::move(body), timeout,
+                            on_body);
 }
 
 }  // namespace dmoe::net

@@ -24,6 +24,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <string_view>
 
 #include "core/status.h"
 #include "net/buffer_pool.h"
@@ -92,6 +93,18 @@ class HttpClient {
   Result<Response> Fetch(std::string method, std::string_view url, Headers headers, Bytes body,
                          std::chrono::milliseconds timeout, RequestOptions options = {});
 
+  // Like Fetch, but hands the answer's body to `on_body` piece by piece as it arrives (chunked or
+  // not) instead of collecting it; the returned Response has status and headers and an empty body.
+  // on_body returning false stops reading and closes the connection (not an error). `timeout`
+  // bounds the whole exchange; max_response_body_bytes bounds the sum of the pieces
+  // (kPayloadTooLarge). on_body runs on an io thread of this client, one piece at a time, never
+  // after FetchStream returned; an exception from it ends the call with kInternal. An answer with
+  // status >= 400 is not streamed: its body is read whole and the call returns
+  // StatusFromResponse, as Fetch does. Blocks; must not be called from an io thread of this client.
+  Result<Response> FetchStream(std::string method, std::string_view url, Headers headers,
+                               Bytes body, std::chrono::milliseconds timeout,
+                               const std::function<bool(std::string_view piece)>& on_body);
+
   // TCP connections opened so far (new, not reused). Any thread.
   uint64_t connections_opened() const;
   // The pool response bodies are taken from: options.buffer_pool, or the client's own. Any thread.
@@ -109,6 +122,10 @@ Result<Response> Fetch(std::string method, std::string_view url, Headers headers
                        Bytes body = {},
                        std::chrono::milliseconds timeout = std::chrono::seconds(10),
                        RequestOptions options = {});
+// HttpClient::FetchStream on a private client and io thread; for tests and CLIs.
+Result<Response> FetchStream(std::string method, std::string_view url, Headers headers, Bytes body,
+                             std::chrono::milliseconds timeout,
+                             const std::function<bool(std::string_view piece)>& on_body);
 
 struct WsClientOptions {
   int threads = 1;  // Used only when no IoContext is passed in.

@@ -1,5 +1,6 @@
 #include "net/http_message.h"
 
+#include <mutex>
 #include <nlohmann/json.hpp>
 
 #include "net/websocket.h"
@@ -33,7 +34,65 @@ Code CodeFromHttpStatus(int status) {
   }
 }
 
+// What a Responder's second call gets: nothing it writes goes anywhere.
+class ClosedStream final : public ResponseStream {
+ public:
+  bool Write(std::string_view) override { return false; }
+  void End() override {}
+  bool closed() const override { return true; }
+};
+
+// Responder::Sink's default stream: the pieces become one Response, Delivered once at the end.
+class CollectingStream final : public ResponseStream {
+ public:
+  CollectingStream(std::shared_ptr<Responder::Sink> sink, Response head)
+      : sink_(std::move(sink)), response_(std::move(head)) {}
+  ~CollectingStream() override { End(); }
+
+  bool Write(std::string_view data) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (sink_ == nullptr) return false;
+    response_.body.insert(response_.body.end(), data.begin(), data.end());
+    return true;
+  }
+
+  void End() override {
+    std::shared_ptr<Responder::Sink> sink;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      sink = std::move(sink_);
+      sink_ = nullptr;
+    }
+    if (sink) sink->Deliver(std::move(response_));  // Alone here once sink_ is null.
+  }
+
+  bool closed() const override {
+    std::lock_guard<std::mutex> lock(mu_);
+    return sink_ == nullptr;
+  }
+
+ private:
+  mutable std::mutex mu_;
+  std::shared_ptr<Responder::Sink> sink_;  // Null once ended.
+  Response response_;
+};
+
 }  // namespace
+
+std::shared_ptr<ResponseStream> Responder::Sink::BeginStream(int status, std::string content_type,
+                                                             Headers headers) {
+  Response head;
+  head.status = status;
+  head.content_type = std::move(content_type);
+  head.headers = std::move(headers);
+  return std::make_shared<CollectingStream>(shared_from_this(), std::move(head));
+}
+
+std::shared_ptr<ResponseStream> Responder::Stream(int status, std::string content_type,
+                                                  Headers headers) const {
+  if (called_->exchange(true)) return std::make_shared<ClosedStream>();
+  return sink_->BeginStream(status, std::move(content_type), std::move(headers));
+}
 
 bool EqualsIgnoreCase(std::string_view a, std::string_view b) {
   if (a.size() != b.size()) return false;

@@ -6,6 +6,7 @@
 #ifndef DMOE_NET_HTTP_MESSAGE_H_
 #define DMOE_NET_HTTP_MESSAGE_H_
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -112,24 +113,59 @@ struct Response {
 // other 4xx -> invalid_argument).
 Status StatusFromResponse(const Response& response);
 
-// Delivers a handler's answer. Copyable; may be called from any thread, at any later time. The
-// first call wins and later ones are ignored. When the last copy is destroyed without having been
-// called, the request is answered 500 internal, so a dropped request never hangs a connection.
+// A response whose body goes out in pieces as they are made (Transfer-Encoding: chunked), e.g.
+// Server-Sent Events. Safe from any thread; never blocks. Handles are shared_ptrs: when the last
+// one is dropped without End, the body is ended as End would (so a dropped stream never hangs a
+// connection).
+class ResponseStream {
+ public:
+  virtual ~ResponseStream() = default;
+  // Queues `data` as the next piece of the body. False, and `data` dropped, once the stream is
+  // closed: the client went away, a write made no progress for write_timeout, the server stops,
+  // or the pieces queued and not yet written passed the stream's byte limit (a client that does not
+  // read is cut: the connection is closed). An empty `data` is a no-op returning !closed().
+  virtual bool Write(std::string_view data) = 0;
+  // Ends the body (the last chunk) after the queued pieces. Idempotent; later Writes return false.
+  virtual void End() = 0;
+  // True once End was called or the stream was cut or the client went away. Producers poll it
+  // between pieces to stop work nobody will read.
+  virtual bool closed() const = 0;
+};
+
+// Delivers a handler's answer, whole (operator()) or streamed (Stream). Copyable; may be called
+// from any thread, at any later time. The first call of either wins and later ones are ignored (a
+// later Stream returns a stream that is closed already). When the last copy is destroyed without
+// having been called, the request is answered 500 internal, so a dropped request never hangs a
+// connection.
 class Responder {
  public:
-  // Where a response goes. The server implements it per request; tests may implement it to call
-  // handlers without a socket.
-  class Sink {
+  // Where a response goes. The server implements it per request; tests may implement Deliver
+  // alone to call handlers without a socket. A Sink is owned by shared_ptrs (the Responder's).
+  class Sink : public std::enable_shared_from_this<Sink> {
    public:
     virtual ~Sink() = default;
     virtual void Deliver(Response response) = 0;
+    // Starts a streamed answer. The default collects the pieces and Delivers them as one whole
+    // Response when the stream is ended (End, or the last handle dropped); it never cuts and has
+    // no byte limit.
+    virtual std::shared_ptr<ResponseStream> BeginStream(int status, std::string content_type,
+                                                        Headers headers);
   };
 
-  explicit Responder(std::shared_ptr<Sink> sink) : sink_(std::move(sink)) {}
-  void operator()(Response response) const { sink_->Deliver(std::move(response)); }
+  explicit Responder(std::shared_ptr<Sink> sink)
+      : sink_(std::move(sink)), called_(std::make_shared<std::atomic<bool>>(false)) {}
+  void operator()(Response response) const {
+    if (!called_->exchange(true)) sink_->Deliver(std::move(response));
+  }
+  // Answers with `status`, `content_type` and `headers` at once, then the body in the pieces the
+  // returned stream is given. On the server the body is chunked and the connection closes after
+  // it (Connection: close; see HttpServer). Counts as this Responder's one call.
+  std::shared_ptr<ResponseStream> Stream(int status, std::string content_type,
+                                         Headers headers = {}) const;
 
  private:
   std::shared_ptr<Sink> sink_;
+  std::shared_ptr<std::atomic<bool>> called_;  // Shared by the copies: the first call wins.
 };
 
 }  // namespace dmoe::net

@@ -6,10 +6,15 @@
 // route's pre_body check run before any body byte is read), then the body. A body with a
 // Content-Length is read straight from the socket into its final vector (the fast path, ~memcpy
 // speed); a chunked body goes through a parser with VectorBody.
+//
+// A streamed answer (Responder::Stream) hands its pieces to the strand through a StreamQueue; the
+// strand writes what has queued as one chunk per write, with a read on the socket pending meanwhile
+// so that a client that goes away ends the stream.
 #include "net/http_server.h"
 
 #include "net/beast_internal.h"
 #include "net/buffer_pool.h"
+#include "net/stream_queue.h"
 
 #include <spdlog/spdlog.h>
 #include <array>
@@ -19,7 +24,9 @@
 #include <boost/asio/read.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/write.hpp>
+#include <cstdio>
 #include <future>
+#include <sstream>
 
 namespace dmoe::net {
 
@@ -91,6 +98,9 @@ struct HttpServer::State {
   std::shared_ptr<std::atomic<uint64_t>> slow_clients_cut =
       std::make_shared<std::atomic<uint64_t>>(0);
   std::atomic<uint64_t> accept_backoffs{0};
+  // Bytes queued on streamed answers, shared with their queues, which may outlive the server.
+  std::shared_ptr<std::atomic<uint64_t>> stream_queued_bytes =
+      std::make_shared<std::atomic<uint64_t>>(0);
 
   // Open connections, in all and per remote address (max_connections, max_connections_per_ip).
   std::mutex slots_mu;
@@ -165,6 +175,8 @@ class SessionSink final : public Responder::Sink {
     }
   }
   void Deliver(Response response) override;
+  std::shared_ptr<ResponseStream> BeginStream(int status, std::string content_type,
+                                              Headers headers) override;
 
  private:
   std::shared_ptr<HttpSession> session_;
@@ -212,7 +224,11 @@ class HttpSession final : public Closeable, public std::enable_shared_from_this<
       // close it now.
       if (force || self->state_ == StateKind::kReadingHead ||
           self->state_ == StateKind::kWaitingBudget) {
-        self->CloseSocket();
+        return self->CloseSocket();
+      }
+      if (self->state_ == StateKind::kStreaming) {  // Ends it after what was queued.
+        self->stream_queue_->End();
+        self->PumpStream();
       }
     });
   }
@@ -225,6 +241,22 @@ class HttpSession final : public Closeable, public std::enable_shared_from_this<
     Write(std::move(response), /*close=*/false);
   }
 
+  // Called by SessionSink from any thread: the handle of a stream whose header is written next on
+  // the strand.
+  std::shared_ptr<ResponseStream> NewStream(int status, std::string content_type, Headers headers);
+
+  // Called by the stream's handles from any thread.
+  void WakeStream() {
+    asio::post(stream_.get_executor(), [self = shared_from_this()] { self->PumpStream(); });
+  }
+  void CutStream() {
+    asio::post(stream_.get_executor(), [self = shared_from_this()] {
+      if (self->state_ != StateKind::kStreaming) return;
+      self->server_->slow_clients_cut->fetch_add(1);
+      self->CloseSocket();
+    });
+  }
+
  private:
   enum class StateKind {
     kReadingHead,
@@ -232,6 +264,8 @@ class HttpSession final : public Closeable, public std::enable_shared_from_this<
     kReadingBody,
     kHandling,
     kWriting,
+    kStreaming,
+    kStreamEnding,  // The last chunk is written; the peer watch is being cancelled.
     kDraining,
     kClosed
   };
@@ -279,6 +313,7 @@ class HttpSession final : public Closeable, public std::enable_shared_from_this<
     request_.chunked = head_parser_->chunked();
     request_.remote_address = remote_;
     keep_alive_ = header.keep_alive();
+    version_ = header.version();
     body_pending_ = request_.chunked || request_.content_length.value_or(0) > 0;
 
     std::vector<std::string> path = SplitPath(request_.path);
@@ -568,15 +603,89 @@ class HttpSession final : public Closeable, public std::enable_shared_from_this<
     body_pending_ = false;
     window_ = 0;
     stream_.expires_never();
-    auto sink = std::make_shared<SessionSink>(shared_from_this());
+    Responder respond(std::make_shared<SessionSink>(shared_from_this()));
     const Route* route = route_;
     std::string path = request_.path;
     try {
-      route->handler(std::move(request_), Responder(sink));
+      route->handler(std::move(request_), respond);
     } catch (const std::exception& e) {
       spdlog::error("net: handler for {} {} threw: {}", route->method, path, e.what());
-      sink->Deliver(Response::Error(InternalError("the handler failed")));
+      respond(Response::Error(InternalError("the handler failed")));  // Unless it answered.
     }
+  }
+
+  // The header of a streamed answer goes out at once; the body follows as the queue fills.
+  void StartStream(int status, std::string content_type, Headers headers,
+                   std::shared_ptr<StreamQueue> queue) {
+    if (state_ != StateKind::kHandling) return queue->Cut();
+    state_ = StateKind::kStreaming;
+    stream_queue_ = std::move(queue);
+    if (stopping_) stream_queue_->End();
+    stream_chunked_ = version_ >= 11;  // HTTP/1.0 has no chunks: the close ends the body.
+    http::response<http::empty_body> head(static_cast<http::status>(status), version_);
+    for (auto& [k, v] : headers.fields()) head.set(k, v);
+    head.set(http::field::server, options().server_name);
+    if (!content_type.empty()) head.set(http::field::content_type, content_type);
+    if (stream_chunked_) head.chunked(true);
+    head.keep_alive(false);
+    std::ostringstream out;
+    out << head.base();
+    stream_prefix_ = out.str();
+    ReleaseHeld();  // The request is answered.
+    WatchPeer();
+    PumpStream();
+  }
+
+  // Writes what the queue holds (and the header, the first time), one write at a time.
+  void PumpStream() {
+    if (state_ != StateKind::kStreaming || stream_writing_) return;
+    stream_piece_.clear();
+    stream_last_ = stream_queue_->Take(&stream_piece_);
+    if (stream_piece_.empty() && !stream_last_ && stream_prefix_.empty()) return;
+    stream_suffix_.clear();
+    if (stream_chunked_ && !stream_piece_.empty()) {
+      char size[24];
+      std::snprintf(size, sizeof(size), "%zx\r\n", stream_piece_.size());
+      stream_prefix_ += size;
+      stream_suffix_ = "\r\n";
+    }
+    if (stream_chunked_ && stream_last_) stream_suffix_ += "0\r\n\r\n";
+    stream_writing_ = true;
+    stream_.expires_after(options().write_timeout);
+    std::array<asio::const_buffer, 3> buffers{
+        asio::buffer(stream_prefix_), asio::buffer(stream_piece_), asio::buffer(stream_suffix_)};
+    asio::async_write(stream_, buffers, [self = shared_from_this()](beast_error ec, size_t) {
+      self->OnStreamWrite(ec);
+    });
+  }
+
+  void OnStreamWrite(beast_error ec) {
+    stream_writing_ = false;
+    stream_queue_->Written(stream_piece_.size());
+    stream_prefix_.clear();
+    if (ec == beast::error::timeout) server_->slow_clients_cut->fetch_add(1);
+    if (state_ != StateKind::kStreaming) return;
+    if (ec) return CloseSocket();
+    if (!stream_last_) return PumpStream();
+    // The peer watch's read completes aborted and drains from there: one read at a time.
+    state_ = StateKind::kStreamEnding;
+    beast_error ignored;
+    stream_.socket().cancel(ignored);
+  }
+
+  // While a stream is written, a read waits on the socket: the client sends nothing more on a
+  // connection that closes after this answer, so its end (or an error) means it went away.
+  void WatchPeer() {
+    if (!scratch_) scratch_ = std::make_unique<std::array<char, 16384>>();
+    stream_.socket().async_read_some(asio::buffer(*scratch_),
+                                     [self = shared_from_this()](beast_error ec, size_t) {
+                                       if (self->state_ == StateKind::kStreamEnding) {
+                                         return self->Drain();
+                                       }
+                                       if (self->state_ != StateKind::kStreaming) return;
+                                       if (ec) return self->CloseSocket();
+                                       self->WatchPeer();  // Ignored, as after any last answer.
+                                     });
   }
 
   void Write(Response r, bool close) {
@@ -645,6 +754,7 @@ class HttpSession final : public Closeable, public std::enable_shared_from_this<
 
   void CloseSocket() {
     ReleaseHeld();
+    if (stream_queue_) stream_queue_->Cut();
     slot_.reset();
     if (watching_) body_timer_.cancel();
     if (state_ == StateKind::kClosed) return;
@@ -664,6 +774,15 @@ class HttpSession final : public Closeable, public std::enable_shared_from_this<
   std::optional<http::request_parser<http::empty_body>> head_parser_;
   std::optional<http::request_parser<VectorBody>> body_parser_;
   std::optional<http::response<VectorBody>> response_;
+  // A streamed answer (state kStreaming on): its queue, and the write in flight as three buffers.
+  std::shared_ptr<StreamQueue> stream_queue_;
+  std::string stream_prefix_;  // The header (first write), then the chunk's size line.
+  std::string stream_piece_;   // The pieces taken from the queue.
+  std::string stream_suffix_;  // The chunk's end, and the last chunk after the final piece.
+  bool stream_writing_ = false;
+  bool stream_last_ = false;  // The write in flight ends the body.
+  bool stream_chunked_ = true;
+  unsigned version_ = 11;  // The request's HTTP version: 10 or 11.
   std::unique_ptr<std::array<char, 16384>> scratch_;
   Request request_;
   const Route* route_ = nullptr;
@@ -685,6 +804,57 @@ class HttpSession final : public Closeable, public std::enable_shared_from_this<
   bool close_after_write_ = false;
   bool stopping_ = false;
 };
+
+// A handle on a streamed answer; see ResponseStream. The session lives while a handle does, so
+// that pieces written later still have a connection to go to (or find it closed).
+class SessionStream final : public ResponseStream {
+ public:
+  SessionStream(std::shared_ptr<HttpSession> session, std::shared_ptr<StreamQueue> queue)
+      : session_(std::move(session)), queue_(std::move(queue)) {}
+  ~SessionStream() override { End(); }
+
+  bool Write(std::string_view data) override {
+    switch (queue_->Write(data)) {
+      case StreamQueue::Push::kQueued:
+        return true;
+      case StreamQueue::Push::kWake:
+        session_->WakeStream();
+        return true;
+      case StreamQueue::Push::kOverLimit:
+        session_->CutStream();
+        return false;
+      case StreamQueue::Push::kRefused:
+        break;
+    }
+    return false;
+  }
+  void End() override {
+    if (queue_->End()) session_->WakeStream();
+  }
+  bool closed() const override { return queue_->closed(); }
+
+ private:
+  std::shared_ptr<HttpSession> session_;
+  std::shared_ptr<StreamQueue> queue_;
+};
+
+std::shared_ptr<ResponseStream> HttpSession::NewStream(int status, std::string content_type,
+                                                       Headers headers) {
+  auto queue = std::make_shared<StreamQueue>(options().max_stream_queued_bytes,
+                                             server_->stream_queued_bytes);
+  asio::post(stream_.get_executor(),
+             [self = shared_from_this(), status, ct = std::move(content_type),
+              h = std::move(headers), queue]() mutable {
+               self->StartStream(status, std::move(ct), std::move(h), std::move(queue));
+             });
+  return std::make_shared<SessionStream>(shared_from_this(), std::move(queue));
+}
+
+std::shared_ptr<ResponseStream> SessionSink::BeginStream(int status, std::string content_type,
+                                                         Headers headers) {
+  responded_.store(true);  // The Responder calls this at most once, and never after Deliver.
+  return session_->NewStream(status, std::move(content_type), std::move(headers));
+}
 
 void SessionSink::Deliver(Response response) {
   if (responded_.exchange(true)) return;
@@ -830,6 +1000,8 @@ uint64_t HttpServer::refused_connections() const { return state_->refused_connec
 uint64_t HttpServer::slow_clients_cut() const { return state_->slow_clients_cut->load(); }
 
 uint64_t HttpServer::accept_backoffs() const { return state_->accept_backoffs.load(); }
+
+uint64_t HttpServer::stream_queued_bytes() const { return state_->stream_queued_bytes->load(); }
 
 BufferPool& HttpServer::buffer_pool() const { return state_->pool.get(); }
 

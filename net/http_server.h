@@ -22,6 +22,17 @@
 // remote IP. A declared length costs nothing until its bytes arrive: bodies are read into memory
 // (and counted in max_held_request_bytes) in windows that grow with what arrived.
 //
+// Streamed answers (Responder::Stream): the status line and header go out at once with
+// Transfer-Encoding: chunked (an HTTP/1.0 client gets the body unframed, ended by the close) and
+// Connection: close; each batch of pieces queued while the previous write was in flight goes out
+// as one chunk, each write bounded by write_timeout. The connection always closes after a
+// streamed answer, so keep-alive never waits behind a stream. While a stream is open the server
+// watches the socket: a client that closes it ends the stream (closed() becomes true). A stream
+// whose unwritten pieces would pass max_stream_queued_bytes, or whose write makes no progress for
+// write_timeout, is cut: the connection is closed and counted in slow_clients_cut. Stop() ends open
+// streams at once (Writes return false, closed() is true), writes what was queued and the last
+// chunk, and closes what is left at its deadline.
+//
 // Routing: a route is a method and a pattern of '/'-separated segments, each literal or `{name}`
 // (one non-empty segment, available through RequestHead::Param). The first registered route that
 // matches wins. An unknown path is 404 not_found; a known path with another method is 405 with an
@@ -63,6 +74,9 @@ struct HttpServerOptions {
   uint64_t min_upload_bytes_per_second = 64 << 10;
   std::chrono::milliseconds min_upload_grace{1'000};
   std::chrono::milliseconds write_timeout{60'000};
+  // A streamed answer's pieces queued by the handler and not yet written (the one being written
+  // included). A Write that would pass this cuts the stream: its client does not read.
+  uint64_t max_stream_queued_bytes = 1 << 20;
   // WebSocket: messages queued by Send beyond the one being written.
   size_t ws_max_queued_messages = 1024;
   // WebSocket: answers a client has not read count against it. While more than this many bytes,
@@ -133,11 +147,14 @@ class HttpServer {
   uint64_t held_request_bytes() const;
   size_t requests_waiting() const;
   // Since Start: connections refused past the caps; clients cut as too slow (bodies and WebSocket
-  // messages below the minimum rate or past read_timeout, WebSocket answers not taken within
-  // write_timeout); accept failures that paused the accept loop. Any thread.
+  // messages below the minimum rate or past read_timeout, WebSocket answers and streamed answers
+  // not taken within write_timeout, streams past max_stream_queued_bytes); accept failures that
+  // paused the accept loop. Any thread.
   uint64_t refused_connections() const;
   uint64_t slow_clients_cut() const;
   uint64_t accept_backoffs() const;
+  // Bytes queued on streamed answers and not yet written, over all connections now. Any thread.
+  uint64_t stream_queued_bytes() const;
   // The pool request bodies are taken from: options.buffer_pool, or the server's own. Handlers
   // give a request's body back here once they are done with its bytes, and take answer bodies
   // from it. Any thread.
