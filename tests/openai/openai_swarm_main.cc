@@ -55,7 +55,7 @@ bool OneTokenThroughTheSwarm(const std::string& endpoint, std::string* last) {
          j["choices"][0].value("text", "") == "b";
 }
 
-int Run(const std::string& node, const std::string& test_file) {
+int RunNodeTest(const std::string& node, const std::string& test_file) {
   if (access(node.c_str(), X_OK) != 0) {
     return Fail("node is missing (" + node + "): scripts/setup installs nodejs");
   }
@@ -128,5 +128,5 @@ int main(int argc, char** argv) {
     std::cerr << "usage: openai_swarm NODE TEST_FILE\n";
     return 2;
   }
-  return dmoe::testing::Run(argv[1], argv[2]);
+  return dmoe::testing::RunNodeTest(argv[1], argv[2]);
 }
