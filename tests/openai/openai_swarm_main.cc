@@ -57,7 +57,7 @@ bool OneTokenThroughTheSwarm(const std::string& endpoint, std::string* last) {
 
 int RunNodeTest(const std::string& node, const std::string& test_file) {
   if (access(node.c_str(), X_OK) != 0) {
-    return Fail("node is missing (" + node + "): scripts/setup installs nodejs");
+    return Fail("node is missing (" + node + "): the Node test needs Node 20 with npm");
   }
   const std::filesystem::path package =
       std::filesystem::path(test_file).parent_path() / "node_modules" / "openai" / "package.json";
