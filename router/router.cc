@@ -14,6 +14,7 @@
 #include "core/metrics.h"
 #include "core/request_auth.h"
 #include "dht/dht.h"
+#include "model/model_spec.h"
 #include "net/http_server.h"
 #include "net/io_context.h"
 #include "net/sse.h"
@@ -21,8 +22,10 @@
 #include "router/dashboard_asset.h"
 #include "router/generation.h"
 #include "router/inference.h"
+#include "router/openai.h"
 #include "router/request_series.h"
 #include "router/swarm.h"
+#include "router/ws_generation.h"
 #include "storage/kv_store.h"
 #include "storage/model_store.h"
 #include "tensor/safetensors.h"
@@ -575,6 +578,187 @@ class RouterImpl : public Router {
     http_->Handle("GET", "/metrics", [this](net::Request, net::Responder respond) {
       respond(net::Response::Text(200, "text/plain; version=0.0.4", metrics_.Render()));
     });
+    RegisterOpenAiRoutes();
+    RegisterWebSocketRoutes();
+  }
+
+  // The OpenAI-compatible API under /openai/v1 (router/openai.h): translation at the edge, the
+  // generation itself as dmoe's own generate route runs it.
+  void RegisterOpenAiRoutes() {
+    http_->Handle("GET", "/openai/v1/models", [this](net::Request, net::Responder respond) {
+      respond(Answer("openai_models", net::Response::Json(200, OpenAiModelsJson())));
+    });
+    // A declared body past the limit is refused before it is read (with dmoe's error body; one
+    // sent chunked is refused by ParseRequest once read, with OpenAI's).
+    auto body_limit = [](const net::RequestHead& head) -> Status {
+      if (head.content_length && *head.content_length > openai::kMaxBodyBytes) {
+        return PayloadTooLargeError("the body declares " + std::to_string(*head.content_length) +
+                                    " bytes; at most " + std::to_string(openai::kMaxBodyBytes) +
+                                    " are allowed");
+      }
+      return Status::Ok();
+    };
+    http_->Handle(
+        "POST", "/openai/v1/completions",
+        [this](net::Request req, net::Responder respond) {
+          OpenAiGenerate(openai::Api::kCompletions, std::move(req), std::move(respond));
+        },
+        body_limit);
+    http_->Handle(
+        "POST", "/openai/v1/chat/completions",
+        [this](net::Request req, net::Responder respond) {
+          OpenAiGenerate(openai::Api::kChatCompletions, std::move(req), std::move(respond));
+        },
+        body_limit);
+  }
+
+  // The published models the generator can serve: byte-level token models.
+  std::string OpenAiModelsJson() {
+    std::vector<openai::ModelEntry> entries;
+    Result<std::vector<storage::ModelInfo>> models = models_->List();
+    if (models.ok()) {
+      for (const storage::ModelInfo& m : *models) {
+        Result<model::ModelSpec> spec = model::ParseModelSpec(m.spec_json);
+        if (spec.ok() && spec->input == model::InputKind::kTokens && spec->vocab == 256) {
+          entries.push_back({m.name, m.version});
+        }
+      }
+    }
+    return openai::ModelListJson(entries);
+  }
+
+  void OpenAiGenerate(openai::Api api, net::Request req, net::Responder respond) {
+    const std::string route =
+        api == openai::Api::kCompletions ? "openai_completions" : "openai_chat_completions";
+    auto fail = [this, route, respond](const Status& s, std::string_view param = {},
+                                       std::string_view code = {}) {
+      net::Response r = net::Response::Error(s);  // status and Retry-After as dmoe answers them
+      const std::string body = openai::ErrorJson(s, param, code);
+      r.body.assign(body.begin(), body.end());
+      Count(route, s.code());
+      respond(std::move(r));
+    };
+    if (!net::HasMediaType(req.headers, "application/json") &&
+        !net::MediaTypeOf(req.headers).empty()) {
+      return fail(UnsupportedMediaTypeError("send the request as application/json"));
+    }
+    std::string param;
+    Result<openai::Request> parsed =
+        openai::ParseRequest(api, req.body_view(), GenerateLimits{}, &param);
+    if (!parsed.ok()) return fail(parsed.status(), param);
+    // Submit may build the model: never on a network thread.
+    compute_->Post([this, r = std::move(parsed).value(), route, respond, fail]() mutable {
+      Result<storage::Model> model = models_->Get(r.model);
+      if (!model.ok()) {
+        const bool missing = model.status().code() == Code::kNotFound;
+        return fail(model.status(), "model", missing ? "model_not_found" : "");
+      }
+      const char* prefix = r.api == openai::Api::kCompletions ? "cmpl-" : "chatcmpl-";
+      auto answer =
+          std::make_shared<openai::Answer>(r.api, r.model,
+                                           prefix + std::to_string(openai_ids_.fetch_add(1) + 1) +
+                                               "-" + std::to_string(clock_.NowUnixMs()),
+                                           clock_.NowUnixMs() / 1000, r.include_usage);
+      const bool stream = r.params.stream;
+      Status s = generator_->Submit(*model, std::move(r.params),
+                                    stream ? OpenAiStreamSink(answer, route, respond)
+                                           : OpenAiWholeSink(answer, route, respond, fail));
+      if (!s.ok()) fail(s);
+    });
+  }
+
+  // Collects the text and answers once, as OpenAI's object or, when the swarm failed, its error.
+  GenerationSink OpenAiWholeSink(
+      std::shared_ptr<openai::Answer> answer, const std::string& route, net::Responder respond,
+      std::function<void(const Status&, std::string_view, std::string_view)> fail) {
+    auto text = std::make_shared<std::string>();
+    return [this, answer, route, respond, fail, text](const GenerationEvent& e) {
+      *text += e.text;
+      if (!e.done) return true;
+      if (e.finish_reason == FinishReason::kError) {
+        fail(e.error.ok() ? InternalError("the generation failed") : e.error, {}, {});
+      } else {
+        respond(Answer(route, net::Response::Json(200, answer->Body(*text, e))));
+      }
+      return false;
+    };
+  }
+
+  // Opens the event stream at the first event (a Submit refused before it is still an HTTP error)
+  // and sends each event's chunks as they come. The sink runs on the decode thread, one event at
+  // a time, so its state needs no lock.
+  GenerationSink OpenAiStreamSink(std::shared_ptr<openai::Answer> answer, const std::string& route,
+                                  net::Responder respond) {
+    auto stream = std::make_shared<std::shared_ptr<net::ResponseStream>>();
+    return [this, answer, route, respond, stream](const GenerationEvent& e) {
+      std::vector<std::string> payloads = answer->StreamEvents(e);
+      if (!*stream) {
+        *stream = respond.Stream(200, net::kSseType, {{"Cache-Control", "no-cache"}});
+        Count(route, Code::kOk);
+        std::vector<std::string> start = answer->StreamStart();
+        payloads.insert(payloads.begin(), start.begin(), start.end());
+      }
+      for (const std::string& p : payloads) (*stream)->Write(net::SseEvent(p));
+      if (e.done) (*stream)->End();
+      return !(*stream)->closed();
+    };
+  }
+
+  // Generation over the WebSocket GET /v1/ws (router/ws_generation.h).
+  void RegisterWebSocketRoutes() {
+    net::WsHandlers handlers;
+    handlers.on_message = [this](const std::shared_ptr<net::WsConnection>& conn,
+                                 net::Bytes message) { WsGenerate(conn, std::move(message)); };
+    http_->HandleWebSocket("/v1/ws", std::move(handlers));
+  }
+
+  // Sends `text` on `conn`. A connection whose send queue is full (a client that does not read
+  // its answers; HttpServerOptions::ws_max_queued_messages) is closed, which ends its generations.
+  static bool WsSend(const std::shared_ptr<net::WsConnection>& conn, const std::string& text) {
+    if (conn->Send(net::Bytes(text.begin(), text.end())).ok()) return true;
+    conn->Close();
+    return false;
+  }
+
+  // On the connection's strand: parse and count the request, then submit it on an inference
+  // thread. Every request begun with TryBeginRequest ends exactly once: on its refusal, on its last
+  // event, or when its sink gives up on a connection that closed.
+  void WsGenerate(const std::shared_ptr<net::WsConnection>& conn, net::Bytes message) {
+    std::string id;
+    Result<WsGenerateRequest> parsed = ParseWsGenerateRequest(
+        std::string_view(reinterpret_cast<const char*>(message.data()), message.size()),
+        GenerateLimits{}, &id);
+    if (!parsed.ok()) {
+      WsSend(conn, WsErrorMessage(id, parsed.status()));
+      return;
+    }
+    if (!conn->TryBeginRequest(kMaxWsGenerationsInFlight)) {
+      WsSend(conn, WsErrorMessage(
+                       id, ResourceExhaustedError(
+                               "this connection has " + std::to_string(kMaxWsGenerationsInFlight) +
+                               " generations in flight; send more once one is done")));
+      return;
+    }
+    compute_->Post([this, conn, r = std::move(parsed).value()]() mutable {
+      auto refuse = [&](const Status& s) {
+        WsSend(conn, WsErrorMessage(r.id, s));
+        conn->EndRequest();
+      };
+      Result<storage::Model> model = models_->Get(r.model);
+      if (!model.ok()) return refuse(model.status());
+      Status s = generator_->Submit(*model, std::move(r.params),
+                                    [conn, id = r.id](const GenerationEvent& e) {
+                                      bool sent = true;
+                                      for (const std::string& m : WsEventMessages(id, e))
+                                        sent = sent && WsSend(conn, m);
+                                      if (e.done || !sent || !conn->is_open()) {
+                                        conn->EndRequest();
+                                        return false;
+                                      }
+                                      return true;
+                                    });
+      if (!s.ok()) refuse(s);
+    });
   }
 
   const RouterOptions options_;
@@ -595,6 +779,7 @@ class RouterImpl : public Router {
   Metrics metrics_;
   RequestSeries series_;
   std::atomic<bool> stopped_{false};
+  std::atomic<uint64_t> openai_ids_{0};  // Numbers the OpenAI answers' ids.
 };
 
 }  // namespace
