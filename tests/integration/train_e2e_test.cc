@@ -13,7 +13,9 @@
 #include "core/identity.h"
 #include "core/request_auth.h"
 #include "data/fashion_mnist.h"
+#include "data/text_corpus.h"
 #include "net/http_client.h"
+#include "net/sse.h"
 #include "tensor/safetensors.h"
 #include "tests/integration/server_test_util.h"
 #include "tests/integration/swarm_util.h"
@@ -264,21 +266,27 @@ TEST_F(TrainE2eTest, TrainsThroughTheSwarmAndTheRouterServesTheModel) {
   EXPECT_TRUE(unavailable);
 }
 
-// The dashboard as a person sees it: headless Chromium renders the page (running its script) and
-// dumps the DOM; the test reads the expert rows and their status.
+// The page at `url` as a person sees it: headless Chromium renders it (running its script) and
+// dumps the DOM.
+std::string DumpDom(const std::string& url, const testing::TempDir& dir) {
+  return testing::Run(
+             {"/usr/bin/chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+              "--no-first-run", "--disable-background-networking", "--disable-component-update",
+              "--disable-sync", "--user-data-dir=" + dir.Sub("chromium"),
+              "--virtual-time-budget=4000", "--dump-dom", url},
+             60s)
+      .out;
+}
+
+// The dashboard's expert rows and their status.
 std::map<std::string, std::string> DashboardStatuses(const std::string& url,
                                                      const testing::TempDir& dir) {
-  testing::RunResult r = testing::Run(
-      {"/usr/bin/chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-       "--no-first-run", "--disable-background-networking", "--disable-component-update",
-       "--disable-sync", "--user-data-dir=" + dir.Sub("chromium"), "--virtual-time-budget=4000",
-       "--dump-dom", url},
-      60s);
+  const std::string dom = DumpDom(url, dir);
   std::map<std::string, std::string> statuses;
   // The page script holds the row template too; its placeholders start with "$".
   std::regex row(R"re(<tr class="expert-row" data-uid="([^"$]+)" data-status="([^"$]+)")re");
-  for (auto it = std::sregex_iterator(r.out.begin(), r.out.end(), row);
-       it != std::sregex_iterator(); ++it) {
+  for (auto it = std::sregex_iterator(dom.begin(), dom.end(), row); it != std::sregex_iterator();
+       ++it) {
     statuses[(*it)[1]] = (*it)[2];
   }
   return statuses;
@@ -381,6 +389,180 @@ TEST_F(TrainE2eTest, AStoppedTrainerReportsItsAccuracyAndResumesFromItsCheckpoin
   EXPECT_NE(second.out.find("step " + target + "/" + target + " "), std::string::npos)
       << second.out;
   EXPECT_NE(second.out.find("done: steps " + target + " "), std::string::npos) << second.out;
+}
+
+// A byte-level transformer whose two ffn blocks are the swarm's experts (width 64, both blocks on
+// the one ffn grid the test swarm hosts).
+constexpr char kTextSpec[] = R"({"name": "kjv_e2e", "input": "tokens", "vocab": 256,
+  "max_len": 64, "layers": [{"type": "embedding", "dim": 64}, {"type": "positions"},
+    {"type": "attention", "heads": 4},
+    {"type": "residual_moe", "pre_norm": true, "uid_prefix": "ffn", "grid": [4, 4], "k_best": 2,
+     "k_min": 1, "forward_timeout_ms": 5000, "timeout_after_k_min_ms": 300, "backward_k_min": 1,
+     "backward_timeout_ms": 5000},
+    {"type": "attention", "heads": 4},
+    {"type": "residual_moe", "pre_norm": true, "uid_prefix": "ffn", "grid": [4, 4], "k_best": 2,
+     "k_min": 1, "forward_timeout_ms": 5000, "timeout_after_k_min_ms": 300, "backward_k_min": 1,
+     "backward_timeout_ms": 5000},
+    {"type": "layer_norm"}, {"type": "lm_head", "tied": true}]})";
+
+// The text of a generate stream (Server-Sent Events) and its last event, read with the client a
+// program would use.
+struct Streamed {
+  int status = 0;
+  std::string content_type;
+  std::string text;
+  int events = 0;
+  nlohmann::json last;
+};
+Streamed GenerateStream(const std::string& url, const nlohmann::json& body) {
+  Streamed s;
+  net::SseParser parser;
+  const std::string payload = body.dump();
+  Result<net::Response> head =
+      net::FetchStream("POST", url, {{"Content-Type", "application/json"}}, Bytes(payload), 120s,
+                       [&](std::string_view piece) {
+                         EXPECT_TRUE(parser
+                                         .Feed(piece,
+                                               [&](net::SseMessage m) {
+                                                 nlohmann::json e = nlohmann::json::parse(m.data);
+                                                 s.text += e.value("text", "");
+                                                 ++s.events;
+                                                 if (e.contains("finish_reason")) s.last = e;
+                                               })
+                                         .ok());
+                         return true;
+                       });
+  EXPECT_TRUE(head.ok()) << head.status().ToString();
+  if (!head.ok()) return s;
+  s.status = head->status;
+  s.content_type = std::string(net::MediaTypeOf(head->headers));
+  return s;
+}
+
+// The text model end to end: dmoe-train learns the King James Version through the swarm (bits per
+// byte fall, the progress lines show bpb and tokens/s) and publishes; the router generates from it
+// the same text for the same seed whether asked for JSON, an event stream, through `dmoe generate`
+// or the dashboard's box in Chromium.
+TEST_F(TrainE2eTest, TrainsATextModelAndTheRouterStreamsItsGeneration) {
+  ASSERT_TRUE(trainer_.SaveToFile(dir_.Sub("trainer.key")).ok());
+  Result<std::string> kjv = data::ReadKjv(RealClock::Instance());
+  ASSERT_TRUE(kjv.ok()) << kjv.status().ToString();
+  const std::string text = dir_.WriteFile("kjv.txt", kjv->substr(0, 256 << 10));
+  const std::string spec = dir_.WriteFile("text.json", kTextSpec);
+  Swarm swarm(dir_);
+  ASSERT_EQ(swarm.servers().size(), 4u);
+  testing::RouterProcess router = StartSwarmRouter(swarm.dht(), dir_.Sub("router"), keys_);
+  ASSERT_FALSE(router.endpoint.empty());
+
+  testing::RunResult train = testing::Run(TrainArgs(spec, swarm.dht(),
+                                                    {"--data",
+                                                     "text:" + text,
+                                                     "--seq-len",
+                                                     "64",
+                                                     "--router",
+                                                     router.endpoint,
+                                                     "--identity",
+                                                     dir_.Sub("trainer.key"),
+                                                     "--steps",
+                                                     "80",
+                                                     "--batch-size",
+                                                     "16",
+                                                     "--lr",
+                                                     "3e-3",
+                                                     "--eval-every",
+                                                     "40",
+                                                     "--eval-bytes",
+                                                     "8192",
+                                                     "--publish-every",
+                                                     "0",
+                                                     "--log-every",
+                                                     "20"}),
+                                          600s);
+  ASSERT_EQ(train.exit_code, 0) << train.out << train.err;
+  EXPECT_TRUE(std::regex_search(
+      train.out, std::regex(R"(step 80/80 loss [0-9.]+ bpb [0-9.]+ train_acc [0-9.]+ samples/s )"
+                            R"([0-9.]+ tokens/s [0-9.]+ experts/sample [0-9.]+)")))
+      << train.out;
+  std::smatch first, done;
+  ASSERT_TRUE(std::regex_search(train.out, first, std::regex(R"(eval step 40 bpb ([0-9.]+))")))
+      << train.out;
+  ASSERT_TRUE(std::regex_search(train.out, done,
+                                std::regex(R"(done: steps 80 bpb ([0-9.]+) model_version (\d+))")))
+      << train.out;
+  std::printf("held-out bpb: %s at step 40, %s at step 80\n", first[1].str().c_str(),
+              done[1].str().c_str());
+  // A uniform guess is 8 bits per byte; 80 steps of 16 x 64 bytes learn the letters' frequencies
+  // and more.
+  EXPECT_LT(std::stod(done[1]), 5.0) << train.out;
+  const int64_t version = std::stoll(done[2]);
+
+  const std::string url = router.endpoint + "/v1/models/kjv_e2e/generate";
+  const nlohmann::json request = {
+      {"prompt", "In the beginning"}, {"max_tokens", 24}, {"seed", 3}, {"temperature", 0.8}};
+  auto whole = Call("POST", url, "application/json", Bytes(request.dump()));
+  ASSERT_TRUE(whole.ok());
+  ASSERT_EQ(whole->status, 200) << whole->body_view();
+  const nlohmann::json answer = nlohmann::json::parse(whole->body_view());
+  const std::string generated = answer["text"];
+  EXPECT_EQ(answer["finish_reason"], "length");
+  EXPECT_EQ(answer["usage"]["prompt_tokens"], 16);
+  EXPECT_EQ(answer["usage"]["completion_tokens"], 24);
+  EXPECT_EQ(answer["model_version"], version);
+  EXPECT_LE(generated.size(), 24u);
+
+  // The same request as an event stream: one event per token (a character split across bytes
+  // waits for its last byte), the same text, and a last event with the usage.
+  nlohmann::json streaming = request;
+  streaming["stream"] = true;
+  Streamed stream = GenerateStream(url, streaming);
+  EXPECT_EQ(stream.status, 200);
+  EXPECT_EQ(stream.content_type, "text/event-stream");
+  EXPECT_EQ(stream.text, generated);
+  EXPECT_GE(stream.events, 2);
+  EXPECT_EQ(stream.last["finish_reason"], "length");
+  EXPECT_EQ(stream.last["usage"]["completion_tokens"], 24);
+
+  // `dmoe generate` prints the same text as it arrives, and how fast it came.
+  testing::RunResult cli = testing::Run(
+      {DMOE_CLI_BINARY, "generate", "--router", router.endpoint, "--model", "kjv_e2e",
+       "--max-tokens", "24", "--seed", "3", "--temperature", "0.8", "In the beginning"},
+      120s);
+  ASSERT_EQ(cli.exit_code, 0) << cli.err;
+  EXPECT_EQ(cli.out, generated + "\n");
+  EXPECT_TRUE(std::regex_search(
+      cli.err, std::regex(R"(generated 24 tokens in [0-9.]+ s: [0-9.]+ tokens/s, first token )"
+                          R"(after [0-9.]+ s, finish_reason length)")))
+      << cli.err;
+
+  // The dashboard's box, started by a link, shows the same text once the stream is done.
+  if (access("/usr/bin/chromium", X_OK) != 0)
+    FAIL() << "chromium is missing: scripts/setup installs it";
+  std::string dom;
+  const std::regex shown(
+      R"re(<pre id="generate-output" data-finish="length"><span class="prompt">In the beginning</span><span id="generate-text">([^<]*)</span></pre>)re");
+  std::smatch box;
+  const bool rendered = testing::PollUntil(
+      [&] {
+        dom = DumpDom(router.endpoint +
+                          "/?generate=kjv_e2e&prompt=In%20the%20beginning&max_tokens=24&seed=3&"
+                          "temperature=0.8",
+                      dir_);
+        return std::regex_search(dom, box, shown);
+      },
+      120s, 500ms);
+  ASSERT_TRUE(rendered) << dom.substr(0, 4000);
+  std::string escaped;
+  for (char c : generated) {
+    escaped += c == '&' ? "&amp;" : c == '<' ? "&lt;" : c == '>' ? "&gt;" : std::string(1, c);
+  }
+  EXPECT_EQ(box[1].str(), escaped);
+
+  // A token model takes prompts, not feature rows: .../infer says where to go.
+  auto infer = Call("POST", router.endpoint + "/v1/models/kjv_e2e/infer", "application/json",
+                    Bytes("{\"inputs\": [[1]]}"));
+  ASSERT_TRUE(infer.ok());
+  EXPECT_EQ(infer->status, 400) << infer->body_view();
+  EXPECT_EQ(ErrorCode(*infer), "invalid_argument");
 }
 
 }  // namespace
