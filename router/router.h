@@ -26,8 +26,10 @@
 //                                  |              | forward through the experts, encode), each
 //                                  |              | PUT /v1/models/{name} after its body is in
 //                                  |              | (state dict check, synced RocksDB write), and
-//                                  |              | each POST .../generate's model lookup and
-//                                  |              | submission (which builds a new version)
+//                                  |              | the model lookup and submission (which may
+//                                  |              | build a new version) of each generation:
+//                                  |              | POST .../generate, /openai/v1 completions
+//                                  |              | and chat completions, /v1/ws requests
 //   swarm refresh (1)              | the router   | walks the DHT grid every swarm_refresh_ms and
 //                                  |              | waits for the health checks it sent
 //   decode (1)                     | the router   | every generation's steps (router/
