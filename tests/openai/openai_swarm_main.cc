@@ -23,6 +23,7 @@
 #include "core/clock.h"
 #include "net/http_client.h"
 #include "tests/openai/shift_model.h"
+#include "tests/testing/process.h"
 #include "tests/testing/processes.h"
 #include "tests/testing/temp_dir.h"
 
@@ -92,14 +93,11 @@ int RunNodeTest(const std::string& node, const std::string& test_file) {
   }
   // The servers' announcements reach the router's DHT node within a few seconds: poll (each try
   // is one generation through the swarm) until one token comes back, for at most 60 s.
-  const auto deadline = std::chrono::steady_clock::now() + 60s;
   std::string last;
-  while (!OneTokenThroughTheSwarm(router->endpoint, &last)) {
-    if (std::chrono::steady_clock::now() > deadline) {
-      return Fail("the swarm never answered a completion; last answer: " + last +
-                  "\nrouter log:\n" + router->process->stderr_text());
-    }
-    std::this_thread::sleep_for(200ms);  // The poll's pace; nothing is assumed after it.
+  if (!testing::PollUntil([&] { return OneTokenThroughTheSwarm(router->endpoint, &last); }, 60s,
+                          200ms)) {
+    return Fail("the swarm never answered a completion; last answer: " + last + "\nrouter log:\n" +
+                router->process->stderr_text());
   }
 
   const std::string base_url = router->endpoint + "/openai/v1";

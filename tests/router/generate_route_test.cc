@@ -23,6 +23,7 @@
 #include "tests/gating/swarm4x4.h"
 #include "tests/router/token_models.h"
 #include "tests/testing/in_process_router.h"
+#include "tests/testing/process.h"
 #include "tests/testing/temp_dir.h"
 
 namespace dmoe::router {
@@ -90,12 +91,7 @@ class GenerateRouteTest : public gating::Swarm4x4 {
   }
   // Polls GET /metrics (with a deadline) until `name` reaches `value`.
   bool WaitMetricAtLeast(const std::string& name, double value) {
-    const auto deadline = std::chrono::steady_clock::now() + 60s;
-    while (std::chrono::steady_clock::now() < deadline) {
-      if (Metric(name) >= value) return true;
-      std::this_thread::sleep_for(2ms);  // a poll interval, not a wait for an outcome
-    }
-    return false;
+    return testing::PollUntil([&] { return Metric(name) >= value; }, 60s, 2ms);
   }
 
   testing::TempDir dir_{"dmoe-generate-test"};
@@ -230,12 +226,8 @@ TEST_F(GenerateRouteTest, AClientThatLeavesAStreamEndsItsGeneration) {
   EXPECT_EQ(s.status, 200);
   EXPECT_TRUE(s.last.is_null());
   // Poll (with a deadline) until the generator has let go of it.
-  const auto deadline = std::chrono::steady_clock::now() + 60s;
-  while (Metric("dmoe_router_generations_pending") != 0 &&
-         std::chrono::steady_clock::now() < deadline) {
-    std::this_thread::sleep_for(2ms);  // a poll interval, not a wait for an outcome
-  }
-  EXPECT_EQ(Metric("dmoe_router_generations_pending"), 0);
+  EXPECT_TRUE(
+      testing::PollUntil([&] { return Metric("dmoe_router_generations_pending") == 0; }, 60s, 2ms));
   const double generated = Metric("dmoe_router_generated_tokens_total") - before;
   EXPECT_LT(generated, 500) << "a generation nobody reads ran on";
 }
