@@ -17,6 +17,8 @@
 #include "net/stream_queue.h"
 
 #include <spdlog/spdlog.h>
+#include <sys/socket.h>
+
 #include <array>
 #include <boost/asio/bind_executor.hpp>
 #include <boost/asio/dispatch.hpp>
@@ -24,6 +26,7 @@
 #include <boost/asio/read.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/write.hpp>
+#include <cerrno>
 #include <cstdio>
 #include <future>
 #include <sstream>
@@ -499,8 +502,21 @@ class HttpSession final : public Closeable, public std::enable_shared_from_this<
         tcp::socket::wait_read, [self = shared_from_this()](beast_error ec) {
           if (self->state_ != StateKind::kReadingBody) return;
           beast_error avail_ec;
-          const uint64_t arrived = ec ? 0 : self->stream_.socket().available(avail_ec);
-          if (ec || avail_ec || arrived == 0) return self->CloseSocket();  // 0: the peer closed.
+          uint64_t arrived = ec ? 0 : self->stream_.socket().available(avail_ec);
+          if (ec || avail_ec) return self->CloseSocket();
+          if (arrived == 0) {
+            // Either the peer closed, or a stale wake: the reactor took the socket's readiness
+            // from epoll, and the header's read consumed those bytes before this wait was queued.
+            // A peek tells the two apart; taking the stale wake for a close cut genuine clients.
+            char byte;
+            ssize_t n = ::recv(self->stream_.socket().native_handle(), &byte, 1,
+                               MSG_PEEK | MSG_DONTWAIT);
+            if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
+              return self->AwaitFirstBytes();
+            }
+            if (n <= 0) return self->CloseSocket();  // 0: the peer's FIN; < 0: a failure.
+            arrived = 1;  // Came since available() looked: the next window grows from it.
+          }
           uint64_t step = std::min<uint64_t>(
               arrived, self->request_.chunked ? kChunkedReadBytes : kMaxReadStep);
           if (!self->request_.chunked) step = std::min(step, *self->request_.content_length);
