@@ -39,6 +39,7 @@ namespace {
 
 struct Route {
   std::string method;  // Empty for a WebSocket route.
+  std::string pattern;
   std::vector<std::string> segments;
   Handler handler;
   HeadCheck check;
@@ -962,6 +963,7 @@ void HttpServer::Handle(std::string method, std::string pattern, Handler handler
   Route r;
   r.method = std::move(method);
   r.segments = SplitPath(pattern);
+  r.pattern = std::move(pattern);
   r.handler = std::move(handler);
   r.check = std::move(pre_body);
   state_->routes.push_back(std::move(r));
@@ -970,6 +972,7 @@ void HttpServer::Handle(std::string method, std::string pattern, Handler handler
 void HttpServer::HandleWebSocket(std::string pattern, WsHandlers handlers, HeadCheck pre_upgrade) {
   Route r;
   r.segments = SplitPath(pattern);
+  r.pattern = std::move(pattern);
   r.websocket = true;
   r.ws_handlers = std::move(handlers);
   r.check = std::move(pre_upgrade);
@@ -998,7 +1001,16 @@ Status HttpServer::Start() {
   state_->started = true;
   auto listener = std::make_shared<Listener>(ioc, state_);
   asio::dispatch(*state_->acceptor_strand, [listener] { listener->DoAccept(); });
+  for (const std::string& route : routes()) spdlog::debug("net: serves {}", route);
   return Status::Ok();
+}
+
+std::vector<std::string> HttpServer::routes() const {
+  std::vector<std::string> out;
+  for (const Route& r : state_->routes) {
+    out.push_back((r.websocket ? std::string("WEBSOCKET") : r.method) + " " + r.pattern);
+  }
+  return out;
 }
 
 uint16_t HttpServer::port() const { return state_->port; }

@@ -47,6 +47,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "core/status.h"
 #include "net/buffer_pool.h"
@@ -132,6 +133,10 @@ class HttpServer {
   Status Start();
   // The bound port (after a successful Start).
   uint16_t port() const;
+  // What was registered, as "METHOD /pattern" ("WEBSOCKET /pattern" for a WebSocket route), in
+  // registration order. Start() logs each at debug level as "net: serves METHOD /pattern", which
+  // is how tests outside the process (the OpenAPI walk) learn every route a server answers.
+  std::vector<std::string> routes() const;
 
   // Graceful stop: stops accepting, closes idle connections, lets requests whose header is already
   // in finish and answer (with Connection: close) for up to `deadline`, closes WebSockets, then

@@ -184,6 +184,16 @@ TEST(HttpServerTest, ABodyThatFollowsItsHeaderLaterIsRead) {
   EXPECT_EQ(answered, kConnections);
 }
 
+TEST(HttpServerTest, RoutesListsWhatWasRegistered) {
+  HttpServer server(HttpServerOptions{});
+  server.Handle("GET", "/v1/health", [](Request, Responder) {});
+  server.Handle("POST", "/v1/experts/{uid}/forward", [](Request, Responder) {});
+  server.HandleWebSocket("/v1/ws", WsHandlers{});
+  EXPECT_EQ(server.routes(), (std::vector<std::string>{"GET /v1/health",
+                                                       "POST /v1/experts/{uid}/forward",
+                                                       "WEBSOCKET /v1/ws"}));
+}
+
 TEST(HttpServerTest, HandlerRespondsLaterFromAnotherThread) {
   HttpServer server({});
   std::promise<Responder> handed_over;
