@@ -189,9 +189,9 @@ TEST(HttpServerTest, RoutesListsWhatWasRegistered) {
   server.Handle("GET", "/v1/health", [](Request, Responder) {});
   server.Handle("POST", "/v1/experts/{uid}/forward", [](Request, Responder) {});
   server.HandleWebSocket("/v1/ws", WsHandlers{});
-  EXPECT_EQ(server.routes(), (std::vector<std::string>{"GET /v1/health",
-                                                       "POST /v1/experts/{uid}/forward",
-                                                       "WEBSOCKET /v1/ws"}));
+  EXPECT_EQ(server.routes(),
+            (std::vector<std::string>{"GET /v1/health", "POST /v1/experts/{uid}/forward",
+                                      "WEBSOCKET /v1/ws"}));
 }
 
 TEST(HttpServerTest, HandlerRespondsLaterFromAnotherThread) {
