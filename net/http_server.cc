@@ -510,8 +510,8 @@ class HttpSession final : public Closeable, public std::enable_shared_from_this<
             // from epoll, and the header's read consumed those bytes before this wait was queued.
             // A peek tells the two apart; taking the stale wake for a close cut genuine clients.
             char byte;
-            ssize_t n = ::recv(self->stream_.socket().native_handle(), &byte, 1,
-                               MSG_PEEK | MSG_DONTWAIT);
+            ssize_t n =
+                ::recv(self->stream_.socket().native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
             if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
               return self->AwaitFirstBytes();
             }
