@@ -255,7 +255,8 @@ bool Node::TokenValid(const Token& token, const Address& address) const {
 
 void Node::RememberToken(const Address& address, const Token& token) {
   if (options_.token_cache_size == 0) return;
-  auto [it, inserted] = tokens_.insert_or_assign(address, token);
+  auto [it, inserted] =
+      tokens_.insert_or_assign(address, HeldToken{token, clock_.NowMonotonicUs()});
   if (!inserted) return;
   token_order_.push_back(address);
   while (token_order_.size() > options_.token_cache_size) {
@@ -271,8 +272,14 @@ void Node::PrepareRequest(const Address& to, const std::optional<NodeId>& expect
   m.prove = !expected || (!proven_.Contains(*expected, to) && table_.WouldAdd(*expected, to));
   m.padding = 0;
   m.token.reset();
+  // A token older than one epoch may no longer be valid there; a request that carries an invalid
+  // one is unpadded yet answered as unvalidated, cut to its own size, which can drop the fresh
+  // token the answer carries too, so the token would never be renewed. Go without it instead.
   auto token = tokens_.find(to);
-  if (token != tokens_.end()) m.token = token->second;
+  if (token != tokens_.end() &&
+      clock_.NowMonotonicUs() - token->second.received_us < options_.token_epoch_ms * 1000) {
+    m.token = token->second.token;
+  }
   // A request announcing another address draws a challenge there that must fit in the request's
   // size: it pays for that room.
   size_t want = m.announced ? kAnnouncingRequestBytes : 0;

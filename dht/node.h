@@ -192,7 +192,15 @@ class Node {
   VerifiedCache verified_;
   ProvenCache proven_;
   std::array<uint8_t, 32> token_secret_{};
-  std::map<Address, Token> tokens_;  // tokens others gave this node, by their address
+  // Tokens others gave this node, by their address, with when each came (monotonic us). A token
+  // is used for one token epoch after it came, the least its giver honours it (TokenValid: the
+  // epoch it was made in and the next); after that requests go without it, padded, and draw a
+  // fresh one.
+  struct HeldToken {
+    Token token;
+    int64_t received_us = 0;
+  };
+  std::map<Address, HeldToken> tokens_;
   std::deque<Address> token_order_;
   NodeStats stats_;
 

@@ -225,6 +225,39 @@ TEST(SimTest, UnrefreshedRecordsDisappearAndRefreshedOnesStay) {
   EXPECT_EQ(stored, 0u);
 }
 
+// A token is valid for one to two epochs of the node that gave it. A requester that kept using
+// an old one sent small requests (no padding: it believed itself validated), so every answer was
+// cut to the request's size, records and the fresh token first: after 5-10 minutes the swarm's
+// gets found nothing, for good. Tokens now expire on the requester's side after one epoch.
+TEST(SimTest, GetsStillFindRecordsAfterTokensExpire) {
+  SimNetwork net(23);
+  NodeOptions o = SimOptions();
+  auto ids = BuildNetwork(net, 8, o);
+  // The getter is a client node, as routers and trainers are.
+  NodeOptions client_options = o;
+  client_options.client = true;
+  const size_t client = net.AddNode(client_options);
+  net.node(client).Bootstrap({net.address(ids[0])}, nullptr);
+  net.RunFor(5000);
+  // Announced again before every get, as expert servers do, with values large enough that a cut
+  // answer loses them.
+  const std::string value(200, 'v');
+  auto announce = [&] {
+    for (int i = 0; i < 4; ++i) {
+      ASSERT_TRUE(SimPut(net, ids[1], "key", "sub" + std::to_string(i), value, kMaxTtlMs).ok());
+    }
+  };
+  announce();
+  ASSERT_EQ(SimGet(net, client, "key").records.size(), 4u);
+  for (int epoch = 1; epoch <= 4; ++epoch) {
+    net.RunFor(o.token_epoch_ms);
+    announce();
+    KeyResult r = SimGet(net, client, "key");
+    EXPECT_TRUE(r.status.ok()) << "after " << epoch << " epochs: " << r.status.ToString();
+    EXPECT_EQ(r.records.size(), 4u) << "after " << epoch << " epochs";
+  }
+}
+
 TEST(SimTest, PartitionedGetMeetsItsDeadline) {
   SimNetwork net(18);
   auto ids = BuildNetwork(net, 32, SimOptions());
