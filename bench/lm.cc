@@ -10,7 +10,10 @@
 //
 // Serving: the trained mixture is published to a dmoe-router, which generates --tokens tokens per
 // stream for 1 and then 8 concurrent streams (POST /v1/models/kjv_lm/generate, "stream": true):
-// aggregate tokens/s, time to first token, and p50/p99 time between tokens.
+// aggregate tokens/s, time to first token, and p50/p99 time between tokens. Then the baseline:
+// the router and the servers stop (checkpointing the experts), and the same weights are served by a
+// router and four servers in this process whose expert calls skip the network (bench/lm_local.h),
+// for the same 1 and 8 streams; the report gives remote / in-process tokens/s at 8 streams.
 //
 //   build/bench/lm [--smoke] [--seconds S] [--tokens N] [--seq-len T] [--batch-size B]
 //
@@ -30,6 +33,7 @@
 #include <vector>
 
 #include "bench/harness.h"
+#include "bench/lm_local.h"
 #include "core/status.h"
 #include "model/model_spec.h"
 #include "net/http_client.h"
@@ -47,6 +51,7 @@ using bench::Seconds;
 using SteadyClock = std::chrono::steady_clock;
 
 constexpr int kServers = 4;
+constexpr int64_t kExpertWidth = 128;  // examples/kjv_lm.json's ffn experts
 // One ffn expert of width d: linear1 d x 4d + 4d, linear2 4d x d + d, its layer norm 2d.
 constexpr double ExpertParameters(double d) { return d * 4 * d + 4 * d + 4 * d * d + d + 2 * d; }
 
@@ -280,16 +285,23 @@ int Main(int argc, char** argv) {
     return 1;
   }
   std::vector<std::vector<std::string>> server_flags;
+  bench::LocalSwarmSpec local_spec;
+  local_spec.hidden_dim = kExpertWidth;
+  local_spec.router_db = dir.Sub("router");
   for (int i = 0; i < kServers; ++i) {
-    std::string uids;
+    std::vector<std::string> uids;
     for (const char* grid : {"ffn0", "ffn1"}) {
       for (int j = 0; j < 4; ++j) {
-        uids += (uids.empty() ? "" : ",") + std::string(grid) + "." + std::to_string(i) + "." +
-                std::to_string(j);
+        uids.push_back(std::string(grid) + "." + std::to_string(i) + "." + std::to_string(j));
       }
     }
-    server_flags.push_back({"--experts", uids, "--hidden-dim", "128", "--threads", "1", "--dht",
-                            dht->address, "--log-level", "error"});
+    std::string joined;
+    for (const std::string& uid : uids) joined += (joined.empty() ? "" : ",") + uid;
+    local_spec.server_uids.push_back(uids);
+    local_spec.server_dbs.push_back(dir.Sub("server" + std::to_string(i)));
+    server_flags.push_back({"--experts", joined, "--hidden-dim", std::to_string(kExpertWidth),
+                            "--threads", "1", "--dht", dht->address, "--db",
+                            local_spec.server_dbs.back(), "--log-level", "error"});
   }
   auto servers = testing::StartServers(server_flags, 120s);
   if (!servers.ok()) {
@@ -310,12 +322,23 @@ int Main(int argc, char** argv) {
   std::fflush(stdout);
   TrainRun moe = Train(cfg, "kjv_lm", dht->address, router->endpoint);
   TrainRun dense = Train(cfg, "kjv_dense", dht->address, "");
-  std::vector<ServingRun> serving;
+  std::vector<ServingRun> serving, local;
+  std::string local_error;
   if (moe.ok) {
     for (int streams : {1, 8}) {
       serving.push_back(
           Serve(router->endpoint + "/v1/models/kjv_lm/generate", streams, cfg.tokens));
     }
+    // The same weights with the experts in this process: the servers' last checkpoints and the
+    // router's published model, reopened once their processes exited.
+    router->process->Stop(SIGTERM, 30s);
+    for (testing::ServerProcess& server : *servers) server.process->Stop(SIGTERM, 30s);
+    Status s = bench::WithLocalSwarm(local_spec, [&](const std::string& endpoint) {
+      for (int streams : {1, 8}) {
+        local.push_back(Serve(endpoint + "/v1/models/kjv_lm/generate", streams, cfg.tokens));
+      }
+    });
+    if (!s.ok()) local_error = s.ToString();
   }
   const std::string load_after = LoadAverage();
 
@@ -337,27 +360,38 @@ int Main(int argc, char** argv) {
                           {"active_parameters", r->active_parameters},
                           {"wall_s", r->wall_s}});
   }
-  std::printf("%-8s %12s %10s %12s %12s\n", "streams", "tokens/s", "ttft ms", "gap p50 ms",
-              "gap p99 ms");
+  std::printf("%-10s %-8s %12s %10s %12s %12s\n", "experts", "streams", "tokens/s", "ttft ms",
+              "gap p50 ms", "gap p99 ms");
   nlohmann::json serve_json = nlohmann::json::array();
-  for (const ServingRun& s : serving) {
-    if (!s.ok) std::fprintf(stderr, "lm: %d streams: %s\n", s.streams, s.error.c_str());
-    std::printf("%-8d %12.1f %10.1f %12.1f %12.1f\n", s.streams, s.tokens_per_s, s.ttft_p50_ms,
-                s.gap_p50_ms, s.gap_p99_ms);
-    serve_json.push_back({{"streams", s.streams},
-                          {"ok", s.ok},
-                          {"error", s.error},
-                          {"tokens_per_s", s.tokens_per_s},
-                          {"ttft_p50_ms", s.ttft_p50_ms},
-                          {"gap_p50_ms", s.gap_p50_ms},
-                          {"gap_p99_ms", s.gap_p99_ms}});
+  if (!local_error.empty()) std::fprintf(stderr, "lm: in-process: %s\n", local_error.c_str());
+  for (const auto& [where, runs] :
+       {std::pair{"remote", &serving}, std::pair{"in-process", &local}}) {
+    for (const ServingRun& s : *runs) {
+      if (!s.ok)
+        std::fprintf(stderr, "lm: %s, %d streams: %s\n", where, s.streams, s.error.c_str());
+      std::printf("%-10s %-8d %12.1f %10.1f %12.1f %12.1f\n", where, s.streams, s.tokens_per_s,
+                  s.ttft_p50_ms, s.gap_p50_ms, s.gap_p99_ms);
+      serve_json.push_back({{"experts", where},
+                            {"streams", s.streams},
+                            {"ok", s.ok},
+                            {"error", s.error},
+                            {"tokens_per_s", s.tokens_per_s},
+                            {"ttft_p50_ms", s.ttft_p50_ms},
+                            {"gap_p50_ms", s.gap_p50_ms},
+                            {"gap_p99_ms", s.gap_p99_ms}});
+    }
   }
   if (serving.size() == 2 && serving[0].tokens_per_s > 0) {
-    std::printf("8-stream / 1-stream tokens/s: %.2f\n",
+    std::printf("8-stream / 1-stream tokens/s (remote): %.2f\n",
                 serving[1].tokens_per_s / serving[0].tokens_per_s);
   }
+  if (serving.size() == 2 && local.size() == 2 && local[1].tokens_per_s > 0) {
+    std::printf("remote / in-process tokens/s at 8 streams: %.2f\n",
+                serving[1].tokens_per_s / local[1].tokens_per_s);
+  }
   std::printf("load average: %s before, %s after\n", load_before.c_str(), load_after.c_str());
-  const bool ok = moe.ok && dense.ok && serving.size() == 2 && serving[0].ok && serving[1].ok;
+  const bool ok = moe.ok && dense.ok && serving.size() == 2 && serving[0].ok && serving[1].ok &&
+                  local.size() == 2 && local[0].ok && local[1].ok;
   nlohmann::json report = {{"smoke", cfg.smoke},
                            {"seconds", cfg.seconds},
                            {"seq_len", cfg.seq_len},

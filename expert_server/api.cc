@@ -274,7 +274,24 @@ void ServerImpl::RegisterRoutes() {
 
 void ServerImpl::HandleWsMessage(const std::shared_ptr<net::WsConnection>& conn,
                                  std::span<const uint8_t> message) {
-  auto send = [conn](std::vector<uint8_t> blob) { conn->Send(std::move(blob)).IgnoreError(); };
+  HandleMessage(
+      message, conn->head().headers.Has(kKeyHeader),
+      [this, conn] { return conn->TryBeginRequest(options_.ws_max_in_flight); },
+      [conn] { conn->EndRequest(); },
+      [conn](std::vector<uint8_t> blob) { conn->Send(std::move(blob)).IgnoreError(); });
+}
+
+void ServerImpl::CallLocal(std::span<const uint8_t> message,
+                           std::function<void(std::vector<uint8_t>)> answer) {
+  // One answer per message, so the blob goes to `answer` once; no in-flight cap: the caller is
+  // this process.
+  HandleMessage(
+      message, /*signed_upgrade=*/false, [] { return true; }, [] {}, std::move(answer));
+}
+
+void ServerImpl::HandleMessage(std::span<const uint8_t> message, bool signed_upgrade,
+                               const std::function<bool()>& begin, std::function<void()> end,
+                               std::function<void(std::vector<uint8_t>)> send) {
   Result<safetensors::Decoded> decoded = safetensors::Decode(message);
   if (!decoded.ok()) return send(WsErrorBlob("", "", decoded.status()));
   auto meta = [&](const char* key) {
@@ -289,7 +306,7 @@ void ServerImpl::HandleWsMessage(const std::shared_ptr<net::WsConnection>& conn,
   if (uid.empty())
     return send(WsErrorBlob(id, uid, InvalidArgumentError("the request names no uid")));
   const TaskKind kind = op == "forward" ? TaskKind::kForward : TaskKind::kBackward;
-  if (kind == TaskKind::kBackward && verifier_ && !conn->head().headers.Has(kKeyHeader)) {
+  if (kind == TaskKind::kBackward && verifier_ && !signed_upgrade) {
     CountRequest(op, Code::kUnauthenticated, 0);
     return send(WsErrorBlob(
         id, uid,
@@ -297,17 +314,18 @@ void ServerImpl::HandleWsMessage(const std::shared_ptr<net::WsConnection>& conn,
                              "signed upgrade (X-DMoE-Key, X-DMoE-Timestamp, X-DMoE-Nonce, "
                              "X-DMoE-Signature: dmoe-req-v2)")));
   }
-  if (!conn->TryBeginRequest(options_.ws_max_in_flight)) {
+  if (!begin()) {
     CountRequest(op, Code::kResourceExhausted, 0);
     return send(WsErrorBlob(
         id, uid,
         ResourceExhaustedError("more than " + std::to_string(options_.ws_max_in_flight) +
                                " requests in flight on this connection")));
   }
-  Dispatch(kind, uid, message, {{"id", id}}, [conn, id, uid, send](Result<std::vector<uint8_t>> r) {
-    conn->EndRequest();
-    send(r.ok() ? std::move(r).value() : WsErrorBlob(id, uid, r.status()));
-  });
+  Dispatch(kind, uid, message, {{"id", id}},
+           [end = std::move(end), id, uid, send](Result<std::vector<uint8_t>> r) {
+             end();
+             send(r.ok() ? std::move(r).value() : WsErrorBlob(id, uid, r.status()));
+           });
 }
 
 }  // namespace dmoe::expert_server

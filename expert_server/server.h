@@ -49,9 +49,11 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -195,6 +197,16 @@ class ExpertServer {
   // expert's write error (the other experts are still written). Not from a network or runtime
   // thread.
   virtual Status CheckpointNow() = 0;
+  // Answers one request blob of the WebSocket protocol (PROTOCOL section 4: metadata id, op, uid)
+  // from this process, with no socket in between: for callers that host the experts themselves
+  // (bench/lm's baseline with the experts local, through gating::CallerOptions::local). It is
+  // checked as a message on a connection whose upgrade was not signed (so a server with trainer
+  // keys refuses its backward) and counted, batched and computed as any other. `answer` runs
+  // exactly once with the answer blob (an error blob when refused), on a runtime thread or before
+  // this returns, and must not block. The bytes of `message` are not used after the call. Any
+  // thread but a runtime one.
+  virtual void CallLocal(std::span<const uint8_t> message,
+                         std::function<void(std::vector<uint8_t>)> answer) = 0;
   // Graceful stop: stops the timers (announcements are no longer refreshed), stops accepting and
   // lets requests in flight answer (up to 5 s), fails what is still queued with kUnavailable, and
   // writes a final checkpoint to the store. The lent DHT node and store are left running and open:

@@ -45,6 +45,8 @@ class ServerImpl : public ExpertServer {
   ExpertServerStats stats() const override;
   Status CheckpointNow() override;
   void Stop() override;
+  void CallLocal(std::span<const uint8_t> message,
+                 std::function<void(std::vector<uint8_t>)> answer) override;
 
  private:
   // How an answer goes back: a finished blob, or an error.
@@ -61,6 +63,12 @@ class ServerImpl : public ExpertServer {
   // Decodes and dispatches `message`; its bytes are not used after the call.
   void HandleWsMessage(const std::shared_ptr<net::WsConnection>& conn,
                        std::span<const uint8_t> message);
+  // What a request blob of the WebSocket protocol gets, wherever it came from: `signed_upgrade`
+  // tells whether its connection's upgrade carried a key; `begin` admits it (false: refused as
+  // too many in flight) and `end` runs when it is answered; `send` takes every answer blob.
+  void HandleMessage(std::span<const uint8_t> message, bool signed_upgrade,
+                     const std::function<bool()>& begin, std::function<void()> end,
+                     std::function<void(std::vector<uint8_t>)> send);
   std::string ExpertInfoJson(const std::string& uid) const;
   void CountRequest(const std::string& op, Code code, double seconds);
 

@@ -12,8 +12,9 @@
 //
 // Threads: every method may be called from any thread; the destructor not from a callback.
 // Callbacks run on one of the caller's io threads (a call that fails at once: on the thread that
-// called Send; at destruction: on the destroying thread) and must not block: they hand the outcome
-// over, to a waiting thread or into a peer's health.
+// called Send; at destruction: on the destroying thread; a call to a local endpoint: on the thread
+// that answers it) and must not block: they hand the outcome over, to a waiting thread or into a
+// peer's health.
 #ifndef DMOE_GATING_EXPERT_CALLER_H_
 #define DMOE_GATING_EXPERT_CALLER_H_
 
@@ -50,6 +51,12 @@ enum class ProofResult {
   kUnreachable,  // no answer (connection refused, timeout, ...): nothing is known
 };
 
+// An expert server in the caller's own process: takes a request blob and calls `answer` exactly
+// once with the answer blob (expert_server::ExpertServer::CallLocal), on any thread, never
+// blocking.
+using LocalEndpoint =
+    std::function<void(net::Bytes request, std::function<void(net::Bytes answer)> answer)>;
+
 struct CallerOptions {
   // Signs WebSocket upgrades (PROTOCOL section 4) so that servers with --trainer-keys accept
   // backward; none = unsigned.
@@ -59,6 +66,10 @@ struct CallerOptions {
   // The process's buffer pool (net/buffer_pool.h), which must outlive the caller; null: the
   // caller keeps its own.
   net::BufferPool* buffer_pool = nullptr;
+  // Endpoints ("http://host:port") whose servers run in this process: Send hands their calls to
+  // these functions instead of a WebSocket (bench/lm's baseline with the experts local). Probe and
+  // Prove still ask them over HTTP.
+  std::map<std::string, LocalEndpoint> local;
 };
 
 // Owns its io threads and connections; destroying it fails what is in flight.

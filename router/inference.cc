@@ -12,9 +12,11 @@
 namespace dmoe::router {
 
 Inference::Inference(dht::Dht& dht, const Clock& clock, net::BufferPool& pool,
-                     std::optional<std::set<PublicKey>> server_keys) {
+                     std::optional<std::set<PublicKey>> server_keys,
+                     std::map<std::string, gating::LocalEndpoint> local) {
   gating::SwarmOptions options;
   options.caller.buffer_pool = &pool;
+  options.caller.local = std::move(local);
   options.server_keys = std::move(server_keys);
   swarm_ = std::make_shared<gating::Swarm>(&dht, clock, std::move(options));
 }

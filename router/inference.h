@@ -22,6 +22,7 @@
 #include "core/identity.h"
 #include "core/status.h"
 #include "dht/dht.h"
+#include "gating/expert_caller.h"
 #include "gating/model.h"
 #include "storage/model_store.h"
 
@@ -54,9 +55,11 @@ class Inference {
  public:
   // `server_keys`, when set, are the only publishers whose experts are used (--server-keys).
   // Expert calls take their buffers from `pool` and their deadlines from `clock`; `dht`, `clock`
-  // and `pool` must outlive the inference.
+  // and `pool` must outlive the inference. Calls to the endpoints of `local` go to those
+  // functions (gating::CallerOptions::local).
   Inference(dht::Dht& dht, const Clock& clock, net::BufferPool& pool,
-            std::optional<std::set<PublicKey>> server_keys = std::nullopt);
+            std::optional<std::set<PublicKey>> server_keys = std::nullopt,
+            std::map<std::string, gating::LocalEndpoint> local = {});
   ~Inference();
 
   // x: F32 [B, input_dim]. kUnavailable when the swarm cannot answer (no live experts).

@@ -107,9 +107,11 @@ int main(int argc, char** argv) {
   if (dmoe::Status joined = (*dht)->WaitBootstrapped(std::chrono::seconds(5)); !joined.ok()) {
     spdlog::warn("DHT: {} (will keep trying)", joined.ToString());
   }
-  auto router = dmoe::router::Router::Start(
-      std::move(o),
-      {.clock = &clock, .buffer_pool = &buffer_pool, .net_io = &net_io, .dht = dht->get()});
+  auto router = dmoe::router::Router::Start(std::move(o), {.clock = &clock,
+                                                           .buffer_pool = &buffer_pool,
+                                                           .net_io = &net_io,
+                                                           .dht = dht->get(),
+                                                           .local_experts = {}});
   if (!router.ok()) return fail(router.status());
   std::printf("peer_id %s\n", (*router)->peer_id().c_str());
   std::printf("listening on %s\n", (*router)->endpoint().c_str());

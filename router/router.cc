@@ -129,8 +129,8 @@ class RouterImpl : public Router {
     for (const storage::ModelInfo& m : models) WatchSpec(m.spec_json);
     swarm_->Start();
 
-    inference_ =
-        std::make_unique<Inference>(dht_, clock_, *context_.buffer_pool, std::move(server_keys));
+    inference_ = std::make_unique<Inference>(dht_, clock_, *context_.buffer_pool,
+                                             std::move(server_keys), context_.local_experts);
     compute_ = std::make_unique<net::IoContext>(std::max(1, options_.inference_threads));
     StartGenerator();
 

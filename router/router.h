@@ -48,6 +48,7 @@
 #define DMOE_ROUTER_ROUTER_H_
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -55,6 +56,7 @@
 
 #include "core/identity.h"
 #include "core/status.h"
+#include "gating/expert_caller.h"
 
 namespace dmoe {
 class Clock;
@@ -122,6 +124,10 @@ struct RouterContext {
   // A started DHT node (a client node is enough) with RouterOptions::identity; the router finds
   // experts and walks the grid through it.
   dht::Dht* dht = nullptr;
+  // Optional: expert servers in this process, by endpoint, whose calls skip the network
+  // (gating::CallerOptions::local): bench/lm's baseline with the experts local. dmoe-router has
+  // none.
+  std::map<std::string, gating::LocalEndpoint> local_experts;
 };
 
 class Router {

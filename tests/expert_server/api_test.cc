@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdlib>
@@ -22,6 +23,7 @@
 #include "expert_server/expert.h"
 #include "expert_server/process_memory.h"
 #include "expert_server/server.h"
+#include "gating/expert_caller.h"
 #include "net/http_client.h"
 #include "storage/expert_store.h"
 #include "tensor/safetensors.h"
@@ -166,6 +168,87 @@ TEST_F(ApiTest, ForwardMatchesTheSameExpertComputedLocally) {
       at::allclose(p.tensors["y"], *LocalTwin("ffn.0.1")->Forward(x, std::nullopt), 1e-5, 1e-6));
   // ffn.0.0 is a different expert.
   EXPECT_FALSE(at::allclose(Parse(Forward("ffn.0.0", x).body).tensors["y"], p.tensors["y"]));
+}
+
+// CallLocal, for callers that host the experts in their own process: the answer a WebSocket
+// message gets, with no socket; and the same refusals.
+TEST_F(ApiTest, CallLocalAnswersAsAWebSocketMessage) {
+  StartServer([&](ExpertServerOptions& o) {
+    o.trainer_keys_path = Dir() + "/trainers";
+    std::ofstream(o.trainer_keys_path) << Identity::Generate().public_key_hex() << "\n";
+  });
+  auto call = [&](std::vector<uint8_t> blob) {
+    std::promise<std::vector<uint8_t>> answered;
+    server_->CallLocal(blob, [&](std::vector<uint8_t> a) { answered.set_value(std::move(a)); });
+    return Parse(answered.get_future().get());
+  };
+  at::Tensor x = at::randn({3, kDim});
+  tensor::TorchPayload y =
+      call(Blob({{"x", x}}, {{"id", "7"}, {"op", "forward"}, {"uid", "ffn.0.1"}}));
+  EXPECT_EQ(y.metadata["id"], "7");
+  ASSERT_EQ(y.tensors.count("y"), 1u);
+  EXPECT_TRUE(
+      at::allclose(y.tensors["y"], *LocalTwin("ffn.0.1")->Forward(x, std::nullopt), 1e-5, 1e-6));
+  // As on a connection whose upgrade was not signed, a server with trainer keys refuses backward.
+  tensor::TorchPayload refused =
+      call(Blob({{"x", x}, {"grad_y", x}}, {{"id", "8"}, {"op", "backward"}, {"uid", "ffn.0.1"}}));
+  EXPECT_EQ(refused.metadata["id"], "8");
+  EXPECT_EQ(refused.metadata["error_code"], "unauthenticated");
+  EXPECT_EQ(server_->stats().steps.at("ffn.0.1"), 0);
+  tensor::TorchPayload bad =
+      call(Blob({{"x", x}}, {{"id", "9"}, {"op", "fly"}, {"uid", "ffn.0.1"}}));
+  EXPECT_EQ(bad.metadata["error_code"], "invalid_argument");
+}
+
+// gating::ExpertCaller with the server as a local endpoint: its calls reach the server with no
+// connection (the endpoint's host does not even resolve), and a call given up on (Forget) is
+// never answered.
+TEST_F(ApiTest, AnExpertCallerReachesALocalEndpointWithoutTheNetwork) {
+  StartServer();
+  const std::string endpoint = "http://in-process.invalid:9";
+  std::mutex mu;
+  std::vector<std::pair<net::Bytes, std::function<void(net::Bytes)>>> held;
+  bool hold = false;
+  gating::CallerOptions options;
+  options.local[endpoint] = [&](net::Bytes request, std::function<void(net::Bytes)> answer) {
+    std::lock_guard<std::mutex> lock(mu);
+    if (hold) return held.emplace_back(std::move(request), std::move(answer)), void();
+    server_->CallLocal(request, std::move(answer));
+  };
+  gating::ExpertCaller caller(RealClock::Instance(), options);
+  at::Tensor x = at::randn({2, kDim});
+  auto send = [&](const std::string& id, std::promise<gating::CallOutcome>* done) {
+    caller.Send(endpoint, id, Blob({{"x", x}}, {{"id", id}, {"op", "forward"}, {"uid", "ffn.0.0"}}),
+                RealClock::Instance().Now() + 10s,
+                [done](gating::CallOutcome o) { done->set_value(std::move(o)); });
+  };
+  std::promise<gating::CallOutcome> first;
+  send(caller.NextId(), &first);
+  gating::CallOutcome outcome = first.get_future().get();
+  ASSERT_TRUE(outcome.status.ok()) << outcome.status.ToString();
+  EXPECT_TRUE(at::allclose(Parse(outcome.blob).tensors["y"],
+                           *LocalTwin("ffn.0.0")->Forward(x, std::nullopt), 1e-5, 1e-6));
+
+  hold = true;
+  std::promise<gating::CallOutcome> forgotten, kept;
+  const std::string forgotten_id = caller.NextId(), kept_id = caller.NextId();
+  send(forgotten_id, &forgotten);
+  send(kept_id, &kept);
+  ASSERT_EQ(held.size(), 2u);
+  caller.Forget(endpoint, forgotten_id);
+  std::atomic<int> answered{0};
+  for (auto& [request, answer] : held) {
+    server_->CallLocal(request, [&answered, a = std::move(answer)](net::Bytes blob) {
+      a(std::move(blob));
+      ++answered;
+    });
+  }
+  gating::CallOutcome second = kept.get_future().get();
+  EXPECT_TRUE(second.status.ok()) << second.status.ToString();
+  EXPECT_EQ(Parse(second.blob).metadata["id"], kept_id);
+  // The forgotten call's answer came too, and was dropped.
+  ASSERT_TRUE(testing::PollUntil([&] { return answered.load() == 2; }, 10s));
+  EXPECT_EQ(forgotten.get_future().wait_for(0s), std::future_status::timeout);
 }
 
 TEST_F(ApiTest, AnswersInTheInputsHalfPrecisionDtype) {
