@@ -8,7 +8,6 @@
 //
 // It fails, never skips: a missing node, or an `openai` package that scripts/setup did not install
 // next to TEST_FILE, is an error naming the fix.
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -105,14 +104,9 @@ int RunNodeTest(const std::string& node, const std::string& test_file) {
   std::cout << "openai_swarm: router " << base_url << ", running " << test_file << std::endl;
   SpawnOptions options;
   options.working_dir = std::filesystem::path(test_file).parent_path().string();
-  Result<std::unique_ptr<Process>> test = Process::Spawn({node, "--test", test_file}, options);
-  if (!test.ok()) return Fail("node: " + test.status().ToString());
-  while (std::optional<std::string> line = (*test)->ReadLine(5min)) std::cout << *line << "\n";
-  std::cout << std::flush;
-  std::optional<int> status = (*test)->Wait(30s);
-  std::cerr << (*test)->stderr_text();
-  if (!status) return Fail("node did not finish");
-  if (!WIFEXITED(*status) || WEXITSTATUS(*status) != 0) {
+  RunResult test = RunPassingOutput({node, "--test", test_file}, options, 5min);
+  if (test.timed_out) return Fail("node did not finish");
+  if (test.exit_code != 0) {
     return Fail("the Node test failed; router log:\n" + router->process->stderr_text());
   }
   return 0;

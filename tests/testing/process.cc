@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <iostream>
 #include <thread>
 
 namespace dmoe::testing {
@@ -243,6 +244,27 @@ int Process::Stop(int sig, std::chrono::milliseconds timeout) {
   return Wait(std::chrono::seconds(60)).value_or(-1);
 }
 
+namespace {
+
+std::chrono::milliseconds Left(Clock::time_point deadline) {
+  return std::max(std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()),
+                  std::chrono::milliseconds(0));
+}
+
+// Waits for `p` until `deadline` (then kills it) and fills the rest of `result`.
+void Finish(Process& p, Clock::time_point deadline, RunResult* result) {
+  std::optional<int> status = p.Wait(Left(deadline));
+  if (!status.has_value()) {
+    result->timed_out = true;
+    status = p.Stop(SIGKILL, std::chrono::seconds(10));
+  }
+  if (WIFEXITED(*status)) result->exit_code = WEXITSTATUS(*status);
+  if (WIFSIGNALED(*status)) result->signal = WTERMSIG(*status);
+  result->err = p.stderr_text();
+}
+
+}  // namespace
+
 RunResult Run(const std::vector<std::string>& argv, std::chrono::milliseconds timeout) {
   RunResult result;
   Result<std::unique_ptr<Process>> p = Process::Spawn(argv);
@@ -253,18 +275,28 @@ RunResult Run(const std::vector<std::string>& argv, std::chrono::milliseconds ti
   const auto deadline = Clock::now() + timeout;
   // Drain stdout while the child runs so that it never blocks on a full pipe.
   while (Clock::now() < deadline) {
-    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
-    if (!(*p)->ReadBytes(left, &result.out)) break;
+    if (!(*p)->ReadBytes(Left(deadline), &result.out)) break;
   }
-  auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
-  std::optional<int> status = (*p)->Wait(std::max(left, std::chrono::milliseconds(0)));
-  if (!status.has_value()) {
-    result.timed_out = true;
-    status = (*p)->Stop(SIGKILL, std::chrono::seconds(10));
+  Finish(**p, deadline, &result);
+  return result;
+}
+
+RunResult RunPassingOutput(const std::vector<std::string>& argv, const SpawnOptions& options,
+                           std::chrono::milliseconds timeout) {
+  RunResult result;
+  Result<std::unique_ptr<Process>> p = Process::Spawn(argv, options);
+  if (!p.ok()) {
+    result.err = p.status().ToString();
+    std::cerr << result.err << "\n";
+    return result;
   }
-  if (WIFEXITED(*status)) result.exit_code = WEXITSTATUS(*status);
-  if (WIFSIGNALED(*status)) result.signal = WTERMSIG(*status);
-  result.err = (*p)->stderr_text();
+  const auto deadline = Clock::now() + timeout;
+  while (std::optional<std::string> line = (*p)->ReadLine(Left(deadline))) {
+    std::cout << *line << "\n";
+  }
+  std::cout << std::flush;
+  Finish(**p, deadline, &result);
+  std::cerr << result.err;
   return result;
 }
 

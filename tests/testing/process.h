@@ -110,6 +110,13 @@ struct RunResult {
 RunResult Run(const std::vector<std::string>& argv,
               std::chrono::milliseconds timeout = std::chrono::seconds(60));
 
+// Runs argv to completion (SIGKILL after `timeout`) as a test driver runs the test it started:
+// each stdout line is copied to this process's stdout as it comes (`out` stays empty), and the
+// child's stderr, captured in `err`, is copied to this process's stderr once it ends. A spawn
+// failure is in `err`, with exit_code -1.
+RunResult RunPassingOutput(const std::vector<std::string>& argv, const SpawnOptions& options,
+                           std::chrono::milliseconds timeout);
+
 // Polls `condition` every `interval` until it is true or `timeout` passes; returns its last value.
 // For waiting on state another process changes (an HTTP endpoint, a DHT record), where there is no
 // descriptor to poll.
