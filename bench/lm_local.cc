@@ -19,6 +19,8 @@
 #include "net/io_context.h"
 #include "router/router.h"
 #include "storage/expert_store.h"
+#include "tests/testing/in_process_router.h"
+#include "tests/testing/loopback_dht.h"
 #include "tests/testing/process.h"
 
 namespace dmoe::bench {
@@ -27,15 +29,11 @@ namespace {
 
 using namespace std::chrono_literals;
 
-Result<std::unique_ptr<dht::Dht>> StartNode(const Clock& clock, Identity identity,
-                                            std::vector<std::string> bootstrap, bool client) {
+// A DHT node of this process on loopback, joined to `bootstrap` (none: the first).
+Result<std::unique_ptr<dht::Dht>> StartNode(Identity identity, std::vector<std::string> bootstrap) {
   const bool join = !bootstrap.empty();
-  dht::DhtOptions o;
-  o.clock = &clock;
-  o.listen = "127.0.0.1:0";
+  dht::DhtOptions o = testing::LoopbackDhtOptions(std::move(bootstrap));
   o.identity = std::move(identity);
-  o.bootstrap = std::move(bootstrap);
-  o.node.client = client;
   DMOE_ASSIGN_OR_RETURN(auto node, dht::Dht::Start(std::move(o)));
   if (join) DMOE_RETURN_IF_ERROR(node->WaitBootstrapped(10s));
   return node;
@@ -65,16 +63,14 @@ Status WithLocalSwarm(const LocalSwarmSpec& spec,
   spdlog::set_level(spdlog::level::err);
   // Declared in the order they start; they stop in the reverse one (the servers before their
   // nodes and stores, the router before its node).
-  DMOE_ASSIGN_OR_RETURN(auto hub, StartNode(clock, Identity::Generate(), {}, /*client=*/false));
+  DMOE_ASSIGN_OR_RETURN(auto hub, StartNode(Identity::Generate(), {}));
   const std::vector<std::string> bootstrap = {hub->local_address()};
   std::vector<std::unique_ptr<storage::ExpertStore>> stores;
   std::vector<std::unique_ptr<dht::Dht>> nodes;
   std::vector<std::unique_ptr<expert_server::ExpertServer>> servers;
-  std::unique_ptr<dht::Dht> router_node;
   std::unique_ptr<router::Router> router;
   auto stop = [&] {
     if (router) router->Stop();
-    if (router_node) router_node->Stop();
     for (auto& s : servers) s->Stop();
     for (auto& n : nodes) n->Stop();
     for (auto& s : stores) s->Close().IgnoreError();
@@ -87,7 +83,7 @@ Status WithLocalSwarm(const LocalSwarmSpec& spec,
       DMOE_ASSIGN_OR_RETURN(auto store,
                             storage::ExpertStore::Open(spec.server_dbs[i], {.clock = &clock}));
       Identity identity = Identity::Generate();
-      DMOE_ASSIGN_OR_RETURN(auto node, StartNode(clock, identity, bootstrap, /*client=*/false));
+      DMOE_ASSIGN_OR_RETURN(auto node, StartNode(identity, bootstrap));
       expert_server::ExpertServerOptions o;
       o.uids = spec.server_uids[i];
       o.clock = &clock;
@@ -112,15 +108,10 @@ Status WithLocalSwarm(const LocalSwarmSpec& spec,
       servers.push_back(std::move(server));
     }
     router::RouterOptions ro;
-    ro.identity = Identity::Generate();
     ro.db_dir = spec.router_db;
-    DMOE_ASSIGN_OR_RETURN(router_node, StartNode(clock, *ro.identity, bootstrap, /*client=*/true));
     DMOE_ASSIGN_OR_RETURN(
-        router, router::Router::Start(std::move(ro), {.clock = &clock,
-                                                      .buffer_pool = &pool,
-                                                      .net_io = &io,
-                                                      .dht = router_node.get(),
-                                                      .local_experts = std::move(local)}));
+        router, testing::StartInProcessRouter(std::move(ro), testing::LoopbackDhtOptions(bootstrap),
+                                              std::move(local)));
     const std::string endpoint = router->endpoint();
     if (!testing::PollUntil([&] { return AllExpertsAlive(endpoint, experts); }, 60s, 200ms)) {
       return UnavailableError("the in-process router did not see all " + std::to_string(experts) +

@@ -36,19 +36,6 @@ RequestSignature SignatureOf(const net::RequestHead& head) {
           std::string(head.headers.Get(kSignatureHeader).value_or(""))};
 }
 
-// The value of `name` in a query string ("a=1&challenge=..."), or nullopt.
-std::optional<std::string_view> QueryValue(std::string_view query, std::string_view name) {
-  while (!query.empty()) {
-    std::string_view part = query.substr(0, query.find('&'));
-    query.remove_prefix(std::min(query.size(), part.size() + 1));
-    if (part.size() > name.size() && part.substr(0, name.size()) == name &&
-        part[name.size()] == '=') {
-      return part.substr(name.size() + 1);
-    }
-  }
-  return std::nullopt;
-}
-
 const char* OpName(TaskKind kind) { return kind == TaskKind::kForward ? "forward" : "backward"; }
 
 // An error answer on the WebSocket: no tensors, the code and message in the metadata.
@@ -193,7 +180,7 @@ void ServerImpl::RegisterRoutes() {
                            {"experts", runtime_->uids().size()},
                            {"uptime_s", (clock_.NowUnixMs() - started_ms_) / 1000.0}};
     // A client's challenge: prove that this endpoint holds the key that announced it.
-    if (std::optional<std::string_view> challenge = QueryValue(req.query, "challenge")) {
+    if (std::optional<std::string_view> challenge = req.QueryValue("challenge")) {
       if (!IsChallengeHex(*challenge)) {
         return respond(net::Response::Error(InvalidArgumentError(
             "challenge must be " + std::to_string(kChallengeHexChars) + " hex characters")));

@@ -146,6 +146,19 @@ std::optional<std::string_view> RequestHead::Param(std::string_view name) const 
   return std::nullopt;
 }
 
+std::optional<std::string_view> RequestHead::QueryValue(std::string_view name) const {
+  std::string_view rest = query;
+  while (!rest.empty()) {
+    std::string_view part = rest.substr(0, rest.find('&'));
+    rest.remove_prefix(std::min(rest.size(), part.size() + 1));
+    if (part.size() > name.size() && part.substr(0, name.size()) == name &&
+        part[name.size()] == '=') {
+      return part.substr(name.size() + 1);
+    }
+  }
+  return std::nullopt;
+}
+
 Response Response::Json(int status, std::string_view json) {
   return Text(status, "application/json", json);
 }

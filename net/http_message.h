@@ -78,6 +78,9 @@ struct RequestHead {
 
   // The value of path parameter `name`, or nullopt.
   std::optional<std::string_view> Param(std::string_view name) const;
+  // The value of `name` in the query ("a=1&challenge=..."), as sent (not percent-decoded), or
+  // nullopt; the first when it is repeated.
+  std::optional<std::string_view> QueryValue(std::string_view name) const;
 };
 
 struct Request : RequestHead {

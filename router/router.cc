@@ -532,11 +532,8 @@ class RouterImpl : public Router {
       nlohmann::json body = {{"status", "ok"},
                              {"peer_id", identity_.peer_id()},
                              {"public_key", identity_.public_key_hex()}};
-      const std::string_view query = req.query;
-      constexpr std::string_view kChallenge = "challenge=";
-      if (query.substr(0, kChallenge.size()) == kChallenge) {
-        const std::string_view challenge = query.substr(kChallenge.size());
-        if (!IsChallengeHex(challenge)) {
+      if (std::optional<std::string_view> challenge = req.QueryValue("challenge")) {
+        if (!IsChallengeHex(*challenge)) {
           return respond(net::Response::Error(InvalidArgumentError(
               "challenge must be " + std::to_string(kChallengeHexChars) + " hex characters")));
         }
@@ -544,7 +541,7 @@ class RouterImpl : public Router {
           return respond(net::Response::Error(
               ResourceExhaustedError("too many challenges this second; retry later")));
         }
-        body["proof"] = SignProof(identity_, challenge);
+        body["proof"] = SignProof(identity_, *challenge);
       }
       respond(net::Response::Json(200, body.dump()));
     });

@@ -22,11 +22,9 @@ Result<std::unique_ptr<RogueEndpoint>> RogueEndpoint::Start(ProofMode mode) {
   RogueEndpoint* self = rogue.get();
   self->http_->Handle("GET", "/v1/health", [self](net::Request req, net::Responder respond) {
     nlohmann::json body = {{"status", "ok"}, {"peer_id", self->identity_.peer_id()}};
-    constexpr std::string_view kChallenge = "challenge=";
-    std::string_view query = req.query;
-    if (query.substr(0, kChallenge.size()) == kChallenge) {
+    if (std::optional<std::string_view> found = req.QueryValue("challenge")) {
       ++self->challenges_;
-      const std::string_view challenge = query.substr(kChallenge.size());
+      const std::string_view challenge = *found;
       switch (self->mode_) {
         case ProofMode::kOwnKey:
           body["public_key"] = self->identity_.public_key_hex();

@@ -118,11 +118,9 @@ Result<std::unique_ptr<RogueServer>> RogueServer::Start(RogueServerOptions optio
   RogueServer* self = s.get();
   s->http_->Handle("GET", "/v1/health", [self](net::Request req, net::Responder respond) {
     nlohmann::json body = {{"status", "ok"}, {"peer_id", self->identity_.peer_id()}};
-    constexpr std::string_view kChallenge = "challenge=";
-    const std::string_view query = req.query;
-    if (query.substr(0, kChallenge.size()) == kChallenge) {
+    if (std::optional<std::string_view> challenge = req.QueryValue("challenge")) {
       body["public_key"] = self->identity_.public_key_hex();
-      body["proof"] = SignProof(self->identity_, query.substr(kChallenge.size()));
+      body["proof"] = SignProof(self->identity_, *challenge);
     }
     respond(net::Response::Json(200, body.dump()));
   });

@@ -5,8 +5,11 @@
 #include <gtest/gtest.h>
 
 #include <limits>
+#include <nlohmann/json.hpp>
 #include <string>
 
+#include "core/request_auth.h"
+#include "net/http_client.h"
 #include "tests/router/router_fixture.h"
 #include "tests/testing/in_process_router.h"
 
@@ -24,6 +27,23 @@ class PublishAuthTest : public RouterTest {
   }
   Identity trainer_ = Identity::Generate();
 };
+
+// What trainers sign publications for: the router's peer id, proven over a client's challenge
+// wherever it stands in the query (it was found only first in it; the expert server anywhere).
+TEST_F(PublishAuthTest, HealthProvesThePeerIdOverAChallengeAnywhereInTheQuery) {
+  const std::string challenge = NewChallengeHex();
+  for (const std::string& query : {"?challenge=" + challenge, "?a=1&challenge=" + challenge}) {
+    Result<net::Response> r = net::Fetch("GET", router_->endpoint() + "/v1/health" + query);
+    ASSERT_TRUE(r.ok()) << r.status().ToString();
+    ASSERT_EQ(r->status, 200) << query;
+    nlohmann::json j = nlohmann::json::parse(r->body_view());
+    EXPECT_EQ(j["peer_id"], router_->peer_id());
+    ASSERT_TRUE(j.contains("proof")) << query << ": " << j.dump();
+    Result<PublicKey> key = PublicKeyFromHex(j["public_key"].get<std::string>());
+    ASSERT_TRUE(key.ok());
+    EXPECT_TRUE(VerifyProof(*key, challenge, j["proof"].get<std::string>())) << query;
+  }
+}
 
 TEST_F(PublishAuthTest, SignedByAListedTrainerIsPublished) {
   const int64_t version = NowMs();

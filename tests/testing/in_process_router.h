@@ -6,6 +6,7 @@
 #define DMOE_TESTS_TESTING_IN_PROCESS_ROUTER_H_
 
 #include <chrono>
+#include <map>
 #include <memory>
 #include <string>
 #include <utility>
@@ -15,6 +16,7 @@
 #include "core/identity.h"
 #include "core/status.h"
 #include "dht/dht.h"
+#include "gating/expert_caller.h"
 #include "net/buffer_pool.h"
 #include "net/io_context.h"
 #include "router/router.h"
@@ -46,10 +48,11 @@ class InProcessRouter final : public router::Router {
 
 // Starts the DHT node (`dht_options`, always a client node, whose identity becomes
 // options.identity, a fresh one when neither is set), waits up to 5 s for it to join its bootstrap
-// nodes as dmoe-router does, and then starts the router on it. The errors of dht::Dht::Start and
-// router::Router::Start.
+// nodes as dmoe-router does, and then starts the router on it, with `local_experts` as its
+// RouterContext::local_experts. The errors of dht::Dht::Start and router::Router::Start.
 inline Result<std::unique_ptr<router::Router>> StartInProcessRouter(
-    router::RouterOptions options, dht::DhtOptions dht_options = LoopbackDhtOptions()) {
+    router::RouterOptions options, dht::DhtOptions dht_options = LoopbackDhtOptions(),
+    std::map<std::string, gating::LocalEndpoint> local_experts = {}) {
   auto wired = std::make_unique<internal::InProcessRouter>();
   if (!options.identity) options.identity = dht_options.identity.value_or(Identity::Generate());
   dht_options.identity = options.identity;
@@ -57,11 +60,13 @@ inline Result<std::unique_ptr<router::Router>> StartInProcessRouter(
   const bool join = !dht_options.bootstrap.empty();
   DMOE_ASSIGN_OR_RETURN(wired->dht_, dht::Dht::Start(std::move(dht_options)));
   if (join) (void)wired->dht_->WaitBootstrapped(std::chrono::seconds(5));  // Keeps trying after.
-  DMOE_ASSIGN_OR_RETURN(wired->router_,
-                        router::Router::Start(std::move(options), {.clock = &RealClock::Instance(),
-                                                                   .buffer_pool = &wired->pool_,
-                                                                   .net_io = &wired->net_io_,
-                                                                   .dht = wired->dht_.get()}));
+  DMOE_ASSIGN_OR_RETURN(
+      wired->router_,
+      router::Router::Start(std::move(options), {.clock = &RealClock::Instance(),
+                                                 .buffer_pool = &wired->pool_,
+                                                 .net_io = &wired->net_io_,
+                                                 .dht = wired->dht_.get(),
+                                                 .local_experts = std::move(local_experts)}));
   return std::unique_ptr<router::Router>(std::move(wired));
 }
 
