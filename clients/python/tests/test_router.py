@@ -1,0 +1,55 @@
+"""Router against a real dmoe-router with the text model "tiny" (conftest) and a feature model."""
+
+import numpy as np
+import pytest
+
+from dmoe_client import Router, ServerError
+
+
+def test_streaming_generation_yields_the_text_of_the_plain_call(swarm):
+    with Router(swarm["router"]) as router:
+        plain = router.generate("tiny", "The swarm", max_tokens=24, temperature=1.0, seed=1234)
+        stream = router.generate("tiny", "The swarm", max_tokens=24, temperature=1.0, seed=1234,
+                                 stream=True)
+        pieces = list(stream)
+    assert plain["finish_reason"] == "length" and plain["usage"]["completion_tokens"] == 24
+    assert len(pieces) >= 2 and all(pieces)
+    assert "".join(pieces) == plain["text"] == stream.text
+    assert stream.finish_reason == "length"
+    assert stream.usage == plain["usage"] and stream.model_version == plain["model_version"]
+    with Router(swarm["router"]) as router:
+        other = router.generate("tiny", "The swarm", max_tokens=24, temperature=1.0, seed=99)
+    assert other["text"] != plain["text"]  # the seed matters, so the equality above says something
+
+
+def test_models_and_swarm(swarm):
+    router = Router(swarm["router"])
+    models = {m["name"]: m for m in router.models()}
+    assert models["tiny"]["spec"]["vocab"] == 256 and models["tiny"]["version"] > 0
+    uids = {e["uid"] for e in router.swarm()["experts"]}
+    assert {"lm.0", "lm.1"} <= uids
+
+
+def test_infer_equals_numpy_of_the_published_layer(swarm):
+    rng = np.random.default_rng(8)
+    weight = rng.normal(size=(3, 5)).astype(np.float32)
+    bias = rng.normal(size=3).astype(np.float32)
+    router = Router(swarm["router"])
+    spec = {"name": "affine", "input_dim": 5, "layers": [{"type": "linear", "out": 3}]}
+    answer = router.publish(spec, {"layer0.weight": weight, "layer0.bias": bias}, version=1000)
+    assert answer == {"name": "affine", "version": 1000}
+    x = rng.normal(size=(4, 5)).astype(np.float32)
+    np.testing.assert_allclose(router.infer("affine", x), x @ weight.T + bias, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("call, code, status, words", [
+    (lambda r: r.generate("nosuch", "hi"), "not_found", 404, "nosuch"),
+    (lambda r: r.generate("tiny", "hi", temperature=5), "invalid_argument", 400, "temperature"),
+    (lambda r: r.generate("tiny", "hi", stream=True, top_k=-1), "invalid_argument", 400, "top_k"),
+    (lambda r: r.infer("tiny", np.zeros((1, 4), np.float32)), "invalid_argument", 400, "generate"),
+])
+def test_router_errors_raise_with_the_routers_code_and_message(swarm, call, code, status, words):
+    with pytest.raises(ServerError) as raised:
+        call(Router(swarm["router"]))
+    assert (raised.value.code, raised.value.http_status) == (code, status)
+    assert words in raised.value.message
