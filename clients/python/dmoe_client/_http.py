@@ -9,9 +9,8 @@ from dmoe_client.errors import ProofError, ProtocolError, ServerError, Transport
 from dmoe_client.identity import new_challenge, peer_id_of, verify_proof
 
 SAFETENSORS = "application/x-safetensors"
-# Answers larger than this are refused unread: a tensor answer is at most what the server's
-# 64 MiB body limit lets a request be, times a dtype widening (F16 in, F32 out is not allowed:
-# answers keep the request's dtype), so 256 MiB leaves room.
+# Answers larger than this are refused: an expert answers in the dtype and shape of its request,
+# which the server's default body limit keeps under 64 MiB, so 256 MiB leaves room for any flags.
 MAX_ANSWER_BYTES = 256 << 20
 # What the C++ gating reads of a proof answer (PROTOCOL section 4).
 MAX_PROOF_BYTES = 16 << 10

@@ -56,30 +56,38 @@ class RemoteExpert:
     @property
     def peer_id(self):
         """The peer id the endpoint proved (a challenge is sent the first time)."""
+        return self._session_peer_id()
+
+    def _session_peer_id(self):
         return self._proven.peer_id(self._session)
 
     def info(self):
         """GET /v1/experts/{uid}: type, hidden_dim, inputs, outputs, step, params, dtype."""
-        self.peer_id  # noqa: B018 - prove the endpoint before talking to it
+        self._session_peer_id()
         return _http.get_json(self._session, f"{self.endpoint}/v1/experts/{self.uid}",
                               timeout=self.timeout)
 
     def forward(self, x, dtype=None):
-        """y for x [B, d] (or [B, T, d]); `dtype="BF16"` sends a float x as bfloat16."""
-        return self._call("forward", {"x": x}, dtype, "y")
+        """y for x [B, d] (or [B, T, d]).
+
+        x travels in its own dtype (float32 or float16; float64 is sent as float32, as the server
+        takes F32, F16 and BF16), and y comes back in it; `dtype="BF16"` sends float x as bfloat16.
+        """
+        return self._call("forward", _as_sent({"x": x}), dtype, "y")
 
     def backward(self, x, grad_y, step_seen=None, dtype=None):
         """grad_x for x and grad_y; the server's optimizer steps. Signed when an identity is set."""
         metadata = {} if step_seen is None else {"step_seen": str(int(step_seen))}
-        return self._call("backward", {"x": x, "grad_y": grad_y}, dtype, "grad_x", metadata)
+        return self._call("backward", _as_sent({"x": x, "grad_y": grad_y}), dtype, "grad_x", metadata)
 
     def forward_many(self, xs, dtype=None):
         """The y of every x in `xs`, sent over the WebSocket with many requests in flight."""
-        return self._many("forward", [{"x": x} for x in xs], dtype, "y")
+        return self._many("forward", [_as_sent({"x": x}) for x in xs], dtype, "y")
 
     def backward_many(self, pairs, dtype=None):
         """The grad_x of every (x, grad_y) in `pairs`, over the WebSocket; each one steps."""
-        return self._many("backward", [{"x": x, "grad_y": g} for x, g in pairs], dtype, "grad_x")
+        return self._many("backward", [_as_sent({"x": x, "grad_y": g}) for x, g in pairs], dtype,
+                          "grad_x")
 
     def close(self):
         with self._ws_lock:
@@ -124,7 +132,7 @@ class RemoteExpert:
             signed = self.identity.sign_request(self.peer_id, "GET", "/v1/ws", b"")
             headers = [f"{k}: {v}" for k, v in signed.items()]
         else:
-            self.peer_id  # noqa: B018 - prove the endpoint before talking to it
+            self._session_peer_id()  # prove the endpoint before talking to it
         try:
             return websocket.create_connection(url, header=headers, timeout=self.timeout)
         except websocket.WebSocketBadStatusException as e:
@@ -174,6 +182,15 @@ class RemoteExpert:
             results[index] = tensors[answer_name]
         if errors:
             raise errors[0]
+
+
+def _as_sent(tensors):
+    """The request's arrays, float64 ones narrowed to float32 (the server takes F32, F16, BF16)."""
+    out = {}
+    for name, value in tensors.items():
+        array = np.asarray(value)
+        out[name] = array.astype(np.float32) if array.dtype == np.float64 else array
+    return out
 
 
 def _dtypes(tensors, dtype):

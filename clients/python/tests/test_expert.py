@@ -131,7 +131,8 @@ def test_websocket_carries_many_requests_in_flight(swarm):
     assert len(ys) == 40
     for x, y in zip(xs, ys):
         np.testing.assert_array_equal(y, expert.forward(x))
-    # Half-precision traffic: the answer comes in the request's dtype.
+    # float64 is sent as float32; half-precision traffic: the answer comes in the request's dtype.
+    np.testing.assert_array_equal(expert.forward(xs[0].astype(np.float64)), ys[0])
     y16 = expert.forward_many([xs[0].astype(np.float16)])[0]
     assert y16.dtype == np.float16
     np.testing.assert_allclose(y16, ys[0], atol=2e-2)
