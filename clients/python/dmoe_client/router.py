@@ -78,7 +78,14 @@ class Generation:
         return None
 
     def close(self):
+        """Ends the stream early; the router stops the generation at its next step."""
         self._response.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
 
 class Router:

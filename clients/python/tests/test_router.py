@@ -19,7 +19,10 @@ def test_streaming_generation_yields_the_text_of_the_plain_call(swarm):
     assert stream.usage == plain["usage"] and stream.model_version == plain["model_version"]
     with Router(swarm["router"]) as router:
         other = router.generate("tiny", "The swarm", max_tokens=24, temperature=1.0, seed=99)
+        with router.generate("tiny", "The swarm", max_tokens=24, seed=1234, stream=True) as early:
+            first = next(early)
     assert other["text"] != plain["text"]  # the seed matters, so the equality above says something
+    assert first == pieces[0] and early.finish_reason is None
 
 
 def test_models_and_swarm(swarm):
