@@ -214,3 +214,48 @@ def test_random_and_mutated_blobs_raise_only_safetensors_errors():
         outcomes["accepted"] += 1
     # The mutations exercise both sides.
     assert outcomes["refused"] > 1000 and outcomes["accepted"] > 10, outcomes
+
+
+def _cpp_inspect(build_dir, path):
+    """`dmoe inspect FILE` (the C++ decoder): its JSON summary, or None when it refuses the file."""
+    import os
+    import subprocess
+    result = subprocess.run([os.path.join(build_dir, "cli/dmoe"), "inspect", str(path)],
+                            capture_output=True, text=True, timeout=30)
+    if result.returncode != 0:
+        assert result.stderr.startswith("error: safetensors: "), result.stderr
+        return None
+    return json.loads(result.stdout)
+
+
+def test_the_cpp_decoder_accepts_exactly_what_this_one_accepts(build_dir, tmp_path):
+    rng = random.Random(7)
+    base = st.encode({"x": np.arange(6, dtype=np.float32).reshape(2, 3), "m": np.array([True, False]),
+                      "h": np.array([1.5], np.float16)}, {"uid": "ffn.0.1"})
+    blobs = [raw for raw, _ in REFUSED.values()]
+    blobs += [st.encode({"t": np.zeros((2, 1), dt)}, {"k": "v"}) for dt in
+              (np.float32, np.float16, np.float64, np.int64, np.int32, np.uint8, np.bool_)]
+    blobs += [st.encode({"b": np.ones(3, np.float32)}, dtypes={"b": "BF16"}), blob("{}")]
+    blobs += [_mutate(rng, base) for _ in range(600)]
+    for _ in range(40):  # a changed data byte: any in x (24 bytes at -28) is fine, a BOOL byte past 1 is not
+        at = rng.choice([rng.randrange(len(base) - 28, len(base) - 4), len(base) - 4 + rng.randrange(2)])
+        blobs.append(base[:at] + bytes([rng.randrange(256)]) + base[at + 1:])
+    agreed = {"accepted": 0, "refused": 0}
+    for i, raw in enumerate(blobs):
+        path = tmp_path / f"{i}.safetensors"
+        path.write_bytes(raw)
+        cpp = _cpp_inspect(build_dir, path)
+        try:
+            tensors, metadata = st.decode(raw)
+        except SafetensorsError as e:
+            assert cpp is None, f"blob {i} {raw[:120]!r}: C++ accepts, Python refuses: {e}"
+            agreed["refused"] += 1
+            continue
+        assert cpp is not None, f"blob {i} {raw[:120]!r}: Python accepts, C++ refuses"
+        assert cpp["metadata"] == metadata
+        assert {n: t["shape"] for n, t in cpp["tensors"].items()} == {n: list(a.shape) for n, a in tensors.items()}
+        for name, t in cpp["tensors"].items():
+            expected = "F32" if t["dtype"] == "BF16" else t["dtype"]
+            assert st._NUMPY_TO_WIRE[tensors[name].dtype] == expected
+        agreed["accepted"] += 1
+    assert agreed["accepted"] >= 20 and agreed["refused"] >= 300, agreed
