@@ -91,10 +91,19 @@ class Generation:
 class Router:
     """A dmoe-router at `url` ("http://host:port" or "host:port")."""
 
-    def __init__(self, url, timeout=60.0):
+    @property
+    def peer_id(self):
+        """The peer id the router proved (a challenge is sent the first time)."""
+        return self._proven.peer_id(self._session)
+
+    def __init__(self, url, identity=None, peer_id=None, timeout=60.0):
+        """`identity` signs publications (for a router run with --trainer-keys); they name the peer
+        id the router proves with GET /v1/health?challenge= (`peer_id`, when given, must be it)."""
         self.url = _http.normalize_endpoint(url)
+        self.identity = identity
         self.timeout = timeout
         self._session = requests.Session()
+        self._proven = _http.ProvenKey(self.url, expected_peer_id=peer_id)
 
     def models(self):
         """The published models: a list of {"name", "version", "spec", ...}."""
@@ -145,13 +154,17 @@ class Router:
     def publish(self, spec, state, version=None):
         """PUT /v1/models/{spec["name"]}: publishes a model spec with its state dict (name -> array).
 
-        `version` defaults to the current unix milliseconds, as dmoe-train uses. Returns the
-        router's answer {"name", "version"}.
+        `version` defaults to the current unix milliseconds, as dmoe-train uses. Signed (dmoe-req-v2
+        for the router's proven peer id) when the Router has an identity. Returns the router's
+        answer {"name", "version"}.
         """
         version = int(time.time() * 1000) if version is None else int(version)
         body = safetensors.encode(state, {"spec": json.dumps(spec), "version": str(version)})
-        _, answer = _http.request(self._session, "PUT", f"{self.url}/v1/models/{spec['name']}",
-                                  data=body, headers={"Content-Type": _http.SAFETENSORS},
+        path = f"/v1/models/{spec['name']}"
+        headers = {"Content-Type": _http.SAFETENSORS}
+        if self.identity is not None:
+            headers.update(self.identity.sign_request(self.peer_id, "PUT", path, body))
+        _, answer = _http.request(self._session, "PUT", self.url + path, data=body, headers=headers,
                                   timeout=self.timeout)
         return _http.parse_json(answer, "model publication")
 

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from dmoe_client import Router, ServerError
+from conftest import endpoint_of
+from dmoe_client import Identity, Router, ServerError
 
 
 def test_streaming_generation_yields_the_text_of_the_plain_call(swarm):
@@ -56,3 +57,23 @@ def test_router_errors_raise_with_the_routers_code_and_message(swarm, call, code
         call(Router(swarm["router"]))
     assert (raised.value.code, raised.value.http_status) == (code, status)
     assert words in raised.value.message
+
+
+def test_signed_publication_is_accepted_by_a_router_with_trainer_keys(swarm, procs):
+    keys = swarm["dir"] / "publisher_keys.txt"
+    trainer = Identity.load(swarm["trainer_key_file"])
+    keys.write_text(trainer.public_key_hex + "\n")
+    guarded = procs("guarded-router", "router", ["--dht", swarm["dht"], "--db", str(swarm["dir"] / "guarded-db"),
+                                                 "--trainer-keys", str(keys), "--threads", "1"])
+    url = endpoint_of(guarded)
+    spec = {"name": "affine", "input_dim": 2, "layers": [{"type": "linear", "out": 1}]}
+    state = {"layer0.weight": np.array([[2.0, -1.0]], np.float32), "layer0.bias": np.array([0.5], np.float32)}
+    with pytest.raises(ServerError) as unsigned:
+        Router(url).publish(spec, state)
+    assert (unsigned.value.code, unsigned.value.http_status) == ("unauthenticated", 401)
+    with pytest.raises(ServerError) as outsider:
+        Router(url, identity=Identity.load(swarm["outsider_key_file"])).publish(spec, state)
+    assert outsider.value.code == "permission_denied"
+    router = Router(url, identity=trainer)
+    assert router.publish(spec, state, version=7) == {"name": "affine", "version": 7}
+    np.testing.assert_allclose(router.infer("affine", np.array([[1.0, 1.0]], np.float32)), [[1.5]])
