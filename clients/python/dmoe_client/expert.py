@@ -35,7 +35,8 @@ _CODE_OF_STATUS = {400: "invalid_argument", 401: "unauthenticated", 403: "permis
 class RemoteExpert:
     """An expert `uid` at `endpoint` ("http://host:port" or "host:port")."""
 
-    def __init__(self, endpoint, uid, identity=None, peer_id=None, timeout=30.0, max_in_flight=64):
+    def __init__(self, endpoint, uid, identity=None, peer_id=None, timeout=30.0, max_in_flight=64,
+                 max_answer_bytes=_http.MAX_ANSWER_BYTES):
         self.endpoint = _http.normalize_endpoint(endpoint)
         if not isinstance(uid, str) or not uid:
             raise ValueError("uid is a non-empty string such as 'ffn.0.3'")
@@ -45,6 +46,8 @@ class RemoteExpert:
         self.identity = identity
         self.timeout = timeout
         self.max_in_flight = int(max_in_flight)
+        # An answer (HTTP body, or WebSocket message) larger than this raises ProtocolError.
+        self.max_answer_bytes = int(max_answer_bytes)
         # The expert's optimizer step reported by the latest answer.
         self.last_step = None
         self._session = requests.Session()
@@ -112,7 +115,7 @@ class RemoteExpert:
         if self.identity is not None and op == "backward":
             headers.update(self.identity.sign_request(peer_id, "POST", path, body))
         _, answer = _http.request(self._session, "POST", self.endpoint + path, data=body,
-                                  headers=headers, timeout=self.timeout)
+                                  headers=headers, timeout=self.timeout, limit=self.max_answer_bytes)
         return self._result(answer, answer_name)
 
     def _result(self, blob, name):
@@ -134,12 +137,37 @@ class RemoteExpert:
         else:
             self._session_peer_id()  # prove the endpoint before talking to it
         try:
-            return websocket.create_connection(url, header=headers, timeout=self.timeout)
+            ws = websocket.create_connection(url, header=headers, timeout=self.timeout)
         except websocket.WebSocketBadStatusException as e:
             code = _CODE_OF_STATUS.get(e.status_code, "internal")
             raise ServerError(code, f"WebSocket upgrade refused: {e}", http_status=e.status_code) from None
         except (OSError, websocket.WebSocketException) as e:
             raise TransportError(f"WebSocket {url}: {e}") from None
+        # websocket-client reads a whole frame once its header is in: a frame buffer that refuses
+        # a declared length past the limit keeps one frame from costing more than that.
+        ws.frame_buffer = _LimitedFrameBuffer(ws._recv, True, self.max_answer_bytes)
+        return ws
+
+    def _receive(self):
+        """One binary message, at most max_answer_bytes; answers pings, refuses text and close."""
+        parts, size = [], 0
+        while True:
+            frame = self._ws.recv_frame()
+            if frame.opcode == websocket.ABNF.OPCODE_PING:
+                self._ws.pong(frame.data)
+                continue
+            if frame.opcode == websocket.ABNF.OPCODE_PONG:
+                continue
+            if frame.opcode == websocket.ABNF.OPCODE_CLOSE:
+                raise websocket.WebSocketConnectionClosedException("the server closed the WebSocket")
+            if frame.opcode not in (websocket.ABNF.OPCODE_BINARY, websocket.ABNF.OPCODE_CONT):
+                raise ProtocolError(f"{self.uid}: a WebSocket message that is not binary")
+            size += len(frame.data)
+            if size > self.max_answer_bytes:
+                raise ProtocolError(f"a WebSocket answer exceeds the limit of {self.max_answer_bytes} bytes")
+            parts.append(frame.data)
+            if frame.fin:
+                return b"".join(parts)
 
     def _many(self, op, requests_tensors, dtype, answer_name):
         results = [None] * len(requests_tensors)
@@ -148,9 +176,11 @@ class RemoteExpert:
                 self._ws = self._connect()
             try:
                 self._exchange(op, requests_tensors, dtype, answer_name, results)
-            except (OSError, websocket.WebSocketException) as e:
+            except (OSError, websocket.WebSocketException, ProtocolError) as e:
                 self._ws.close()
                 self._ws = None
+                if isinstance(e, ProtocolError):
+                    raise
                 raise TransportError(f"WebSocket to {self.endpoint}: {e}") from None
         return results
 
@@ -167,7 +197,7 @@ class RemoteExpert:
                 self._ws.send_binary(safetensors.encode(tensors, metadata, _dtypes(tensors, dtype)))
                 pending[request_id] = sent
                 sent += 1
-            tensors, metadata = safetensors.decode(self._ws.recv())
+            tensors, metadata = safetensors.decode(self._receive())
             index = pending.pop(metadata.get("id"), None)
             if index is None:
                 raise ProtocolError(f"{self.uid}: an answer with unknown id {metadata.get('id')!r}: "
@@ -182,6 +212,20 @@ class RemoteExpert:
             results[index] = tensors[answer_name]
         if errors:
             raise errors[0]
+
+
+class _LimitedFrameBuffer(websocket._abnf.frame_buffer):
+    """websocket-client's frame reader, refusing a frame whose declared length passes `limit`."""
+
+    def __init__(self, recv_fn, skip_utf8_validation, limit):
+        super().__init__(recv_fn, skip_utf8_validation)
+        self._limit = limit
+
+    def recv_length(self):
+        super().recv_length()
+        if self.length > self._limit:
+            raise ProtocolError(f"a WebSocket frame of {self.length} bytes exceeds the limit of "
+                                f"{self._limit}")
 
 
 def _as_sent(tensors):

@@ -13,7 +13,7 @@ import pytest
 import requests
 
 from conftest import HIDDEN, cli, endpoint_of, server_flags
-from dmoe_client import DmoeError, Identity, ProofError, RemoteExpert, ServerError
+from dmoe_client import DmoeError, Identity, ProofError, ProtocolError, RemoteExpert, ServerError
 from dmoe_client import safetensors as st
 
 _erf = np.vectorize(math.erf)
@@ -143,6 +143,17 @@ def test_websocket_carries_many_requests_in_flight(swarm):
         RemoteExpert(swarm["twin"], "ffn.1.9").forward_many([xs[0]])
     assert missing.value.code == "not_found" and "ffn.1.9" in missing.value.message
     expert.close()
+
+
+def test_answers_past_the_limit_are_refused(swarm):
+    x = rand(9, 4, HIDDEN)  # y is 4 * 16 * 4 = 256 bytes of data plus its header
+    small = RemoteExpert(swarm["twin"], "ffn.0.1", max_answer_bytes=200)
+    with pytest.raises(ProtocolError, match="exceeds the limit of 200"):
+        small.forward(x)
+    with pytest.raises(ProtocolError, match="exceeds the limit of 200"):
+        small.forward_many([x])
+    roomy = RemoteExpert(swarm["twin"], "ffn.0.1", max_answer_bytes=400)
+    np.testing.assert_array_equal(roomy.forward_many([x])[0], roomy.forward(x))
 
 
 def test_signed_websocket_backward_steps_and_an_unsigned_one_is_refused(swarm):
