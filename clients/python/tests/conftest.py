@@ -190,7 +190,8 @@ def text_model_state():
 
 @pytest.fixture(scope="session")
 def swarm(build_dir, procs, tmp_path_factory):
-    """A dht; "train" (ffn grid, --trainer-keys, announced), "twin" (the same grid and seed, open),
+    """A dht; "train" (ffn grid, --trainer-keys, announced), "twin" (the same grid and seed, open,
+    --max-staleness 1),
     "lm" (the experts of the text model) and a router with the text model "tiny" published.
 
     Tests that train use distinct uids, so none depends on another's updates.
@@ -205,7 +206,7 @@ def swarm(build_dir, procs, tmp_path_factory):
     announce = ["--dht", dht_addr, "--announce-every", "1", "--announce-ttl", "3"]
     train = procs("train", "server", server_flags(TRAIN_GRID, HIDDEN, SEED, "--trainer-keys",
                                                  str(tmp / "trainer_keys.txt"), *announce))
-    twin = procs("twin", "server", server_flags(TRAIN_GRID, HIDDEN, SEED))
+    twin = procs("twin", "server", server_flags(TRAIN_GRID, HIDDEN, SEED, "--max-staleness", "1"))
     lm = procs("lm", "server", server_flags("lm.[0:2]", LM_HIDDEN, 3, *announce))
     router = procs("router", "router", ["--dht", dht_addr, "--db", str(tmp / "router-db"),
                                         "--refresh-ms", "300", "--threads", "1",

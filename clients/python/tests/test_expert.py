@@ -171,6 +171,19 @@ def test_signed_websocket_backward_steps_and_an_unsigned_one_is_refused(swarm):
     assert unsigned.value.code == "unauthenticated"
 
 
+def test_step_seen_lets_the_server_refuse_stale_gradients(swarm):
+    expert = RemoteExpert(swarm["twin"], "ffn.0.0")  # the twin runs with --max-staleness 1
+    x, g = rand(400, 2, HIDDEN), rand(401, 2, HIDDEN)
+    expert.forward(x)
+    seen = expert.last_step
+    expert.backward(x, g, step_seen=seen)
+    expert.backward(x, g, step_seen=seen + 1)
+    assert expert.last_step == seen + 2
+    with pytest.raises(ServerError) as stale:
+        expert.backward(x, g, step_seen=seen)
+    assert stale.value.code == "invalid_argument" and "stale" in stale.value.message
+
+
 class _LyingHealth(http.server.BaseHTTPRequestHandler):
     """Answers /v1/health?challenge= with a well-formed proof by a key it did not sign with."""
 
@@ -217,6 +230,11 @@ def test_identity_load_reads_dmoe_keygen_files(build_dir, tmp_path):
     os.chmod(path, 0o644)
     with pytest.raises(DmoeError, match="chmod 600"):
         Identity.load(str(path))
+    mine = Identity.generate()
+    mine.save(str(tmp_path / "mine.key"))
+    assert os.stat(tmp_path / "mine.key").st_mode & 0o777 == 0o600
+    assert cli(build_dir, "pubkey", "--identity", str(tmp_path / "mine.key")).strip() == mine.public_key_hex
+    assert Identity.load(str(tmp_path / "mine.key")).peer_id == mine.peer_id
     bad = tmp_path / "bad.key"
     bad.write_text("XYZ\n")
     os.chmod(bad, 0o600)
