@@ -59,14 +59,11 @@ class RemoteExpert:
     @property
     def peer_id(self):
         """The peer id the endpoint proved (a challenge is sent the first time)."""
-        return self._session_peer_id()
-
-    def _session_peer_id(self):
         return self._proven.peer_id(self._session)
 
     def info(self):
         """GET /v1/experts/{uid}: type, hidden_dim, inputs, outputs, step, params, dtype."""
-        self._session_peer_id()
+        self.peer_id  # proves the endpoint before talking to it
         return _http.get_json(self._session, f"{self.endpoint}/v1/experts/{self.uid}",
                               timeout=self.timeout)
 
@@ -116,10 +113,10 @@ class RemoteExpert:
             headers.update(self.identity.sign_request(peer_id, "POST", path, body))
         _, answer = _http.request(self._session, "POST", self.endpoint + path, data=body,
                                   headers=headers, timeout=self.timeout, limit=self.max_answer_bytes)
-        return self._result(answer, answer_name)
+        return self._take(*safetensors.decode(answer), answer_name)
 
-    def _result(self, blob, name):
-        tensors, metadata = safetensors.decode(blob)
+    def _take(self, tensors, metadata, name):
+        """The tensor `name` of an answer; notes the expert's step."""
         if name not in tensors:
             raise ProtocolError(f"{self.uid}: the answer holds no tensor {name!r}")
         step = metadata.get("step", "")
@@ -135,7 +132,7 @@ class RemoteExpert:
             signed = self.identity.sign_request(self.peer_id, "GET", "/v1/ws", b"")
             headers = [f"{k}: {v}" for k, v in signed.items()]
         else:
-            self._session_peer_id()  # prove the endpoint before talking to it
+            self.peer_id  # proves the endpoint before talking to it
         try:
             ws = websocket.create_connection(url, header=headers, timeout=self.timeout)
         except websocket.WebSocketBadStatusException as e:
@@ -205,11 +202,7 @@ class RemoteExpert:
             if "error_code" in metadata:
                 errors.append(ServerError(metadata["error_code"], metadata.get("error_message", "")))
                 continue
-            if answer_name not in tensors:
-                raise ProtocolError(f"{self.uid}: the answer holds no tensor {answer_name!r}")
-            step = metadata.get("step", "")
-            self.last_step = int(step) if step.isdigit() else None
-            results[index] = tensors[answer_name]
+            results[index] = self._take(tensors, metadata, answer_name)
         if errors:
             raise errors[0]
 
