@@ -39,7 +39,7 @@ class Generation:
             if event is None:
                 self.close()
                 raise ProtocolError("the generation stream ended without a finish_reason")
-            piece = event.get("text")
+            piece = event.get("text") if isinstance(event, dict) else None
             if not isinstance(piece, str):
                 raise ProtocolError(f"a generation event without text: {event!r}")
             if "finish_reason" in event:
@@ -48,8 +48,9 @@ class Generation:
                 self.model_version = event.get("model_version")
                 self.close()
                 if self.finish_reason == "error":
-                    error = event.get("error") or {}
-                    raise ServerError(error.get("code", "internal"), error.get("message", ""))
+                    error = event.get("error")
+                    error = error if isinstance(error, dict) else {}
+                    raise ServerError(str(error.get("code", "internal")), str(error.get("message", "")))
             self.text += piece
             if piece:
                 return piece
