@@ -165,12 +165,12 @@ def endpoint_of(process):
     return process.wait_for_line("listening on ").split()[0]
 
 
-def text_model_spec(name):
-    """A byte-level token model: embedding, a residual_moe over lm.0 and lm.1 (both always asked,
-    k_min 2, so every token sees the same experts), an untied lm_head."""
+def text_model_spec(name, prefix="lm"):
+    """A byte-level token model: embedding, a residual_moe over PREFIX.0 and PREFIX.1 (both always
+    asked, k_min 2, so every token sees the same experts), an untied lm_head."""
     return {"name": name, "input": "tokens", "vocab": 256, "max_len": 64, "layers": [
         {"type": "embedding", "dim": LM_HIDDEN},
-        {"type": "residual_moe", "pre_norm": True, "uid_prefix": "lm", "grid": [2], "k_best": 2,
+        {"type": "residual_moe", "pre_norm": True, "uid_prefix": prefix, "grid": [2], "k_best": 2,
          "k_min": 2, "forward_timeout_ms": 5000, "timeout_after_k_min_ms": 2000},
         {"type": "lm_head"}]}
 
@@ -215,19 +215,24 @@ def swarm(build_dir, procs, tmp_path_factory):
             "lm": endpoint_of(lm), "router": endpoint_of(router),
             "trainer_key_file": str(tmp / "trainer.key"), "outsider_key_file": str(tmp / "outsider.key")}
 
-    with Router(info["router"]) as r:
-        r.publish(text_model_spec("tiny"), text_model_state())
+    publish_text_model(info["router"], "tiny", "lm")
+    return info
+
+
+def publish_text_model(router_url, name, prefix):
+    """Publishes text_model_spec(name, prefix) and waits until a token comes through the swarm."""
+    with Router(router_url) as r:
+        r.publish(text_model_spec(name, prefix), text_model_state())
 
         def one_token():
             try:
-                return r.generate("tiny", "a", max_tokens=1, seed=1)["finish_reason"] == "length"
+                return r.generate(name, "a", max_tokens=1, seed=1)["finish_reason"] == "length"
             except ServerError as e:
-                if e.code == "unavailable":  # the router has not seen the lm.* experts yet
+                if e.code == "unavailable":  # the router has not seen the experts yet
                     return False
                 raise
 
-        poll(one_token, 30, "a generation through the swarm")
-    return info
+        poll(one_token, 30, f"a generation of {name} through the swarm")
 
 
 @pytest.fixture

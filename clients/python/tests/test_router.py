@@ -3,7 +3,9 @@
 import numpy as np
 import pytest
 
-from conftest import endpoint_of
+import signal
+
+from conftest import LM_HIDDEN, endpoint_of, poll, publish_text_model, server_flags
 from dmoe_client import Identity, Router, ServerError
 
 
@@ -30,8 +32,11 @@ def test_models_and_swarm(swarm):
     router = Router(swarm["router"])
     models = {m["name"]: m for m in router.models()}
     assert models["tiny"]["spec"]["vocab"] == 256 and models["tiny"]["version"] > 0
-    uids = {e["uid"] for e in router.swarm()["experts"]}
-    assert {"lm.0", "lm.1"} <= uids
+    # The swarm view refreshes every --refresh-ms (300 ms) apart from the generations' lookups.
+    poll(lambda: {"lm.0", "lm.1"} <= {e["uid"] for e in router.swarm()["experts"]}, 20,
+         "the router's swarm view listing lm.0 and lm.1")
+    expert = next(e for e in router.swarm()["experts"] if e["uid"] == "lm.0")
+    assert expert["endpoint"] == swarm["lm"]
 
 
 def test_infer_equals_numpy_of_the_published_layer(swarm):
@@ -77,3 +82,21 @@ def test_signed_publication_is_accepted_by_a_router_with_trainer_keys(swarm, pro
     router = Router(url, identity=trainer)
     assert router.publish(spec, state, version=7) == {"name": "affine", "version": 7}
     np.testing.assert_allclose(router.infer("affine", np.array([[1.0, 1.0]], np.float32)), [[1.5]])
+
+
+def test_a_swarm_failure_mid_stream_raises_the_routers_error(swarm, procs):
+    # Experts that take 50 ms a token (each batch waits for company), so the stream is still going
+    # when they are killed.
+    frag = procs("frag", "server", server_flags("frag.[0:2]", LM_HIDDEN, 4, "--batch-timeout-ms", "50",
+                                               "--dht", swarm["dht"], "--announce-every", "1",
+                                               "--announce-ttl", "3"))
+    endpoint_of(frag)
+    publish_text_model(swarm["router"], "fragile", "frag")
+    stream = Router(swarm["router"]).generate("fragile", "a", max_tokens=60, seed=3, stream=True)
+    next(stream)
+    frag.stop(signal.SIGKILL)
+    with pytest.raises(ServerError) as failed:
+        for _ in stream:
+            pass
+    assert failed.value.code == "unavailable" and failed.value.message
+    assert stream.finish_reason == "error" and 1 <= stream.usage["completion_tokens"] < 60
