@@ -19,6 +19,16 @@ MAX_ERROR_BYTES = 64 << 10
 PROOF_TTL_S = 600.0
 
 
+class Closing:
+    """`with X(...) as x:` calls x.close() at the end."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
 def normalize_endpoint(endpoint):
     """'127.0.0.1:8080' or 'http://127.0.0.1:8080/' -> 'http://127.0.0.1:8080'."""
     if not isinstance(endpoint, str) or not endpoint:

@@ -32,7 +32,7 @@ _CODE_OF_STATUS = {400: "invalid_argument", 401: "unauthenticated", 403: "permis
                    504: "deadline_exceeded"}
 
 
-class RemoteExpert:
+class RemoteExpert(_http.Closing):
     """An expert `uid` at `endpoint` ("http://host:port" or "host:port")."""
 
     def __init__(self, endpoint, uid, identity=None, peer_id=None, timeout=30.0, max_in_flight=64,
@@ -95,12 +95,6 @@ class RemoteExpert:
                 self._ws.close()
                 self._ws = None
         self._session.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
     # --- HTTP ---
 

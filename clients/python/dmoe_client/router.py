@@ -13,7 +13,7 @@ from dmoe_client.errors import ProtocolError, ServerError, TransportError
 MAX_EVENT_BYTES = 1 << 20
 
 
-class Generation:
+class Generation(_http.Closing):
     """The pieces of a streamed generation, as an iterator of str.
 
     Once exhausted, `finish_reason`, `usage` and `model_version` hold the last event's fields and
@@ -82,14 +82,8 @@ class Generation:
         """Ends the stream early; the router stops the generation at its next step."""
         self._response.close()
 
-    def __enter__(self):
-        return self
 
-    def __exit__(self, *exc):
-        self.close()
-
-
-class Router:
+class Router(_http.Closing):
     """A dmoe-router at `url` ("http://host:port" or "host:port")."""
 
     @property
@@ -171,12 +165,6 @@ class Router:
 
     def close(self):
         self._session.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
     def _get(self, path):
         return _http.get_json(self._session, self.url + path, timeout=self.timeout)
