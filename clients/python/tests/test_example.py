@@ -22,6 +22,16 @@ def test_readme_example_runs_as_written(swarm):
     assert result.stdout.decode() == f"models: {names}\n{text}\ny = (4, 16)\n"
 
 
+def test_readme_shows_the_example_verbatim():
+    # The README's "Use from Python" block is the file the test above runs, character for character.
+    with open(os.path.join(PACKAGE_DIR, "..", "..", "README.md"), encoding="utf-8") as f:
+        readme = f.read()
+    section = readme.split("## Use from Python", 1)[1]
+    block = section.split("```python\n", 1)[1].split("```", 1)[0]
+    with open(os.path.join(PACKAGE_DIR, "examples", "readme_example.py"), encoding="utf-8") as f:
+        assert block == f.read()
+
+
 def test_package_installs_offline_with_debians_pip(tmp_path):
     # The documented line, on a copy (pip builds in the source directory).
     source = tmp_path / "python"
