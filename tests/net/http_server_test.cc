@@ -156,10 +156,11 @@ TEST(HttpServerTest, IdleAndSlowConnectionsAreClosed) {
 }
 
 // A body that follows its header only later: the server waits for its first bytes, and a readiness
-// wake-up with nothing to read yet (a readiness the reactor took from epoll before the header's read
-// consumed its bytes) is not taken for the client's close. That race is rare and was not seen here in
-// 30 runs before the fix; NetHostileRouter.HeaderOnlyInferencesHoldNothing, where CI caught it, is
-// the one with teeth. This test holds the behaviour a genuine client needs, on one server thread.
+// wake-up with nothing to read yet (a readiness the reactor took from epoll before the header's
+// read consumed its bytes) is not taken for the client's close. That race is rare and was not seen
+// here in 30 runs before the fix; NetHostileRouter.HeaderOnlyInferencesHoldNothing, where CI caught
+// it, is the one with teeth. This test holds the behaviour a genuine client needs, on one server
+// thread.
 TEST(HttpServerTest, ABodyThatFollowsItsHeaderLaterIsRead) {
   HttpServerOptions options;
   options.threads = 1;
